@@ -1,0 +1,99 @@
+use super::{duration, resolve, Invalid};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where the broker is and how to talk to it. Shared by both daemons.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    pub host: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    #[serde(default = "default_keep_alive", with = "duration")]
+    pub keep_alive: Duration,
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub reconnect: ReconnectConfig,
+}
+
+/// Mutual TLS: our CA (to check the broker) and this client's certificate and key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// Exponential backoff between connection attempts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconnectConfig {
+    #[serde(with = "duration", default = "default_initial_delay")]
+    pub initial_delay: Duration,
+    #[serde(with = "duration", default = "default_max_delay")]
+    pub max_delay: Duration,
+}
+
+impl Default for ReconnectConfig {
+    fn default() -> Self {
+        ReconnectConfig {
+            initial_delay: default_initial_delay(),
+            max_delay: default_max_delay(),
+        }
+    }
+}
+
+fn default_port() -> u16 {
+    8883
+}
+fn default_keep_alive() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_initial_delay() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_max_delay() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl BrokerConfig {
+    /// `key` is where this block sits in its file, for error messages.
+    pub(crate) fn validate(&self, key: &str) -> Result<(), Invalid> {
+        if self.host.trim().is_empty() {
+            return Err(Invalid::new(format!("{key}.host"), "must not be empty"));
+        }
+        if self.port == 0 {
+            return Err(Invalid::new(format!("{key}.port"), "must be 1 to 65535"));
+        }
+        // MQTT carries keep-alive as whole seconds in 16 bits.
+        let ka = self.keep_alive;
+        if ka < Duration::from_secs(1) || ka > Duration::from_secs(u16::MAX as u64) {
+            return Err(Invalid::new(
+                format!("{key}.keep_alive"),
+                "must be between 1s and 18h (65535s)",
+            ));
+        }
+        let r = &self.reconnect;
+        if r.initial_delay.is_zero() {
+            return Err(Invalid::new(
+                format!("{key}.reconnect.initial_delay"),
+                "must be above zero, or a dead broker is hammered",
+            ));
+        }
+        if r.max_delay < r.initial_delay {
+            return Err(Invalid::new(
+                format!("{key}.reconnect.max_delay"),
+                "must not be shorter than initial_delay",
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn resolve_paths(&mut self, base: &Path) {
+        resolve(base, &mut self.tls.ca_file);
+        resolve(base, &mut self.tls.cert_file);
+        resolve(base, &mut self.tls.key_file);
+    }
+}

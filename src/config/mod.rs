@@ -1,0 +1,202 @@
+//! YAML configuration: loading, error reporting, and the pieces both daemons share.
+//!
+//! Every config error names the file, the key and (when it can be found) the line,
+//! so an operator can fix it without reading source code. Binaries map
+//! [`ConfigError`] to exit status 78 (`EX_CONFIG`).
+
+mod aggregatord;
+mod broker;
+mod sensord;
+
+pub use aggregatord::{AggregatordConfig, StorageConfig, SubscriptionConfig};
+pub use broker::{BrokerConfig, ReconnectConfig, TlsConfig};
+pub use sensord::{NodeConfig, SensorConfig, SensordConfig};
+
+use serde::de::DeserializeOwned;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// A config file that cannot be used, and where the problem is.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read config", file.display())]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", Located { file, line: *line, key, message })]
+    Invalid {
+        file: PathBuf,
+        /// One-based line number, when the key could be located.
+        line: Option<usize>,
+        /// Dotted path of the offending key, e.g. `sensors[1].qos`.
+        key: String,
+        message: String,
+    },
+}
+
+struct Located<'a> {
+    file: &'a Path,
+    line: Option<usize>,
+    key: &'a str,
+    message: &'a str,
+}
+
+impl fmt::Display for Located<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        write!(f, ": {}: {}", self.key, self.message)
+    }
+}
+
+/// A semantic problem found after parsing: which key, and what is wrong with it.
+#[derive(Debug)]
+pub struct Invalid {
+    pub key: String,
+    pub message: String,
+}
+
+impl Invalid {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Invalid {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Implemented by each daemon's top-level config.
+pub trait DaemonConfig: DeserializeOwned {
+    /// Checks that need more than one field (duplicates, orderings).
+    fn validate(&self) -> Result<(), Invalid>;
+    /// Makes relative paths absolute, relative to the config file's folder.
+    fn resolve_paths(&mut self, base: &Path);
+}
+
+/// Reads, parses and validates a config file.
+pub fn load<T: DaemonConfig>(file: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+        file: file.to_owned(),
+        source,
+    })?;
+    let mut config = parse::<T>(file, &text)?;
+    config.validate().map_err(|e| ConfigError::Invalid {
+        file: file.to_owned(),
+        line: locate(&text, &e.key),
+        key: e.key,
+        message: e.message,
+    })?;
+    let base = file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    config.resolve_paths(base);
+    Ok(config)
+}
+
+fn parse<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigError> {
+    let de = yaml_serde::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = match e.path().to_string() {
+            p if p == "." => "(top level)".to_owned(),
+            p => p,
+        };
+        let inner = e.into_inner();
+        let line = inner.location().map(|l| l.line());
+        ConfigError::Invalid {
+            file: file.to_owned(),
+            line,
+            message: strip_noise(&inner.to_string(), &key),
+            key,
+        }
+    })
+}
+
+/// The YAML library puts its own (partial) key path in front and "at line L
+/// column C" behind; we report both separately, so keep only the message itself.
+fn strip_noise(message: &str, key: &str) -> String {
+    let message = match message.find(" at line ") {
+        Some(i) => &message[..i],
+        None => message,
+    };
+    match message.split_once(": ") {
+        Some((path, rest)) if key.starts_with(path) => rest.to_owned(),
+        _ => message.to_owned(),
+    }
+}
+
+/// Best-effort line lookup for a key path such as `sensors[2].id`, for errors found
+/// after parsing (the parser's own errors carry their line). Handles block and flow
+/// style as written in our example configs; returns `None` rather than guess wrong.
+pub(crate) fn locate(text: &str, key: &str) -> Option<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut at = 0usize;
+    for part in key.split('.') {
+        let (name, index) = match part.split_once('[') {
+            Some((name, rest)) => (name, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (part, None),
+        };
+        if !name.is_empty() {
+            at += lines[at..].iter().position(|l| has_key(l, name))?;
+        }
+        if let Some(index) = index {
+            // Sequence items: lines starting with "- " after the key line.
+            let items: Vec<usize> = (at + 1..lines.len())
+                .filter(|&i| lines[i].trim_start().starts_with("- "))
+                .collect();
+            at = *items.get(index)?;
+        }
+    }
+    Some(at + 1)
+}
+
+fn has_key(line: &str, name: &str) -> bool {
+    let code = line.split('#').next().unwrap_or("");
+    code.match_indices(name).any(|(i, _)| {
+        let before = code[..i].chars().next_back();
+        let after = code[i + name.len()..].trim_start();
+        matches!(before, None | Some(' ' | '{' | ',' | '-' | '\t')) && after.starts_with(':')
+    })
+}
+
+/// Serde adapter for durations written the human way: `500ms`, `30s`, `2m`, `1h`.
+pub mod duration {
+    use serde::{de, Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            de::Error::custom(format!("invalid duration {text:?} ({e}); write e.g. 500ms, 30s, 2m"))
+        })
+    }
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
+    }
+}
+
+/// Joins `path` onto `base` unless it is already absolute.
+pub(crate) fn resolve(base: &Path, path: &mut PathBuf) {
+    if path.is_relative() {
+        *path = base.join(&*path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locates_block_and_flow_keys() {
+        let text = "node:\n  id: a\nsensors:\n  - { id: t1, type: temperature }\n  - id: t2\n    type: humidity\n";
+        assert_eq!(locate(text, "node.id"), Some(2));
+        assert_eq!(locate(text, "sensors[0].id"), Some(4));
+        assert_eq!(locate(text, "sensors[1].id"), Some(5));
+        assert_eq!(locate(text, "sensors[1].type"), Some(6));
+        assert_eq!(locate(text, "nothing"), None);
+    }
+}

@@ -1,0 +1,19 @@
+//! The message contract: what goes on the wire between sensord, aggregatord and any
+//! other MQTT client. Topics, reading payloads, status payloads and the rules for
+//! validating what arrives. README.md ("Message contract") documents the same
+//! thing for people; keep the two in step.
+
+mod ident;
+mod reading;
+mod sensor_type;
+mod status;
+mod timestamp;
+pub mod topic;
+mod validate;
+
+pub use ident::{Ident, TopicPrefix};
+pub use reading::Reading;
+pub use sensor_type::SensorType;
+pub use status::{NodeState, Status, StatusSensor, REASON_CONNECTION_LOST, REASON_SHUTDOWN};
+pub use timestamp::Timestamp;
+pub use validate::{validate_reading, Rejection, RejectionReason, MAX_PAYLOAD_BYTES};

@@ -1,0 +1,78 @@
+//! The kinds of sensor the contract knows, with their units and physical ranges.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SensorType {
+    Temperature,
+    Humidity,
+    Motion,
+    Co2,
+    Power,
+    Energy,
+}
+
+impl SensorType {
+    pub const ALL: [SensorType; 6] = [
+        SensorType::Temperature,
+        SensorType::Humidity,
+        SensorType::Motion,
+        SensorType::Co2,
+        SensorType::Power,
+        SensorType::Energy,
+    ];
+
+    /// The topic level and payload `sensor_type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SensorType::Temperature => "temperature",
+            SensorType::Humidity => "humidity",
+            SensorType::Motion => "motion",
+            SensorType::Co2 => "co2",
+            SensorType::Power => "power",
+            SensorType::Energy => "energy",
+        }
+    }
+
+    /// The one unit a reading of this type may carry (the course brief's spelling).
+    pub fn unit(self) -> &'static str {
+        match self {
+            SensorType::Temperature => "celsius",
+            SensorType::Humidity => "percent",
+            SensorType::Motion => "boolean",
+            SensorType::Co2 => "ppm",
+            SensorType::Power => "W",
+            SensorType::Energy => "kWh",
+        }
+    }
+
+    /// Physically plausible values; anything outside is a broken sensor or a forgery.
+    pub fn accepts(self, value: f64) -> bool {
+        match self {
+            SensorType::Temperature => (-50.0..=150.0).contains(&value),
+            SensorType::Humidity => (0.0..=100.0).contains(&value),
+            SensorType::Motion => value == 0.0 || value == 1.0,
+            SensorType::Co2 => (0.0..=10_000.0).contains(&value),
+            SensorType::Power | SensorType::Energy => value >= 0.0 && value.is_finite(),
+        }
+    }
+}
+
+impl FromStr for SensorType {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        SensorType::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or(())
+    }
+}
+
+impl fmt::Display for SensorType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

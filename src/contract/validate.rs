@@ -1,0 +1,166 @@
+//! Checking a reading that arrived from the broker. Anything can arrive here:
+//! other clients, old firmware, an attacker with a valid certificate. Nothing in
+//! this file may panic, whatever the bytes.
+
+use super::{Reading, SensorType, Timestamp};
+use chrono::{DateTime, Utc};
+use std::fmt;
+
+/// Larger payloads are refused before parsing. Our readings are about 150 bytes.
+pub const MAX_PAYLOAD_BYTES: usize = 4096;
+
+/// How far ahead of our clock a reading's timestamp may be (clock skew).
+const MAX_FUTURE: chrono::Duration = chrono::Duration::minutes(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RejectionReason {
+    PayloadTooLarge,
+    Malformed,
+    TopicMismatch,
+    UnknownSensorType,
+    UnitMismatch,
+    OutOfRange,
+    FutureTimestamp,
+    UnrecognizedTopic,
+}
+
+impl RejectionReason {
+    /// Stable snake_case name, used in logs, counters and the `rejected` tree.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectionReason::PayloadTooLarge => "payload_too_large",
+            RejectionReason::Malformed => "malformed",
+            RejectionReason::TopicMismatch => "topic_mismatch",
+            RejectionReason::UnknownSensorType => "unknown_sensor_type",
+            RejectionReason::UnitMismatch => "unit_mismatch",
+            RejectionReason::OutOfRange => "out_of_range",
+            RejectionReason::FutureTimestamp => "future_timestamp",
+            RejectionReason::UnrecognizedTopic => "unrecognized_topic",
+        }
+    }
+}
+
+impl fmt::Display for RejectionReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: RejectionReason,
+    pub detail: String,
+}
+
+impl Rejection {
+    pub fn new(reason: RejectionReason, detail: impl Into<String>) -> Self {
+        Rejection {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Parses and checks a payload that arrived on a reading topic
+/// (`.../{sensor_type}/{sensor_id}`).
+pub fn validate_reading(
+    topic_type: &str,
+    topic_id: &str,
+    payload: &[u8],
+    now: DateTime<Utc>,
+) -> Result<Reading, Rejection> {
+    use RejectionReason::*;
+    if payload.len() > MAX_PAYLOAD_BYTES {
+        return Err(Rejection::new(
+            PayloadTooLarge,
+            format!("{} bytes, limit {MAX_PAYLOAD_BYTES}", payload.len()),
+        ));
+    }
+    let reading: Reading =
+        serde_json::from_slice(payload).map_err(|e| Rejection::new(Malformed, e.to_string()))?;
+    if reading.sensor_type != topic_type || reading.sensor_id != topic_id {
+        return Err(Rejection::new(
+            TopicMismatch,
+            format!(
+                "payload says {}/{}, topic says {topic_type}/{topic_id}",
+                reading.sensor_type, reading.sensor_id
+            ),
+        ));
+    }
+    let Ok(kind) = reading.sensor_type.parse::<SensorType>() else {
+        return Err(Rejection::new(
+            UnknownSensorType,
+            format!("{:?}", reading.sensor_type),
+        ));
+    };
+    if reading.unit != kind.unit() {
+        return Err(Rejection::new(
+            UnitMismatch,
+            format!("{:?}, {kind} readings are in {:?}", reading.unit, kind.unit()),
+        ));
+    }
+    if !kind.accepts(reading.value) {
+        return Err(Rejection::new(
+            OutOfRange,
+            format!("{} is not a plausible {kind} value", reading.value),
+        ));
+    }
+    if reading.timestamp > Timestamp(now + MAX_FUTURE) {
+        return Err(Rejection::new(
+            FutureTimestamp,
+            format!("{} is ahead of this clock ({})", reading.timestamp, Timestamp(now)),
+        ));
+    }
+    Ok(reading)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use RejectionReason::*;
+
+    fn check(payload: &str) -> Result<Reading, RejectionReason> {
+        validate_reading("temperature", "temp_001", payload.as_bytes(), Utc::now())
+            .map_err(|r| r.reason)
+    }
+
+    #[test]
+    fn accepts_ours_and_the_briefs() {
+        let ours = r#"{"sensor_id":"temp_001","sensor_type":"temperature","value":22.34,"unit":"celsius","timestamp":"2026-01-24T10:00:00.123Z","seq":7}"#;
+        assert_eq!(check(ours).unwrap().seq, Some(7));
+        let brief = r#"{"sensor_id": "temp_001", "sensor_type": "temperature", "value": 22.34, "unit": "celsius", "timestamp": "2026-01-24T10:00:00.123456"}"#;
+        assert_eq!(check(brief).unwrap().seq, None);
+    }
+
+    #[test]
+    fn each_reason() {
+        let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(MAX_PAYLOAD_BYTES));
+        assert_eq!(check(&big), Err(PayloadTooLarge));
+        assert_eq!(check("{not json"), Err(Malformed));
+        assert_eq!(check(r#"{"sensor_id":"temp_001"}"#), Err(Malformed));
+        let r = |id: &str, ty: &str, v: &str, unit: &str, ts: &str| {
+            format!(r#"{{"sensor_id":"{id}","sensor_type":"{ty}","value":{v},"unit":"{unit}","timestamp":"{ts}"}}"#)
+        };
+        let ts = "2026-01-24T10:00:00Z";
+        assert_eq!(check(&r("temp_002", "temperature", "1", "celsius", ts)), Err(TopicMismatch));
+        assert_eq!(check(&r("temp_001", "humidity", "1", "percent", ts)), Err(TopicMismatch));
+        assert_eq!(check(&r("temp_001", "temperature", "1", "kelvin", ts)), Err(UnitMismatch));
+        assert_eq!(check(&r("temp_001", "temperature", "151", "celsius", ts)), Err(OutOfRange));
+        assert_eq!(check(&r("temp_001", "temperature", "1e400", "celsius", ts)), Err(Malformed));
+        assert_eq!(check(&r("temp_001", "temperature", "20", "celsius", "2999-01-01T00:00:00Z")), Err(FutureTimestamp));
+        assert_eq!(check(&r("temp_001", "temperature", "20", "celsius", "soon")), Err(Malformed));
+        let unknown = r#"{"sensor_id":"x","sensor_type":"light","value":1,"unit":"lux","timestamp":"2026-01-24T10:00:00Z"}"#;
+        assert_eq!(
+            validate_reading("light", "x", unknown.as_bytes(), Utc::now()).map_err(|r| r.reason),
+            Err(UnknownSensorType)
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_is_malformed_not_a_panic() {
+        assert_eq!(
+            validate_reading("temperature", "t", &[0xff, 0xfe, b'{'], Utc::now()).map_err(|r| r.reason),
+            Err(Malformed)
+        );
+    }
+}

@@ -1,0 +1,13 @@
+//! roomsense: building telemetry over MQTT.
+//!
+//! Two daemons share this library: `sensord` (a node's simulated sensors) and
+//! `aggregatord` (durable ingest and history). See ARCHITECTURE.md for the map.
+
+pub mod aggregatord;
+pub mod config;
+pub mod contract;
+pub mod daemon;
+pub mod mqtt;
+pub mod sensord;
+pub mod sensors;
+pub mod store;

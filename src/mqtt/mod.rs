@@ -1,0 +1,281 @@
+//! The MQTT connection. This is the only module that knows rumqttc.
+//!
+//! [`connect`] builds the client and spawns the [supervisor](supervisor) task,
+//! which owns the rumqttc `EventLoop` for the life of the process: it reconnects
+//! with backoff, republishes the birth message on every connect, resubscribes when
+//! the broker lost our session, and hands incoming messages to the daemon as
+//! [`Event`]s. The daemon talks back through [`Handle`].
+
+mod supervisor;
+mod tls;
+
+pub use tls::TlsError;
+
+use crate::config::BrokerConfig;
+use rumqttc::{AsyncClient, LastWill, MqttOptions, Publish, QoS, Transport};
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// MQTT quality of service, written 0, 1 or 2 in configs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "u8", into = "u8")]
+pub enum Qos {
+    AtMostOnce = 0,
+    AtLeastOnce = 1,
+    ExactlyOnce = 2,
+}
+
+impl TryFrom<u8> for Qos {
+    type Error = String;
+    fn try_from(n: u8) -> Result<Self, String> {
+        match n {
+            0 => Ok(Qos::AtMostOnce),
+            1 => Ok(Qos::AtLeastOnce),
+            2 => Ok(Qos::ExactlyOnce),
+            _ => Err(format!("QoS is 0, 1 or 2, not {n}")),
+        }
+    }
+}
+
+impl From<Qos> for u8 {
+    fn from(q: Qos) -> u8 {
+        q as u8
+    }
+}
+
+impl From<Qos> for QoS {
+    fn from(q: Qos) -> QoS {
+        match q {
+            Qos::AtMostOnce => QoS::AtMostOnce,
+            Qos::AtLeastOnce => QoS::AtLeastOnce,
+            Qos::ExactlyOnce => QoS::ExactlyOnce,
+        }
+    }
+}
+
+impl From<QoS> for Qos {
+    fn from(q: QoS) -> Qos {
+        match q {
+            QoS::AtMostOnce => Qos::AtMostOnce,
+            QoS::AtLeastOnce => Qos::AtLeastOnce,
+            QoS::ExactlyOnce => Qos::ExactlyOnce,
+        }
+    }
+}
+
+/// A message we publish.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub qos: Qos,
+    pub retain: bool,
+}
+
+/// Everything needed to open (and keep reopening) one MQTT session.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub client_id: String,
+    pub broker: BrokerConfig,
+    /// Published by the broker if the connection dies without a DISCONNECT.
+    pub last_will: Option<Message>,
+    /// Published on every successful connect, ahead of queued messages.
+    pub birth: Option<Message>,
+    /// Resubscribed whenever the broker reports no stored session.
+    pub subscriptions: Vec<(String, Qos)>,
+    /// Incoming QoS 1/2 messages are acknowledged only by [`Handle::ack`].
+    pub manual_acks: bool,
+}
+
+/// What the supervisor tells the daemon.
+#[derive(Debug)]
+pub enum Event {
+    Connected { session_present: bool },
+    Disconnected { reason: String },
+    Message(Delivery),
+}
+
+/// An incoming message. With manual acks, pass it back to [`Handle::ack`] once it
+/// has been dealt with (stored, or rejected for good).
+#[derive(Debug, Clone)]
+pub struct Delivery(Publish);
+
+impl Delivery {
+    pub fn topic(&self) -> &str {
+        &self.0.topic
+    }
+    pub fn payload(&self) -> &[u8] {
+        &self.0.payload
+    }
+    pub fn qos(&self) -> Qos {
+        self.0.qos.into()
+    }
+    pub fn retain(&self) -> bool {
+        self.0.retain
+    }
+}
+
+/// Connection state, as last seen by the supervisor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    Connecting,
+    Up,
+    Down,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MqttError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("the MQTT connection task has stopped")]
+    Closed,
+    #[error("the outgoing queue is full ({0} messages)")]
+    Full(usize),
+}
+
+/// Counts QoS 1/2 publishes that the broker has yet to confirm, so that a clean
+/// stop can wait for them (a QoS 2 reading dropped at exit would break the promise).
+#[derive(Debug, Default)]
+struct Unconfirmed {
+    enqueued: AtomicU64,
+    confirmed: AtomicU64,
+}
+
+impl Unconfirmed {
+    fn count(&self) -> u64 {
+        let done = self.confirmed.load(Ordering::Acquire);
+        self.enqueued.load(Ordering::Acquire).saturating_sub(done)
+    }
+}
+
+/// Size of rumqttc's request queue. With manual acks this must stay above the
+/// broker's in-flight limit (deploy/mosquitto: 1000), so that acks never wait
+/// behind a full queue while the supervisor waits for the daemon: no deadlock.
+const REQUEST_QUEUE: usize = 4096;
+/// Incoming events not yet taken by the daemon; backpressure beyond that.
+const EVENT_QUEUE: usize = 1024;
+/// Broker-side limit is 64 KiB (deploy/mosquitto); anything larger can't arrive.
+const MAX_PACKET: usize = 128 * 1024;
+
+/// The daemon's side of the connection.
+#[derive(Debug)]
+pub struct Handle {
+    client: AsyncClient,
+    link: watch::Receiver<Link>,
+    unconfirmed: Arc<Unconfirmed>,
+    closing: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// Builds the client and starts the supervisor. Fails only on local problems
+/// (unreadable certificates); broker trouble is retried, never returned.
+pub fn connect(settings: Settings) -> Result<(Handle, mpsc::Receiver<Event>), MqttError> {
+    let tls = tls::client_config(&settings.broker.tls)?;
+    let b = &settings.broker;
+    let mut options = MqttOptions::new(settings.client_id.clone(), b.host.clone(), b.port);
+    options
+        .set_keep_alive(b.keep_alive)
+        .set_clean_session(false)
+        .set_manual_acks(settings.manual_acks)
+        .set_max_packet_size(MAX_PACKET, MAX_PACKET)
+        .set_transport(Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(Arc::new(tls)),
+        ));
+    if let Some(will) = &settings.last_will {
+        options.set_last_will(LastWill::new(
+            will.topic.clone(),
+            will.payload.clone(),
+            will.qos.into(),
+            will.retain,
+        ));
+    }
+    let (client, eventloop) = AsyncClient::new(options, REQUEST_QUEUE);
+    let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+    let (link_tx, link_rx) = watch::channel(Link::Connecting);
+    let unconfirmed = Arc::new(Unconfirmed::default());
+    let closing = CancellationToken::new();
+    let task = tokio::spawn(
+        supervisor::Supervisor {
+            eventloop,
+            client: client.clone(),
+            settings,
+            events: events_tx,
+            link: link_tx,
+            unconfirmed: unconfirmed.clone(),
+            closing: closing.clone(),
+        }
+        .run(),
+    );
+    let handle = Handle {
+        client,
+        link: link_rx,
+        unconfirmed,
+        closing,
+        task,
+    };
+    Ok((handle, events_rx))
+}
+
+impl Handle {
+    pub fn is_connected(&self) -> bool {
+        *self.link.borrow() == Link::Up
+    }
+
+    /// A receiver that sees every change of connection state.
+    pub fn link(&self) -> watch::Receiver<Link> {
+        self.link.clone()
+    }
+
+    /// Queues a message; waits while rumqttc's queue is full.
+    pub async fn publish(&self, m: Message) -> Result<(), MqttError> {
+        let qos = m.qos;
+        self.client
+            .publish(m.topic, qos.into(), m.retain, m.payload)
+            .await
+            .map_err(|_| MqttError::Closed)?;
+        self.note_enqueued(qos);
+        Ok(())
+    }
+
+    /// Queues a message without waiting.
+    pub fn try_publish(&self, m: Message) -> Result<(), MqttError> {
+        let qos = m.qos;
+        self.client
+            .try_publish(m.topic, qos.into(), m.retain, m.payload)
+            .map_err(|e| match e {
+                rumqttc::ClientError::TryRequest(_) => MqttError::Full(REQUEST_QUEUE),
+                rumqttc::ClientError::Request(_) => MqttError::Closed,
+            })?;
+        self.note_enqueued(qos);
+        Ok(())
+    }
+
+    fn note_enqueued(&self, qos: Qos) {
+        if qos != Qos::AtMostOnce {
+            self.unconfirmed.enqueued.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Acknowledges an incoming message (PUBACK, or PUBREC for QoS 2). A no-op for
+    /// QoS 0 and when manual acks are off.
+    pub async fn ack(&self, d: &Delivery) -> Result<(), MqttError> {
+        self.client.ack(&d.0).await.map_err(|_| MqttError::Closed)
+    }
+
+    /// Clean stop: waits (up to `grace`) until the broker has confirmed every QoS 1/2
+    /// message we queued, then sends DISCONNECT, so the broker discards our Last
+    /// Will and keeps our session. Returns the number of publishes left unconfirmed.
+    pub async fn close(self, grace: Duration) -> u64 {
+        self.closing.cancel();
+        let abort = self.task.abort_handle();
+        if tokio::time::timeout(grace, self.task).await.is_err() {
+            abort.abort();
+        }
+        self.unconfirmed.count()
+    }
+}

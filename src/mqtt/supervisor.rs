@@ -1,0 +1,239 @@
+//! The task that owns rumqttc's `EventLoop`.
+//!
+//! rumqttc reconnects as soon as `poll` is called again after an error, with no
+//! delay of its own; all pacing lives here. One loop, one place that decides when
+//! to wait, when to resubscribe and when to stop.
+
+use super::{Delivery, Event, Link, Settings, Unconfirmed};
+use rumqttc::{AsyncClient, ConnectionError, EventLoop, Outgoing, Packet, Request};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+pub(super) struct Supervisor {
+    pub eventloop: EventLoop,
+    pub client: AsyncClient,
+    pub settings: Settings,
+    pub events: mpsc::Sender<Event>,
+    pub link: watch::Sender<Link>,
+    pub unconfirmed: Arc<Unconfirmed>,
+    pub closing: CancellationToken,
+}
+
+impl Supervisor {
+    pub async fn run(mut self) {
+        let broker = format!("{}:{}", self.settings.broker.host, self.settings.broker.port);
+        let mut backoff = Backoff::new(
+            self.settings.broker.reconnect.initial_delay,
+            self.settings.broker.reconnect.max_delay,
+        );
+        let mut closing = false;
+        let mut disconnect_sent = false;
+        // The last failure we logged at warn level, so a broker that stays down
+        // produces one line, not one per attempt.
+        let mut last_failure: Option<String> = None;
+        // Confirmable publishes sitting in rumqttc's retransmission list; rumqttc
+        // drops them if the broker has no session for us.
+        let mut pending_confirmable = 0u64;
+
+        loop {
+            let connected = *self.link.borrow() == Link::Up;
+            if closing {
+                if !connected {
+                    break; // Nothing can be delivered; don't wait out the grace period.
+                }
+                if !disconnect_sent && self.unconfirmed.count() == 0 {
+                    // FIFO behind everything already queued, acks included.
+                    disconnect_sent = self.client.try_disconnect().is_ok();
+                }
+            }
+            if self.eventloop.network.is_none() {
+                pending_confirmable = count_confirmable(&self.eventloop);
+            }
+            let polled = tokio::select! {
+                biased;
+                _ = self.closing.cancelled(), if !closing => {
+                    closing = true;
+                    continue;
+                }
+                polled = self.eventloop.poll() => polled,
+            };
+            match polled {
+                Ok(rumqttc::Event::Incoming(Packet::ConnAck(ack))) => {
+                    backoff.reset();
+                    last_failure = None;
+                    self.link.send_replace(Link::Up);
+                    info!(
+                        broker = %broker,
+                        client_id = %self.settings.client_id,
+                        session_present = ack.session_present,
+                        "connected"
+                    );
+                    if !ack.session_present {
+                        self.on_new_session(pending_confirmable);
+                    }
+                    self.publish_birth();
+                    emit(&self.events, Event::Connected {
+                        session_present: ack.session_present,
+                    })
+                    .await;
+                }
+                Ok(rumqttc::Event::Incoming(Packet::Publish(p))) => {
+                    emit(&self.events, Event::Message(Delivery(p))).await;
+                }
+                Ok(rumqttc::Event::Incoming(Packet::PubAck(_) | Packet::PubComp(_))) => {
+                    self.unconfirmed.confirmed.fetch_add(1, Ordering::AcqRel);
+                }
+                Ok(rumqttc::Event::Incoming(Packet::SubAck(ack))) => {
+                    use rumqttc::SubscribeReasonCode::Failure;
+                    if ack.return_codes.contains(&Failure) {
+                        error!(return_codes = ?ack.return_codes, "broker refused a subscription (check the ACL)");
+                    } else {
+                        info!(return_codes = ?ack.return_codes, "subscribed");
+                    }
+                }
+                Ok(rumqttc::Event::Outgoing(Outgoing::Disconnect)) => {
+                    debug!("sent DISCONNECT");
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let was_up = self.link.send_replace(Link::Down) == Link::Up;
+                    if closing {
+                        break;
+                    }
+                    let reason = describe(&e);
+                    if was_up || last_failure.as_deref() != Some(&reason) {
+                        warn!(broker = %broker, error = %reason, "MQTT connection failed; retrying with backoff");
+                        last_failure = Some(reason.clone());
+                    }
+                    if was_up {
+                        emit(&self.events, Event::Disconnected { reason }).await;
+                    }
+                    let delay = backoff.next();
+                    debug!(?delay, "waiting before reconnecting");
+                    tokio::select! {
+                        _ = self.closing.cancelled() => closing = true,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+        self.link.send_replace(Link::Down);
+    }
+
+    /// The broker has no session for us: our subscriptions are gone and rumqttc
+    /// has discarded the publishes it was holding for retransmission.
+    fn on_new_session(&mut self, discarded: u64) {
+        if discarded > 0 {
+            warn!(discarded, "broker had no session for us; unconfirmed publishes were dropped");
+            self.unconfirmed
+                .confirmed
+                .fetch_add(discarded, Ordering::AcqRel);
+        }
+        if self.settings.subscriptions.is_empty() {
+            return;
+        }
+        let filters = self
+            .settings
+            .subscriptions
+            .iter()
+            .map(|(f, q)| rumqttc::SubscribeFilter::new(f.clone(), (*q).into()));
+        // try_: this task is the queue's only consumer, so it must never wait on it.
+        if let Err(e) = self.client.try_subscribe_many(filters) {
+            error!(error = %e, "could not queue SUBSCRIBE");
+        }
+    }
+
+    /// The birth message jumps the queue (rumqttc sends `pending` first), so an
+    /// `online` status is never stuck behind a backlog of readings.
+    fn publish_birth(&mut self) {
+        if let Some(m) = &self.settings.birth {
+            let mut p = rumqttc::Publish::new(&m.topic, m.qos.into(), m.payload.clone());
+            p.retain = m.retain;
+            if m.qos != super::Qos::AtMostOnce {
+                self.unconfirmed.enqueued.fetch_add(1, Ordering::AcqRel);
+            }
+            self.eventloop.pending.push_back(Request::Publish(p));
+        }
+    }
+
+}
+
+/// A free function, not a method: `&Supervisor` is not `Send` (rumqttc's socket
+/// is not `Sync`), so no borrow of it may live across an `.await`.
+async fn emit(events: &mpsc::Sender<Event>, event: Event) {
+    // A closed receiver means the daemon is shutting down; nothing to tell.
+    let _ = events.send(event).await;
+}
+
+fn count_confirmable(eventloop: &EventLoop) -> u64 {
+    eventloop
+        .pending
+        .iter()
+        .filter(|r| matches!(r, Request::Publish(p) if p.qos != rumqttc::QoS::AtMostOnce))
+        .count() as u64
+}
+
+/// One line an operator can act on.
+fn describe(e: &ConnectionError) -> String {
+    match e {
+        ConnectionError::ConnectionRefused(code) => {
+            format!("broker refused the connection: {code:?}")
+        }
+        ConnectionError::NetworkTimeout => "timed out connecting to the broker".into(),
+        ConnectionError::MqttState(rumqttc::StateError::AwaitPingResp) => {
+            "no answer to keep-alive ping; link presumed dead".into()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Exponential backoff with "equal jitter": half the delay fixed, half random,
+/// so a building full of nodes does not reconnect in lockstep after an outage.
+struct Backoff {
+    initial: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    fn new(initial: Duration, max: Duration) -> Self {
+        Backoff {
+            initial,
+            max,
+            current: initial,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.current = self.initial;
+    }
+
+    fn next(&mut self) -> Duration {
+        let base = self.current;
+        self.current = (self.current * 2).min(self.max);
+        base / 2 + base.mul_f64(fastrand::f64() / 2.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_resets() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(8));
+        let delays: Vec<Duration> = (0..6).map(|_| b.next()).collect();
+        let bases = [1, 2, 4, 8, 8, 8];
+        for (d, base) in delays.iter().zip(bases) {
+            let base = Duration::from_secs(base);
+            assert!(*d >= base / 2 && *d <= base, "{d:?} not in [{:?}, {base:?}]", base / 2);
+        }
+        b.reset();
+        assert!(b.next() <= Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,80 @@
+//! Mutual TLS: trust only our CA, present this node's certificate.
+
+use crate::config::TlsConfig;
+use rumqttc::tokio_rustls::rustls;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{}: {message}", file.display())]
+    File { file: PathBuf, message: String },
+    #[error(
+        "{}: private key is readable by group or others (mode {mode:04o}); run: chmod 600 {}",
+        file.display(), file.display()
+    )]
+    KeyPermissions { file: PathBuf, mode: u32 },
+    #[error("TLS setup: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+fn file_error(file: &Path, message: impl ToString) -> TlsError {
+    TlsError::File {
+        file: file.to_owned(),
+        message: message.to_string(),
+    }
+}
+
+pub(super) fn client_config(files: &TlsConfig) -> Result<rustls::ClientConfig, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in read_certs(&files.ca_file)? {
+        roots
+            .add(cert)
+            .map_err(|e| file_error(&files.ca_file, format!("not a usable CA certificate: {e}")))?;
+    }
+    let chain = read_certs(&files.cert_file)?;
+    let key = read_key(&files.key_file)?;
+
+    // ring rather than the default aws-lc-rs: same protocols, no C toolchain build.
+    // TLS 1.2 is the floor (rustls offers nothing older); the server name is always
+    // checked against the broker certificate's SAN.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| file_error(&files.key_file, format!("does not match the certificate: {e}")))?;
+    Ok(config)
+}
+
+fn read_certs(file: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(file)
+        .map_err(|e| file_error(file, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_error(file, e))?;
+    if certs.is_empty() {
+        return Err(file_error(file, "no PEM certificate found"));
+    }
+    Ok(certs)
+}
+
+fn read_key(file: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    check_key_mode(file)?;
+    PrivateKeyDer::from_pem_file(file).map_err(|e| file_error(file, e))
+}
+
+/// Like ssh: a private key others can read is refused, not used.
+fn check_key_mode(file: &Path) -> Result<(), TlsError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(file).map_err(|e| file_error(file, e))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(TlsError::KeyPermissions {
+            file: file.to_owned(),
+            mode,
+        });
+    }
+    Ok(())
+}
