@@ -1,7 +1,10 @@
 //! sensord: one node's sensors, published on their own schedules and QoS.
 
 use crate::config::{self, SensorConfig, SensordConfig};
-use crate::contract::{topic, NodeState, Reading, Status, StatusSensor, Timestamp, REASON_CONNECTION_LOST, REASON_SHUTDOWN};
+use crate::contract::{
+    topic, NodeState, Reading, Status, StatusSensor, Timestamp, REASON_CONNECTION_LOST,
+    REASON_SHUTDOWN,
+};
 use crate::daemon;
 use crate::mqtt::{self, Handle, Message, MqttError, Qos};
 use crate::sensors::Model;
@@ -104,11 +107,15 @@ pub async fn run(config: SensordConfig) -> anyhow::Result<()> {
     }
     let mqtt = Arc::into_inner(mqtt).context("sensor tasks still hold the connection")?;
     if mqtt.is_connected() {
-        mqtt.publish(status(&Status::offline(&node, REASON_SHUTDOWN))).await?;
+        mqtt.publish(status(&Status::offline(&node, REASON_SHUTDOWN)))
+            .await?;
     }
     let unconfirmed = mqtt.close(CLOSE_GRACE).await;
     if unconfirmed > 0 {
-        warn!(unconfirmed, "stopped before the broker confirmed every QoS 1/2 message");
+        warn!(
+            unconfirmed,
+            "stopped before the broker confirmed every QoS 1/2 message"
+        );
     }
     info!(
         published = counters.published.load(Relaxed),

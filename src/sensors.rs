@@ -91,7 +91,9 @@ mod tests {
         let now = Utc::now();
         let series = |seed| {
             let mut m = Model::new(SensorType::Temperature, fastrand::Rng::with_seed(seed));
-            (0..50).map(|_| m.sample(now, Duration::from_secs(5))).collect::<Vec<_>>()
+            (0..50)
+                .map(|_| m.sample(now, Duration::from_secs(5)))
+                .collect::<Vec<_>>()
         };
         assert_eq!(series(1), series(1));
         assert_ne!(series(1), series(2));

@@ -114,10 +114,9 @@ impl Store {
             message: e.to_string(),
         })?;
         self.rejected.insert(id.to_be_bytes(), value)?;
-        if self.rejected_len.fetch_add(1, Ordering::AcqRel) + 1 > REJECTED_KEEP {
-            if self.rejected.pop_min()?.is_some() {
-                self.rejected_len.fetch_sub(1, Ordering::AcqRel);
-            }
+        let len = self.rejected_len.fetch_add(1, Ordering::AcqRel) + 1;
+        if len > REJECTED_KEEP && self.rejected.pop_min()?.is_some() {
+            self.rejected_len.fetch_sub(1, Ordering::AcqRel);
         }
         Ok(())
     }

@@ -18,7 +18,15 @@ const TABLE_SAMPLE: usize = 1000;
 
 pub fn readings(store: &Store, format: Format, out: impl Write) -> io::Result<()> {
     const HEADER: [&str; 9] = [
-        "topic", "sensor_id", "sensor_type", "value", "unit", "timestamp", "seq", "received_at", "qos",
+        "topic",
+        "sensor_id",
+        "sensor_type",
+        "value",
+        "unit",
+        "timestamp",
+        "seq",
+        "received_at",
+        "qos",
     ];
     let fields = |r: &StoredReading| {
         vec![

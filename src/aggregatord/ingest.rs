@@ -5,11 +5,11 @@
 //! waiting (up to [`MAX_BATCH`]), so under load one fsync covers many readings,
 //! and when idle a single reading is stored and acknowledged at once.
 
+use crate::contract::Timestamp;
 use crate::contract::{topic, validate_reading, Rejection, RejectionReason, Status};
 use crate::daemon::RateLimit;
 use crate::mqtt::{Delivery, Event, Handle};
-use crate::store::{Inserted, RejectedMessage, StoredReading, Store};
-use crate::contract::Timestamp;
+use crate::store::{Inserted, RejectedMessage, Store, StoredReading};
 use anyhow::Context;
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -11,7 +11,12 @@ use std::process::ExitCode;
 #[command(version)]
 struct Cli {
     /// YAML config file (see config/aggregatord.yaml).
-    #[arg(short, long, global = true, default_value = "/etc/roomsense/aggregatord.yaml")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        default_value = "/etc/roomsense/aggregatord.yaml"
+    )]
     config: PathBuf,
     /// Validate the config and exit (0 if valid, 78 if not).
     #[arg(long)]

@@ -33,7 +33,10 @@ impl DaemonConfig for AggregatordConfig {
     fn validate(&self) -> Result<(), Invalid> {
         self.broker.validate("broker")?;
         if self.subscriptions.is_empty() {
-            return Err(Invalid::new("subscriptions", "list at least one topic filter"));
+            return Err(Invalid::new(
+                "subscriptions",
+                "list at least one topic filter",
+            ));
         }
         for (i, s) in self.subscriptions.iter().enumerate() {
             if let Err(why) = check_filter(&s.filter) {

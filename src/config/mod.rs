@@ -105,7 +105,9 @@ fn parse<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigError>
             p => p,
         };
         let inner = e.into_inner();
-        let line = inner.location().map(|l| l.line());
+        // The parser's own position often points at the start of the enclosing
+        // mapping, not at the key; find the key itself when we can.
+        let line = locate(text, &key).or_else(|| inner.location().map(|l| l.line()));
         ConfigError::Invalid {
             file: file.to_owned(),
             line,
@@ -170,7 +172,9 @@ pub mod duration {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
         humantime::parse_duration(&text).map_err(|e| {
-            de::Error::custom(format!("invalid duration {text:?} ({e}); write e.g. 500ms, 30s, 2m"))
+            de::Error::custom(format!(
+                "invalid duration {text:?} ({e}); write e.g. 500ms, 30s, 2m"
+            ))
         })
     }
 

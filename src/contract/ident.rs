@@ -68,20 +68,28 @@ impl TryFrom<String> for TopicPrefix {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
         if s.starts_with('$') {
-            return Err(format!("{s:?}: topics starting with '$' belong to the broker"));
+            return Err(format!(
+                "{s:?}: topics starting with '$' belong to the broker"
+            ));
         }
         if s.len() > 512 {
             return Err(format!("{s:?} is longer than 512 bytes"));
         }
         for level in s.split('/') {
             if level.is_empty() {
-                return Err(format!("{s:?} has an empty level (leading, trailing or double '/')"));
+                return Err(format!(
+                    "{s:?} has an empty level (leading, trailing or double '/')"
+                ));
             }
             if level.contains(['+', '#', '\0']) {
-                return Err(format!("{s:?} contains a wildcard or NUL; a prefix is a plain topic"));
+                return Err(format!(
+                    "{s:?} contains a wildcard or NUL; a prefix is a plain topic"
+                ));
             }
             if RESERVED_LEVELS.contains(&level) {
-                return Err(format!("{s:?}: level {level:?} is reserved in the topic layout"));
+                return Err(format!(
+                    "{s:?}: level {level:?} is reserved in the topic layout"
+                ));
             }
         }
         Ok(TopicPrefix(s))

@@ -13,9 +13,7 @@ impl Timestamp {
     /// Now, truncated to milliseconds: the precision sensord promises.
     pub fn now_millis() -> Self {
         let now = Utc::now();
-        Timestamp(
-            DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now),
-        )
+        Timestamp(DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now))
     }
 
     pub fn micros(self) -> i64 {

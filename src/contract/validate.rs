@@ -96,7 +96,11 @@ pub fn validate_reading(
     if reading.unit != kind.unit() {
         return Err(Rejection::new(
             UnitMismatch,
-            format!("{:?}, {kind} readings are in {:?}", reading.unit, kind.unit()),
+            format!(
+                "{:?}, {kind} readings are in {:?}",
+                reading.unit,
+                kind.unit()
+            ),
         ));
     }
     if !kind.accepts(reading.value) {
@@ -108,7 +112,11 @@ pub fn validate_reading(
     if reading.timestamp > Timestamp(now + MAX_FUTURE) {
         return Err(Rejection::new(
             FutureTimestamp,
-            format!("{} is ahead of this clock ({})", reading.timestamp, Timestamp(now)),
+            format!(
+                "{} is ahead of this clock ({})",
+                reading.timestamp,
+                Timestamp(now)
+            ),
         ));
     }
     Ok(reading)
@@ -139,16 +147,45 @@ mod tests {
         assert_eq!(check("{not json"), Err(Malformed));
         assert_eq!(check(r#"{"sensor_id":"temp_001"}"#), Err(Malformed));
         let r = |id: &str, ty: &str, v: &str, unit: &str, ts: &str| {
-            format!(r#"{{"sensor_id":"{id}","sensor_type":"{ty}","value":{v},"unit":"{unit}","timestamp":"{ts}"}}"#)
+            format!(
+                r#"{{"sensor_id":"{id}","sensor_type":"{ty}","value":{v},"unit":"{unit}","timestamp":"{ts}"}}"#
+            )
         };
         let ts = "2026-01-24T10:00:00Z";
-        assert_eq!(check(&r("temp_002", "temperature", "1", "celsius", ts)), Err(TopicMismatch));
-        assert_eq!(check(&r("temp_001", "humidity", "1", "percent", ts)), Err(TopicMismatch));
-        assert_eq!(check(&r("temp_001", "temperature", "1", "kelvin", ts)), Err(UnitMismatch));
-        assert_eq!(check(&r("temp_001", "temperature", "151", "celsius", ts)), Err(OutOfRange));
-        assert_eq!(check(&r("temp_001", "temperature", "1e400", "celsius", ts)), Err(Malformed));
-        assert_eq!(check(&r("temp_001", "temperature", "20", "celsius", "2999-01-01T00:00:00Z")), Err(FutureTimestamp));
-        assert_eq!(check(&r("temp_001", "temperature", "20", "celsius", "soon")), Err(Malformed));
+        assert_eq!(
+            check(&r("temp_002", "temperature", "1", "celsius", ts)),
+            Err(TopicMismatch)
+        );
+        assert_eq!(
+            check(&r("temp_001", "humidity", "1", "percent", ts)),
+            Err(TopicMismatch)
+        );
+        assert_eq!(
+            check(&r("temp_001", "temperature", "1", "kelvin", ts)),
+            Err(UnitMismatch)
+        );
+        assert_eq!(
+            check(&r("temp_001", "temperature", "151", "celsius", ts)),
+            Err(OutOfRange)
+        );
+        assert_eq!(
+            check(&r("temp_001", "temperature", "1e400", "celsius", ts)),
+            Err(Malformed)
+        );
+        assert_eq!(
+            check(&r(
+                "temp_001",
+                "temperature",
+                "20",
+                "celsius",
+                "2999-01-01T00:00:00Z"
+            )),
+            Err(FutureTimestamp)
+        );
+        assert_eq!(
+            check(&r("temp_001", "temperature", "20", "celsius", "soon")),
+            Err(Malformed)
+        );
         let unknown = r#"{"sensor_id":"x","sensor_type":"light","value":1,"unit":"lux","timestamp":"2026-01-24T10:00:00Z"}"#;
         assert_eq!(
             validate_reading("light", "x", unknown.as_bytes(), Utc::now()).map_err(|r| r.reason),
@@ -159,7 +196,8 @@ mod tests {
     #[test]
     fn invalid_utf8_is_malformed_not_a_panic() {
         assert_eq!(
-            validate_reading("temperature", "t", &[0xff, 0xfe, b'{'], Utc::now()).map_err(|r| r.reason),
+            validate_reading("temperature", "t", &[0xff, 0xfe, b'{'], Utc::now())
+                .map_err(|r| r.reason),
             Err(Malformed)
         );
     }

@@ -25,7 +25,10 @@ pub(super) struct Supervisor {
 
 impl Supervisor {
     pub async fn run(mut self) {
-        let broker = format!("{}:{}", self.settings.broker.host, self.settings.broker.port);
+        let broker = format!(
+            "{}:{}",
+            self.settings.broker.host, self.settings.broker.port
+        );
         let mut backoff = Backoff::new(
             self.settings.broker.reconnect.initial_delay,
             self.settings.broker.reconnect.max_delay,
@@ -76,9 +79,12 @@ impl Supervisor {
                         self.on_new_session(pending_confirmable);
                     }
                     self.publish_birth();
-                    emit(&self.events, Event::Connected {
-                        session_present: ack.session_present,
-                    })
+                    emit(
+                        &self.events,
+                        Event::Connected {
+                            session_present: ack.session_present,
+                        },
+                    )
                     .await;
                 }
                 Ok(rumqttc::Event::Incoming(Packet::Publish(p))) => {
@@ -129,7 +135,10 @@ impl Supervisor {
     /// has discarded the publishes it was holding for retransmission.
     fn on_new_session(&mut self, discarded: u64) {
         if discarded > 0 {
-            warn!(discarded, "broker had no session for us; unconfirmed publishes were dropped");
+            warn!(
+                discarded,
+                "broker had no session for us; unconfirmed publishes were dropped"
+            );
             self.unconfirmed
                 .confirmed
                 .fetch_add(discarded, Ordering::AcqRel);
@@ -160,7 +169,6 @@ impl Supervisor {
             self.eventloop.pending.push_back(Request::Publish(p));
         }
     }
-
 }
 
 /// A free function, not a method: `&Supervisor` is not `Send` (rumqttc's socket
@@ -231,7 +239,11 @@ mod tests {
         let bases = [1, 2, 4, 8, 8, 8];
         for (d, base) in delays.iter().zip(bases) {
             let base = Duration::from_secs(base);
-            assert!(*d >= base / 2 && *d <= base, "{d:?} not in [{:?}, {base:?}]", base / 2);
+            assert!(
+                *d >= base / 2 && *d <= base,
+                "{d:?} not in [{:?}, {base:?}]",
+                base / 2
+            );
         }
         b.reset();
         assert!(b.next() <= Duration::from_secs(1));

@@ -27,7 +27,9 @@ fn file_error(file: &Path, message: impl ToString) -> TlsError {
     }
 }
 
-pub(super) fn client_config(files: &TlsConfig) -> Result<rustls::ClientConfig, TlsError> {
+/// The rustls client config for `files`; public so tests and tools can connect the
+/// same way the daemons do.
+pub fn client_config(files: &TlsConfig) -> Result<rustls::ClientConfig, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in read_certs(&files.ca_file)? {
         roots
@@ -45,7 +47,12 @@ pub(super) fn client_config(files: &TlsConfig) -> Result<rustls::ClientConfig, T
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)
-        .map_err(|e| file_error(&files.key_file, format!("does not match the certificate: {e}")))?;
+        .map_err(|e| {
+            file_error(
+                &files.key_file,
+                format!("does not match the certificate: {e}"),
+            )
+        })?;
     Ok(config)
 }
 

@@ -1,0 +1,566 @@
+//! Test harness: a real Mosquitto with the deploy config and a PKI made for the run,
+//! the real daemons as child processes, and an MQTT client for watching the wire.
+//!
+//! Every process started here is killed when its guard drops; a failing test
+//! prints the logs of everything it started.
+
+#![allow(dead_code)] // Each test uses a different part of the harness.
+
+use rumqttc::tokio_rustls::rustls;
+use std::io::{BufRead, BufReader, Read};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
+pub const SENSORD: &str = env!("CARGO_BIN_EXE_sensord");
+pub const AGGREGATORD: &str = env!("CARGO_BIN_EXE_aggregatord");
+/// Upper bound for anything a test waits on; generous because CI machines are slow.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+fn require(program: &str, package: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "`{program}` is not on PATH. Install it with: sudo apt-get install -y {package}\n\
+         (scripts/test installs everything the tests need)"
+    );
+}
+
+// ---------------------------------------------------------------- shared state
+
+/// State written by a reader thread and awaited by the test: a value plus a
+/// condition variable, so waiting is on the event itself, never a sleep.
+pub struct Shared<T>(Arc<(Mutex<T>, Condvar)>);
+
+impl<T> Clone for Shared<T> {
+    fn clone(&self) -> Self {
+        Shared(self.0.clone())
+    }
+}
+
+impl<T> Shared<T> {
+    fn new(value: T) -> Self {
+        Shared(Arc::new((Mutex::new(value), Condvar::new())))
+    }
+
+    fn update(&self, f: impl FnOnce(&mut T)) {
+        f(&mut self.0 .0.lock().unwrap());
+        self.0 .1.notify_all();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, T> {
+        self.0 .0.lock().unwrap()
+    }
+
+    /// Waits up to [`PATIENCE`] for `done`; returns the guard and whether it held.
+    fn wait(&self, done: impl Fn(&T) -> bool) -> (std::sync::MutexGuard<'_, T>, bool) {
+        let (guard, timeout) = self
+            .0
+             .1
+            .wait_timeout_while(self.lock(), PATIENCE, |v| !done(v))
+            .unwrap();
+        (guard, !timeout.timed_out())
+    }
+}
+
+// ---------------------------------------------------------------- log capture
+
+/// Lines a child wrote to stderr, kept for waiting on and for failure reports.
+#[derive(Clone)]
+pub struct Log {
+    name: String,
+    lines: Shared<Vec<String>>,
+}
+
+impl Log {
+    fn capture(name: &str, stream: impl Read + Send + 'static) -> Log {
+        let log = Log {
+            name: name.to_owned(),
+            lines: Shared::new(Vec::new()),
+        };
+        let sink = log.lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                sink.update(|lines| lines.push(line));
+            }
+        });
+        log
+    }
+
+    /// Waits for a line containing every one of `needles`; returns it.
+    pub fn wait_for(&self, needles: &[&str]) -> String {
+        self.wait_for_nth(needles, 1)
+    }
+
+    /// Waits until `n` lines contain every one of `needles`; returns the n-th.
+    pub fn wait_for_nth(&self, needles: &[&str], n: usize) -> String {
+        let matching = |lines: &Vec<String>| -> Vec<String> {
+            lines
+                .iter()
+                .filter(|l| needles.iter().all(|x| l.contains(x)))
+                .cloned()
+                .collect()
+        };
+        let (lines, ok) = self.lines.wait(|lines| matching(lines).len() >= n);
+        assert!(
+            ok,
+            "{}: no log line with {needles:?} (wanted {n}) within {PATIENCE:?}",
+            self.name
+        );
+        matching(&lines).swap_remove(n - 1)
+    }
+
+    pub fn contains(&self, needles: &[&str]) -> bool {
+        let lines = self.lines.lock();
+        lines.iter().any(|l| needles.iter().all(|n| l.contains(n)))
+    }
+
+    pub fn text(&self) -> String {
+        self.lines.lock().join("\n")
+    }
+}
+
+/// A child process that is killed (and its log shown, if the test failed) on drop.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    pub log: Log,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let stderr = child.stderr.take().expect("stderr is piped");
+        Proc {
+            name: name.to_owned(),
+            log: Log::capture(name, stderr),
+            child,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        signal(self.pid(), libc::SIGTERM);
+        self.wait()
+    }
+
+    /// SIGKILL: the process gets no chance to say goodbye.
+    pub fn kill9(&mut self) -> ExitStatus {
+        signal(self.pid(), libc::SIGKILL);
+        self.wait()
+    }
+
+    pub fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waitpid") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within {PATIENCE:?}",
+                self.name
+            );
+            // No event to await for a child's exit in std; poll briefly.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn signal(pid: i32, sig: i32) {
+    // SAFETY: kill(2) on a child we own; no memory is shared.
+    let rc = unsafe { libc::kill(pid, sig) };
+    assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "----- {} log -----\n{}\n----- end of {} log -----",
+                self.name,
+                self.log.text(),
+                self.name
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------- PKI and broker
+
+/// A CA and certificates made by deploy/pki/gen-dev-pki.sh in a temporary folder.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+}
+
+impl Pki {
+    pub fn new(names: &[&str]) -> Pki {
+        require("openssl", "openssl");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = Command::new(format!("{REPO}/deploy/pki/gen-dev-pki.sh"))
+            .arg(dir.path())
+            .args(names)
+            .output()
+            .expect("run gen-dev-pki.sh");
+        assert!(
+            out.status.success(),
+            "gen-dev-pki.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Pki { dir }
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+
+    /// The `tls:` block of a roomsense config for client `name`.
+    pub fn tls_yaml(&self, name: &str) -> String {
+        format!(
+            "{{ ca_file: {}, cert_file: {}, key_file: {} }}",
+            self.path("ca.crt").display(),
+            self.path(&format!("{name}.crt")).display(),
+            self.path(&format!("{name}.key")).display()
+        )
+    }
+}
+
+/// Mosquitto on a free loopback port, configured from deploy/mosquitto.
+pub struct Broker {
+    pub port: u16,
+    pub proc: Proc,
+    data: tempfile::TempDir,
+    conf: PathBuf,
+}
+
+impl Broker {
+    pub fn start(pki: &Pki) -> Broker {
+        require("mosquitto", "mosquitto");
+        let data = tempfile::tempdir().expect("tempdir");
+        Self::start_in(pki, data, free_port())
+    }
+
+    fn start_in(pki: &Pki, data: tempfile::TempDir, port: u16) -> Broker {
+        let conf = data.path().join("mosquitto.conf");
+        let rendered = Command::new(format!("{REPO}/deploy/mosquitto/render-conf"))
+            .arg(pki.dir.path())
+            .arg(data.path())
+            .arg(port.to_string())
+            .output()
+            .expect("run render-conf");
+        assert!(
+            rendered.status.success(),
+            "render-conf: {}",
+            String::from_utf8_lossy(&rendered.stderr)
+        );
+        std::fs::write(&conf, &rendered.stdout).expect("write mosquitto.conf");
+        let mut proc = Proc::spawn("mosquitto", Command::new("mosquitto").arg("-c").arg(&conf));
+        // Ready means accepting connections: try to connect until it does (or dies).
+        let deadline = Instant::now() + PATIENCE;
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = proc.child.try_wait().expect("waitpid") {
+                panic!(
+                    "mosquitto exited ({status}) during start-up:\n{}",
+                    proc.log.text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto not listening within {PATIENCE:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Broker {
+            port,
+            proc,
+            data,
+            conf,
+        }
+    }
+
+    /// The `broker:` block of a roomsense config for client `name`.
+    pub fn yaml(&self, pki: &Pki, name: &str) -> String {
+        format!(
+            "broker:\n  host: localhost\n  port: {}\n  keep_alive: 5s\n  tls: {}\n  reconnect: {{ initial_delay: 100ms, max_delay: 1s }}\n",
+            self.port,
+            pki.tls_yaml(name)
+        )
+    }
+}
+
+fn free_port() -> u16 {
+    // The kernel picks a free port; there is a small window before Mosquitto binds it.
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+// ---------------------------------------------------------------- daemons
+
+/// A config file in a temporary folder.
+pub struct ConfigFile {
+    _dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+pub fn write_config(yaml: &str) -> ConfigFile {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, yaml).expect("write config");
+    ConfigFile { _dir: dir, path }
+}
+
+/// Sensors for a sensord config, one `(id, type, interval, qos)` each.
+pub fn sensord_yaml(
+    broker: &Broker,
+    pki: &Pki,
+    node: &str,
+    prefix: &str,
+    sensors: &[(&str, &str, &str, u8)],
+) -> String {
+    let mut yaml = format!(
+        "node: {{ id: {node}, topic_prefix: {prefix} }}\n{}sensors:\n",
+        broker.yaml(pki, node)
+    );
+    for (id, kind, interval, qos) in sensors {
+        yaml.push_str(&format!(
+            "  - {{ id: {id}, type: {kind}, interval: {interval}, qos: {qos} }}\n"
+        ));
+    }
+    yaml
+}
+
+pub fn aggregatord_yaml(broker: &Broker, pki: &Pki, storage: &Path) -> String {
+    format!(
+        "client_id: aggregatord\n{}subscriptions:\n  - {{ filter: \"building/#\", qos: 1 }}\nstorage:\n  path: {}\n",
+        broker.yaml(pki, "aggregatord"),
+        storage.display()
+    )
+}
+
+pub fn start_daemon(bin: &str, config: &Path) -> Proc {
+    let name = Path::new(bin)
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    Proc::spawn(
+        &name,
+        Command::new(bin)
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info,roomsense=debug")
+            .env_remove("JOURNAL_STREAM"),
+    )
+}
+
+/// Runs `aggregatord dump` to completion and returns its stdout.
+pub fn dump(config: &Path, args: &[&str]) -> String {
+    let out = Command::new(AGGREGATORD)
+        .arg("--config")
+        .arg(config)
+        .arg("dump")
+        .args(args)
+        .output()
+        .expect("run aggregatord dump");
+    assert!(
+        out.status.success(),
+        "dump failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("dump output is UTF-8")
+}
+
+// ---------------------------------------------------------------- a watching client
+
+/// Recorded in place of a message when a SUBACK arrives, so `subscribe` can wait.
+const SUBACK: &str = "<suback>";
+
+/// A message as a test client received it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub qos: u8,
+    pub retain: bool,
+}
+
+impl Seen {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.payload).expect("payload is JSON")
+    }
+}
+
+/// An MQTT client (rumqttc, mutual TLS) that records everything it receives.
+pub struct Watcher {
+    pub client: rumqttc::Client,
+    seen: Shared<Vec<Seen>>,
+    /// The outcome of the first connection attempt, once known.
+    connected: Shared<Option<Result<(), String>>>,
+}
+
+pub fn tls(pki: &Pki, name: &str) -> rustls::ClientConfig {
+    roomsense::mqtt::tls_client_config(&roomsense::config::TlsConfig {
+        ca_file: pki.path("ca.crt"),
+        cert_file: pki.path(&format!("{name}.crt")),
+        key_file: pki.path(&format!("{name}.key")),
+    })
+    .expect("client TLS config")
+}
+
+impl Watcher {
+    /// Connects as certificate `name`; panics if the broker does not accept it.
+    pub fn connect(broker: &Broker, pki: &Pki, name: &str) -> Watcher {
+        let w = Watcher::try_connect(
+            broker,
+            tls(pki, name),
+            &format!("watcher-{}", fastrand::u32(..)),
+        );
+        if let Err(e) = w.wait_connected() {
+            panic!("watcher could not connect: {e}");
+        }
+        w
+    }
+
+    /// Starts connecting with any TLS config; see [`Watcher::wait_connected`].
+    pub fn try_connect(broker: &Broker, tls: rustls::ClientConfig, client_id: &str) -> Watcher {
+        let mut options = rumqttc::MqttOptions::new(client_id, "localhost", broker.port);
+        options
+            .set_keep_alive(Duration::from_secs(5))
+            .set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(Arc::new(tls)),
+            ));
+        let (client, mut connection) = rumqttc::Client::new(options, 100);
+        let seen = Shared::new(Vec::new());
+        let connected = Shared::new(None);
+        let (seen2, connected2) = (seen.clone(), connected.clone());
+        std::thread::spawn(move || {
+            for event in connection.iter() {
+                match event {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                        connected2.update(|c| *c = Some(Ok(())));
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                        let marker = Seen {
+                            topic: SUBACK.into(),
+                            payload: vec![],
+                            qos: 0,
+                            retain: false,
+                        };
+                        seen2.update(|s| s.push(marker));
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                        let seen = Seen {
+                            topic: p.topic.clone(),
+                            payload: p.payload.to_vec(),
+                            qos: p.qos as u8,
+                            retain: p.retain,
+                        };
+                        seen2.update(|s| s.push(seen));
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        connected2.update(|c| {
+                            c.get_or_insert(Err(e.to_string()));
+                        });
+                        // A test watcher does not reconnect: it reports and stops.
+                        break;
+                    }
+                }
+            }
+        });
+        Watcher {
+            client,
+            seen,
+            connected,
+        }
+    }
+
+    /// The outcome of the first connection attempt.
+    pub fn wait_connected(&self) -> Result<(), String> {
+        let (outcome, _) = self.connected.wait(|c| c.is_some());
+        outcome
+            .clone()
+            .unwrap_or_else(|| Err(format!("no CONNACK or error within {PATIENCE:?}")))
+    }
+
+    /// Subscribes and waits for the SUBACK.
+    pub fn subscribe(&self, filter: &str, qos: u8) {
+        let subacks = |all: &[Seen]| all.iter().filter(|s| s.topic == SUBACK).count();
+        let before = subacks(&self.seen.lock());
+        let qos = match qos {
+            0 => rumqttc::QoS::AtMostOnce,
+            1 => rumqttc::QoS::AtLeastOnce,
+            _ => rumqttc::QoS::ExactlyOnce,
+        };
+        self.client.subscribe(filter, qos).expect("queue SUBSCRIBE");
+        self.wait_until(|all| subacks(all) > before);
+    }
+
+    pub fn publish(&self, topic: &str, payload: &[u8], qos: u8) {
+        let qos = if qos == 0 {
+            rumqttc::QoS::AtMostOnce
+        } else {
+            rumqttc::QoS::AtLeastOnce
+        };
+        self.client
+            .publish(topic, qos, false, payload.to_vec())
+            .expect("queue PUBLISH");
+    }
+
+    /// Waits until `done` holds for everything received so far.
+    pub fn wait_until(&self, done: impl Fn(&[Seen]) -> bool) {
+        let (all, ok) = self.seen.wait(|all| done(all));
+        assert!(
+            ok,
+            "watcher: condition not met within {PATIENCE:?}; received {:#?}",
+            &*all
+        );
+    }
+
+    /// Waits for a message on `topic` matching `pred`; returns it.
+    pub fn wait_for(&self, topic: &str, pred: impl Fn(&Seen) -> bool) -> Seen {
+        let matches = |s: &Seen| s.topic == topic && pred(s);
+        self.wait_until(|all| all.iter().any(matches));
+        self.seen
+            .lock()
+            .iter()
+            .find(|s| matches(s))
+            .cloned()
+            .expect("just matched")
+    }
+
+    /// Every message received so far (SUBACK markers left out).
+    pub fn messages(&self) -> Vec<Seen> {
+        self.seen
+            .lock()
+            .iter()
+            .filter(|s| s.topic != SUBACK)
+            .cloned()
+            .collect()
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.client.disconnect();
+    }
+}

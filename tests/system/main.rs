@@ -1,0 +1,9 @@
+//! System tests: the real daemons, a real Mosquitto with mutual TLS, real storage.
+//! One test binary (faster to build than one per file); see harness.rs for the rig.
+
+mod harness;
+
+mod config;
+mod pipeline;
+mod status;
+mod tls;
