@@ -1,0 +1,26 @@
+# Sourced by scripts/test and scripts/demo: make sure the programs they need exist.
+# As root on Debian/Ubuntu, installs them with apt-get; otherwise prints the command.
+
+need_packages() {
+    local missing=() pkg prog
+    for pair in mosquitto:mosquitto mosquitto_sub:mosquitto-clients openssl:openssl "$@"; do
+        prog=${pair%%:*} pkg=${pair#*:}
+        command -v "$prog" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "installing: ${missing[*]}" >&2
+        apt-get update -qq >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+    else
+        echo "missing: ${missing[*]}" >&2
+        echo "install with: sudo apt-get install -y ${missing[*]}" >&2
+        exit 69
+    fi
+}
+
+need_cargo() {
+    command -v cargo >/dev/null 2>&1 && return 0
+    echo "cargo not found: install Rust from https://rustup.rs (then open a new shell)" >&2
+    exit 69
+}
