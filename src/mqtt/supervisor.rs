@@ -35,6 +35,7 @@ impl Supervisor {
         );
         let mut closing = false;
         let mut disconnect_sent = false;
+        let mut first_connect = true;
         // The last failure we logged at warn level, so a broker that stays down
         // produces one line, not one per attempt.
         let mut last_failure: Option<String> = None;
@@ -76,8 +77,14 @@ impl Supervisor {
                         "connected"
                     );
                     if !ack.session_present {
-                        self.on_new_session(pending_confirmable);
+                        self.forget_discarded(pending_confirmable);
                     }
+                    // A resumed session keeps its subscriptions, but on our first
+                    // connect the config may have changed since that session began.
+                    if !ack.session_present || first_connect {
+                        self.subscribe();
+                    }
+                    first_connect = false;
                     self.publish_birth();
                     emit(
                         &self.events,
@@ -131,9 +138,9 @@ impl Supervisor {
         self.link.send_replace(Link::Down);
     }
 
-    /// The broker has no session for us: our subscriptions are gone and rumqttc
-    /// has discarded the publishes it was holding for retransmission.
-    fn on_new_session(&mut self, discarded: u64) {
+    /// The broker has no session for us, so rumqttc has discarded the publishes it
+    /// was holding for retransmission; stop waiting for their confirmation.
+    fn forget_discarded(&mut self, discarded: u64) {
         if discarded > 0 {
             warn!(
                 discarded,
@@ -143,6 +150,9 @@ impl Supervisor {
                 .confirmed
                 .fetch_add(discarded, Ordering::AcqRel);
         }
+    }
+
+    fn subscribe(&mut self) {
         if self.settings.subscriptions.is_empty() {
             return;
         }

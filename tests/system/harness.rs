@@ -295,6 +295,20 @@ impl Broker {
         }
     }
 
+    /// Stops Mosquitto (SIGTERM: it saves its state) and starts it again on the same
+    /// port, with that state or, if `keep_state` is false, with none: every
+    /// session, queued message and retained message forgotten.
+    pub fn restart(&mut self, pki: &Pki, keep_state: bool) {
+        assert!(self.proc.terminate().success(), "mosquitto exit status");
+        let fresh = tempfile::tempdir().expect("tempdir");
+        let data = if keep_state {
+            std::mem::replace(&mut self.data, fresh)
+        } else {
+            fresh
+        };
+        *self = Broker::start_in(pki, data, self.port);
+    }
+
     /// The `broker:` block of a roomsense config for client `name`.
     pub fn yaml(&self, pki: &Pki, name: &str) -> String {
         format!(

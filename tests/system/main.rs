@@ -5,5 +5,6 @@ mod harness;
 
 mod config;
 mod pipeline;
+mod reconnect;
 mod status;
 mod tls;

@@ -1,0 +1,109 @@
+//! Broker restarts: both daemons reconnect by themselves, and aggregatord
+//! resubscribes when the broker has forgotten its session.
+
+use crate::harness::*;
+use std::collections::BTreeSet;
+
+const PREFIX: &str = "building/floor1/room101";
+
+struct Rig {
+    pki: Pki,
+    broker: Broker,
+    _storage: tempfile::TempDir,
+    agg_config: ConfigFile,
+    agg: Proc,
+    _sensord_config: ConfigFile,
+    sensord: Proc,
+}
+
+fn rig() -> Rig {
+    let pki = Pki::new(&["room101", "aggregatord"]);
+    let broker = Broker::start(&pki);
+    let storage = tempfile::tempdir().unwrap();
+    let agg_config = write_config(&aggregatord_yaml(&broker, &pki, storage.path()));
+    let agg = start_daemon(AGGREGATORD, &agg_config.path);
+    agg.log.wait_for(&["subscribed"]);
+    let sensors = [("motion_001", "motion", "50ms", 1)];
+    let sensord_config = write_config(&sensord_yaml(&broker, &pki, "room101", PREFIX, &sensors));
+    let sensord = start_daemon(SENSORD, &sensord_config.path);
+    agg.log.wait_for(&["stored reading", "seq=Some(5)"]);
+    Rig {
+        pki,
+        broker,
+        _storage: storage,
+        agg_config,
+        agg,
+        _sensord_config: sensord_config,
+        sensord,
+    }
+}
+
+fn stored_lines(log: &Log) -> usize {
+    log.text()
+        .lines()
+        .filter(|l| l.contains("stored reading"))
+        .count()
+}
+
+#[test]
+fn a_broker_that_lost_our_session_gets_our_subscription_again() {
+    let mut rig = rig();
+    rig.broker.restart(&rig.pki, false);
+
+    // Both reconnect on their own; the broker reports no session for aggregatord…
+    rig.sensord.log.wait_for_nth(&["connected broker="], 2);
+    let line = rig.agg.log.wait_for_nth(&["connected broker="], 2);
+    assert!(line.contains("session_present=false"), "{line}");
+    // …so it subscribes again, and readings are stored again.
+    rig.agg.log.wait_for_nth(&["subscribed", "Success"], 2);
+    let stored = stored_lines(&rig.agg.log);
+    rig.agg.log.wait_for_nth(&["stored reading"], stored + 5);
+}
+
+#[test]
+fn across_a_broker_restart_with_persistence_no_qos1_reading_is_lost() {
+    let mut rig = rig();
+    rig.broker.restart(&rig.pki, true);
+    let line = rig.agg.log.wait_for_nth(&["connected broker="], 2);
+    assert!(line.contains("session_present=true"), "{line}");
+    rig.sensord.log.wait_for_nth(&["connected broker="], 2);
+    let stored = stored_lines(&rig.agg.log);
+    rig.agg.log.wait_for_nth(&["stored reading"], stored + 10);
+
+    assert!(rig.sensord.terminate().success());
+    // sensord waited for the broker to confirm every reading before it exited; the
+    // last one reaches aggregatord after that.
+    let last = rig.sensord.log.wait_for(&["sensord stopped"]);
+    let published: u64 = field(&last, "published=");
+    rig.agg
+        .log
+        .wait_for(&["stored reading", &format!("seq=Some({published})")]);
+    assert!(rig.agg.terminate().success());
+
+    let seqs: BTreeSet<u64> = dump(&rig.agg_config.path, &["--format", "jsonl"])
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    let missing: Vec<u64> = (1..=published).filter(|s| !seqs.contains(s)).collect();
+    assert!(
+        missing.is_empty(),
+        "QoS 1 readings lost across the restart: {missing:?}"
+    );
+}
+
+fn field(line: &str, name: &str) -> u64 {
+    let at = line
+        .find(name)
+        .unwrap_or_else(|| panic!("{name} not in {line}"))
+        + name.len();
+    line[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
