@@ -49,12 +49,17 @@ impl<T> Shared<T> {
     }
 
     fn update(&self, f: impl FnOnce(&mut T)) {
-        f(&mut self.0 .0.lock().unwrap());
+        f(&mut self.lock());
         self.0 .1.notify_all();
     }
 
+    /// A test that failed while holding the lock poisons it; the data is still
+    /// fine for printing the failure report, so ignore the poison.
     fn lock(&self) -> std::sync::MutexGuard<'_, T> {
-        self.0 .0.lock().unwrap()
+        self.0
+             .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Waits up to [`PATIENCE`] for `done`; returns the guard and whether it held.
@@ -63,7 +68,7 @@ impl<T> Shared<T> {
             .0
              .1
             .wait_timeout_while(self.lock(), PATIENCE, |v| !done(v))
-            .unwrap();
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         (guard, !timeout.timed_out())
     }
 }
@@ -108,12 +113,14 @@ impl Log {
                 .collect()
         };
         let (lines, ok) = self.lines.wait(|lines| matching(lines).len() >= n);
+        let mut found = matching(&lines);
+        drop(lines); // Not held while panicking: the failure report needs it.
         assert!(
             ok,
             "{}: no log line with {needles:?} (wanted {n}) within {PATIENCE:?}",
             self.name
         );
-        matching(&lines).swap_remove(n - 1)
+        found.swap_remove(n - 1)
     }
 
     pub fn contains(&self, needles: &[&str]) -> bool {
@@ -543,10 +550,15 @@ impl Watcher {
     /// Waits until `done` holds for everything received so far.
     pub fn wait_until(&self, done: impl Fn(&[Seen]) -> bool) {
         let (all, ok) = self.seen.wait(|all| done(all));
+        let report = if ok {
+            String::new()
+        } else {
+            format!("{:#?}", &*all)
+        };
+        drop(all); // Not held while panicking: the failure report needs it.
         assert!(
             ok,
-            "watcher: condition not met within {PATIENCE:?}; received {:#?}",
-            &*all
+            "watcher: condition not met within {PATIENCE:?}; received {report}"
         );
     }
 
