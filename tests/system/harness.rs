@@ -259,9 +259,14 @@ pub struct Broker {
 
 impl Broker {
     pub fn start(pki: &Pki) -> Broker {
+        Self::start_on(pki, free_port())
+    }
+
+    /// Starts on a given port: for tests where clients are waiting for it.
+    pub fn start_on(pki: &Pki, port: u16) -> Broker {
         require("mosquitto", "mosquitto");
         let data = tempfile::tempdir().expect("tempdir");
-        Self::start_in(pki, data, free_port())
+        Self::start_in(pki, data, port)
     }
 
     fn start_in(pki: &Pki, data: tempfile::TempDir, port: u16) -> Broker {
@@ -318,15 +323,19 @@ impl Broker {
 
     /// The `broker:` block of a roomsense config for client `name`.
     pub fn yaml(&self, pki: &Pki, name: &str) -> String {
-        format!(
-            "broker:\n  host: localhost\n  port: {}\n  keep_alive: 5s\n  tls: {}\n  reconnect: {{ initial_delay: 100ms, max_delay: 1s }}\n",
-            self.port,
-            pki.tls_yaml(name)
-        )
+        broker_yaml(self.port, pki, name)
     }
 }
 
-fn free_port() -> u16 {
+/// The `broker:` block of a roomsense config for client `name`, broker at `port`.
+pub fn broker_yaml(port: u16, pki: &Pki, name: &str) -> String {
+    format!(
+        "broker:\n  host: localhost\n  port: {port}\n  keep_alive: 5s\n  tls: {}\n  reconnect: {{ initial_delay: 100ms, max_delay: 400ms }}\n",
+        pki.tls_yaml(name)
+    )
+}
+
+pub fn free_port() -> u16 {
     // The kernel picks a free port; there is a small window before Mosquitto binds it.
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -107,3 +107,42 @@ fn field(line: &str, name: &str) -> u64 {
         .parse()
         .unwrap()
 }
+
+#[test]
+fn with_no_broker_at_start_sensord_retries_quietly_and_connects_when_it_appears() {
+    let pki = Pki::new(&["room101", "observer"]);
+    let port = free_port();
+    let yaml = format!(
+        "node: {{ id: room101, topic_prefix: {PREFIX} }}\n{}sensors:\n  - {{ id: m, type: motion, interval: 100ms, qos: 1 }}\n",
+        broker_yaml(port, &pki, "room101")
+    );
+    let config = write_config(&yaml);
+    let sensord = start_daemon(SENSORD, &config.path);
+
+    // Several attempts (backoff 100ms doubling to 400ms), but one warning: the
+    // failure did not change, so it is not repeated.
+    sensord
+        .log
+        .wait_for_nth(&["waiting before reconnecting"], 4);
+    let warnings = sensord
+        .log
+        .text()
+        .lines()
+        .filter(|l| l.contains("MQTT connection failed"))
+        .count();
+    assert_eq!(
+        warnings,
+        1,
+        "one warning per state change:\n{}",
+        sensord.log.text()
+    );
+
+    let broker = Broker::start_on(&pki, port);
+    let watcher = Watcher::connect(&broker, &pki, "observer");
+    watcher.subscribe(&format!("{PREFIX}/#"), 1);
+    sensord.log.wait_for(&["connected broker="]);
+    watcher.wait_for(&format!("{PREFIX}/status"), |s| {
+        s.json()["status"] == "online"
+    });
+    watcher.wait_for(&format!("{PREFIX}/motion/m"), |_| true);
+}
