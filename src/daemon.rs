@@ -81,6 +81,33 @@ pub fn shutdown_on_signals() -> std::io::Result<CancellationToken> {
     Ok(token)
 }
 
+/// The common start of both daemons: load and validate the config (`--check-config`
+/// stops there), set up logging, then run `daemon` on a single-threaded runtime.
+/// One thread is plenty for a handful of sockets; blocking work (fsync) goes to
+/// `spawn_blocking`.
+pub fn start<C, F>(
+    config_path: &std::path::Path,
+    check_only: bool,
+    daemon: impl FnOnce(C) -> F,
+) -> anyhow::Result<()>
+where
+    C: crate::config::DaemonConfig,
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    use anyhow::Context;
+    let config: C = crate::config::load(config_path)?;
+    if check_only {
+        println!("{}: ok", config_path.display());
+        return Ok(());
+    }
+    init_logging();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(daemon(config))
+}
+
 /// Maps a daemon's result to its exit status, printing the error chain.
 /// Configuration errors exit 78 (`EX_CONFIG`), everything else 1.
 pub fn exit_status(result: anyhow::Result<()>) -> ExitCode {

@@ -1,6 +1,6 @@
 //! sensord: one node's sensors, published on their own schedules and QoS.
 
-use crate::config::{self, SensorConfig, SensordConfig};
+use crate::config::{SensorConfig, SensordConfig};
 use crate::contract::{
     topic, NodeState, Reading, Status, StatusSensor, Timestamp, REASON_CONNECTION_LOST,
     REASON_SHUTDOWN,
@@ -22,17 +22,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// Entry point for the `sensord` binary.
 pub fn main(config_path: &Path, check_only: bool) -> anyhow::Result<()> {
-    let config: SensordConfig = config::load(config_path)?;
-    if check_only {
-        println!("{}: ok", config_path.display());
-        return Ok(());
-    }
-    daemon::init_logging();
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?
-        .block_on(run(config))
+    daemon::start(config_path, check_only, run)
 }
 
 #[derive(Default)]

@@ -19,17 +19,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// `aggregatord` (the daemon).
 pub fn main(config_path: &Path, check_only: bool) -> anyhow::Result<()> {
-    let config: AggregatordConfig = config::load(config_path)?;
-    if check_only {
-        println!("{}: ok", config_path.display());
-        return Ok(());
-    }
-    daemon::init_logging();
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?
-        .block_on(run(config))
+    daemon::start(config_path, check_only, run)
 }
 
 /// `aggregatord dump`.

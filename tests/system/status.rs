@@ -17,6 +17,31 @@ fn start_sensord(broker: &Broker, pki: &Pki) -> (ConfigFile, Proc) {
     (config, proc)
 }
 
+/// A broker, a status watcher, and sensord, once its `online` status has been seen.
+struct Online {
+    pki: Pki,
+    broker: Broker,
+    watcher: Watcher,
+    _config: ConfigFile,
+    sensord: Proc,
+}
+
+fn online() -> Online {
+    let pki = Pki::new(&["room101", "observer"]);
+    let broker = Broker::start(&pki);
+    let watcher = Watcher::connect(&broker, &pki, "observer");
+    watcher.subscribe("building/+/+/status", 1);
+    let (_config, sensord) = start_sensord(&broker, &pki);
+    watcher.wait_for(STATUS, |s| status_is(s, "online"));
+    Online {
+        pki,
+        broker,
+        watcher,
+        _config,
+        sensord,
+    }
+}
+
 fn status_is(s: &Seen, state: &str) -> bool {
     s.json()["status"] == state
 }
@@ -48,12 +73,13 @@ fn a_late_subscriber_gets_the_retained_online_status_at_once() {
 
 #[test]
 fn kill_9_makes_the_broker_publish_the_retained_last_will() {
-    let pki = Pki::new(&["room101", "observer"]);
-    let broker = Broker::start(&pki);
-    let watcher = Watcher::connect(&broker, &pki, "observer");
-    watcher.subscribe("building/+/+/status", 1);
-    let (_config, mut sensord) = start_sensord(&broker, &pki);
-    watcher.wait_for(STATUS, |s| status_is(s, "online"));
+    let Online {
+        pki,
+        broker,
+        watcher,
+        _config,
+        mut sensord,
+    } = online();
 
     sensord.kill9();
     let will = watcher.wait_for(STATUS, |s| status_is(s, "offline"));
@@ -73,12 +99,13 @@ fn kill_9_makes_the_broker_publish_the_retained_last_will() {
 
 #[test]
 fn sigterm_publishes_offline_itself_and_no_last_will() {
-    let pki = Pki::new(&["room101", "observer"]);
-    let broker = Broker::start(&pki);
-    let watcher = Watcher::connect(&broker, &pki, "observer");
-    watcher.subscribe("building/+/+/status", 1);
-    let (_config, mut sensord) = start_sensord(&broker, &pki);
-    watcher.wait_for(STATUS, |s| status_is(s, "online"));
+    let Online {
+        pki: _pki,
+        broker,
+        watcher,
+        _config,
+        mut sensord,
+    } = online();
 
     assert!(sensord.terminate().success(), "sensord exits 0 on SIGTERM");
     let offline = watcher.wait_for(STATUS, |s| status_is(s, "offline"));
