@@ -46,7 +46,7 @@ pub async fn run(config: AggregatordConfig) -> anyhow::Result<()> {
         client_id: config.client_id.to_string(),
         broker: config.broker.clone(),
         last_will: None,
-        birth: None,
+        birth: Vec::new(),
         subscriptions: config
             .subscriptions
             .iter()

@@ -14,9 +14,20 @@ struct Cli {
     /// Validate the config and exit (0 if valid, 78 if not).
     #[arg(long)]
     check_config: bool,
+    /// Print readings as JSON lines on stdout instead of publishing; no broker needed.
+    #[arg(long)]
+    dry_run: bool,
+    /// With --dry-run: simulate this much time (e.g. 24h) as fast as possible.
+    #[arg(long, requires = "dry_run", value_parser = humantime::parse_duration)]
+    simulate: Option<std::time::Duration>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    roomsense::daemon::exit_status(roomsense::sensord::main(&cli.config, cli.check_config))
+    let result = if cli.dry_run {
+        roomsense::sensord::dry_run(&cli.config, cli.simulate)
+    } else {
+        roomsense::sensord::main(&cli.config, cli.check_config)
+    };
+    roomsense::daemon::exit_status(result)
 }

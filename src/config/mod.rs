@@ -10,7 +10,10 @@ mod sensord;
 
 pub use aggregatord::{AggregatordConfig, StorageConfig, SubscriptionConfig};
 pub use broker::{BrokerConfig, ReconnectConfig, TlsConfig};
-pub use sensord::{NodeConfig, SensorConfig, SensordConfig};
+pub use sensord::{
+    default_qos, FaultConfig, FaultKind, FixedOccupancy, HomeAssistantConfig, NodeConfig,
+    Occupancy, RoomConfig, Schedule, SensorConfig, SensordConfig, Thermostat,
+};
 
 use serde::de::DeserializeOwned;
 use std::fmt;
@@ -145,7 +148,11 @@ pub(crate) fn locate(text: &str, key: &str) -> Option<usize> {
             at += lines[at..].iter().position(|l| has_key(l, name))?;
         }
         if let Some(index) = index {
-            // Sequence items: lines starting with "- " after the key line.
+            // A flow sequence (`days: [mon, tue]`) is all on the key's line.
+            if !name.is_empty() && lines[at].contains('[') {
+                continue;
+            }
+            // Block sequence items: lines starting with "- " after the key line.
             let items: Vec<usize> = (at + 1..lines.len())
                 .filter(|&i| lines[i].trim_start().starts_with("- "))
                 .collect();
@@ -181,6 +188,25 @@ pub mod duration {
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&humantime::format_duration(*d))
     }
+
+    /// The same, for optional keys.
+    pub mod option {
+        use serde::{Deserialize, Deserializer, Serializer};
+        use std::time::Duration;
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            #[derive(Deserialize)]
+            struct Wrap(#[serde(with = "super")] Duration);
+            Ok(Option::<Wrap>::deserialize(d)?.map(|Wrap(d)| d))
+        }
+
+        pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => super::serialize(d, s),
+                None => s.serialize_none(),
+            }
+        }
+    }
 }
 
 /// Joins `path` onto `base` unless it is already absolute.
@@ -202,5 +228,7 @@ mod tests {
         assert_eq!(locate(text, "sensors[1].id"), Some(5));
         assert_eq!(locate(text, "sensors[1].type"), Some(6));
         assert_eq!(locate(text, "nothing"), None);
+        let flow = "room:\n  occupancy: { days: [mon, xyz] }\nsensors:\n  - { id: a }\n";
+        assert_eq!(locate(flow, "room.occupancy.days[1]"), Some(2));
     }
 }

@@ -12,7 +12,18 @@ use std::time::Duration;
 pub struct SensordConfig {
     pub node: NodeConfig,
     pub broker: BrokerConfig,
+    #[serde(default)]
+    pub room: RoomConfig,
+    /// QoS 1/2 readings kept while disconnected; the oldest go first when full.
+    #[serde(default = "default_offline_buffer")]
+    pub offline_buffer: usize,
+    #[serde(default)]
+    pub homeassistant: HomeAssistantConfig,
     pub sensors: Vec<SensorConfig>,
+}
+
+fn default_offline_buffer() -> usize {
+    10_000
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -23,17 +34,186 @@ pub struct NodeConfig {
     pub topic_prefix: TopicPrefix,
 }
 
+/// The simulated room all of a node's sensors observe.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoomConfig {
+    /// Makes every value model deterministic (for a given sequence of sample times).
+    #[serde(default)]
+    pub seed: Option<u64>,
+    #[serde(default)]
+    pub occupancy: Occupancy,
+    /// Heating set point, °C; without one the room just follows the day.
+    #[serde(default)]
+    pub thermostat: Option<Thermostat>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Thermostat {
+    pub setpoint: f64,
+}
+
+/// When people may be in the room: `always`, `never`, or a weekly schedule.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Occupancy {
+    Fixed(FixedOccupancy),
+    Schedule(Schedule),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FixedOccupancy {
+    Always,
+    Never,
+}
+
+/// Office hours by default: Monday to Friday, 08:00 to 18:00 local time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Schedule {
+    #[serde(default = "weekdays")]
+    pub days: Vec<chrono::Weekday>,
+    #[serde(default = "eight")]
+    pub from: chrono::NaiveTime,
+    #[serde(default = "eighteen")]
+    pub to: chrono::NaiveTime,
+}
+
+// By hand rather than `untagged`, so a mistake inside a schedule is reported as
+// itself ("unknown variant `xyz`") and not as "did not match any variant".
+impl<'de> Deserialize<'de> for Occupancy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Occupancy;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("`always`, `never`, or { days, from, to }")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Occupancy, E> {
+                use serde::de::IntoDeserializer;
+                FixedOccupancy::deserialize(s.into_deserializer()).map(Occupancy::Fixed)
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                map: M,
+            ) -> Result<Occupancy, M::Error> {
+                Schedule::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(Occupancy::Schedule)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+impl Default for Occupancy {
+    fn default() -> Self {
+        Occupancy::Schedule(Schedule {
+            days: weekdays(),
+            from: eight(),
+            to: eighteen(),
+        })
+    }
+}
+
+fn weekdays() -> Vec<chrono::Weekday> {
+    use chrono::Weekday::*;
+    vec![Mon, Tue, Wed, Thu, Fri]
+}
+fn eight() -> chrono::NaiveTime {
+    chrono::NaiveTime::from_hms_opt(8, 0, 0).unwrap_or_default()
+}
+fn eighteen() -> chrono::NaiveTime {
+    chrono::NaiveTime::from_hms_opt(18, 0, 0).unwrap_or_default()
+}
+
+/// Home Assistant MQTT discovery.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HomeAssistantConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default = "default_ha_prefix")]
+    pub prefix: String,
+}
+
+impl Default for HomeAssistantConfig {
+    fn default() -> Self {
+        HomeAssistantConfig {
+            enabled: false,
+            prefix: default_ha_prefix(),
+        }
+    }
+}
+
+fn default_ha_prefix() -> String {
+    "homeassistant".into()
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SensorConfig {
     pub id: Ident,
     #[serde(rename = "type")]
     pub sensor_type: SensorType,
+    /// For motion: how often to look for movement; readings are sent on change.
     #[serde(with = "duration")]
     pub interval: Duration,
-    pub qos: Qos,
+    /// Default by type: see [`default_qos`].
+    #[serde(default)]
+    pub qos: Option<Qos>,
     #[serde(default)]
     pub retain: bool,
+    /// Motion only: how long without movement before `0` is sent.
+    #[serde(default, with = "duration::option")]
+    pub clear_after: Option<Duration>,
+    #[serde(default)]
+    pub faults: Vec<FaultConfig>,
+}
+
+impl SensorConfig {
+    pub fn qos(&self) -> Qos {
+        self.qos.unwrap_or(default_qos(self.sensor_type))
+    }
+}
+
+/// Frequent, redundant readings at 0; events at 1; what must not be lost or
+/// counted twice (the billing meter) at 2.
+pub fn default_qos(t: SensorType) -> Qos {
+    match t {
+        SensorType::Motion => Qos::AtLeastOnce,
+        SensorType::Energy => Qos::ExactlyOnce,
+        _ => Qos::AtMostOnce,
+    }
+}
+
+/// A deliberate fault, for demos and tests (e.g. to trigger an alert).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultConfig {
+    pub kind: FaultKind,
+    /// Starts this long after sensord starts.
+    #[serde(default, with = "duration")]
+    pub after: Duration,
+    /// Lasts this long; forever if absent.
+    #[serde(default, rename = "for", with = "duration::option")]
+    pub lasts: Option<Duration>,
+    /// `spike`: the value reported; `stuck`: the value (default: the last real one).
+    #[serde(default)]
+    pub value: Option<f64>,
+    /// `drift`: units added per minute since the fault began.
+    #[serde(default)]
+    pub rate: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FaultKind {
+    Stuck,
+    Spike,
+    Drift,
+    Dropout,
 }
 
 impl DaemonConfig for SensordConfig {
@@ -42,19 +222,59 @@ impl DaemonConfig for SensordConfig {
         if self.sensors.is_empty() {
             return Err(Invalid::new("sensors", "list at least one sensor"));
         }
+        if self.offline_buffer > 1_000_000 {
+            return Err(Invalid::new("offline_buffer", "at most 1000000"));
+        }
+        if let Some(t) = &self.room.thermostat {
+            if !(5.0..=35.0).contains(&t.setpoint) {
+                return Err(Invalid::new(
+                    "room.thermostat.setpoint",
+                    "must be 5 to 35 °C",
+                ));
+            }
+        }
+        let ha = &self.homeassistant.prefix;
+        if ha.is_empty() || ha.contains(['+', '#']) || ha.starts_with('/') || ha.ends_with('/') {
+            return Err(Invalid::new(
+                "homeassistant.prefix",
+                "must be a plain topic, e.g. homeassistant",
+            ));
+        }
         let mut seen = HashSet::new();
         for (i, s) in self.sensors.iter().enumerate() {
+            let at = |key: &str| format!("sensors[{i}].{key}");
             if !seen.insert(&s.id) {
                 return Err(Invalid::new(
-                    format!("sensors[{i}].id"),
+                    at("id"),
                     format!("{} is used by an earlier sensor", s.id),
                 ));
             }
             if s.interval < Duration::from_millis(10) {
+                return Err(Invalid::new(at("interval"), "must be at least 10ms"));
+            }
+            if s.clear_after.is_some() && s.sensor_type != SensorType::Motion {
                 return Err(Invalid::new(
-                    format!("sensors[{i}].interval"),
-                    "must be at least 10ms",
+                    at("clear_after"),
+                    "only motion sensors have it",
                 ));
+            }
+            for (j, f) in s.faults.iter().enumerate() {
+                let at = |key: &str| format!("sensors[{i}].faults[{j}].{key}");
+                match f.kind {
+                    FaultKind::Spike if f.value.is_none() => {
+                        return Err(Invalid::new(
+                            at("value"),
+                            "a spike needs the value to report",
+                        ));
+                    }
+                    FaultKind::Drift if f.rate.is_none() => {
+                        return Err(Invalid::new(
+                            at("rate"),
+                            "a drift needs a rate (units per minute)",
+                        ));
+                    }
+                    _ => {}
+                }
             }
         }
         Ok(())

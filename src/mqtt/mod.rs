@@ -85,7 +85,7 @@ pub struct Settings {
     /// Published by the broker if the connection dies without a DISCONNECT.
     pub last_will: Option<Message>,
     /// Published on every successful connect, ahead of queued messages.
-    pub birth: Option<Message>,
+    pub birth: Vec<Message>,
     /// Resubscribed whenever the broker reports no stored session.
     pub subscriptions: Vec<(String, Qos)>,
     /// Incoming QoS 1/2 messages are acknowledged only by [`Handle::ack`].
@@ -242,11 +242,11 @@ impl Handle {
         Ok(())
     }
 
-    /// Queues a message without waiting.
-    pub fn try_publish(&self, m: Message) -> Result<(), MqttError> {
+    /// Queues a message without waiting. On `Full` the caller still has it.
+    pub fn try_publish(&self, m: &Message) -> Result<(), MqttError> {
         let qos = m.qos;
         self.client
-            .try_publish(m.topic, qos.into(), m.retain, m.payload)
+            .try_publish(m.topic.clone(), qos.into(), m.retain, m.payload.clone())
             .map_err(|e| match e {
                 rumqttc::ClientError::TryRequest(_) => MqttError::Full(REQUEST_QUEUE),
                 rumqttc::ClientError::Request(_) => MqttError::Closed,

@@ -39,9 +39,10 @@ impl Supervisor {
         // The last failure we logged at warn level, so a broker that stays down
         // produces one line, not one per attempt.
         let mut last_failure: Option<String> = None;
-        // Confirmable publishes sitting in rumqttc's retransmission list; rumqttc
-        // drops them if the broker has no session for us.
-        let mut pending_confirmable = 0u64;
+        // What rumqttc holds for retransmission while we reconnect. rumqttc would
+        // drop it all if the broker turns out to have no session for us; we send
+        // it again instead (see `restore`).
+        let mut stash: Vec<Request> = Vec::new();
 
         loop {
             let connected = *self.link.borrow() == Link::Up;
@@ -55,7 +56,7 @@ impl Supervisor {
                 }
             }
             if self.eventloop.network.is_none() {
-                pending_confirmable = count_confirmable(&self.eventloop);
+                stash.extend(self.eventloop.pending.drain(..));
             }
             let polled = tokio::select! {
                 biased;
@@ -76,9 +77,7 @@ impl Supervisor {
                         session_present = ack.session_present,
                         "connected"
                     );
-                    if !ack.session_present {
-                        self.forget_discarded(pending_confirmable);
-                    }
+                    self.restore(std::mem::take(&mut stash), ack.session_present);
                     // A resumed session keeps its subscriptions, but on our first
                     // connect the config may have changed since that session began.
                     if !ack.session_present || first_connect {
@@ -138,17 +137,39 @@ impl Supervisor {
         self.link.send_replace(Link::Down);
     }
 
-    /// The broker has no session for us, so rumqttc has discarded the publishes it
-    /// was holding for retransmission; stop waiting for their confirmation.
-    fn forget_discarded(&mut self, discarded: u64) {
-        if discarded > 0 {
+    /// Puts back what was in flight when the connection dropped. With a resumed
+    /// session, as rumqttc would: retransmitted under the same packet ids. Without
+    /// one, the broker knows none of those ids, so publishes go again as new ones
+    /// (QoS 1/2 promise at-least-once; receivers drop duplicates by seq). A QoS 2
+    /// message the broker had already acknowledged with PUBREC cannot be resent
+    /// (rumqttc no longer has it) and is counted as confirmed.
+    fn restore(&mut self, stash: Vec<Request>, session_present: bool) {
+        if session_present {
+            self.eventloop.pending.extend(stash);
+            return;
+        }
+        let mut resent = 0usize;
+        for request in stash {
+            match request {
+                Request::Publish(mut p) => {
+                    p.pkid = 0;
+                    p.dup = false;
+                    resent += 1;
+                    self.eventloop.pending.push_back(Request::Publish(p));
+                }
+                Request::PubRel(_) => {
+                    self.unconfirmed.confirmed.fetch_add(1, Ordering::AcqRel);
+                }
+                // Acks for the old session's deliveries, old (un)subscriptions:
+                // meaningless to a new session.
+                _ => {}
+            }
+        }
+        if resent > 0 {
             warn!(
-                discarded,
-                "broker had no session for us; unconfirmed publishes were dropped"
+                resent,
+                "broker had no session for us; publishing unconfirmed messages again"
             );
-            self.unconfirmed
-                .confirmed
-                .fetch_add(discarded, Ordering::AcqRel);
         }
     }
 
@@ -167,16 +188,16 @@ impl Supervisor {
         }
     }
 
-    /// The birth message jumps the queue (rumqttc sends `pending` first), so an
+    /// Birth messages jump the queue (rumqttc sends `pending` first), so an
     /// `online` status is never stuck behind a backlog of readings.
     fn publish_birth(&mut self) {
-        if let Some(m) = &self.settings.birth {
+        for m in self.settings.birth.iter().rev() {
             let mut p = rumqttc::Publish::new(&m.topic, m.qos.into(), m.payload.clone());
             p.retain = m.retain;
             if m.qos != super::Qos::AtMostOnce {
                 self.unconfirmed.enqueued.fetch_add(1, Ordering::AcqRel);
             }
-            self.eventloop.pending.push_back(Request::Publish(p));
+            self.eventloop.pending.push_front(Request::Publish(p));
         }
     }
 }
@@ -186,14 +207,6 @@ impl Supervisor {
 async fn emit(events: &mpsc::Sender<Event>, event: Event) {
     // A closed receiver means the daemon is shutting down; nothing to tell.
     let _ = events.send(event).await;
-}
-
-fn count_confirmable(eventloop: &EventLoop) -> u64 {
-    eventloop
-        .pending
-        .iter()
-        .filter(|r| matches!(r, Request::Publish(p) if p.qos != rumqttc::QoS::AtMostOnce))
-        .count() as u64
 }
 
 /// One line an operator can act on.

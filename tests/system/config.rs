@@ -37,7 +37,19 @@ fn the_shipped_example_configs_are_valid() {
 fn a_bad_config_names_file_line_and_key_and_exits_78() {
     let good = std::fs::read_to_string(format!("{REPO}/config/sensord/room101.yaml")).unwrap();
     let cases = [
-        ("qos: 1 }", "qos: 3 }", "sensors[2].qos", "QoS is 0, 1 or 2"),
+        ("qos: 1,", "qos: 3,", "sensors[4].qos", "QoS is 0, 1 or 2"),
+        (
+            "clear_after: 30s",
+            "clear_after: 30",
+            "sensors[4].clear_after",
+            "invalid duration",
+        ),
+        (
+            "[mon, tue,",
+            "[mon, tue, xyz,",
+            "room.occupancy.days[2]",
+            "weekday names expected",
+        ),
         (
             "keep_alive: 30s",
             "keep_alive: soon",

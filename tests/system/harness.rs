@@ -358,7 +358,9 @@ pub fn write_config(yaml: &str) -> ConfigFile {
     ConfigFile { _dir: dir, path }
 }
 
-/// Sensors for a sensord config, one `(id, type, interval, qos)` each.
+/// A sensord config with one `(id, type, interval, qos)` per sensor. The room is
+/// always occupied and motion clears after one interval, so motion sensors report
+/// often whatever the time of day the test runs.
 pub fn sensord_yaml(
     broker: &Broker,
     pki: &Pki,
@@ -366,13 +368,30 @@ pub fn sensord_yaml(
     prefix: &str,
     sensors: &[(&str, &str, &str, u8)],
 ) -> String {
+    sensord_yaml_on(broker.port, pki, node, prefix, sensors, "")
+}
+
+/// The same, for a broker at `port`, with `extra` top-level YAML.
+pub fn sensord_yaml_on(
+    port: u16,
+    pki: &Pki,
+    node: &str,
+    prefix: &str,
+    sensors: &[(&str, &str, &str, u8)],
+    extra: &str,
+) -> String {
     let mut yaml = format!(
-        "node: {{ id: {node}, topic_prefix: {prefix} }}\n{}sensors:\n",
-        broker.yaml(pki, node)
+        "node: {{ id: {node}, topic_prefix: {prefix} }}\n{}room: {{ occupancy: always }}\n{extra}sensors:\n",
+        broker_yaml(port, pki, node)
     );
     for (id, kind, interval, qos) in sensors {
+        let clear = if *kind == "motion" {
+            format!(", clear_after: {interval}")
+        } else {
+            String::new()
+        };
         yaml.push_str(&format!(
-            "  - {{ id: {id}, type: {kind}, interval: {interval}, qos: {qos} }}\n"
+            "  - {{ id: {id}, type: {kind}, interval: {interval}, qos: {qos}{clear} }}\n"
         ));
     }
     yaml

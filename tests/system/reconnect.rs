@@ -112,10 +112,8 @@ fn field(line: &str, name: &str) -> u64 {
 fn with_no_broker_at_start_sensord_retries_quietly_and_connects_when_it_appears() {
     let pki = Pki::new(&["room101", "observer"]);
     let port = free_port();
-    let yaml = format!(
-        "node: {{ id: room101, topic_prefix: {PREFIX} }}\n{}sensors:\n  - {{ id: m, type: motion, interval: 100ms, qos: 1 }}\n",
-        broker_yaml(port, &pki, "room101")
-    );
+    let sensors = [("m", "motion", "100ms", 1)];
+    let yaml = sensord_yaml_on(port, &pki, "room101", PREFIX, &sensors, "");
     let config = write_config(&yaml);
     let sensord = start_daemon(SENSORD, &config.path);
 
