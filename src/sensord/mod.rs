@@ -210,7 +210,7 @@ pub async fn run(config: SensordConfig) -> anyhow::Result<()> {
         Clock::Realtime,
         &shutdown,
         |sensor, topic, reading| {
-            debug!(topic, seq = ?reading.seq, value = reading.value, "reading");
+            debug!(topic = %topic, seq = ?reading.seq, value = reading.value, "reading");
             let message = Message {
                 topic: topic.to_owned(),
                 // A Reading (finite numbers, strings) always serializes.

@@ -307,6 +307,17 @@ impl Broker {
         }
     }
 
+    /// Stops Mosquitto (SIGTERM: it saves its state). [`Stopped::start`] brings it
+    /// back on the same port with that state.
+    pub fn stop(mut self) -> Stopped {
+        assert!(self.proc.terminate().success(), "mosquitto exit status");
+        let fresh = tempfile::tempdir().expect("tempdir");
+        Stopped {
+            port: self.port,
+            data: std::mem::replace(&mut self.data, fresh),
+        }
+    }
+
     /// Stops Mosquitto (SIGTERM: it saves its state) and starts it again on the same
     /// port, with that state or, if `keep_state` is false, with none: every
     /// session, queued message and retained message forgotten.
@@ -324,6 +335,18 @@ impl Broker {
     /// The `broker:` block of a roomsense config for client `name`.
     pub fn yaml(&self, pki: &Pki, name: &str) -> String {
         broker_yaml(self.port, pki, name)
+    }
+}
+
+/// A broker that was stopped; its port and saved state are kept for a restart.
+pub struct Stopped {
+    pub port: u16,
+    data: tempfile::TempDir,
+}
+
+impl Stopped {
+    pub fn start(self, pki: &Pki) -> Broker {
+        Broker::start_in(pki, self.data, self.port)
     }
 }
 

@@ -6,5 +6,6 @@ mod harness;
 mod config;
 mod pipeline;
 mod reconnect;
+mod sensord;
 mod status;
 mod tls;

@@ -1,0 +1,362 @@
+//! sensord as a node in a building: offline buffering across a broker outage,
+//! Home Assistant discovery, retained streams, and `--dry-run`.
+
+use crate::harness::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+
+const PREFIX: &str = "building/floor1/room101";
+
+fn topic(kind: &str, id: &str) -> String {
+    format!("{PREFIX}/{kind}/{id}")
+}
+
+/// `(topic, seq)` of every reading sensord made, from its debug log.
+fn made(log: &Log) -> BTreeMap<String, BTreeSet<u64>> {
+    let mut made: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+    for line in log.text().lines().filter(|l| l.contains(" reading topic=")) {
+        let topic = word_after(line, "topic=");
+        let seq = word_after(line, "seq=Some(")
+            .trim_end_matches(')')
+            .parse()
+            .unwrap();
+        made.entry(topic).or_default().insert(seq);
+    }
+    made
+}
+
+fn word_after(line: &str, key: &str) -> String {
+    let at = line
+        .find(key)
+        .unwrap_or_else(|| panic!("{key} not in {line}"))
+        + key.len();
+    line[at..].split_whitespace().next().unwrap().to_owned()
+}
+
+/// A number from sensord's final "sensord stopped" line.
+fn count(log: &Log, name: &str) -> u64 {
+    let line = log.wait_for(&["sensord stopped"]);
+    word_after(&line, &format!("{name}=")).parse().unwrap()
+}
+
+/// Stored seqs per topic, from `aggregatord dump`.
+fn stored(config: &ConfigFile) -> BTreeMap<String, Vec<u64>> {
+    let mut stored: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for line in dump(&config.path, &["--format", "jsonl"]).lines() {
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+        let topic = row["topic"].as_str().unwrap().to_owned();
+        stored
+            .entry(topic)
+            .or_default()
+            .push(row["seq"].as_u64().unwrap());
+    }
+    stored
+}
+
+/// Order in which aggregatord stored `topic`'s readings, from its log.
+fn arrival_order(agg: &Proc, topic: &str) -> Vec<u64> {
+    let needle = format!("topic={topic} ");
+    agg.log
+        .text()
+        .lines()
+        .filter(|l| l.contains("stored reading") && l.contains(&needle))
+        .map(|l| {
+            word_after(l, "seq=Some(")
+                .trim_end_matches(')')
+                .parse()
+                .unwrap()
+        })
+        .collect()
+}
+
+struct Outage {
+    _pki: Pki,
+    _broker: Broker,
+    _storage: tempfile::TempDir,
+    agg_config: ConfigFile,
+    agg: Proc,
+    _config: ConfigFile,
+    sensord: Proc,
+}
+
+/// Runs sensord and aggregatord, stops the broker until sensord has buffered
+/// `buffered` readings, brings the broker back, and stops both daemons.
+fn outage(offline_buffer: usize, buffered: usize) -> Outage {
+    let pki = Pki::new(&["room101", "aggregatord"]);
+    let broker = Broker::start(&pki);
+    let storage = tempfile::tempdir().unwrap();
+    let agg_config = write_config(&aggregatord_yaml(&broker, &pki, storage.path()));
+    let mut agg = start_daemon(AGGREGATORD, &agg_config.path);
+    agg.log.wait_for(&["subscribed"]);
+    let sensors = [
+        ("temp_001", "temperature", "20ms", 0),
+        ("motion_001", "motion", "20ms", 1),
+        ("energy_001", "energy", "30ms", 2),
+    ];
+    let extra = format!("offline_buffer: {offline_buffer}\n");
+    let config = write_config(&sensord_yaml_on(
+        broker.port,
+        &pki,
+        "room101",
+        PREFIX,
+        &sensors,
+        &extra,
+    ));
+    let mut sensord = start_daemon(SENSORD, &config.path);
+    agg.log.wait_for(&[
+        "stored reading",
+        &format!("topic={} ", topic("energy", "energy_001")),
+    ]);
+
+    let stopped = broker.stop();
+    sensord
+        .log
+        .wait_for_nth(&["buffered while offline"], buffered);
+    let broker = stopped.start(&pki);
+    sensord.log.wait_for_nth(&["connected broker="], 2);
+    agg.log.wait_for_nth(&["connected broker="], 2);
+    assert!(sensord.terminate().success());
+    // Everything sensord sent was confirmed by the broker before it exited, and
+    // aggregatord's session queues it: wait until the last reading is stored.
+    for (topic, seqs) in made(&sensord.log) {
+        if !topic.contains("temperature") {
+            let last = seqs.iter().max().unwrap();
+            agg.log.wait_for(&[
+                "stored reading",
+                &format!("topic={topic} "),
+                &format!("seq=Some({last})"),
+            ]);
+        }
+    }
+    assert!(agg.terminate().success());
+    Outage {
+        _pki: pki,
+        _broker: broker,
+        _storage: storage,
+        agg_config,
+        agg,
+        _config: config,
+        sensord,
+    }
+}
+
+#[test]
+fn qos_1_and_2_readings_made_during_an_outage_arrive_in_order_and_qos_0_ones_are_counted() {
+    let o = outage(10_000, 40);
+    let made = made(&o.sensord.log);
+    let stored = stored(&o.agg_config);
+    for t in [topic("motion", "motion_001"), topic("energy", "energy_001")] {
+        let want: Vec<u64> = made[&t].iter().copied().collect();
+        assert_eq!(stored[&t], want, "{t}: every QoS 1/2 reading stored once");
+        let order = arrival_order(&o.agg, &t);
+        assert!(
+            order.windows(2).all(|w| w[0] < w[1]),
+            "{t} arrived out of order: {order:?}"
+        );
+    }
+    let dropped = count(&o.sensord.log, "dropped_offline");
+    assert!(
+        dropped > 0,
+        "QoS 0 readings during the outage are dropped and counted"
+    );
+    let temp = topic("temperature", "temp_001");
+    let missing = made[&temp].len() - stored[&temp].len();
+    assert!(
+        missing as u64 >= dropped,
+        "{missing} temperature readings missing, {dropped} counted as dropped"
+    );
+    assert_eq!(count(&o.sensord.log, "dropped_buffer_full"), 0);
+}
+
+#[test]
+fn a_full_offline_buffer_keeps_the_newest_readings_and_counts_the_rest() {
+    let o = outage(5, 30);
+    let made = made(&o.sensord.log);
+    let stored = stored(&o.agg_config);
+    let dropped = count(&o.sensord.log, "dropped_buffer_full");
+    assert!(
+        dropped >= 25 - 5,
+        "30 buffered into 5 places drops at least 25, said {dropped}"
+    );
+    let mut missing = 0;
+    for t in [topic("motion", "motion_001"), topic("energy", "energy_001")] {
+        let got: BTreeSet<u64> = stored[&t].iter().copied().collect();
+        let lost: Vec<u64> = made[&t].difference(&got).copied().collect();
+        // What is lost is one run per stream: the oldest of the outage.
+        assert!(
+            lost.windows(2).all(|w| w[1] == w[0] + 1),
+            "{t} lost {lost:?}"
+        );
+        assert!(
+            got.contains(made[&t].iter().max().unwrap()),
+            "{t}: newest kept"
+        );
+        missing += lost.len() as u64;
+    }
+    assert_eq!(
+        missing, dropped,
+        "every reading not stored was counted as dropped"
+    );
+}
+
+#[test]
+fn home_assistant_discovery_is_retained_complete_and_republished_when_it_restarts() {
+    let pki = Pki::new(&["room101", "observer", "homeassistant"]);
+    let broker = Broker::start(&pki);
+    let sensors = [
+        ("temp_001", "temperature", "1s", 0),
+        ("motion_001", "motion", "1s", 1),
+        ("energy_001", "energy", "1s", 2),
+    ];
+    let extra = "homeassistant: { enabled: true }\n";
+    let config = write_config(&sensord_yaml_on(
+        broker.port,
+        &pki,
+        "room101",
+        PREFIX,
+        &sensors,
+        extra,
+    ));
+    let sensord = start_daemon(SENSORD, &config.path);
+    sensord.log.wait_for(&["subscribed", "Success"]);
+
+    let config_topic = "homeassistant/device/room101/config";
+    let ha = Watcher::connect(&broker, &pki, "homeassistant");
+    ha.subscribe("homeassistant/#", 1);
+    let first = ha.wait_for(config_topic, |_| true);
+    assert!(first.retain, "discovery config must be retained");
+    let d = first.json();
+    assert_eq!(d["device"]["identifiers"][0], "roomsense_room101");
+    assert_eq!(d["availability"][0]["topic"], format!("{PREFIX}/status"));
+    assert_eq!(
+        d["availability"][0]["value_template"],
+        "{{ value_json.status }}"
+    );
+    let components = d["components"].as_object().expect("components");
+    assert_eq!(components.len(), 3, "one component per sensor");
+    for (id, c) in components {
+        assert_eq!(c["unique_id"], id.as_str());
+        for key in ["platform", "device_class", "state_topic", "value_template"] {
+            assert!(c[key].is_string(), "{id} lacks {key}: {c}");
+        }
+    }
+    let temp = &components["roomsense_room101_temp_001"];
+    assert_eq!(temp["unit_of_measurement"], "°C");
+    assert_eq!(temp["state_topic"], topic("temperature", "temp_001"));
+    assert_eq!(
+        components["roomsense_room101_motion_001"]["platform"],
+        "binary_sensor"
+    );
+    assert_eq!(
+        components["roomsense_room101_energy_001"]["state_class"],
+        "total_increasing"
+    );
+
+    // Home Assistant restarts and says so: the node publishes its config again.
+    ha.publish("homeassistant/status", b"online", 1);
+    sensord.log.wait_for(&["republishing discovery config"]);
+    ha.wait_until(|all| all.iter().filter(|s| s.topic == config_topic).count() >= 2);
+}
+
+#[test]
+fn a_stream_configured_retained_is_retained_and_others_are_not() {
+    let pki = Pki::new(&["room101", "observer"]);
+    let broker = Broker::start(&pki);
+    let sensors = [
+        ("temp_001", "temperature", "100ms", 0),
+        ("hum_001", "humidity", "100ms", 0),
+    ];
+    let yaml = sensord_yaml(&broker, &pki, "room101", PREFIX, &sensors)
+        .replace("id: temp_001,", "id: temp_001, retain: true,");
+    let config = write_config(&yaml);
+    let sensord = start_daemon(SENSORD, &config.path);
+    sensord.log.wait_for(&["reading", "hum_001", "seq=Some(2)"]);
+    let late = Watcher::connect(&broker, &pki, "observer");
+    late.subscribe(&format!("{PREFIX}/#"), 1);
+    // Retained messages come right after the SUBACK; a live humidity reading after that.
+    late.wait_for(&topic("humidity", "hum_001"), |_| true);
+    let first_temp = late.wait_for(&topic("temperature", "temp_001"), |_| true);
+    let all = late.messages();
+    let first = |t: &str| all.iter().position(|s| s.topic == t).unwrap();
+    assert!(first_temp.retain, "temp_001 is configured retained");
+    assert!(first(&topic("temperature", "temp_001")) < first(&topic("humidity", "hum_001")));
+    assert!(all
+        .iter()
+        .filter(|s| s.topic == topic("humidity", "hum_001"))
+        .all(|s| !s.retain));
+}
+
+#[test]
+fn dry_run_prints_readings_without_a_broker_the_same_for_the_same_seed() {
+    let pki = Pki::new(&["room101"]);
+    let run = |seed: u64| -> Vec<(String, f64)> {
+        let yaml = sensord_yaml_on(
+            1,
+            &pki,
+            "room101",
+            PREFIX,
+            &[
+                ("temp_001", "temperature", "5s", 0),
+                ("energy_001", "energy", "1m", 2),
+            ],
+            &format!("room: {{ seed: {seed} }}\n"),
+        )
+        .replace("room: { occupancy: always }\n", "");
+        let config = write_config(&yaml);
+        let out = Command::new(SENSORD)
+            .args(["--dry-run", "--simulate", "1h", "--config"])
+            .arg(&config.path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                assert!(v["timestamp"].as_str().unwrap().ends_with('Z'));
+                (
+                    v["topic"].as_str().unwrap().to_owned(),
+                    v["value"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let a = run(42);
+    let temps = a.iter().filter(|(t, _)| t.ends_with("temp_001")).count();
+    assert!(
+        (719..=721).contains(&temps),
+        "{temps} readings at 5s over 1h"
+    );
+    assert_eq!(
+        a.iter().filter(|(t, _)| t.ends_with("energy_001")).count(),
+        60
+    );
+    assert_eq!(a, run(42), "same seed, same readings");
+    assert_ne!(a, run(43), "another seed, other readings");
+
+    // `| head` closes the pipe early: that is not an error.
+    let config = write_config(
+        &std::fs::read_to_string(format!("{REPO}/config/sensord/room101.yaml"))
+            .unwrap()
+            .replace("../../", &format!("{REPO}/")),
+    );
+    let sh = format!(
+        "{SENSORD} --dry-run --simulate 24h --config {} | head -1",
+        config.path.display()
+    );
+    let out = Command::new("bash")
+        .args(["-o", "pipefail", "-c", &sh])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+}
