@@ -60,7 +60,7 @@ pub async fn run(config: AggregatordConfig) -> anyhow::Result<()> {
         "aggregatord started"
     );
 
-    let mut ingest = ingest::Ingest::new(store.clone(), mqtt);
+    let mut ingest = ingest::Ingest::new(config.ingest.clone(), store.clone(), mqtt);
     let result = ingest.run(events, shutdown).await;
     ingest.log_totals("aggregatord stopped");
     // Everything acknowledged was flushed before its ack; this covers the rest

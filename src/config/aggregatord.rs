@@ -13,6 +13,36 @@ pub struct AggregatordConfig {
     pub broker: BrokerConfig,
     pub subscriptions: Vec<SubscriptionConfig>,
     pub storage: StorageConfig,
+    #[serde(default)]
+    pub ingest: IngestConfig,
+}
+
+/// Group commit: one fsync covers a batch of readings, acknowledged together.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// At most this many messages per batch.
+    #[serde(default = "default_batch_max")]
+    pub batch_max: usize,
+    /// After the first message of a batch, wait at most this long for more.
+    #[serde(default = "default_batch_window", with = "super::duration")]
+    pub batch_window: std::time::Duration,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            batch_max: default_batch_max(),
+            batch_window: default_batch_window(),
+        }
+    }
+}
+
+fn default_batch_max() -> usize {
+    500
+}
+fn default_batch_window() -> std::time::Duration {
+    std::time::Duration::from_millis(5)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -38,9 +68,35 @@ impl DaemonConfig for AggregatordConfig {
                 "list at least one topic filter",
             ));
         }
+        // Unacknowledged messages wait for their batch; the broker sends at most
+        // max_inflight_messages (1000 in deploy/mosquitto) before it waits for acks.
+        if !(1..=1000).contains(&self.ingest.batch_max) {
+            return Err(Invalid::new(
+                "ingest.batch_max",
+                "must be 1 to 1000 (the broker's in-flight window)",
+            ));
+        }
+        if self.ingest.batch_window > std::time::Duration::from_secs(1) {
+            return Err(Invalid::new(
+                "ingest.batch_window",
+                "at most 1s: acknowledgements wait for it",
+            ));
+        }
         for (i, s) in self.subscriptions.iter().enumerate() {
             if let Err(why) = check_filter(&s.filter) {
                 return Err(Invalid::new(format!("subscriptions[{i}].filter"), why));
+            }
+            // Measured (tests/system/durability.rs and README): after a broker
+            // restart Mosquitto resends PUBREL for QoS 2 deliveries in flight, which
+            // rumqttc 0.25 calls unsolicited and disconnects on, for ever
+            // (bytebeamio/rumqtt#664). Storage is idempotent, so QoS 1 already
+            // gives exactly-once storage.
+            if s.qos == Qos::ExactlyOnce {
+                return Err(Invalid::new(
+                    format!("subscriptions[{i}].qos"),
+                    "use 1: QoS 2 deliveries wedge rumqttc 0.25 after a broker restart (rumqtt#664), \
+                     and storage already drops duplicates, so QoS 1 stores each reading exactly once",
+                ));
             }
         }
         Ok(())

@@ -8,10 +8,13 @@ use super::{Delivery, Event, Link, Settings, Unconfirmed};
 use rumqttc::{AsyncClient, ConnectionError, EventLoop, Outgoing, Packet, Request};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
+
+/// A connection that stays up this long counts as healthy again.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
 
 pub(super) struct Supervisor {
     pub eventloop: EventLoop,
@@ -37,8 +40,10 @@ impl Supervisor {
         let mut disconnect_sent = false;
         let mut first_connect = true;
         // The last failure we logged at warn level, so a broker that stays down
-        // produces one line, not one per attempt.
+        // (or keeps dropping us right after CONNACK) produces one line, not one
+        // per attempt.
         let mut last_failure: Option<String> = None;
+        let mut connected_at: Option<Instant> = None;
         // What rumqttc holds for retransmission while we reconnect. rumqttc would
         // drop it all if the broker turns out to have no session for us; we send
         // it again instead (see `restore`).
@@ -68,8 +73,7 @@ impl Supervisor {
             };
             match polled {
                 Ok(rumqttc::Event::Incoming(Packet::ConnAck(ack))) => {
-                    backoff.reset();
-                    last_failure = None;
+                    connected_at = Some(Instant::now());
                     self.link.send_replace(Link::Up);
                     info!(
                         broker = %broker,
@@ -117,8 +121,18 @@ impl Supervisor {
                     if closing {
                         break;
                     }
+                    // A connection that lasted is a recovery: start backoff and
+                    // logging afresh. One dropped right after CONNACK is not (a
+                    // broker that accepts and then rejects us must not be hammered).
+                    if connected_at
+                        .take()
+                        .is_some_and(|t| t.elapsed() >= STABLE_AFTER)
+                    {
+                        backoff.reset();
+                        last_failure = None;
+                    }
                     let reason = describe(&e);
-                    if was_up || last_failure.as_deref() != Some(&reason) {
+                    if last_failure.as_deref() != Some(&reason) {
                         warn!(broker = %broker, error = %reason, "MQTT connection failed; retrying with backoff");
                         last_failure = Some(reason.clone());
                     }

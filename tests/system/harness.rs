@@ -421,8 +421,19 @@ pub fn sensord_yaml_on(
 }
 
 pub fn aggregatord_yaml(broker: &Broker, pki: &Pki, storage: &Path) -> String {
+    aggregatord_yaml_with(broker, pki, storage, 1, "")
+}
+
+/// With the subscription at `qos` and `extra` top-level YAML.
+pub fn aggregatord_yaml_with(
+    broker: &Broker,
+    pki: &Pki,
+    storage: &Path,
+    qos: u8,
+    extra: &str,
+) -> String {
     format!(
-        "client_id: aggregatord\n{}subscriptions:\n  - {{ filter: \"building/#\", qos: 1 }}\nstorage:\n  path: {}\n",
+        "client_id: aggregatord\n{}subscriptions:\n  - {{ filter: \"building/#\", qos: {qos} }}\nstorage:\n  path: {}\n{extra}",
         broker.yaml(pki, "aggregatord"),
         storage.display()
     )
@@ -463,8 +474,23 @@ pub fn dump(config: &Path, args: &[&str]) -> String {
 
 // ---------------------------------------------------------------- a watching client
 
+/// A valid reading payload for temperature sensor `temp_001`, numbered `seq`,
+/// with a distinct timestamp per seq.
+pub fn reading_payload(seq: u64) -> Vec<u8> {
+    let ts = chrono::DateTime::from_timestamp_millis(1_780_000_000_000 + seq as i64).unwrap();
+    format!(
+        r#"{{"sensor_id":"temp_001","sensor_type":"temperature","value":{},"unit":"celsius","timestamp":"{}","seq":{seq}}}"#,
+        20.0 + (seq % 100) as f64 / 10.0,
+        ts.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    )
+    .into_bytes()
+}
+
 /// Recorded in place of a message when a SUBACK arrives, so `subscribe` can wait.
 const SUBACK: &str = "<suback>";
+
+/// Recorded when the broker confirms one of our QoS 1/2 publishes.
+const CONFIRMED: &str = "<confirmed>";
 
 /// A message as a test client received it.
 #[derive(Debug, Clone)]
@@ -530,6 +556,17 @@ impl Watcher {
                     Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
                         connected2.update(|c| *c = Some(Ok(())));
                     }
+                    Ok(rumqttc::Event::Incoming(
+                        rumqttc::Packet::PubAck(_) | rumqttc::Packet::PubComp(_),
+                    )) => {
+                        let marker = Seen {
+                            topic: CONFIRMED.into(),
+                            payload: vec![],
+                            qos: 0,
+                            retain: false,
+                        };
+                        seen2.update(|s| s.push(marker));
+                    }
                     Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
                         let marker = Seen {
                             topic: SUBACK.into(),
@@ -588,10 +625,10 @@ impl Watcher {
     }
 
     pub fn publish(&self, topic: &str, payload: &[u8], qos: u8) {
-        let qos = if qos == 0 {
-            rumqttc::QoS::AtMostOnce
-        } else {
-            rumqttc::QoS::AtLeastOnce
+        let qos = match qos {
+            0 => rumqttc::QoS::AtMostOnce,
+            1 => rumqttc::QoS::AtLeastOnce,
+            _ => rumqttc::QoS::ExactlyOnce,
         };
         self.client
             .publish(topic, qos, false, payload.to_vec())
@@ -623,6 +660,11 @@ impl Watcher {
             .find(|s| matches(s))
             .cloned()
             .expect("just matched")
+    }
+
+    /// Waits until the broker has confirmed `n` of our QoS 1/2 publishes.
+    pub fn wait_confirmed(&self, n: usize) {
+        self.wait_until(|all| all.iter().filter(|s| s.topic == CONFIRMED).count() >= n);
     }
 
     /// Every message received so far (SUBACK markers left out).

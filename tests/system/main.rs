@@ -4,6 +4,7 @@
 mod harness;
 
 mod config;
+mod durability;
 mod pipeline;
 mod reconnect;
 mod sensord;
