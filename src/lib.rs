@@ -4,6 +4,7 @@
 //! `aggregatord` (durable ingest and history). See ARCHITECTURE.md for the map.
 
 pub mod aggregatord;
+pub mod alerts;
 pub mod config;
 pub mod contract;
 pub mod daemon;

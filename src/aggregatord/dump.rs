@@ -1,9 +1,14 @@
-//! `aggregatord dump`: the stored history as a table, JSON lines or CSV.
+//! `aggregatord dump` and `aggregatord stats`: the stored history as a table,
+//! JSON lines or CSV. [`answer`] is used both by the command itself (database
+//! opened directly) and by a running aggregatord answering over its socket.
 
-use crate::store::{RejectedMessage, Store, StoredReading};
+use crate::store::{Query, RejectedMessage, Store, StoredReading};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::io::{self, BufWriter, Write};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Format {
     /// Aligned columns, for people.
     Table,
@@ -13,60 +18,189 @@ pub enum Format {
     Csv,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum What {
+    Readings,
+    Rejected,
+    Alerts,
+    Stats,
+}
+
+/// One dump or stats request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    pub what: What,
+    pub format: Format,
+    pub query: Query,
+}
+
 /// Rows used to size table columns; longer values later simply overflow.
 const TABLE_SAMPLE: usize = 1000;
 
-pub fn readings(store: &Store, format: Format, out: impl Write) -> io::Result<()> {
-    const HEADER: [&str; 9] = [
-        "topic",
-        "sensor_id",
-        "sensor_type",
-        "value",
-        "unit",
-        "timestamp",
-        "seq",
-        "received_at",
-        "qos",
-    ];
-    let fields = |r: &StoredReading| {
-        vec![
-            r.topic.clone(),
-            r.reading.sensor_id.clone(),
-            r.reading.sensor_type.clone(),
-            r.reading.value.to_string(),
-            r.reading.unit.clone(),
-            r.reading.timestamp.to_string(),
-            r.reading.seq.map(|s| s.to_string()).unwrap_or_default(),
-            r.received_at.to_string(),
-            r.qos.to_string(),
-        ]
-    };
-    write_rows(store.readings(), format, &HEADER, fields, out)
+pub fn answer(store: &Store, request: &Request, out: impl Write) -> io::Result<()> {
+    let q = &request.query;
+    let f = request.format;
+    let storage = |e: crate::store::StoreError| io::Error::other(e.to_string());
+    match request.what {
+        What::Readings => write_rows(
+            store.select(q).map(|r| r.map_err(storage)),
+            f,
+            READING_HEADER,
+            reading_fields,
+            out,
+        ),
+        What::Rejected => {
+            let rows = store
+                .rejected()
+                .map(|r| r.map_err(storage))
+                .take(q.limit.unwrap_or(usize::MAX));
+            write_rows(rows, f, REJECTED_HEADER, rejected_fields, out)
+        }
+        What::Alerts => {
+            let rows = store
+                .alerts()
+                .map(|r| r.map_err(storage))
+                .take(q.limit.unwrap_or(usize::MAX));
+            write_rows(rows, f, ALERT_HEADER, alert_fields, out)
+        }
+        What::Stats => {
+            let stats = stats(store.select(q))?;
+            write_rows(
+                stats.into_iter().map(Ok),
+                f,
+                STATS_HEADER,
+                stats_fields,
+                out,
+            )
+        }
+    }
 }
 
-pub fn rejected(store: &Store, format: Format, out: impl Write) -> io::Result<()> {
-    const HEADER: [&str; 5] = ["received_at", "topic", "reason", "detail", "payload"];
-    let fields = |r: &RejectedMessage| {
-        vec![
-            r.received_at.to_string(),
-            r.topic.clone(),
-            r.reason.clone(),
-            r.detail.clone(),
-            r.payload.clone(),
-        ]
-    };
-    write_rows(store.rejected(), format, &HEADER, fields, out)
+const READING_HEADER: &[&str] = &[
+    "topic",
+    "sensor_id",
+    "sensor_type",
+    "value",
+    "unit",
+    "timestamp",
+    "seq",
+    "received_at",
+    "qos",
+];
+
+fn reading_fields(r: &StoredReading) -> Vec<String> {
+    vec![
+        r.topic.clone(),
+        r.reading.sensor_id.clone(),
+        r.reading.sensor_type.clone(),
+        r.reading.value.to_string(),
+        r.reading.unit.clone(),
+        r.reading.timestamp.to_string(),
+        r.reading.seq.map(|s| s.to_string()).unwrap_or_default(),
+        r.received_at.to_string(),
+        r.qos.to_string(),
+    ]
 }
 
-fn write_rows<T: serde::Serialize, E: std::fmt::Display>(
-    rows: impl Iterator<Item = Result<T, E>>,
+const REJECTED_HEADER: &[&str] = &["received_at", "topic", "reason", "detail", "payload"];
+
+fn rejected_fields(r: &RejectedMessage) -> Vec<String> {
+    vec![
+        r.received_at.to_string(),
+        r.topic.clone(),
+        r.reason.clone(),
+        r.detail.clone(),
+        r.payload.clone(),
+    ]
+}
+
+const ALERT_HEADER: &[&str] = &[
+    "time", "rule", "state", "severity", "topic", "value", "message",
+];
+
+fn alert_fields(a: &crate::contract::Alert) -> Vec<String> {
+    vec![
+        a.time.to_string(),
+        a.rule.clone(),
+        a.state.to_string(),
+        a.severity.to_string(),
+        a.topic.clone(),
+        a.value.map(|v| v.to_string()).unwrap_or_default(),
+        a.message.clone(),
+    ]
+}
+
+/// Per sensor: how many readings, their range and mean, first and last seen.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SensorStats {
+    pub topic: String,
+    pub count: u64,
+    pub min: f64,
+    pub max: f64,
+    pub mean: f64,
+    pub first: crate::contract::Timestamp,
+    pub last: crate::contract::Timestamp,
+}
+
+const STATS_HEADER: &[&str] = &["topic", "count", "min", "max", "mean", "first", "last"];
+
+fn stats_fields(s: &SensorStats) -> Vec<String> {
+    vec![
+        s.topic.clone(),
+        s.count.to_string(),
+        s.min.to_string(),
+        s.max.to_string(),
+        format!("{:.3}", s.mean),
+        s.first.to_string(),
+        s.last.to_string(),
+    ]
+}
+
+fn stats(
+    rows: impl Iterator<Item = Result<StoredReading, crate::store::StoreError>>,
+) -> io::Result<Vec<SensorStats>> {
+    let mut by_topic: BTreeMap<String, (SensorStats, f64)> = BTreeMap::new();
+    for row in rows {
+        let r = row.map_err(|e| io::Error::other(e.to_string()))?;
+        let (v, t) = (r.reading.value, r.reading.timestamp);
+        let (s, sum) = by_topic.entry(r.topic.clone()).or_insert_with(|| {
+            let s = SensorStats {
+                topic: r.topic.clone(),
+                count: 0,
+                min: v,
+                max: v,
+                mean: 0.0,
+                first: t,
+                last: t,
+            };
+            (s, 0.0)
+        });
+        s.count += 1;
+        s.min = s.min.min(v);
+        s.max = s.max.max(v);
+        s.first = s.first.min(t);
+        s.last = s.last.max(t);
+        *sum += v;
+    }
+    Ok(by_topic
+        .into_values()
+        .map(|(mut s, sum)| {
+            s.mean = sum / s.count as f64;
+            s
+        })
+        .collect())
+}
+
+fn write_rows<T: Serialize>(
+    rows: impl Iterator<Item = io::Result<T>>,
     format: Format,
     header: &[&str],
     fields: impl Fn(&T) -> Vec<String>,
     out: impl Write,
 ) -> io::Result<()> {
     let mut out = BufWriter::new(out);
-    let mut rows = rows.map(|r| r.map_err(|e| io::Error::other(e.to_string())));
+    let mut rows = rows;
     match format {
         Format::Jsonl => {
             for row in rows {

@@ -1,30 +1,40 @@
-//! The ingest loop: take what the broker delivered, validate it, store it, flush,
-//! and only then acknowledge it.
+//! The ingest loop: take what the broker delivered, validate it, store it,
+//! evaluate alert rules, flush, and only then acknowledge it.
 //!
 //! Group commit: a batch is every event already waiting plus whatever arrives
-//! within `batch_window` of the first, up to `batch_max`; one fsync covers it,
-//! then every message in it is acknowledged. Under load one fsync covers many
-//! readings; when idle a reading waits at most `batch_window`.
+//! within `batch_window` of the first, up to `batch_max`; one fsync covers it
+//! (readings, rejections and any alert changes they caused), then every message
+//! in it is acknowledged. Under load one fsync covers many readings; when idle a
+//! reading waits at most `batch_window`.
 
+use crate::alerts::Engine;
 use crate::config::IngestConfig;
-use crate::contract::Timestamp;
-use crate::contract::{topic, validate_reading, Rejection, RejectionReason, Status};
+use crate::contract::{
+    topic, validate_reading, Alert, Rejection, RejectionReason, SensorType, Status, Timestamp,
+};
 use crate::daemon::RateLimit;
 use crate::mqtt::{Delivery, Event, Handle};
-use crate::store::{Inserted, RejectedMessage, Store, StoredReading};
+use crate::store::{Inserted, RejectedMessage, Store, StoreError, StoredReading};
 use anyhow::Context;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 const SUMMARY_EVERY: Duration = Duration::from_secs(60);
+/// How often `for` durations and stale sensors are checked.
+const ALERT_TICK: Duration = Duration::from_secs(1);
 
 pub struct Ingest {
     config: IngestConfig,
     store: Store,
     mqtt: Handle,
+    /// Lent to the storage thread during a commit, hence the Option.
+    engine: Option<Engine>,
+    /// Tells the alert publisher there is something in the outbox.
+    alerts_ready: Arc<Notify>,
     counts: Counts,
     log_limit: RateLimit<RejectionReason>,
     connects: u64,
@@ -36,6 +46,9 @@ struct Counts {
     stored: u64,
     duplicates: u64,
     rejected: BTreeMap<RejectionReason, u64>,
+    /// Reconnects on which the broker had lost our session (and queue).
+    sessions_lost: u64,
+    alerts: u64,
 }
 
 /// What one batch will write.
@@ -43,15 +56,31 @@ struct Counts {
 struct Batch {
     readings: Vec<StoredReading>,
     rejected: Vec<RejectedMessage>,
+    alerts: Vec<Alert>,
     acks: Vec<Delivery>,
 }
 
+/// What became of a reading in storage.
+enum Outcome {
+    Stored(Inserted),
+    /// Refused on what is already stored (a meter running backwards).
+    Refused(Rejection),
+}
+
 impl Ingest {
-    pub fn new(config: IngestConfig, store: Store, mqtt: Handle) -> Self {
+    pub fn new(
+        config: IngestConfig,
+        store: Store,
+        mqtt: Handle,
+        engine: Engine,
+        alerts_ready: Arc<Notify>,
+    ) -> Self {
         Ingest {
             config,
             store,
             mqtt,
+            engine: Some(engine),
+            alerts_ready,
             counts: Counts::default(),
             log_limit: RateLimit::new(Duration::from_secs(10)),
             connects: 0,
@@ -69,11 +98,20 @@ impl Ingest {
     ) -> anyhow::Result<()> {
         let mut summary = tokio::time::interval(SUMMARY_EVERY);
         summary.tick().await;
+        let mut tick = tokio::time::interval(ALERT_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             let first = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = summary.tick() => {
                     self.log_totals("ingest totals");
+                    continue;
+                }
+                _ = tick.tick(), if self.engine.as_ref().is_some_and(Engine::has_rules) => {
+                    let changes = self.engine.as_mut().map(|e| e.tick(Timestamp::now_millis())).unwrap_or_default();
+                    if !changes.is_empty() {
+                        self.commit(Batch { alerts: changes, ..Batch::default() }).await?;
+                    }
                     continue;
                 }
                 event = events.recv() => match event {
@@ -109,10 +147,14 @@ impl Ingest {
             Event::Message(d) => d,
             Event::Connected { session_present } => {
                 self.connects += 1;
-                // A fresh session on first ever start is expected; later, it means the
-                // broker forgot us and readings sent meanwhile were not queued.
+                // A fresh session on the very first start is expected; later it
+                // means the broker forgot us, and readings sent meanwhile are gone.
                 if !session_present && self.connects > 1 {
-                    warn!("broker had no session for us: readings published while we were away are lost; resubscribing");
+                    self.counts.sessions_lost += 1;
+                    warn!(
+                        sessions_lost = self.counts.sessions_lost,
+                        "BROKER LOST OUR SESSION: readings published while we were disconnected were not queued for us; resubscribing"
+                    );
                 }
                 return;
             }
@@ -135,7 +177,18 @@ impl Ingest {
                     })
                 },
             ),
-            topic::Parsed::Status { prefix } => note_status(prefix, delivery.payload()),
+            topic::Parsed::Status { prefix } => match parse_status(prefix, delivery.payload()) {
+                Ok(Some(status)) => {
+                    if let Some(engine) = &mut self.engine {
+                        batch
+                            .alerts
+                            .extend(engine.status(prefix, &status, received_at));
+                    }
+                    Ok(())
+                }
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            },
             // Our own alerts (and other aggregators'): not readings, nothing to store.
             topic::Parsed::Alert { .. } => Ok(()),
             topic::Parsed::Unrecognized => Err(Rejection::new(
@@ -144,32 +197,36 @@ impl Ingest {
             )),
         };
         if let Err(rejection) = outcome {
-            self.reject(&delivery, rejection, received_at, batch);
+            batch.rejected.push(self.reject(
+                delivery.topic(),
+                delivery.payload(),
+                rejection,
+                received_at,
+            ));
         }
         batch.acks.push(delivery);
     }
 
-    fn reject(&mut self, d: &Delivery, r: Rejection, received_at: Timestamp, batch: &mut Batch) {
+    /// Counts and logs (rate-limited) a refused message; returns its record.
+    fn reject(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        r: Rejection,
+        received_at: Timestamp,
+    ) -> RejectedMessage {
         let total = self.counts.rejected.entry(r.reason).or_default();
         *total += 1;
         if let Some(suppressed) = self.log_limit.allow(r.reason) {
-            warn!(
-                topic = d.topic(),
-                reason = %r.reason,
-                detail = %r.detail,
-                total = *total,
-                suppressed,
-                "rejected message"
-            );
+            warn!(topic, reason = %r.reason, detail = %r.detail, total = *total, suppressed, "rejected message");
         }
-        let payload = d.payload();
-        batch.rejected.push(RejectedMessage {
-            topic: d.topic().to_owned(),
+        RejectedMessage {
+            topic: topic.to_owned(),
             reason: r.reason.to_string(),
             detail: r.detail,
             received_at,
             payload: String::from_utf8_lossy(&payload[..payload.len().min(1024)]).into_owned(),
-        });
+        }
     }
 
     /// Writes the batch, makes it durable, then acknowledges it. The order is the
@@ -177,37 +234,66 @@ impl Ingest {
     async fn commit(&mut self, batch: Batch) -> anyhow::Result<()> {
         let Batch {
             readings,
-            rejected,
+            mut rejected,
+            alerts,
             acks,
         } = batch;
         let store = self.store.clone();
+        let mut engine = self.engine.take().context("alert engine in use")?;
         // sled's fsync blocks; keep it off the thread that polls the network.
-        let (readings, outcomes) = tokio::task::spawn_blocking(move || {
+        let (readings, outcomes, alerts, engine) = tokio::task::spawn_blocking(move || {
+            let mut alerts = alerts;
             let mut outcomes = Vec::with_capacity(readings.len());
             for r in &readings {
-                outcomes.push(store.insert_reading(r)?);
+                let outcome = match meter_check(&store, r)? {
+                    Some(refusal) => Outcome::Refused(refusal),
+                    None => Outcome::Stored(store.insert_reading(r)?),
+                };
+                if matches!(outcome, Outcome::Stored(Inserted::New)) {
+                    alerts.extend(engine.reading(r));
+                }
+                outcomes.push(outcome);
             }
-            for r in &rejected {
-                store.insert_rejected(r)?;
-            }
-            store.flush()?;
-            Ok::<_, crate::store::StoreError>((readings, outcomes))
+            store.record_alerts(&alerts)?;
+            Ok::<_, StoreError>((readings, outcomes, alerts, engine))
         })
         .await
         .context("storage task panicked")?
         .context("storing readings")?;
+        self.engine = Some(engine);
 
         for (r, outcome) in readings.iter().zip(outcomes) {
             match outcome {
-                Inserted::New => {
+                Outcome::Stored(Inserted::New) => {
                     self.counts.stored += 1;
                     debug!(topic = %r.topic, seq = ?r.reading.seq, "stored reading");
                 }
-                Inserted::Duplicate => {
+                Outcome::Stored(Inserted::Duplicate) => {
                     self.counts.duplicates += 1;
                     debug!(topic = %r.topic, seq = ?r.reading.seq, "duplicate reading");
                 }
+                Outcome::Refused(refusal) => {
+                    let payload = serde_json::to_vec(&r.reading).unwrap_or_default();
+                    rejected.push(self.reject(&r.topic, &payload, refusal, r.received_at));
+                }
             }
+        }
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            for r in &rejected {
+                store.insert_rejected(r)?;
+            }
+            store.flush()
+        })
+        .await
+        .context("storage task panicked")?
+        .context("flushing")?;
+        for a in &alerts {
+            self.counts.alerts += 1;
+            info!(rule = %a.rule, room = %a.room, state = %a.state, value = ?a.value, "alert");
+        }
+        if !alerts.is_empty() {
+            self.alerts_ready.notify_one();
         }
         for d in &acks {
             self.mqtt.ack(d).await.context("acknowledging")?;
@@ -230,18 +316,43 @@ impl Ingest {
             duplicates = self.counts.duplicates,
             rejected,
             rejected_by_reason = %by_reason,
+            alerts = self.counts.alerts,
+            sessions_lost = self.counts.sessions_lost,
             "{what}"
         );
     }
 }
 
-/// Status messages are logged (the dashboard will show them); a malformed one is
-/// rejected like any other bad payload.
-fn note_status(prefix: &str, payload: &[u8]) -> Result<(), Rejection> {
+/// An energy meter only counts up: a reading below the one before it (or above
+/// the one after it) in that sensor's stored history is refused.
+fn meter_check(store: &Store, r: &StoredReading) -> Result<Option<Rejection>, StoreError> {
+    if r.reading.sensor_type != SensorType::Energy.as_str() {
+        return Ok(None);
+    }
+    let (before, after) = store.neighbours(r)?;
+    let v = r.reading.value;
+    let refusal = |other: &StoredReading, relation: &str| {
+        Rejection::new(
+            RejectionReason::MeterDecreased,
+            format!(
+                "{v} is {relation} {} at {}",
+                other.reading.value, other.reading.timestamp
+            ),
+        )
+    };
+    Ok(match (before, after) {
+        (Some(b), _) if v < b.reading.value => Some(refusal(&b, "below the earlier")),
+        (_, Some(a)) if v > a.reading.value => Some(refusal(&a, "above the later")),
+        _ => None,
+    })
+}
+
+/// Status messages feed the node-offline rules and the log; an empty payload
+/// (a retained status being cleared) is fine; anything else malformed is refused.
+fn parse_status(prefix: &str, payload: &[u8]) -> Result<Option<Status>, Rejection> {
     if payload.is_empty() {
-        // An empty retained message clears the status (a node being retired).
         info!(prefix, "node status cleared");
-        return Ok(());
+        return Ok(None);
     }
     let status: Status = serde_json::from_slice(payload)
         .map_err(|e| Rejection::new(RejectionReason::Malformed, e.to_string()))?;
@@ -252,5 +363,5 @@ fn note_status(prefix: &str, payload: &[u8]) -> Result<(), Rejection> {
         reason = status.reason.as_deref().unwrap_or(""),
         "node status"
     );
-    Ok(())
+    Ok(Some(status))
 }

@@ -1,8 +1,10 @@
 //! `aggregatord`: stores every reading durably and shows the history. The work is
 //! in `roomsense::aggregatord`.
 
-use clap::{Parser, Subcommand};
-use roomsense::aggregatord::{self, Format};
+use clap::{Args, Parser, Subcommand};
+use roomsense::aggregatord::{self, Format, Request, What};
+use roomsense::contract::Timestamp;
+use roomsense::store::Query;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -29,21 +31,106 @@ struct Cli {
 enum Command {
     /// Run the daemon (the default).
     Run,
-    /// Print the stored readings (aggregatord must be stopped: sled allows one process).
+    /// Print stored readings (or rejected messages, or alerts). Works whether
+    /// aggregatord is running (through its control socket) or not.
     Dump {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
-        /// Show the rejected messages instead of readings.
-        #[arg(long)]
+        /// Rejected messages instead of readings.
+        #[arg(long, conflicts_with = "alerts")]
         rejected: bool,
+        /// Alert history instead of readings.
+        #[arg(long)]
+        alerts: bool,
+        #[command(flatten)]
+        filter: Filter,
     },
+    /// Per sensor: count, min, max, mean, first and last reading.
+    Stats {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        #[command(flatten)]
+        filter: Filter,
+    },
+}
+
+#[derive(Args)]
+struct Filter {
+    /// Sensor id, e.g. temp_001.
+    #[arg(long)]
+    sensor: Option<String>,
+    /// Room (node id), e.g. room101.
+    #[arg(long)]
+    room: Option<String>,
+    /// Sensor type, e.g. temperature.
+    #[arg(long = "type")]
+    sensor_type: Option<String>,
+    /// From this time: a duration ago (`1h`, `30m`) or RFC 3339.
+    #[arg(long, value_parser = parse_time)]
+    since: Option<Timestamp>,
+    /// Up to this time: a duration ago or RFC 3339.
+    #[arg(long, value_parser = parse_time)]
+    until: Option<Timestamp>,
+    /// At most this many rows.
+    #[arg(long)]
+    limit: Option<usize>,
+}
+
+impl From<Filter> for Query {
+    fn from(f: Filter) -> Query {
+        Query {
+            sensor: f.sensor,
+            room: f.room,
+            sensor_type: f.sensor_type,
+            since: f.since,
+            until: f.until,
+            limit: f.limit,
+        }
+    }
+}
+
+fn parse_time(s: &str) -> Result<Timestamp, String> {
+    if let Ok(ago) = humantime::parse_duration(s) {
+        let ago = chrono::Duration::from_std(ago).map_err(|e| e.to_string())?;
+        return Ok(Timestamp(Timestamp::now_millis().0 - ago));
+    }
+    Timestamp::parse(s).map_err(|e| format!("{e}; or write a duration ago, like 1h"))
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => aggregatord::main(&cli.config, cli.check_config),
-        Command::Dump { format, rejected } => aggregatord::dump_main(&cli.config, format, rejected),
+        Command::Dump {
+            format,
+            rejected,
+            alerts,
+            filter,
+        } => {
+            let what = if rejected {
+                What::Rejected
+            } else if alerts {
+                What::Alerts
+            } else {
+                What::Readings
+            };
+            aggregatord::dump_main(
+                &cli.config,
+                &Request {
+                    what,
+                    format,
+                    query: filter.into(),
+                },
+            )
+        }
+        Command::Stats { format, filter } => aggregatord::dump_main(
+            &cli.config,
+            &Request {
+                what: What::Stats,
+                format,
+                query: filter.into(),
+            },
+        ),
     };
     roomsense::daemon::exit_status(result)
 }

@@ -1,5 +1,5 @@
 use super::{resolve, BrokerConfig, DaemonConfig, Invalid};
-use crate::contract::Ident;
+use crate::contract::{Ident, SensorType};
 use crate::mqtt::Qos;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -15,6 +15,66 @@ pub struct AggregatordConfig {
     pub storage: StorageConfig,
     #[serde(default)]
     pub ingest: IngestConfig,
+    #[serde(default)]
+    pub alerts: Vec<RuleConfig>,
+}
+
+/// An alert rule. Which of `above`/`below`, `stale_after`, `offline` or
+/// `outside` is given decides its kind; exactly one must be.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Also the last topic level: `{prefix}/alerts/{name}`.
+    pub name: Ident,
+    #[serde(default)]
+    pub severity: Severity,
+    /// Only readings of this sensor type (required except for `offline`).
+    #[serde(default, rename = "type")]
+    pub sensor_type: Option<SensorType>,
+    /// Only topics matching this MQTT filter (e.g. `building/floor2/#`).
+    #[serde(default)]
+    pub filter: Option<String>,
+    /// Threshold: raise above this…
+    #[serde(default)]
+    pub above: Option<f64>,
+    /// …and clear only below this (hysteresis; default: `above`).
+    #[serde(default)]
+    pub clear_below: Option<f64>,
+    #[serde(default)]
+    pub below: Option<f64>,
+    #[serde(default)]
+    pub clear_above: Option<f64>,
+    /// The condition must hold this long before the alert is raised.
+    #[serde(default, rename = "for", with = "super::duration::option")]
+    pub lasting: Option<std::time::Duration>,
+    /// Stale sensor: no reading for this long.
+    #[serde(default, with = "super::duration::option")]
+    pub stale_after: Option<std::time::Duration>,
+    /// Node offline: its status went offline because the connection was lost.
+    #[serde(default)]
+    pub offline: bool,
+    /// Motion outside these hours (local time).
+    #[serde(default)]
+    pub outside: Option<super::Schedule>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    #[default]
+    Warning,
+    Critical,
+}
+
+impl std::fmt::Display for Severity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        })
+    }
 }
 
 /// Group commit: one fsync covers a batch of readings, acknowledged together.
@@ -57,6 +117,22 @@ pub struct SubscriptionConfig {
 pub struct StorageConfig {
     /// Folder of the sled database.
     pub path: PathBuf,
+    /// Control socket for `aggregatord dump` while running; default `<path>.sock`.
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
+    /// Readings older than this are deleted (in small steps, in the background).
+    #[serde(default, with = "super::duration::option")]
+    pub retention: Option<std::time::Duration>,
+}
+
+impl StorageConfig {
+    pub fn socket(&self) -> PathBuf {
+        self.socket.clone().unwrap_or_else(|| {
+            let mut p = self.path.clone().into_os_string();
+            p.push(".sock");
+            p.into()
+        })
+    }
 }
 
 impl DaemonConfig for AggregatordConfig {
@@ -82,6 +158,61 @@ impl DaemonConfig for AggregatordConfig {
                 "at most 1s: acknowledgements wait for it",
             ));
         }
+        let mut names = std::collections::HashSet::new();
+        for (i, r) in self.alerts.iter().enumerate() {
+            let at = |key: &str| format!("alerts[{i}].{key}");
+            if !names.insert(&r.name) {
+                return Err(Invalid::new(
+                    at("name"),
+                    format!("{} is used by an earlier rule", r.name),
+                ));
+            }
+            let kinds = [
+                r.above.is_some() || r.below.is_some(),
+                r.stale_after.is_some(),
+                r.offline,
+                r.outside.is_some(),
+            ];
+            if kinds.iter().filter(|k| **k).count() != 1 {
+                return Err(Invalid::new(
+                    at("name"),
+                    "give exactly one of: above/below (threshold), stale_after, offline, outside",
+                ));
+            }
+            if r.above.is_some() && r.below.is_some() {
+                return Err(Invalid::new(
+                    at("below"),
+                    "use one rule for above and another for below",
+                ));
+            }
+            if let (Some(a), Some(c)) = (r.above, r.clear_below) {
+                if c > a {
+                    return Err(Invalid::new(at("clear_below"), "must not be above `above`"));
+                }
+            }
+            if let (Some(b), Some(c)) = (r.below, r.clear_above) {
+                if c < b {
+                    return Err(Invalid::new(at("clear_above"), "must not be below `below`"));
+                }
+            }
+            if !r.offline && r.sensor_type.is_none() {
+                return Err(Invalid::new(
+                    at("type"),
+                    "say which sensor type the rule watches",
+                ));
+            }
+            if r.outside.is_some() && r.sensor_type != Some(SensorType::Motion) {
+                return Err(Invalid::new(
+                    at("type"),
+                    "`outside` rules watch motion sensors",
+                ));
+            }
+            if let Some(f) = &r.filter {
+                if let Err(why) = check_filter(f) {
+                    return Err(Invalid::new(at("filter"), why));
+                }
+            }
+        }
         for (i, s) in self.subscriptions.iter().enumerate() {
             if let Err(why) = check_filter(&s.filter) {
                 return Err(Invalid::new(format!("subscriptions[{i}].filter"), why));
@@ -105,6 +236,9 @@ impl DaemonConfig for AggregatordConfig {
     fn resolve_paths(&mut self, base: &Path) {
         self.broker.resolve_paths(base);
         resolve(base, &mut self.storage.path);
+        if let Some(socket) = &mut self.storage.socket {
+            resolve(base, socket);
+        }
     }
 }
 

@@ -8,7 +8,9 @@ mod aggregatord;
 mod broker;
 mod sensord;
 
-pub use aggregatord::{AggregatordConfig, IngestConfig, StorageConfig, SubscriptionConfig};
+pub use aggregatord::{
+    AggregatordConfig, IngestConfig, RuleConfig, Severity, StorageConfig, SubscriptionConfig,
+};
 pub use broker::{BrokerConfig, ReconnectConfig, TlsConfig};
 pub use sensord::{
     default_qos, FaultConfig, FaultKind, FixedOccupancy, HomeAssistantConfig, NodeConfig,

@@ -3,6 +3,7 @@
 //! validating what arrives. README.md ("Message contract") documents the same
 //! thing for people; keep the two in step.
 
+mod alert;
 mod ident;
 mod reading;
 mod sensor_type;
@@ -11,6 +12,7 @@ mod timestamp;
 pub mod topic;
 mod validate;
 
+pub use alert::{Alert, AlertState};
 pub use ident::{Ident, TopicPrefix};
 pub use reading::Reading;
 pub use sensor_type::SensorType;

@@ -22,6 +22,8 @@ pub enum RejectionReason {
     OutOfRange,
     FutureTimestamp,
     UnrecognizedTopic,
+    /// An energy meter reading lower than an earlier one (checked against storage).
+    MeterDecreased,
 }
 
 impl RejectionReason {
@@ -36,6 +38,7 @@ impl RejectionReason {
             RejectionReason::OutOfRange => "out_of_range",
             RejectionReason::FutureTimestamp => "future_timestamp",
             RejectionReason::UnrecognizedTopic => "unrecognized_topic",
+            RejectionReason::MeterDecreased => "meter_decreased",
         }
     }
 }

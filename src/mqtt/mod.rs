@@ -144,12 +144,21 @@ pub enum MqttError {
 struct Unconfirmed {
     enqueued: AtomicU64,
     confirmed: AtomicU64,
+    /// Woken whenever the count drops to zero.
+    all_confirmed: tokio::sync::Notify,
 }
 
 impl Unconfirmed {
     fn count(&self) -> u64 {
         let done = self.confirmed.load(Ordering::Acquire);
         self.enqueued.load(Ordering::Acquire).saturating_sub(done)
+    }
+
+    fn confirm(&self, n: u64) {
+        self.confirmed.fetch_add(n, Ordering::AcqRel);
+        if self.count() == 0 {
+            self.all_confirmed.notify_waiters();
+        }
     }
 }
 
@@ -258,6 +267,19 @@ impl Handle {
     fn note_enqueued(&self, qos: Qos) {
         if qos != Qos::AtMostOnce {
             self.unconfirmed.enqueued.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Waits until the broker has confirmed every QoS 1/2 message queued so far
+    /// (PUBACK, or PUBCOMP for QoS 2). Across reconnects too: what was in flight
+    /// is resent.
+    pub async fn wait_confirmed(&self) {
+        loop {
+            let notified = self.unconfirmed.all_confirmed.notified();
+            if self.unconfirmed.count() == 0 {
+                return;
+            }
+            notified.await;
         }
     }
 

@@ -101,7 +101,7 @@ impl Supervisor {
                     emit(&self.events, Event::Message(Delivery(p))).await;
                 }
                 Ok(rumqttc::Event::Incoming(Packet::PubAck(_) | Packet::PubComp(_))) => {
-                    self.unconfirmed.confirmed.fetch_add(1, Ordering::AcqRel);
+                    self.unconfirmed.confirm(1);
                 }
                 Ok(rumqttc::Event::Incoming(Packet::SubAck(ack))) => {
                     use rumqttc::SubscribeReasonCode::Failure;
@@ -172,7 +172,7 @@ impl Supervisor {
                     self.eventloop.pending.push_back(Request::Publish(p));
                 }
                 Request::PubRel(_) => {
-                    self.unconfirmed.confirmed.fetch_add(1, Ordering::AcqRel);
+                    self.unconfirmed.confirm(1);
                 }
                 // Acks for the old session's deliveries, old (un)subscriptions:
                 // meaningless to a new session.

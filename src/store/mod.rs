@@ -10,7 +10,11 @@
 //! Durability: sled's background flush is switched off; [`Store::flush`] is the
 //! one place data reaches the disk, and ingest acknowledges only after it.
 
-use crate::contract::{Reading, Timestamp};
+mod query;
+
+pub use query::Query;
+
+use crate::contract::{Alert, AlertState, Reading, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -67,6 +71,12 @@ pub struct Store {
     readings: sled::Tree,
     rejected: sled::Tree,
     rejected_len: Arc<AtomicU64>,
+    /// room 0x00 rule → the active (raised) alert.
+    alerts_active: sled::Tree,
+    /// time, id → every alert change, for `dump --alerts`.
+    alerts_log: sled::Tree,
+    /// id → alert changes not yet confirmed published.
+    alerts_outbox: sled::Tree,
 }
 
 impl Store {
@@ -83,10 +93,13 @@ impl Store {
         // Bounded by REJECTED_KEEP, so counting once at open is cheap.
         let rejected_len = Arc::new(AtomicU64::new(rejected.len() as u64));
         Ok(Store {
-            db,
             readings,
             rejected,
             rejected_len,
+            alerts_active: db.open_tree("alerts_active")?,
+            alerts_log: db.open_tree("alerts_log")?,
+            alerts_outbox: db.open_tree("alerts_outbox")?,
+            db,
         })
     }
 
@@ -121,17 +134,121 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes up to `max` readings timestamped before `cutoff`; returns how many.
+    pub fn expire(&self, cutoff: Timestamp, max: usize) -> Result<usize, StoreError> {
+        let mut deleted = 0;
+        for topic in query::topics(&self.readings) {
+            let mut lo = topic?;
+            lo.push(0);
+            let mut hi = lo.clone();
+            hi.extend_from_slice(&time_key(cutoff.micros()));
+            lo.extend_from_slice(&time_key(i64::MIN));
+            for kv in self.readings.range(lo..hi) {
+                if deleted == max {
+                    return Ok(deleted);
+                }
+                self.readings.remove(kv?.0)?;
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Records alert changes: history, active set, and the publish outbox, all in
+    /// the next flush, so a change is never stored without being queued to send.
+    pub fn record_alerts(&self, changes: &[Alert]) -> Result<(), StoreError> {
+        for a in changes {
+            let value = encode(a)?;
+            let id = self.db.generate_id()?;
+            let mut log_key = time_key(a.time.micros()).to_vec();
+            log_key.extend_from_slice(&id.to_be_bytes());
+            self.alerts_log.insert(log_key, value.clone())?;
+            let active_key = format!("{}\0{}", a.room, a.rule);
+            match a.state {
+                AlertState::Raised => self.alerts_active.insert(active_key, value.clone())?,
+                AlertState::Cleared => self.alerts_active.remove(active_key)?,
+            };
+            self.alerts_outbox.insert(id.to_be_bytes(), value)?;
+        }
+        Ok(())
+    }
+
+    pub fn active_alerts(&self) -> Result<Vec<Alert>, StoreError> {
+        self.alerts_active
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    /// Every alert change, oldest first.
+    pub fn alerts(&self) -> impl Iterator<Item = Result<Alert, StoreError>> + '_ {
+        self.alerts_log.iter().map(|kv| {
+            let (k, v) = kv?;
+            decode(&k, &v)
+        })
+    }
+
+    /// Alert changes waiting to be published, in order, with their outbox ids.
+    pub fn alert_outbox(&self) -> Result<Vec<(u64, Alert)>, StoreError> {
+        self.alerts_outbox
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                let id = k
+                    .as_ref()
+                    .try_into()
+                    .map(u64::from_be_bytes)
+                    .unwrap_or_default();
+                Ok((id, decode(&k, &v)?))
+            })
+            .collect()
+    }
+
+    /// Forgets published alert changes (durable at the next flush).
+    pub fn remove_from_outbox(&self, ids: &[u64]) -> Result<(), StoreError> {
+        for id in ids {
+            self.alerts_outbox.remove(id.to_be_bytes())?;
+        }
+        Ok(())
+    }
+
     /// Writes everything inserted so far to disk (fsync). Returns bytes flushed.
     pub fn flush(&self) -> Result<usize, StoreError> {
         Ok(self.db.flush()?)
     }
 
-    /// All readings, by topic then time.
-    pub fn readings(&self) -> impl Iterator<Item = Result<StoredReading, StoreError>> + '_ {
-        self.readings.iter().map(|kv| {
-            let (k, v) = kv?;
-            decode(&k, &v)
-        })
+    /// The readings `query` selects, by topic then time.
+    pub fn select<'a>(
+        &'a self,
+        query: &'a Query,
+    ) -> impl Iterator<Item = Result<StoredReading, StoreError>> + 'a {
+        query::Select::new(&self.readings, query)
+    }
+
+    /// The stored readings just before and just after `r`'s place in its
+    /// sensor's history (a reading already stored counts as "after").
+    pub fn neighbours(
+        &self,
+        r: &StoredReading,
+    ) -> Result<(Option<StoredReading>, Option<StoredReading>), StoreError> {
+        let key = reading_key(&r.topic, r.reading.timestamp, r.reading.seq);
+        let prefix_len = r.topic.len() + 1;
+        let same_topic = |k: &[u8]| k.len() > prefix_len && k[..prefix_len] == key[..prefix_len];
+        let get = |kv: Option<Result<(sled::IVec, sled::IVec), sled::Error>>| -> Result<Option<StoredReading>, StoreError> {
+            match kv {
+                Some(kv) => {
+                    let (k, v) = kv?;
+                    if same_topic(&k) { decode(&k, &v).map(Some) } else { Ok(None) }
+                }
+                None => Ok(None),
+            }
+        };
+        let before = get(self.readings.range(..key.clone()).next_back())?;
+        let after = get(self.readings.range(key.clone()..).next())?;
+        Ok((before, after))
     }
 
     /// Rejected messages, oldest first.
@@ -141,6 +258,13 @@ impl Store {
             decode(&k, &v)
         })
     }
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Corrupt {
+        key: String::new(),
+        message: e.to_string(),
+    })
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], value: &[u8]) -> Result<T, StoreError> {
@@ -170,10 +294,14 @@ fn reading_key(topic: &str, ts: Timestamp, seq: Option<u64>) -> Vec<u8> {
     key.extend_from_slice(topic.as_bytes());
     // MQTT topics cannot contain U+0000, so this cannot be part of a topic.
     key.push(0);
-    // Flip the sign bit so that negative times sort before positive ones.
-    key.extend_from_slice(&((ts.micros() as u64) ^ (1 << 63)).to_be_bytes());
+    key.extend_from_slice(&time_key(ts.micros()));
     key.extend_from_slice(&seq.unwrap_or(0).to_be_bytes());
     key
+}
+
+/// Big-endian with the sign bit flipped, so that byte order is time order.
+fn time_key(micros: i64) -> [u8; 8] {
+    ((micros as u64) ^ (1 << 63)).to_be_bytes()
 }
 
 #[cfg(test)]
@@ -209,7 +337,10 @@ mod tests {
         }
         assert_eq!(store.insert_reading(&b1).unwrap(), Inserted::Duplicate);
         store.flush().unwrap();
-        let all: Vec<_> = store.readings().map(|r| r.unwrap()).collect();
+        let all: Vec<_> = store
+            .select(&Query::default())
+            .map(|r| r.unwrap())
+            .collect();
         assert_eq!(all, vec![a9, old, b1, b2]);
     }
 

@@ -1,0 +1,98 @@
+//! The local control socket: how `aggregatord dump` and `stats` reach a running
+//! aggregatord (sled lets only one process open the database).
+//!
+//! Protocol: the client sends one JSON [`Request`] line; the daemon answers
+//! `ok` or `error: …` on one line, then the output, then closes. The socket is
+//! mode 0600: whoever may read it may read the data (run as the daemon's user).
+
+use super::dump::{self, Request};
+use crate::store::Store;
+use anyhow::Context;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+/// Longest request line accepted (a query is a few hundred bytes).
+const MAX_REQUEST: u64 = 64 * 1024;
+
+/// Serves dump requests until `stop`. Removes the socket file when done.
+pub async fn serve(path: PathBuf, store: Store, stop: CancellationToken) -> anyhow::Result<()> {
+    // A socket file left by a crash would make bind fail; only a socket is removed.
+    if std::fs::symlink_metadata(&path)
+        .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+    {
+        let _ = std::fs::remove_file(&path);
+    }
+    let listener = tokio::net::UnixListener::bind(&path)
+        .with_context(|| format!("{}: cannot create the control socket", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("{}: cannot restrict the control socket", path.display()))?;
+    debug!(socket = %path.display(), "control socket ready");
+    loop {
+        let stream = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    warn!(error = %e, "control socket accept failed");
+                    continue;
+                }
+            },
+        };
+        let store = store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = answer(stream, store).await {
+                debug!(error = %e, "control request ended early");
+            }
+        });
+    }
+    let _ = std::fs::remove_file(&path);
+    Ok(())
+}
+
+async fn answer(stream: tokio::net::UnixStream, store: Store) -> std::io::Result<()> {
+    let mut reader = tokio::io::BufReader::new(stream);
+    let mut line = String::new();
+    (&mut reader).take(MAX_REQUEST).read_line(&mut line).await?;
+    let stream = reader.into_inner().into_std()?;
+    stream.set_nonblocking(false)?;
+    // The dump itself is blocking I/O over sled and the socket.
+    tokio::task::spawn_blocking(move || {
+        let mut stream = stream;
+        match serde_json::from_str::<Request>(&line) {
+            Ok(request) => {
+                stream.write_all(b"ok\n")?;
+                dump::answer(&store, &request, &mut stream)
+            }
+            Err(e) => writeln!(stream, "error: bad request: {e}"),
+        }
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// Asks the running daemon; copies its answer to `out`.
+pub fn ask(path: &Path, request: &Request, mut out: impl Write) -> anyhow::Result<()> {
+    let stream = std::os::unix::net::UnixStream::connect(path).with_context(|| {
+        format!(
+            "the database is in use, and the running aggregatord's socket {} does not answer",
+            path.display()
+        )
+    })?;
+    let mut writer = &stream;
+    serde_json::to_writer(&mut writer, request)?;
+    writer.write_all(b"\n")?;
+    let mut reader = BufReader::new(&stream);
+    let mut status = String::new();
+    reader.read_line(&mut status)?;
+    match status.trim_end() {
+        "ok" => {
+            std::io::copy(&mut reader, &mut out)?;
+            Ok(())
+        }
+        other => anyhow::bail!("aggregatord: {}", other.trim_start_matches("error: ")),
+    }
+}

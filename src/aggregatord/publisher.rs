@@ -1,0 +1,75 @@
+//! Publishes alert changes, on a connection of its own (client id
+//! `<client_id>-alerts`): rumqttc sends ingest's manual acks through the same
+//! queue as publishes, so a slow QoS 2 alert flow must not share it.
+//!
+//! Changes come from the store's alert outbox, written in the same flush as the
+//! change itself; an entry leaves the outbox only after the broker confirmed it
+//! (PUBCOMP). A crash in between means it is sent again: QoS 2 on the wire,
+//! at-least-once end to end, and subscribers can tell repeats by `time`.
+
+use crate::contract::{Alert, AlertState};
+use crate::mqtt::{Handle, Link, Message, Qos};
+use crate::store::Store;
+use std::sync::Arc;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub async fn run(store: Store, mqtt: Handle, wake: Arc<Notify>, stop: CancellationToken) -> Handle {
+    let mut link = mqtt.link();
+    loop {
+        let pending = match store.alert_outbox() {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(error = %e, "cannot read the alert outbox");
+                Vec::new()
+            }
+        };
+        if !pending.is_empty() && mqtt.is_connected() {
+            for (_, alert) in &pending {
+                for m in messages(alert) {
+                    if mqtt.publish(m).await.is_err() {
+                        return mqtt;
+                    }
+                }
+                info!(rule = %alert.rule, room = %alert.room, state = %alert.state, "alert published");
+            }
+            tokio::select! {
+                _ = mqtt.wait_confirmed() => {}
+                _ = stop.cancelled() => return mqtt,
+            }
+            let ids: Vec<u64> = pending.iter().map(|(id, _)| *id).collect();
+            if let Err(e) = store
+                .remove_from_outbox(&ids)
+                .and_then(|()| store.flush().map(drop))
+            {
+                warn!(error = %e, "cannot update the alert outbox");
+            }
+            continue;
+        }
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = link.changed() => {}
+            _ = stop.cancelled() => return mqtt,
+        }
+        // Mark the current link state seen, so `changed` waits for the next one.
+        let _ = *link.borrow_and_update() == Link::Up;
+    }
+}
+
+/// Raised: the alert, retained. Cleared: the `cleared` event, then an empty
+/// retained message, so the retained set on `…/alerts/#` is the active alerts.
+fn messages(alert: &Alert) -> Vec<Message> {
+    let topic = alert.topic();
+    let payload = serde_json::to_vec(alert).unwrap_or_default();
+    let m = |payload: Vec<u8>, retain| Message {
+        topic: topic.clone(),
+        payload,
+        qos: Qos::ExactlyOnce,
+        retain,
+    };
+    match alert.state {
+        AlertState::Raised => vec![m(payload, true)],
+        AlertState::Cleared => vec![m(payload, false), m(Vec::new(), true)],
+    }
+}

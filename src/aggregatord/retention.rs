@@ -1,0 +1,48 @@
+//! Deletes readings older than `storage.retention`, a bounded number at a time,
+//! so that a first run over a large history never stalls ingest.
+
+use crate::contract::Timestamp;
+use crate::store::Store;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Readings deleted per step; between steps ingest gets the storage back.
+const STEP: usize = 1000;
+const EVERY: Duration = Duration::from_secs(60);
+
+pub async fn run(store: Store, keep: Duration, stop: CancellationToken) -> anyhow::Result<()> {
+    loop {
+        let cutoff = Timestamp(
+            Timestamp::now_millis().0 - chrono::Duration::from_std(keep).unwrap_or_default(),
+        );
+        let mut total = 0;
+        loop {
+            let store = store.clone();
+            let deleted = tokio::task::spawn_blocking(move || {
+                let n = store.expire(cutoff, STEP)?;
+                store.flush()?;
+                Ok::<_, crate::store::StoreError>(n)
+            })
+            .await?;
+            match deleted {
+                Ok(n) => total += n,
+                Err(e) => {
+                    warn!(error = %e, "retention: deleting old readings failed");
+                    break;
+                }
+            }
+            if total % STEP != 0 || deleted.as_ref().is_ok_and(|n| *n == 0) || stop.is_cancelled() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        if total > 0 {
+            info!(deleted = total, before = %cutoff, "retention: old readings deleted");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(EVERY) => {}
+        }
+    }
+}

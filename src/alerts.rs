@@ -1,0 +1,364 @@
+//! Alert rules, evaluated as readings and statuses arrive and on a clock tick.
+//!
+//! Two levels. Per sensor, each rule keeps a *condition* (with hysteresis: on
+//! above `above`, off only below `clear_below`) and since when it has held. Per
+//! room and rule there is one alert: raised when some sensor's condition has
+//! held for `for`, cleared when no sensor's condition holds any more. The engine
+//! only computes changes; ingest stores them and the publisher sends them.
+
+use crate::config::{RuleConfig, Schedule};
+use crate::contract::{
+    topic, Alert, AlertState, NodeState, SensorType, Status, Timestamp, REASON_CONNECTION_LOST,
+};
+use crate::store::StoredReading;
+use chrono::{Datelike, Local};
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+#[derive(Debug, Default)]
+struct Condition {
+    /// Since when the condition has held, while it holds.
+    since: Option<Timestamp>,
+    /// The value (if any) that last set it.
+    value: Option<f64>,
+    /// Stale rules: when the sensor last reported.
+    last_seen: Option<Timestamp>,
+}
+
+pub struct Engine {
+    rules: Vec<RuleConfig>,
+    /// (rule index, sensor or status topic) → its condition.
+    conditions: HashMap<(usize, String), Condition>,
+    /// (room prefix, rule name) → the active alert.
+    active: HashMap<(String, String), Alert>,
+}
+
+impl Engine {
+    /// `active`: alerts raised before a restart and never cleared.
+    pub fn new(rules: Vec<RuleConfig>, active: Vec<Alert>) -> Engine {
+        Engine {
+            rules,
+            conditions: HashMap::new(),
+            active: active
+                .into_iter()
+                .map(|a| ((a.room.clone(), a.rule.clone()), a))
+                .collect(),
+        }
+    }
+
+    pub fn has_rules(&self) -> bool {
+        !self.rules.is_empty()
+    }
+
+    /// A stored (new, not duplicate) reading.
+    pub fn reading(&mut self, r: &StoredReading) -> Vec<Alert> {
+        let topic::Parsed::Reading { prefix, .. } = topic::parse(&r.topic) else {
+            return Vec::new();
+        };
+        let (value, now) = (r.reading.value, r.received_at);
+        let mut changes = Vec::new();
+        for i in 0..self.rules.len() {
+            let rule = &self.rules[i];
+            if rule.offline
+                || rule.sensor_type.map(SensorType::as_str) != Some(r.reading.sensor_type.as_str())
+                || !rule
+                    .filter
+                    .as_deref()
+                    .is_none_or(|f| topic::matches(f, &r.topic))
+            {
+                continue;
+            }
+            let holds = match (rule.above, rule.below, &rule.outside) {
+                (Some(above), _, _) => {
+                    let was = self.held(i, &r.topic);
+                    value > above || (was && value >= rule.clear_below.unwrap_or(above))
+                }
+                (_, Some(below), _) => {
+                    let was = self.held(i, &r.topic);
+                    value < below || (was && value <= rule.clear_above.unwrap_or(below))
+                }
+                (_, _, Some(allowed)) => value == 1.0 && !within(allowed, r.reading.timestamp),
+                // Stale: a reading is the opposite of stale.
+                _ => {
+                    self.conditions
+                        .entry((i, r.topic.clone()))
+                        .or_default()
+                        .last_seen = Some(now);
+                    false
+                }
+            };
+            self.set(i, &r.topic, holds, Some(value), now);
+            changes.extend(self.settle(i, prefix, now));
+        }
+        changes
+    }
+
+    /// A node's status changed (`prefix` is the node's topic prefix).
+    pub fn status(&mut self, prefix: &str, status: &Status, now: Timestamp) -> Vec<Alert> {
+        let status_topic = format!("{prefix}/status");
+        let lost = status.status == NodeState::Offline
+            && status.reason.as_deref() == Some(REASON_CONNECTION_LOST);
+        let mut changes = Vec::new();
+        for i in 0..self.rules.len() {
+            let rule = &self.rules[i];
+            if !rule.offline
+                || !rule
+                    .filter
+                    .as_deref()
+                    .is_none_or(|f| topic::matches(f, &status_topic))
+            {
+                continue;
+            }
+            self.set(i, &status_topic, lost, None, now);
+            changes.extend(self.settle(i, prefix, now));
+        }
+        changes
+    }
+
+    /// Time passing: `for` durations running out, sensors going stale.
+    pub fn tick(&mut self, now: Timestamp) -> Vec<Alert> {
+        let mut touched: BTreeSet<(usize, String)> = BTreeSet::new();
+        for ((i, t), c) in self.conditions.iter_mut() {
+            let rule = &self.rules[*i];
+            if let (Some(stale_after), Some(seen)) = (rule.stale_after, c.last_seen) {
+                let stale = elapsed(seen, now) >= stale_after;
+                if stale && c.since.is_none() {
+                    c.since = Some(Timestamp(
+                        seen.0 + chrono::Duration::from_std(stale_after).unwrap_or_default(),
+                    ));
+                }
+                if !stale {
+                    c.since = None;
+                }
+            }
+            if c.since.is_some() {
+                touched.insert((*i, room_of(t)));
+            }
+        }
+        let mut changes = Vec::new();
+        for (i, room) in touched {
+            changes.extend(self.settle(i, &room, now));
+        }
+        changes
+    }
+
+    fn held(&self, i: usize, t: &str) -> bool {
+        self.conditions
+            .get(&(i, t.to_owned()))
+            .is_some_and(|c| c.since.is_some())
+    }
+
+    fn set(&mut self, i: usize, t: &str, holds: bool, value: Option<f64>, now: Timestamp) {
+        let c = self.conditions.entry((i, t.to_owned())).or_default();
+        match (holds, c.since) {
+            (true, None) => {
+                c.since = Some(now);
+                c.value = value;
+            }
+            (true, Some(_)) => c.value = value.or(c.value),
+            (false, _) => c.since = None,
+        }
+    }
+
+    /// Raises or clears rule `i`'s alert for `room` from its sensors' conditions.
+    fn settle(&mut self, i: usize, room: &str, now: Timestamp) -> Option<Alert> {
+        let rule = &self.rules[i];
+        let lasting = rule.lasting.unwrap_or_default();
+        let mut holding = self
+            .conditions
+            .iter()
+            .filter(|((j, t), c)| *j == i && room_of(t) == room && c.since.is_some());
+        let key = (room.to_owned(), rule.name.to_string());
+        match self.active.get(&key) {
+            // Active: stays while any sensor's condition holds (hysteresis), even
+            // one that has not yet held for `for` (after a restart, say).
+            Some(active) if holding.next().is_none() => {
+                let cleared = Alert {
+                    state: AlertState::Cleared,
+                    time: now,
+                    ..active.clone()
+                };
+                self.active.remove(&key);
+                Some(cleared)
+            }
+            Some(_) => None,
+            None => {
+                let ((_, t), c) =
+                    holding.find(|(_, c)| c.since.is_some_and(|s| elapsed(s, now) >= lasting))?;
+                let alert = Alert {
+                    rule: rule.name.to_string(),
+                    severity: rule.severity,
+                    state: AlertState::Raised,
+                    room: room.to_owned(),
+                    topic: t.clone(),
+                    value: c.value,
+                    message: describe(rule, c.value),
+                    raised_at: now,
+                    time: now,
+                };
+                self.active.insert(key, alert.clone());
+                Some(alert)
+            }
+        }
+    }
+}
+
+fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
+    (now.0 - since.0).to_std().unwrap_or_default()
+}
+
+/// The room prefix of a reading topic or a status topic.
+fn room_of(t: &str) -> String {
+    match topic::parse(t) {
+        topic::Parsed::Reading { prefix, .. } | topic::Parsed::Status { prefix } => {
+            prefix.to_owned()
+        }
+        _ => t.to_owned(),
+    }
+}
+
+fn within(s: &Schedule, t: Timestamp) -> bool {
+    let local = t.0.with_timezone(&Local);
+    s.days.contains(&local.weekday()) && local.time() >= s.from && local.time() < s.to
+}
+
+fn describe(rule: &RuleConfig, value: Option<f64>) -> String {
+    let v = value.map(|v| v.to_string()).unwrap_or_default();
+    match (rule.above, rule.below) {
+        (Some(a), _) => format!("{v} above {a}"),
+        (_, Some(b)) => format!("{v} below {b}"),
+        _ if rule.offline => "node lost its connection".into(),
+        _ if rule.stale_after.is_some() => "no reading".into(),
+        _ => "motion outside allowed hours".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::Reading;
+
+    fn rule(yaml: &str) -> RuleConfig {
+        yaml_serde::from_str(yaml).unwrap()
+    }
+
+    fn reading(value: f64, secs: i64) -> StoredReading {
+        let t = Timestamp(chrono::DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap());
+        StoredReading {
+            topic: "b/f/r1/temperature/t1".into(),
+            reading: Reading {
+                sensor_id: "t1".into(),
+                sensor_type: "temperature".into(),
+                value,
+                unit: "celsius".into(),
+                timestamp: t,
+                seq: Some(secs as u64),
+            },
+            received_at: t,
+            qos: 1,
+        }
+    }
+
+    fn states(changes: Vec<Alert>) -> Vec<AlertState> {
+        changes.into_iter().map(|a| a.state).collect()
+    }
+
+    #[test]
+    fn threshold_with_hysteresis_and_duration() {
+        let mut e = Engine::new(
+            vec![rule(
+                "{ name: hot, type: temperature, above: 26, clear_below: 25, for: 30s }",
+            )],
+            vec![],
+        );
+        assert!(e.reading(&reading(27.0, 0)).is_empty(), "not for 30 s yet");
+        assert!(e.reading(&reading(27.0, 20)).is_empty());
+        let raised = e.reading(&reading(25.5, 31));
+        assert_eq!(
+            states(raised.clone()),
+            [AlertState::Raised],
+            "held 31 s (25.5 is inside the band)"
+        );
+        assert_eq!(raised[0].value, Some(25.5), "the value when it was raised");
+        assert_eq!(raised[0].topic(), "b/f/r1/alerts/hot");
+        assert!(
+            e.reading(&reading(25.2, 40)).is_empty(),
+            "hysteresis: not cleared above 25"
+        );
+        assert_eq!(states(e.reading(&reading(24.9, 50))), [AlertState::Cleared]);
+        // A blip that does not last never raises.
+        assert!(e.reading(&reading(30.0, 60)).is_empty());
+        assert!(e.reading(&reading(20.0, 70)).is_empty());
+    }
+
+    #[test]
+    fn duration_runs_out_on_the_clock_too() {
+        let mut e = Engine::new(
+            vec![rule(
+                "{ name: hot, type: temperature, above: 26, for: 30s }",
+            )],
+            vec![],
+        );
+        assert!(e.reading(&reading(27.0, 0)).is_empty());
+        let at = |s: i64| Timestamp(chrono::DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap());
+        assert!(e.tick(at(29)).is_empty());
+        assert_eq!(states(e.tick(at(31))), [AlertState::Raised]);
+        assert!(e.tick(at(40)).is_empty(), "raised once");
+    }
+
+    #[test]
+    fn stale_sensor() {
+        let mut e = Engine::new(
+            vec![rule("{ name: stale, type: temperature, stale_after: 1m }")],
+            vec![],
+        );
+        assert!(e.reading(&reading(20.0, 0)).is_empty());
+        let at = |s: i64| Timestamp(chrono::DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap());
+        assert!(e.tick(at(59)).is_empty());
+        assert_eq!(states(e.tick(at(61))), [AlertState::Raised]);
+        assert_eq!(states(e.reading(&reading(20.0, 70))), [AlertState::Cleared]);
+    }
+
+    #[test]
+    fn restart_keeps_an_active_alert_without_a_second_raise() {
+        let rules = vec![rule(
+            "{ name: hot, type: temperature, above: 26, clear_below: 25, for: 30s }",
+        )];
+        let mut before = Engine::new(rules.clone(), vec![]);
+        before.reading(&reading(27.0, 0));
+        let raised = before.reading(&reading(27.0, 40));
+        assert_eq!(states(raised.clone()), [AlertState::Raised]);
+        let mut after = Engine::new(rules, raised);
+        assert!(
+            after.reading(&reading(27.0, 50)).is_empty(),
+            "still hot: no second raise"
+        );
+        assert_eq!(
+            states(after.reading(&reading(24.0, 60))),
+            [AlertState::Cleared]
+        );
+    }
+
+    #[test]
+    fn node_offline_only_when_the_connection_was_lost() {
+        let mut e = Engine::new(
+            vec![rule("{ name: down, offline: true, severity: critical }")],
+            vec![],
+        );
+        let now = Timestamp(chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap());
+        let shutdown = Status::offline("r1", crate::contract::REASON_SHUTDOWN);
+        assert!(e.status("b/f/r1", &shutdown, now).is_empty());
+        let lost = Status::offline("r1", REASON_CONNECTION_LOST);
+        let raised = e.status("b/f/r1", &lost, now);
+        assert_eq!(states(raised.clone()), [AlertState::Raised]);
+        assert_eq!(raised[0].topic, "b/f/r1/status");
+        let online = Status {
+            status: NodeState::Online,
+            ..lost
+        };
+        assert_eq!(
+            states(e.status("b/f/r1", &online, now)),
+            [AlertState::Cleared]
+        );
+    }
+}
