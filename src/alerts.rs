@@ -300,7 +300,8 @@ mod tests {
             vec![],
         );
         assert!(e.reading(&reading(27.0, 0)).is_empty());
-        let at = |s: i64| Timestamp(chrono::DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap());
+        let at =
+            |s: i64| Timestamp(chrono::DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap());
         assert!(e.tick(at(29)).is_empty());
         assert_eq!(states(e.tick(at(31))), [AlertState::Raised]);
         assert!(e.tick(at(40)).is_empty(), "raised once");
@@ -313,7 +314,8 @@ mod tests {
             vec![],
         );
         assert!(e.reading(&reading(20.0, 0)).is_empty());
-        let at = |s: i64| Timestamp(chrono::DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap());
+        let at =
+            |s: i64| Timestamp(chrono::DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap());
         assert!(e.tick(at(59)).is_empty());
         assert_eq!(states(e.tick(at(61))), [AlertState::Raised]);
         assert_eq!(states(e.reading(&reading(20.0, 70))), [AlertState::Cleared]);

@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod aggregatord;
 mod config;
 mod durability;
 mod pipeline;
