@@ -155,18 +155,12 @@ fn dump_and_stats_filter_the_same_way_running_or_stopped() {
 }
 
 fn dump_stats(config: &std::path::Path) -> String {
-    let out = Command::new(AGGREGATORD)
-        .arg("--config")
-        .arg(config)
-        .args(["stats", "--format", "jsonl"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    stdout_of(
+        Command::new(AGGREGATORD)
+            .arg("--config")
+            .arg(config)
+            .args(["stats", "--format", "jsonl"]),
+    )
 }
 
 #[test]

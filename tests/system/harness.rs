@@ -457,19 +457,26 @@ pub fn start_daemon(bin: &str, config: &Path) -> Proc {
 
 /// Runs `aggregatord dump` to completion and returns its stdout.
 pub fn dump(config: &Path, args: &[&str]) -> String {
-    let out = Command::new(AGGREGATORD)
-        .arg("--config")
-        .arg(config)
-        .arg("dump")
-        .args(args)
+    stdout_of(
+        Command::new(AGGREGATORD)
+            .arg("--config")
+            .arg(config)
+            .arg("dump")
+            .args(args),
+    )
+}
+
+/// Runs a command to completion; fails the test (showing stderr) unless it succeeds.
+pub fn stdout_of(cmd: &mut Command) -> String {
+    let out = cmd
         .output()
-        .expect("run aggregatord dump");
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
-        "dump failed: {}",
+        "{cmd:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout).expect("dump output is UTF-8")
+    String::from_utf8(out.stdout).expect("output is UTF-8")
 }
 
 // ---------------------------------------------------------------- a watching client

@@ -303,28 +303,21 @@ fn dry_run_prints_readings_without_a_broker_the_same_for_the_same_seed() {
         )
         .replace("room: { occupancy: always }\n", "");
         let config = write_config(&yaml);
-        let out = Command::new(SENSORD)
-            .args(["--dry-run", "--simulate", "1h", "--config"])
-            .arg(&config.path)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).unwrap();
-                assert!(v["timestamp"].as_str().unwrap().ends_with('Z'));
-                (
-                    v["topic"].as_str().unwrap().to_owned(),
-                    v["value"].as_f64().unwrap(),
-                )
-            })
-            .collect()
+        stdout_of(
+            Command::new(SENSORD)
+                .args(["--dry-run", "--simulate", "1h", "--config"])
+                .arg(&config.path),
+        )
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert!(v["timestamp"].as_str().unwrap().ends_with('Z'));
+            (
+                v["topic"].as_str().unwrap().to_owned(),
+                v["value"].as_f64().unwrap(),
+            )
+        })
+        .collect()
     };
     let a = run(42);
     let temps = a.iter().filter(|(t, _)| t.ends_with("temp_001")).count();
