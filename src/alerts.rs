@@ -46,6 +46,32 @@ impl Engine {
         }
     }
 
+    /// New rules (a reload). Alerts of rules that are gone are cleared; the
+    /// others stay active, re-evaluated from the next readings.
+    pub fn set_rules(&mut self, rules: Vec<RuleConfig>) -> Vec<Alert> {
+        let now = Timestamp::now_millis();
+        let kept: Vec<String> = rules.iter().map(|r| r.name.to_string()).collect();
+        let gone: Vec<(String, String)> = self
+            .active
+            .keys()
+            .filter(|(_, rule)| !kept.contains(rule))
+            .cloned()
+            .collect();
+        let cleared = gone
+            .into_iter()
+            .filter_map(|k| self.active.remove(&k))
+            .map(|a| Alert {
+                state: AlertState::Cleared,
+                time: now,
+                message: "rule removed".into(),
+                ..a
+            })
+            .collect();
+        self.rules = rules;
+        self.conditions.clear();
+        cleared
+    }
+
     pub fn has_rules(&self) -> bool {
         !self.rules.is_empty()
     }

@@ -1,9 +1,13 @@
-//! Plumbing both daemons share: logging, signals, exit codes.
+//! Plumbing both daemons share: logging, signals, systemd notifications,
+//! exit codes.
 
+use crate::config::{LogConfig, LogFormat};
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::{prelude::*, EnvFilter};
 
@@ -11,10 +15,11 @@ use tracing_subscriber::{prelude::*, EnvFilter};
 pub const EX_CONFIG: u8 = 78;
 
 /// Logs to journald when stderr is connected to the journal (we run under
-/// systemd), else human-readable lines on stderr. `RUST_LOG` sets the level
-/// (default `info`).
-pub fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// systemd), else to stderr: human-readable lines, or JSON when configured.
+/// `RUST_LOG` overrides the configured level.
+pub fn init_logging(config: &LogConfig) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.level));
     let registry = tracing_subscriber::registry().with(filter);
     if stderr_is_journal() {
         if let Ok(journald) = tracing_journald::layer() {
@@ -22,14 +27,14 @@ pub fn init_logging() {
             return;
         }
     }
-    registry
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .with_target(false),
-        )
-        .init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    match config.format {
+        LogFormat::Text => registry.with(fmt.with_ansi(ansi)).init(),
+        LogFormat::Json => registry.with(fmt.json().flatten_event(true)).init(),
+    }
 }
 
 /// systemd sets `JOURNAL_STREAM=dev:inode` for the stream it connected; a child
@@ -48,15 +53,23 @@ fn stderr_is_journal() -> bool {
     dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
 }
 
-/// Cancels the returned token on SIGTERM or SIGINT. A second such signal exits at
-/// once, for an operator who does not want to wait for the grace period.
-pub fn shutdown_on_signals() -> std::io::Result<CancellationToken> {
+/// What signals ask of a daemon: stop (SIGTERM, SIGINT) or reload (SIGHUP).
+pub struct Signals {
+    pub shutdown: CancellationToken,
+    /// Notified once per SIGHUP (a permit is kept if nobody is waiting yet).
+    pub reload: Arc<Notify>,
+}
+
+/// Installs the handlers. A second SIGTERM/SIGINT exits at once, for an operator
+/// who does not want to wait for the grace period.
+pub fn signals() -> std::io::Result<Signals> {
     use tokio::signal::unix::{signal, SignalKind};
-    let token = CancellationToken::new();
+    let shutdown = CancellationToken::new();
+    let reload = Arc::new(Notify::new());
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
-    let cancel = token.clone();
+    let (cancel, hup_notify) = (shutdown.clone(), reload.clone());
     tokio::spawn(async move {
         let mut stopping = false;
         loop {
@@ -64,8 +77,8 @@ pub fn shutdown_on_signals() -> std::io::Result<CancellationToken> {
                 _ = term.recv() => "SIGTERM",
                 _ = int.recv() => "SIGINT",
                 _ = hup.recv() => {
-                    // Without a handler SIGHUP would kill us; reload is not built yet.
-                    tracing::warn!("SIGHUP received; configuration reload is not supported yet, ignoring");
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    hup_notify.notify_one();
                     continue;
                 }
             };
@@ -74,21 +87,94 @@ pub fn shutdown_on_signals() -> std::io::Result<CancellationToken> {
                 std::process::exit(1);
             }
             tracing::info!(signal = name, "stopping");
+            notify(&[sd_notify::NotifyState::Stopping]);
             stopping = true;
             cancel.cancel();
         }
     });
-    Ok(token)
+    Ok(Signals { shutdown, reload })
+}
+
+/// Tells systemd (if it started us with `Type=notify`); a no-op otherwise.
+pub fn notify(state: &[sd_notify::NotifyState]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        if let Err(e) = sd_notify::notify(state) {
+            tracing::debug!(error = %e, "sd_notify failed");
+        }
+    }
+}
+
+pub fn notify_ready(status: &str) {
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(status),
+    ]);
+}
+
+pub fn notify_status(status: &str) {
+    notify(&[sd_notify::NotifyState::Status(status)]);
+}
+
+/// `RELOADING=1` with the `MONOTONIC_USEC` that systemd wants beside it.
+pub fn notify_reloading() {
+    match sd_notify::NotifyState::monotonic_usec_now() {
+        Ok(now) => notify(&[sd_notify::NotifyState::Reloading, now]),
+        Err(_) => notify(&[sd_notify::NotifyState::Reloading]),
+    }
+}
+
+/// How often to send `WATCHDOG=1`: half the period systemd asked for.
+pub fn watchdog_every() -> Option<Duration> {
+    sd_notify::watchdog_enabled().map(|d| d / 2)
+}
+
+/// A tick for the main loop to pet the watchdog on; never fires without one.
+pub struct Watchdog(Option<tokio::time::Interval>);
+
+impl Watchdog {
+    pub fn new() -> Watchdog {
+        Watchdog(watchdog_every().map(tokio::time::interval))
+    }
+
+    /// Resolves when the next `WATCHDOG=1` is due, and sends it.
+    pub async fn tick(&mut self) {
+        match &mut self.0 {
+            Some(interval) => {
+                interval.tick().await;
+                notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
+
+impl Default for Watchdog {
+    fn default() -> Self {
+        Watchdog::new()
+    }
+}
+
+/// Re-reads the config for a reload, telling systemd; `None` (logged, naming
+/// file, line and key) keeps the daemon on its current config.
+pub fn reload_config<C: crate::config::DaemonConfig>(path: &std::path::Path) -> Option<C> {
+    notify_reloading();
+    match crate::config::load::<C>(path) {
+        Ok(config) => Some(config),
+        Err(e) => {
+            tracing::error!(error = %e, "reload failed; still running on the previous configuration");
+            None
+        }
+    }
 }
 
 /// The common start of both daemons: load and validate the config (`--check-config`
 /// stops there), set up logging, then run `daemon` on a single-threaded runtime.
 /// One thread is plenty for a handful of sockets; blocking work (fsync) goes to
-/// `spawn_blocking`.
+/// `spawn_blocking`. `daemon` gets the config file's path back, for reloads.
 pub fn start<C, F>(
     config_path: &std::path::Path,
     check_only: bool,
-    daemon: impl FnOnce(C) -> F,
+    daemon: impl FnOnce(C, std::path::PathBuf) -> F,
 ) -> anyhow::Result<()>
 where
     C: crate::config::DaemonConfig,
@@ -100,12 +186,12 @@ where
         println!("{}: ok", config_path.display());
         return Ok(());
     }
-    init_logging();
+    init_logging(config.log());
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?
-        .block_on(daemon(config))
+        .block_on(daemon(config, config_path.to_owned()))
 }
 
 /// Maps a daemon's result to its exit status, printing the error chain.

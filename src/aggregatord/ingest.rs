@@ -12,7 +12,7 @@ use crate::config::IngestConfig;
 use crate::contract::{
     topic, validate_reading, Alert, Rejection, RejectionReason, SensorType, Status, Timestamp,
 };
-use crate::daemon::RateLimit;
+use crate::daemon::{RateLimit, Signals};
 use crate::mqtt::{Delivery, Event, Handle};
 use crate::store::{Inserted, RejectedMessage, Store, StoreError, StoredReading};
 use anyhow::Context;
@@ -20,10 +20,18 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 const SUMMARY_EVERY: Duration = Duration::from_secs(60);
+const STATUS_EVERY: Duration = Duration::from_secs(10);
+
+/// Why [`Ingest::run`] returned.
+pub enum Wake {
+    Shutdown,
+    Reload,
+    /// The MQTT connection task ended.
+    Closed,
+}
 /// How often `for` durations and stale sensors are checked.
 const ALERT_TICK: Duration = Duration::from_secs(1);
 
@@ -91,18 +99,55 @@ impl Ingest {
         self.mqtt
     }
 
+    pub fn mqtt(&self) -> &Handle {
+        &self.mqtt
+    }
+
+    /// New `ingest:` settings and alert rules (a reload).
+    pub async fn reconfigure(
+        &mut self,
+        config: IngestConfig,
+        rules: Vec<crate::config::RuleConfig>,
+    ) -> anyhow::Result<()> {
+        self.config = config;
+        let changes = self
+            .engine
+            .as_mut()
+            .map(|e| e.set_rules(rules))
+            .unwrap_or_default();
+        if !changes.is_empty() {
+            self.commit(Batch {
+                alerts: changes,
+                ..Batch::default()
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// The ingest loop, which is also the daemon's main loop: returns to let the
+    /// caller stop (`Shutdown`, `Closed`) or reload (`Reload`, then call again).
     pub async fn run(
         &mut self,
-        mut events: mpsc::Receiver<Event>,
-        shutdown: CancellationToken,
-    ) -> anyhow::Result<()> {
+        events: &mut mpsc::Receiver<Event>,
+        signals: &Signals,
+    ) -> anyhow::Result<Wake> {
         let mut summary = tokio::time::interval(SUMMARY_EVERY);
         summary.tick().await;
+        let mut status = tokio::time::interval(STATUS_EVERY);
         let mut tick = tokio::time::interval(ALERT_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut watchdog = crate::daemon::Watchdog::new();
         loop {
             let first = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
+                _ = signals.shutdown.cancelled() => return Ok(Wake::Shutdown),
+                _ = signals.reload.notified() => return Ok(Wake::Reload),
+                // Only this loop pets the watchdog: if ingest stalls, systemd restarts us.
+                _ = watchdog.tick() => continue,
+                _ = status.tick() => {
+                    crate::daemon::notify_status(&self.status_line());
+                    continue;
+                }
                 _ = summary.tick() => {
                     self.log_totals("ingest totals");
                     continue;
@@ -116,7 +161,7 @@ impl Ingest {
                 }
                 event = events.recv() => match event {
                     Some(event) => event,
-                    None => return Ok(()),
+                    None => return Ok(Wake::Closed),
                 },
             };
             let mut batch = Batch::default();
@@ -299,6 +344,22 @@ impl Ingest {
             self.mqtt.ack(d).await.context("acknowledging")?;
         }
         Ok(())
+    }
+
+    /// One line for systemd's `STATUS=`.
+    pub fn status_line(&self) -> String {
+        let rejected: u64 = self.counts.rejected.values().sum();
+        format!(
+            "{}; stored {}, duplicates {}, rejected {}",
+            if self.mqtt.is_connected() {
+                "connected"
+            } else {
+                "not connected"
+            },
+            self.counts.stored,
+            self.counts.duplicates,
+            rejected
+        )
     }
 
     pub fn log_totals(&self, what: &str) {

@@ -51,9 +51,8 @@ pub fn dump_main(config_path: &Path, request: &Request) -> anyhow::Result<()> {
     }
 }
 
-pub async fn run(config: AggregatordConfig) -> anyhow::Result<()> {
-    let shutdown = daemon::shutdown_on_signals().context("installing signal handlers")?;
-    let store = Store::open(&config.storage.path).context("opening storage")?;
+/// The connection settings for aggregatord's two clients: ingest, and alerts.
+fn mqtt_settings(config: &AggregatordConfig) -> (mqtt::Settings, mqtt::Settings) {
     let settings = |client_id: String, subscriptions, manual_acks| mqtt::Settings {
         client_id,
         broker: config.broker.clone(),
@@ -67,8 +66,20 @@ pub async fn run(config: AggregatordConfig) -> anyhow::Result<()> {
         .iter()
         .map(|s| (s.filter.clone(), s.qos))
         .collect();
-    let (mqtt, events) =
-        mqtt::connect(settings(config.client_id.to_string(), subscriptions, true))?;
+    (
+        settings(config.client_id.to_string(), subscriptions, true),
+        settings(format!("{}-alerts", config.client_id), Vec::new(), false),
+    )
+}
+
+pub async fn run(
+    mut config: AggregatordConfig,
+    config_path: std::path::PathBuf,
+) -> anyhow::Result<()> {
+    let signals = daemon::signals().context("installing signal handlers")?;
+    let store = Store::open(&config.storage.path).context("opening storage")?;
+    let (ingest_settings, alert_settings) = mqtt_settings(&config);
+    let (mqtt, mut events) = mqtt::connect(ingest_settings)?;
     info!(client_id = %config.client_id, storage = %config.storage.path.display(), "aggregatord started");
 
     // Background work, all stopped by the same token after ingest ends.
@@ -83,6 +94,8 @@ pub async fn run(config: AggregatordConfig) -> anyhow::Result<()> {
         tasks.spawn(retention::run(store.clone(), keep, background.clone()));
     }
     let alerts_ready = Arc::new(Notify::new());
+    let (alert_settings_tx, alert_settings_rx) =
+        tokio::sync::watch::channel(alert_settings.clone());
     let active = store.active_alerts().context("loading active alerts")?;
     if !config.alerts.is_empty()
         || !store
@@ -90,21 +103,15 @@ pub async fn run(config: AggregatordConfig) -> anyhow::Result<()> {
             .context("reading the alert outbox")?
             .is_empty()
     {
-        let (alerts_mqtt, alert_events) = mqtt::connect(settings(
-            format!("{}-alerts", config.client_id),
-            Vec::new(),
-            false,
-        ))?;
-        let (store, ready, stop) = (store.clone(), alerts_ready.clone(), background.clone());
-        tasks.spawn(async move {
-            // Nothing arrives on this connection; drain so the supervisor never waits.
-            let mut alert_events = alert_events;
-            let drain = tokio::spawn(async move { while alert_events.recv().await.is_some() {} });
-            let handle = publisher::run(store, alerts_mqtt, ready, stop).await;
-            handle.close(CLOSE_GRACE).await;
-            drain.abort();
-            Ok(())
-        });
+        let (alerts_mqtt, alert_events) = mqtt::connect(alert_settings)?;
+        tasks.spawn(publish_alerts(
+            store.clone(),
+            alerts_mqtt,
+            alert_events,
+            alert_settings_rx,
+            alerts_ready.clone(),
+            background.clone(),
+        ));
     }
     if !active.is_empty() {
         info!(
@@ -121,7 +128,24 @@ pub async fn run(config: AggregatordConfig) -> anyhow::Result<()> {
         engine,
         alerts_ready,
     );
-    let result = ingest.run(events, shutdown).await;
+    daemon::notify_ready(&ingest.status_line());
+    let result = loop {
+        match ingest.run(&mut events, &signals).await {
+            Ok(ingest::Wake::Reload) => {
+                if let Some(new) = daemon::reload_config::<AggregatordConfig>(&config_path) {
+                    match reload(&mut ingest, &config, &new, &alert_settings_tx).await {
+                        Ok(()) => config = new,
+                        Err(e) => {
+                            tracing::error!(error = %format!("{e:#}"), "reload failed; still running on the previous configuration")
+                        }
+                    }
+                }
+                daemon::notify_ready(&ingest.status_line());
+            }
+            Ok(_) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
     ingest.log_totals("aggregatord stopped");
     background.cancel();
     while let Some(done) = tasks.join_next().await {
@@ -133,4 +157,56 @@ pub async fn run(config: AggregatordConfig) -> anyhow::Result<()> {
     store.flush().context("final flush")?;
     ingest.into_mqtt().close(CLOSE_GRACE).await;
     result
+}
+
+/// The alert connection's task: publishes the outbox, follows reloads.
+async fn publish_alerts(
+    store: Store,
+    mqtt: mqtt::Handle,
+    mut events: tokio::sync::mpsc::Receiver<mqtt::Event>,
+    mut settings: tokio::sync::watch::Receiver<mqtt::Settings>,
+    ready: Arc<Notify>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    {
+        let publisher = publisher::run(store, &mqtt, ready, stop);
+        tokio::pin!(publisher);
+        loop {
+            tokio::select! {
+                () = &mut publisher => break,
+                // Nothing arrives on this connection; drain so the supervisor never waits.
+                Some(_) = events.recv() => {}
+                Ok(()) = settings.changed() => {
+                    let new = settings.borrow_and_update().clone();
+                    if let Err(e) = mqtt.reconfigure(new) {
+                        tracing::error!(error = %e, "alert connection keeps its previous settings");
+                    }
+                }
+            }
+        }
+    }
+    mqtt.close(CLOSE_GRACE).await;
+    Ok(())
+}
+
+/// Applies a reloaded config: rules and batching live, broker/TLS/subscription
+/// changes by reconnecting; storage settings only at the next start.
+async fn reload(
+    ingest: &mut ingest::Ingest,
+    old: &AggregatordConfig,
+    new: &AggregatordConfig,
+    alert_settings: &tokio::sync::watch::Sender<mqtt::Settings>,
+) -> anyhow::Result<()> {
+    let changed = config::changed_keys(old, new);
+    let (ingest_settings, alerts) = mqtt_settings(new);
+    let reconnecting = ingest.mqtt().reconfigure(ingest_settings)?;
+    alert_settings.send_replace(alerts);
+    ingest
+        .reconfigure(new.ingest.clone(), new.alerts.clone())
+        .await?;
+    if changed.iter().any(|k| k.starts_with("storage")) {
+        tracing::warn!("storage settings take effect at the next start");
+    }
+    info!(changed = ?changed, reconnecting, "configuration reloaded");
+    Ok(())
 }

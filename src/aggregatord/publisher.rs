@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-pub async fn run(store: Store, mqtt: Handle, wake: Arc<Notify>, stop: CancellationToken) -> Handle {
+pub async fn run(store: Store, mqtt: &Handle, wake: Arc<Notify>, stop: CancellationToken) {
     let mut link = mqtt.link();
     loop {
         let pending = match store.alert_outbox() {
@@ -29,14 +29,14 @@ pub async fn run(store: Store, mqtt: Handle, wake: Arc<Notify>, stop: Cancellati
             for (_, alert) in &pending {
                 for m in messages(alert) {
                     if mqtt.publish(m).await.is_err() {
-                        return mqtt;
+                        return;
                     }
                 }
                 info!(rule = %alert.rule, room = %alert.room, state = %alert.state, "alert published");
             }
             tokio::select! {
                 _ = mqtt.wait_confirmed() => {}
-                _ = stop.cancelled() => return mqtt,
+                _ = stop.cancelled() => return,
             }
             let ids: Vec<u64> = pending.iter().map(|(id, _)| *id).collect();
             if let Err(e) = store
@@ -50,7 +50,7 @@ pub async fn run(store: Store, mqtt: Handle, wake: Arc<Notify>, stop: Cancellati
         tokio::select! {
             _ = wake.notified() => {}
             _ = link.changed() => {}
-            _ = stop.cancelled() => return mqtt,
+            _ = stop.cancelled() => return,
         }
         // Mark the current link state seen, so `changed` waits for the next one.
         let _ = *link.borrow_and_update() == Link::Up;

@@ -17,6 +17,8 @@ pub struct AggregatordConfig {
     pub ingest: IngestConfig,
     #[serde(default)]
     pub alerts: Vec<RuleConfig>,
+    #[serde(default)]
+    pub log: super::LogConfig,
 }
 
 /// An alert rule. Which of `above`/`below`, `stale_after`, `offline` or
@@ -136,6 +138,10 @@ impl StorageConfig {
 }
 
 impl DaemonConfig for AggregatordConfig {
+    fn log(&self) -> &super::LogConfig {
+        &self.log
+    }
+
     fn validate(&self) -> Result<(), Invalid> {
         self.broker.validate("broker")?;
         if self.subscriptions.is_empty() {

@@ -73,8 +73,42 @@ impl Invalid {
     }
 }
 
+/// `log:` in both daemons' configs.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter: `info`, `debug`, `info,roomsense=debug`… `RUST_LOG` wins.
+    #[serde(default = "default_level")]
+    pub level: String,
+    /// Outside journald: `text` (for people) or `json` (for log shippers).
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: default_level(),
+            format: LogFormat::default(),
+        }
+    }
+}
+
+fn default_level() -> String {
+    "info".into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
 /// Implemented by each daemon's top-level config.
-pub trait DaemonConfig: DeserializeOwned {
+pub trait DaemonConfig: DeserializeOwned + serde::Serialize {
+    fn log(&self) -> &LogConfig;
     /// Checks that need more than one field (duplicates, orderings).
     fn validate(&self) -> Result<(), Invalid>;
     /// Makes relative paths absolute, relative to the config file's folder.
@@ -209,6 +243,38 @@ pub mod duration {
             }
         }
     }
+}
+
+/// The keys whose values differ between two configs, two levels deep
+/// (`broker.tls`, `sensors`), for "reloaded: changed …" log lines.
+pub fn changed_keys<C: serde::Serialize>(old: &C, new: &C) -> Vec<String> {
+    use serde_json::Value;
+    let (Ok(Value::Object(a)), Ok(Value::Object(b))) =
+        (serde_json::to_value(old), serde_json::to_value(new))
+    else {
+        return Vec::new();
+    };
+    let mut changed = Vec::new();
+    for (key, va) in &a {
+        match (va, b.get(key)) {
+            (Value::Object(ma), Some(Value::Object(mb))) => {
+                for (sub, sa) in ma {
+                    if mb.get(sub) != Some(sa) {
+                        changed.push(format!("{key}.{sub}"));
+                    }
+                }
+                changed.extend(
+                    mb.keys()
+                        .filter(|k| !ma.contains_key(*k))
+                        .map(|k| format!("{key}.{k}")),
+                );
+            }
+            (va, vb) if vb != Some(va) => changed.push(key.clone()),
+            _ => {}
+        }
+    }
+    changed.extend(b.keys().filter(|k| !a.contains_key(*k)).cloned());
+    changed
 }
 
 /// Joins `path` onto `base` unless it is already absolute.

@@ -19,6 +19,8 @@ pub struct SensordConfig {
     pub offline_buffer: usize,
     #[serde(default)]
     pub homeassistant: HomeAssistantConfig,
+    #[serde(default)]
+    pub log: super::LogConfig,
     pub sensors: Vec<SensorConfig>,
 }
 
@@ -217,6 +219,10 @@ pub enum FaultKind {
 }
 
 impl DaemonConfig for SensordConfig {
+    fn log(&self) -> &super::LogConfig {
+        &self.log
+    }
+
     fn validate(&self) -> Result<(), Invalid> {
         self.broker.validate("broker")?;
         if self.sensors.is_empty() {

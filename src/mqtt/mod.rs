@@ -179,11 +179,50 @@ pub struct Handle {
     unconfirmed: Arc<Unconfirmed>,
     closing: CancellationToken,
     task: JoinHandle<()>,
+    updates: mpsc::UnboundedSender<Update>,
+    /// The settings in use, and the TLS files' contents they were built from.
+    current: std::sync::Mutex<(Settings, Vec<u8>)>,
 }
 
 /// Builds the client and starts the supervisor. Fails only on local problems
 /// (unreadable certificates); broker trouble is retried, never returned.
 pub fn connect(settings: Settings) -> Result<(Handle, mpsc::Receiver<Event>), MqttError> {
+    let tls_files = tls::fingerprint(&settings.broker.tls)?;
+    let options = options(&settings)?;
+    let (client, eventloop) = AsyncClient::new(options, REQUEST_QUEUE);
+    let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+    let (link_tx, link_rx) = watch::channel(Link::Connecting);
+    let (updates_tx, updates_rx) = mpsc::unbounded_channel();
+    let unconfirmed = Arc::new(Unconfirmed::default());
+    let closing = CancellationToken::new();
+    let task = tokio::spawn(
+        supervisor::Supervisor {
+            eventloop,
+            client: client.clone(),
+            settings: settings.clone(),
+            events: events_tx,
+            link: link_tx,
+            unconfirmed: unconfirmed.clone(),
+            closing: closing.clone(),
+            updates: updates_rx,
+            dropped_filters: Vec::new(),
+        }
+        .run(),
+    );
+    let handle = Handle {
+        client,
+        link: link_rx,
+        unconfirmed,
+        closing,
+        task,
+        updates: updates_tx,
+        current: std::sync::Mutex::new((settings, tls_files)),
+    };
+    Ok((handle, events_rx))
+}
+
+/// rumqttc's options for `settings`, including a fresh TLS config from the files.
+fn options(settings: &Settings) -> Result<MqttOptions, MqttError> {
     let tls = tls::client_config(&settings.broker.tls)?;
     let b = &settings.broker;
     let mut options = MqttOptions::new(settings.client_id.clone(), b.host.clone(), b.port);
@@ -203,31 +242,15 @@ pub fn connect(settings: Settings) -> Result<(Handle, mpsc::Receiver<Event>), Mq
             will.retain,
         ));
     }
-    let (client, eventloop) = AsyncClient::new(options, REQUEST_QUEUE);
-    let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
-    let (link_tx, link_rx) = watch::channel(Link::Connecting);
-    let unconfirmed = Arc::new(Unconfirmed::default());
-    let closing = CancellationToken::new();
-    let task = tokio::spawn(
-        supervisor::Supervisor {
-            eventloop,
-            client: client.clone(),
-            settings,
-            events: events_tx,
-            link: link_tx,
-            unconfirmed: unconfirmed.clone(),
-            closing: closing.clone(),
-        }
-        .run(),
-    );
-    let handle = Handle {
-        client,
-        link: link_rx,
-        unconfirmed,
-        closing,
-        task,
-    };
-    Ok((handle, events_rx))
+    Ok(options)
+}
+
+/// A change of settings sent to the supervisor.
+pub(crate) enum Update {
+    /// Only the birth messages changed: publish them now, use them from now on.
+    Birth(Vec<Message>),
+    /// Anything about the connection changed: disconnect cleanly, reconnect so.
+    Reconnect(Box<Settings>, Box<MqttOptions>),
 }
 
 impl Handle {
@@ -287,6 +310,35 @@ impl Handle {
     /// QoS 0 and when manual acks are off.
     pub async fn ack(&self, d: &Delivery) -> Result<(), MqttError> {
         self.client.ack(&d.0).await.map_err(|_| MqttError::Closed)
+    }
+
+    /// Applies new settings (a config reload). If only the birth messages differ,
+    /// they are published at once and nothing else happens. If anything about the
+    /// connection differs, including the *contents* of the certificate and key
+    /// files (renewed in place), the connection is closed cleanly (DISCONNECT, so
+    /// no Last Will) and reopened with the new settings. Returns whether it
+    /// reconnects; errors (unreadable new certificates) leave everything as it was.
+    pub fn reconfigure(&self, new: Settings) -> Result<bool, MqttError> {
+        let files = tls::fingerprint(&new.broker.tls)?;
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let (old, old_files) = &*current;
+        let same_connection = old.client_id == new.client_id
+            && old.broker == new.broker
+            && old.last_will == new.last_will
+            && old.subscriptions == new.subscriptions
+            && old.manual_acks == new.manual_acks
+            && *old_files == files;
+        let update = if same_connection {
+            if old.birth == new.birth {
+                return Ok(false);
+            }
+            Update::Birth(new.birth.clone())
+        } else {
+            Update::Reconnect(Box::new(new.clone()), Box::new(options(&new)?))
+        };
+        self.updates.send(update).map_err(|_| MqttError::Closed)?;
+        *current = (new, files);
+        Ok(!same_connection)
     }
 
     /// Clean stop: waits (up to `grace`) until the broker has confirmed every QoS 1/2

@@ -4,7 +4,7 @@
 //! delay of its own; all pacing lives here. One loop, one place that decides when
 //! to wait, when to resubscribe and when to stop.
 
-use super::{Delivery, Event, Link, Settings, Unconfirmed};
+use super::{Delivery, Event, Link, Settings, Unconfirmed, Update};
 use rumqttc::{AsyncClient, ConnectionError, EventLoop, Outgoing, Packet, Request};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -24,6 +24,10 @@ pub(super) struct Supervisor {
     pub link: watch::Sender<Link>,
     pub unconfirmed: Arc<Unconfirmed>,
     pub closing: CancellationToken,
+    pub updates: mpsc::UnboundedReceiver<Update>,
+    /// Filters dropped by a reconfiguration, unsubscribed on the next connect
+    /// (a resumed session would otherwise keep delivering them).
+    pub dropped_filters: Vec<String>,
 }
 
 impl Supervisor {
@@ -39,6 +43,9 @@ impl Supervisor {
         let mut closing = false;
         let mut disconnect_sent = false;
         let mut first_connect = true;
+        // New settings waiting for our DISCONNECT to go out.
+        let mut reconnect_to: Option<(Box<Settings>, Box<rumqttc::MqttOptions>)> = None;
+
         // The last failure we logged at warn level, so a broker that stays down
         // (or keeps dropping us right after CONNACK) produces one line, not one
         // per attempt.
@@ -69,6 +76,29 @@ impl Supervisor {
                     closing = true;
                     continue;
                 }
+                Some(update) = self.updates.recv(), if !closing && reconnect_to.is_none() => {
+                    match update {
+                        Update::Birth(birth) => {
+                            self.settings.birth = birth;
+                            if connected {
+                                self.publish_birth_now();
+                            }
+                        }
+                        Update::Reconnect(settings, options) if connected => {
+                            // Cleanly, so the broker drops our Last Will; applied
+                            // when the DISCONNECT has gone out (below).
+                            info!("settings changed; reconnecting");
+                            let _ = self.client.try_disconnect();
+                            reconnect_to = Some((settings, options));
+                        }
+                        Update::Reconnect(settings, options) => {
+                            self.apply(*settings, *options);
+                            first_connect = true;
+                            backoff.reset();
+                        }
+                    }
+                    continue;
+                }
                 polled = self.eventloop.poll() => polled,
             };
             match polled {
@@ -86,6 +116,11 @@ impl Supervisor {
                     // connect the config may have changed since that session began.
                     if !ack.session_present || first_connect {
                         self.subscribe();
+                    }
+                    if ack.session_present {
+                        for f in self.dropped_filters.drain(..) {
+                            let _ = self.client.try_unsubscribe(f);
+                        }
                     }
                     first_connect = false;
                     self.publish_birth();
@@ -113,7 +148,16 @@ impl Supervisor {
                 }
                 Ok(rumqttc::Event::Outgoing(Outgoing::Disconnect)) => {
                     debug!("sent DISCONNECT");
-                    break;
+                    let Some((settings, options)) = reconnect_to.take() else {
+                        break;
+                    };
+                    // Keep what was in flight (see `restore`), drop the socket.
+                    self.eventloop.clean();
+                    self.link.send_replace(Link::Down);
+                    connected_at = None;
+                    self.apply(*settings, *options);
+                    first_connect = true;
+                    backoff.reset();
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -199,6 +243,31 @@ impl Supervisor {
         // try_: this task is the queue's only consumer, so it must never wait on it.
         if let Err(e) = self.client.try_subscribe_many(filters) {
             error!(error = %e, "could not queue SUBSCRIBE");
+        }
+    }
+
+    fn apply(&mut self, settings: Settings, options: rumqttc::MqttOptions) {
+        let kept: Vec<&String> = settings.subscriptions.iter().map(|(f, _)| f).collect();
+        self.dropped_filters.extend(
+            self.settings
+                .subscriptions
+                .iter()
+                .map(|(f, _)| f.clone())
+                .filter(|f| !kept.contains(&f)),
+        );
+        self.eventloop.mqtt_options = options;
+        self.settings = settings;
+    }
+
+    /// New birth messages while connected: queue them now (behind what is queued).
+    fn publish_birth_now(&mut self) {
+        for m in &self.settings.birth {
+            let published =
+                self.client
+                    .try_publish(m.topic.clone(), m.qos.into(), m.retain, m.payload.clone());
+            if published.is_ok() && m.qos != super::Qos::AtMostOnce {
+                self.unconfirmed.enqueued.fetch_add(1, Ordering::AcqRel);
+            }
         }
     }
 

@@ -56,6 +56,17 @@ pub fn client_config(files: &TlsConfig) -> Result<rustls::ClientConfig, TlsError
     Ok(config)
 }
 
+/// The three files' contents: a renewed certificate (same path, new bytes) is a
+/// change worth reconnecting for.
+pub(super) fn fingerprint(files: &TlsConfig) -> Result<Vec<u8>, TlsError> {
+    let mut all = Vec::new();
+    for f in [&files.ca_file, &files.cert_file, &files.key_file] {
+        all.extend(std::fs::read(f).map_err(|e| file_error(f, e))?);
+        all.push(0);
+    }
+    Ok(all)
+}
+
 fn read_certs(file: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(file)
         .map_err(|e| file_error(file, e))?

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// How long a clean stop may take: sending what is buffered, the offline status,
 /// and waiting for the broker to confirm QoS 1/2 messages.
@@ -51,7 +51,7 @@ pub fn dry_run(config_path: &Path, simulate: Option<Duration>) -> anyhow::Result
     runtime.block_on(async {
         let (clock, stop) = match simulate {
             Some(span) => (Clock::Simulated { span }, CancellationToken::new()),
-            None => (Clock::Realtime, daemon::shutdown_on_signals()?),
+            None => (Clock::Realtime, daemon::signals()?.shutdown),
         };
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());
         let mut failed = None;
@@ -103,6 +103,80 @@ enum Clock {
     Simulated { span: Duration },
 }
 
+/// Decides when each sensor reads and asks the simulated node for the value.
+struct Driver {
+    config: SensordConfig,
+    node: Node,
+    timetable: Timetable,
+    topics: Vec<String>,
+    started: tokio::time::Instant,
+    started_at: DateTime<Utc>,
+}
+
+impl Driver {
+    fn new(config: SensordConfig) -> Driver {
+        let started_at = Utc::now();
+        let node = Node::new(&config, started_at);
+        let mut d = Driver {
+            timetable: Timetable::new(Vec::new(), fastrand::Rng::new()),
+            topics: Vec::new(),
+            node,
+            config,
+            started: tokio::time::Instant::now(),
+            started_at,
+        };
+        d.plan();
+        d
+    }
+
+    fn plan(&mut self) {
+        let c = &self.config;
+        self.topics = c
+            .sensors
+            .iter()
+            .map(|s| topic::reading(&c.node.topic_prefix, s.sensor_type, &s.id))
+            .collect();
+        let intervals = c.sensors.iter().map(|s| s.interval).collect();
+        let rng = c
+            .room
+            .seed
+            .map_or_else(fastrand::Rng::new, fastrand::Rng::with_seed);
+        self.timetable = Timetable::new(intervals, rng);
+        // A new timetable counts from now, not from the start.
+        self.started = tokio::time::Instant::now();
+    }
+
+    /// New sensors or room, live: no reconnect, and surviving sensors keep their seq.
+    fn reconfigure(&mut self, config: SensordConfig) {
+        let room_changed = config.room != self.config.room;
+        let node = std::mem::replace(&mut self.node, Node::new(&config, self.started_at));
+        self.node = node.reconfigure(&config, room_changed, self.started_at);
+        self.config = config;
+        self.plan();
+    }
+
+    /// Waits for the next due reading (in real time) and takes it; `None` at the
+    /// end of a simulated span. Cancel-safe: nothing changes until the wait is over.
+    async fn next(&mut self, clock: &Clock) -> Option<(usize, Option<Reading>)> {
+        let (i, due) = self.timetable.next()?;
+        let (now, elapsed) = match clock {
+            Clock::Realtime => {
+                tokio::time::sleep_until(self.started + due).await;
+                (Timestamp::now_millis().0, self.started.elapsed())
+            }
+            Clock::Simulated { span } => {
+                if due > *span {
+                    return None;
+                }
+                (millis(self.started_at + due), due)
+            }
+        };
+        let reading = self.node.read(i, now);
+        self.timetable.fired(i, elapsed);
+        Some((i, reading))
+    }
+}
+
 /// Runs every sensor's schedule until `stop` (or the end of a simulated span),
 /// handing each reading to `emit` with its sensor and topic.
 async fn drive(
@@ -111,40 +185,17 @@ async fn drive(
     stop: &CancellationToken,
     mut emit: impl FnMut(&SensorConfig, &str, Reading),
 ) {
-    let started_at = Utc::now();
-    let started = tokio::time::Instant::now();
-    let mut node = Node::new(config, started_at);
-    let topics: Vec<String> = config
-        .sensors
-        .iter()
-        .map(|s| topic::reading(&config.node.topic_prefix, s.sensor_type, &s.id))
-        .collect();
-    let intervals = config.sensors.iter().map(|s| s.interval).collect();
-    let rng = config
-        .room
-        .seed
-        .map_or_else(fastrand::Rng::new, fastrand::Rng::with_seed);
-    let mut timetable = Timetable::new(intervals, rng);
-    while let Some((i, due)) = timetable.next() {
-        let (now, elapsed) = match clock {
-            Clock::Realtime => {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep_until(started + due) => {}
-                }
-                (Timestamp::now_millis().0, started.elapsed())
-            }
-            Clock::Simulated { span } => {
-                if due > span || stop.is_cancelled() {
-                    return;
-                }
-                (millis(started_at + due), due)
-            }
+    let mut driver = Driver::new(config.clone());
+    loop {
+        let next = tokio::select! {
+            _ = stop.cancelled() => return,
+            next = driver.next(&clock) => next,
         };
-        if let Some(reading) = node.read(i, now) {
-            emit(&config.sensors[i], &topics[i], reading);
+        match next {
+            None => return,
+            Some((i, Some(reading))) => emit(&driver.config.sensors[i], &driver.topics[i], reading),
+            Some((_, None)) => {}
         }
-        timetable.fired(i, elapsed);
     }
 }
 
@@ -152,22 +203,16 @@ fn millis(t: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
 }
 
-pub async fn run(config: SensordConfig) -> anyhow::Result<()> {
-    let shutdown = daemon::shutdown_on_signals().context("installing signal handlers")?;
+/// The MQTT settings a config implies: birth (online status, discovery), Last
+/// Will, and the Home Assistant status subscription.
+fn mqtt_settings(config: &SensordConfig, started_at: Timestamp) -> mqtt::Settings {
     let node = config.node.id.to_string();
-    let status_topic = topic::status(&config.node.topic_prefix);
-    let status = |s: &Status| Message {
-        topic: status_topic.clone(),
-        payload: s.to_json(),
-        qos: Qos::AtLeastOnce,
-        retain: true,
-    };
     let online = Status {
         status: NodeState::Online,
         node: node.clone(),
         reason: None,
         version: Some(env!("CARGO_PKG_VERSION").to_owned()),
-        started_at: Some(Timestamp::now_millis()),
+        started_at: Some(started_at),
         sensors: config
             .sensors
             .iter()
@@ -182,48 +227,121 @@ pub async fn run(config: SensordConfig) -> anyhow::Result<()> {
     let discovery = config
         .homeassistant
         .enabled
-        .then(|| discovery::message(&config));
-    let ha_status = discovery::ha_status_topic(&config);
-    let (mqtt, events) = mqtt::connect(mqtt::Settings {
+        .then(|| discovery::message(config));
+    mqtt::Settings {
         client_id: node.clone(),
         broker: config.broker.clone(),
-        last_will: Some(status(&Status::offline(&node, REASON_CONNECTION_LOST))),
-        birth: std::iter::once(status(&online))
+        last_will: Some(status_message(
+            config,
+            &Status::offline(&node, REASON_CONNECTION_LOST),
+        )),
+        birth: std::iter::once(status_message(config, &online))
             .chain(discovery.clone())
             .collect(),
         subscriptions: match discovery {
-            Some(_) => vec![(ha_status.clone(), Qos::AtLeastOnce)],
+            Some(_) => vec![(discovery::ha_status_topic(config), Qos::AtLeastOnce)],
             None => Vec::new(),
         },
         manual_acks: false,
-    })?;
-    let mqtt = Arc::new(mqtt);
-    info!(node = %node, sensors = config.sensors.len(), "sensord started");
+    }
+}
 
-    let events = tokio::spawn(answer_events(events, mqtt.clone(), discovery, ha_status));
+fn status_message(config: &SensordConfig, s: &Status) -> Message {
+    Message {
+        topic: topic::status(&config.node.topic_prefix),
+        payload: s.to_json(),
+        qos: Qos::AtLeastOnce,
+        retain: true,
+    }
+}
+
+/// How often systemd's `STATUS=` line is refreshed.
+const STATUS_EVERY: Duration = Duration::from_secs(10);
+
+pub async fn run(config: SensordConfig, config_path: std::path::PathBuf) -> anyhow::Result<()> {
+    let signals = daemon::signals().context("installing signal handlers")?;
+    let started_at = Timestamp::now_millis();
+    let (mqtt, events) = mqtt::connect(mqtt_settings(&config, started_at))?;
+    let mqtt = Arc::new(mqtt);
+    info!(node = %config.node.id, sensors = config.sensors.len(), "sensord started");
+
+    // Which discovery config to republish when Home Assistant restarts; follows reloads.
+    let (discovery_tx, discovery_rx) = tokio::sync::watch::channel(
+        config
+            .homeassistant
+            .enabled
+            .then(|| discovery::message(&config)),
+    );
+    let events = tokio::spawn(answer_events(
+        events,
+        mqtt.clone(),
+        discovery_rx,
+        discovery::ha_status_topic(&config),
+    ));
     let (outbox_tx, outbox_rx) = mpsc::channel(OUTBOX_QUEUE);
     let mut outbox = tokio::spawn(Outbox::new(mqtt.clone(), config.offline_buffer).run(outbox_rx));
 
+    let mut driver = Driver::new(config);
     let mut outbox_full = 0u64;
-    drive(
-        &config,
-        Clock::Realtime,
-        &shutdown,
-        |sensor, topic, reading| {
-            debug!(topic = %topic, seq = ?reading.seq, value = reading.value, "reading");
-            let message = Message {
-                topic: topic.to_owned(),
-                // A Reading (finite numbers, strings) always serializes.
-                payload: serde_json::to_vec(&reading).unwrap_or_default(),
-                qos: sensor.qos(),
-                retain: sensor.retain,
-            };
-            if outbox_tx.try_send(message).is_err() {
-                outbox_full += 1;
+    let mut made = 0u64;
+    let mut watchdog = daemon::Watchdog::new();
+    let mut status_every = tokio::time::interval(STATUS_EVERY);
+    let status_line = |mqtt: &Handle, made: u64| {
+        format!(
+            "{}; {made} readings made",
+            if mqtt.is_connected() {
+                "connected"
+            } else {
+                "not connected"
             }
-        },
-    )
-    .await;
+        )
+    };
+    daemon::notify_ready(&status_line(&mqtt, made));
+    loop {
+        let next = tokio::select! {
+            _ = signals.shutdown.cancelled() => break,
+            _ = signals.reload.notified() => {
+                if let Some(new) = daemon::reload_config::<SensordConfig>(&config_path) {
+                    let changed = config::changed_keys(&driver.config, &new);
+                    match mqtt.reconfigure(mqtt_settings(&new, started_at)) {
+                        Ok(reconnecting) => {
+                            info!(changed = ?changed, reconnecting, "configuration reloaded");
+                            let _ = discovery_tx.send(new.homeassistant.enabled.then(|| discovery::message(&new)));
+                            if new.offline_buffer != driver.config.offline_buffer {
+                                warn!("offline_buffer takes effect at the next start");
+                            }
+                            driver.reconfigure(new);
+                        }
+                        Err(e) => error!(error = %e, "reload failed; still running on the previous configuration"),
+                    }
+                }
+                daemon::notify_ready(&status_line(&mqtt, made));
+                continue;
+            }
+            _ = watchdog.tick() => continue,
+            _ = status_every.tick() => {
+                daemon::notify_status(&status_line(&mqtt, made));
+                continue;
+            }
+            next = driver.next(&Clock::Realtime) => next,
+        };
+        let Some((i, Some(reading))) = next else {
+            continue;
+        };
+        made += 1;
+        let (sensor, topic) = (&driver.config.sensors[i], &driver.topics[i]);
+        debug!(topic = %topic, seq = ?reading.seq, value = reading.value, "reading");
+        let message = Message {
+            topic: topic.clone(),
+            // A Reading (finite numbers, strings) always serializes.
+            payload: serde_json::to_vec(&reading).unwrap_or_default(),
+            qos: sensor.qos(),
+            retain: sensor.retain,
+        };
+        if outbox_tx.try_send(message).is_err() {
+            outbox_full += 1;
+        }
+    }
 
     // Stop: let the outbox send what it holds, say goodbye, disconnect.
     drop(outbox_tx);
@@ -240,8 +358,12 @@ pub async fn run(config: SensordConfig) -> anyhow::Result<()> {
     let _ = events.await;
     let mqtt = Arc::into_inner(mqtt).context("a task still holds the MQTT connection")?;
     if mqtt.is_connected() {
-        mqtt.publish(status(&Status::offline(&node, REASON_SHUTDOWN)))
-            .await?;
+        let node = driver.config.node.id.to_string();
+        mqtt.publish(status_message(
+            &driver.config,
+            &Status::offline(&node, REASON_SHUTDOWN),
+        ))
+        .await?;
     }
     let unconfirmed = mqtt.close(CLOSE_GRACE).await;
     if unconfirmed > 0 {
@@ -265,14 +387,16 @@ pub async fn run(config: SensordConfig) -> anyhow::Result<()> {
 async fn answer_events(
     mut events: mpsc::Receiver<Event>,
     mqtt: Arc<Handle>,
-    discovery: Option<Message>,
+    discovery: tokio::sync::watch::Receiver<Option<Message>>,
     ha_status: String,
 ) {
     while let Some(event) = events.recv().await {
-        if let (Event::Message(d), Some(discovery)) = (&event, &discovery) {
+        let Event::Message(d) = &event else { continue };
+        let current = discovery.borrow().clone();
+        if let Some(discovery) = current {
             if d.topic() == ha_status && d.payload() == b"online" {
                 info!("Home Assistant started; republishing discovery config");
-                if let Err(e) = mqtt.try_publish(discovery) {
+                if let Err(e) = mqtt.try_publish(&discovery) {
                     warn!(error = %e, "could not queue discovery config");
                 }
             }

@@ -36,6 +36,33 @@ impl Node {
         }
     }
 
+    /// The same node with a new config (a reload): the room carries on if its
+    /// config is unchanged, and a sensor that keeps its id and type keeps its
+    /// `seq` and state, so a reload does not look like a restart.
+    pub fn reconfigure(
+        self,
+        config: &SensordConfig,
+        room_changed: bool,
+        started: DateTime<Utc>,
+    ) -> Node {
+        let mut fresh = Node::new(config, started);
+        if !room_changed {
+            fresh.room = self.room;
+        }
+        let mut old: Vec<Sensor> = self.sensors;
+        for s in &mut fresh.sensors {
+            let same = |o: &Sensor| {
+                o.config.id == s.config.id && o.config.sensor_type == s.config.sensor_type
+            };
+            if let Some(i) = old.iter().position(same) {
+                let mut kept = old.swap_remove(i);
+                kept.config = s.config.clone();
+                *s = kept;
+            }
+        }
+        fresh
+    }
+
     /// Sensor `index`'s reading at `now`, if one is due.
     pub fn read(&mut self, index: usize, now: DateTime<Utc>) -> Option<Reading> {
         self.room.advance(now);
