@@ -6,7 +6,8 @@
 #   e.g. deploy/pki/gen-dev-pki.sh var/pki room101 room102 room201 aggregatord observer
 #
 # Re-running is safe: an existing CA and existing certificates are kept, missing
-# ones are added. Keys are mode 0600. Extra broker names/addresses for the
+# ones are added; RENEW=1 issues new keys and certificates for the NAMEs given
+# (same CA), for rotating or for testing a reload. Keys are mode 0600. Extra broker names/addresses for the
 # certificate's SAN: BROKER_SANS="DNS:mosquitto,IP:10.0.0.5".
 # Dev only: for production, issue certificates from your own CA.
 set -euo pipefail
@@ -36,7 +37,7 @@ fi
 # sign NAME EXTENSIONS
 sign() {
     local name=$1 ext=$2
-    [ -f "$out/$name.crt" ] && return 0
+    [ -f "$out/$name.crt" ] && [ "${RENEW:-0}" != 1 ] && return 0
     newkey "$out/$name.key"
     openssl req -new -key "$out/$name.key" -subj "/O=roomsense/CN=$name" -out "$out/$name.csr"
     printf '%s\n' "$ext" > "$out/$name.ext"
@@ -46,7 +47,7 @@ sign() {
 }
 
 sans="DNS:localhost,IP:127.0.0.1,IP:::1${BROKER_SANS:+,$BROKER_SANS}"
-sign broker "basicConstraints=critical,CA:FALSE
+RENEW=0 sign broker "basicConstraints=critical,CA:FALSE
 keyUsage=critical,digitalSignature
 extendedKeyUsage=serverAuth
 subjectAltName=$sans"

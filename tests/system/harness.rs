@@ -166,6 +166,11 @@ impl Proc {
         self.wait()
     }
 
+    /// SIGHUP: reload the configuration.
+    pub fn hup(&self) {
+        signal(self.pid(), libc::SIGHUP);
+    }
+
     /// SIGKILL: the process gets no chance to say goodbye.
     pub fn kill9(&mut self) -> ExitStatus {
         signal(self.pid(), libc::SIGKILL);
@@ -440,6 +445,11 @@ pub fn aggregatord_yaml_with(
 }
 
 pub fn start_daemon(bin: &str, config: &Path) -> Proc {
+    start_daemon_with(bin, config, &[])
+}
+
+/// With extra environment variables (e.g. `NOTIFY_SOCKET`).
+pub fn start_daemon_with(bin: &str, config: &Path, env: &[(&str, &str)]) -> Proc {
     let name = Path::new(bin)
         .file_name()
         .unwrap()
@@ -451,7 +461,9 @@ pub fn start_daemon(bin: &str, config: &Path) -> Proc {
             .arg("--config")
             .arg(config)
             .env("RUST_LOG", "info,roomsense=debug")
-            .env_remove("JOURNAL_STREAM"),
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("NOTIFY_SOCKET")
+            .envs(env.iter().copied()),
     )
 }
 

@@ -6,6 +6,7 @@ mod harness;
 mod aggregatord;
 mod config;
 mod durability;
+mod lifecycle;
 mod pipeline;
 mod reconnect;
 mod sensord;
