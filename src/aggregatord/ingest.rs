@@ -7,16 +7,19 @@
 //! in it is acknowledged. Under load one fsync covers many readings; when idle a
 //! reading waits at most `batch_window`.
 
+use super::dashboard::Live;
+use super::metrics::Metrics;
 use crate::alerts::Engine;
 use crate::config::IngestConfig;
 use crate::contract::{
-    topic, validate_reading, Alert, Rejection, RejectionReason, SensorType, Status, Timestamp,
+    topic, validate_reading, Alert, AlertState, Rejection, RejectionReason, SensorType, Status,
+    Timestamp,
 };
 use crate::daemon::{RateLimit, Signals};
 use crate::mqtt::{Delivery, Event, Handle};
 use crate::store::{Inserted, RejectedMessage, Store, StoreError, StoredReading};
 use anyhow::Context;
-use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
@@ -43,29 +46,32 @@ pub struct Ingest {
     engine: Option<Engine>,
     /// Tells the alert publisher there is something in the outbox.
     alerts_ready: Arc<Notify>,
-    counts: Counts,
+    metrics: Arc<Metrics>,
+    live: Arc<Live>,
     log_limit: RateLimit<RejectionReason>,
     connects: u64,
 }
 
-#[derive(Default, Debug)]
-struct Counts {
-    received: u64,
-    stored: u64,
-    duplicates: u64,
-    rejected: BTreeMap<RejectionReason, u64>,
-    /// Reconnects on which the broker had lost our session (and queue).
-    sessions_lost: u64,
-    alerts: u64,
-}
-
 /// What one batch will write.
-#[derive(Default)]
 struct Batch {
     readings: Vec<StoredReading>,
     rejected: Vec<RejectedMessage>,
     alerts: Vec<Alert>,
     acks: Vec<Delivery>,
+    /// When its first message arrived (for the ack-lag histogram).
+    started: std::time::Instant,
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Batch {
+            readings: Vec::new(),
+            rejected: Vec::new(),
+            alerts: Vec::new(),
+            acks: Vec::new(),
+            started: std::time::Instant::now(),
+        }
+    }
 }
 
 /// What became of a reading in storage.
@@ -82,6 +88,8 @@ impl Ingest {
         mqtt: Handle,
         engine: Engine,
         alerts_ready: Arc<Notify>,
+        metrics: Arc<Metrics>,
+        live: Arc<Live>,
     ) -> Self {
         Ingest {
             config,
@@ -89,7 +97,8 @@ impl Ingest {
             mqtt,
             engine: Some(engine),
             alerts_ready,
-            counts: Counts::default(),
+            metrics,
+            live,
             log_limit: RateLimit::new(Duration::from_secs(10)),
             connects: 0,
         }
@@ -192,20 +201,27 @@ impl Ingest {
             Event::Message(d) => d,
             Event::Connected { session_present } => {
                 self.connects += 1;
+                self.metrics.connected.store(true, Relaxed);
+                if self.connects > 1 {
+                    self.metrics.reconnects.fetch_add(1, Relaxed);
+                }
                 // A fresh session on the very first start is expected; later it
                 // means the broker forgot us, and readings sent meanwhile are gone.
                 if !session_present && self.connects > 1 {
-                    self.counts.sessions_lost += 1;
+                    let lost = self.metrics.sessions_lost.fetch_add(1, Relaxed) + 1;
                     warn!(
-                        sessions_lost = self.counts.sessions_lost,
+                        sessions_lost = lost,
                         "BROKER LOST OUR SESSION: readings published while we were disconnected were not queued for us; resubscribing"
                     );
                 }
                 return;
             }
-            Event::Disconnected { .. } => return,
+            Event::Disconnected { .. } => {
+                self.metrics.connected.store(false, Relaxed);
+                return;
+            }
         };
-        self.counts.received += 1;
+        self.metrics.received.fetch_add(1, Relaxed);
         let received_at = Timestamp::now_millis();
         let outcome = match topic::parse(delivery.topic()) {
             topic::Parsed::Reading {
@@ -224,6 +240,7 @@ impl Ingest {
             ),
             topic::Parsed::Status { prefix } => match parse_status(prefix, delivery.payload()) {
                 Ok(Some(status)) => {
+                    self.live.status(prefix, &status, received_at);
                     if let Some(engine) = &mut self.engine {
                         batch
                             .alerts
@@ -260,10 +277,9 @@ impl Ingest {
         r: Rejection,
         received_at: Timestamp,
     ) -> RejectedMessage {
-        let total = self.counts.rejected.entry(r.reason).or_default();
-        *total += 1;
+        let total = self.metrics.reject(r.reason);
         if let Some(suppressed) = self.log_limit.allow(r.reason) {
-            warn!(topic, reason = %r.reason, detail = %r.detail, total = *total, suppressed, "rejected message");
+            warn!(topic, reason = %r.reason, detail = %r.detail, total, suppressed, "rejected message");
         }
         RejectedMessage {
             topic: topic.to_owned(),
@@ -282,6 +298,7 @@ impl Ingest {
             mut rejected,
             alerts,
             acks,
+            started,
         } = batch;
         let store = self.store.clone();
         let mut engine = self.engine.take().context("alert engine in use")?;
@@ -310,11 +327,12 @@ impl Ingest {
         for (r, outcome) in readings.iter().zip(outcomes) {
             match outcome {
                 Outcome::Stored(Inserted::New) => {
-                    self.counts.stored += 1;
+                    self.metrics.stored.fetch_add(1, Relaxed);
+                    self.live.reading(r, false);
                     debug!(topic = %r.topic, seq = ?r.reading.seq, "stored reading");
                 }
                 Outcome::Stored(Inserted::Duplicate) => {
-                    self.counts.duplicates += 1;
+                    self.metrics.duplicates.fetch_add(1, Relaxed);
                     debug!(topic = %r.topic, seq = ?r.reading.seq, "duplicate reading");
                 }
                 Outcome::Refused(refusal) => {
@@ -324,17 +342,27 @@ impl Ingest {
             }
         }
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
+        let flushed = tokio::task::spawn_blocking(move || {
             for r in &rejected {
                 store.insert_rejected(r)?;
             }
-            store.flush()
+            let started = std::time::Instant::now();
+            store.flush()?;
+            Ok::<_, StoreError>(started.elapsed())
         })
         .await
-        .context("storage task panicked")?
-        .context("flushing")?;
+        .context("storage task panicked")?;
+        self.metrics.storage_ok.store(flushed.is_ok(), Relaxed);
+        self.metrics
+            .flush_seconds
+            .observe(flushed.context("flushing")?);
         for a in &alerts {
-            self.counts.alerts += 1;
+            let counter = match a.state {
+                AlertState::Raised => &self.metrics.alerts_raised,
+                AlertState::Cleared => &self.metrics.alerts_cleared,
+            };
+            counter.fetch_add(1, Relaxed);
+            self.live.alert(a);
             info!(rule = %a.rule, room = %a.room, state = %a.state, value = ?a.value, "alert");
         }
         if !alerts.is_empty() {
@@ -342,43 +370,44 @@ impl Ingest {
         }
         for d in &acks {
             self.mqtt.ack(d).await.context("acknowledging")?;
+            self.metrics.ack_lag_seconds.observe(started.elapsed());
         }
         Ok(())
     }
 
     /// One line for systemd's `STATUS=`.
     pub fn status_line(&self) -> String {
-        let rejected: u64 = self.counts.rejected.values().sum();
+        let m = &self.metrics;
         format!(
-            "{}; stored {}, duplicates {}, rejected {}",
+            "{}; {:.1} readings/s; stored {}, duplicates {}, rejected {}",
             if self.mqtt.is_connected() {
                 "connected"
             } else {
                 "not connected"
             },
-            self.counts.stored,
-            self.counts.duplicates,
-            rejected
+            self.live.rate(Timestamp::now_millis()),
+            m.stored.load(Relaxed),
+            m.duplicates.load(Relaxed),
+            m.rejected_total()
         )
     }
 
     pub fn log_totals(&self, what: &str) {
-        let rejected: u64 = self.counts.rejected.values().sum();
-        let by_reason = self
-            .counts
-            .rejected
+        let m = &self.metrics;
+        let by_reason = m
+            .rejected()
             .iter()
             .map(|(r, n)| format!("{r}={n}"))
             .collect::<Vec<_>>()
             .join(",");
         info!(
-            received = self.counts.received,
-            stored = self.counts.stored,
-            duplicates = self.counts.duplicates,
-            rejected,
+            received = m.received.load(Relaxed),
+            stored = m.stored.load(Relaxed),
+            duplicates = m.duplicates.load(Relaxed),
+            rejected = m.rejected_total(),
             rejected_by_reason = %by_reason,
-            alerts = self.counts.alerts,
-            sessions_lost = self.counts.sessions_lost,
+            alerts = m.alerts_raised.load(Relaxed) + m.alerts_cleared.load(Relaxed),
+            sessions_lost = m.sessions_lost.load(Relaxed),
             "{what}"
         );
     }

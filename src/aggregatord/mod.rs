@@ -1,8 +1,10 @@
 //! aggregatord: subscribes, validates, stores durably, and shows the history.
 
 mod control;
+mod dashboard;
 mod dump;
 mod ingest;
+mod metrics;
 mod publisher;
 mod retention;
 
@@ -119,14 +121,31 @@ pub async fn run(
             "alerts still active from before the restart"
         );
     }
-    let engine = Engine::new(config.alerts.clone(), active);
+    let engine = Engine::new(config.alerts.clone(), active.clone());
 
+    let metrics = Arc::new(metrics::Metrics::default());
+    metrics
+        .storage_ok
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let live = Arc::new(dashboard::Live::default());
+    if config.http.enabled {
+        warm_up(&live, &store, &active).context("loading the last hour for the dashboard")?;
+        tasks.spawn(dashboard::serve(
+            config.http.listen,
+            live.clone(),
+            metrics.clone(),
+            store.clone(),
+            background.clone(),
+        ));
+    }
     let mut ingest = ingest::Ingest::new(
         config.ingest.clone(),
         store.clone(),
         mqtt,
         engine,
         alerts_ready,
+        metrics,
+        live,
     );
     daemon::notify_ready(&ingest.status_line());
     let result = loop {
@@ -157,6 +176,28 @@ pub async fn run(
     store.flush().context("final flush")?;
     ingest.into_mqtt().close(CLOSE_GRACE).await;
     result
+}
+
+/// The dashboard starts with the last hour of readings and the active alerts.
+fn warm_up(
+    live: &dashboard::Live,
+    store: &Store,
+    active: &[crate::contract::Alert],
+) -> anyhow::Result<()> {
+    let hour_ago = crate::contract::Timestamp(
+        crate::contract::Timestamp::now_millis().0 - chrono::Duration::hours(1),
+    );
+    let query = crate::store::Query {
+        since: Some(hour_ago),
+        ..Default::default()
+    };
+    for r in store.select(&query) {
+        live.reading(&r?, true);
+    }
+    for a in active {
+        live.alert(a);
+    }
+    Ok(())
 }
 
 /// The alert connection's task: publishes the outbox, follows reloads.

@@ -66,10 +66,10 @@ struct Filter {
     #[arg(long = "type")]
     sensor_type: Option<String>,
     /// From this time: a duration ago (`1h`, `30m`) or RFC 3339.
-    #[arg(long, value_parser = parse_time)]
+    #[arg(long, value_parser = Timestamp::parse_ago)]
     since: Option<Timestamp>,
     /// Up to this time: a duration ago or RFC 3339.
-    #[arg(long, value_parser = parse_time)]
+    #[arg(long, value_parser = Timestamp::parse_ago)]
     until: Option<Timestamp>,
     /// At most this many rows.
     #[arg(long)]
@@ -85,16 +85,9 @@ impl From<Filter> for Query {
             since: f.since,
             until: f.until,
             limit: f.limit,
+            topic: None,
         }
     }
-}
-
-fn parse_time(s: &str) -> Result<Timestamp, String> {
-    if let Ok(ago) = humantime::parse_duration(s) {
-        let ago = chrono::Duration::from_std(ago).map_err(|e| e.to_string())?;
-        return Ok(Timestamp(Timestamp::now_millis().0 - ago));
-    }
-    Timestamp::parse(s).map_err(|e| format!("{e}; or write a duration ago, like 1h"))
 }
 
 fn main() -> ExitCode {

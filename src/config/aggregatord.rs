@@ -18,7 +18,37 @@ pub struct AggregatordConfig {
     #[serde(default)]
     pub alerts: Vec<RuleConfig>,
     #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
     pub log: super::LogConfig,
+}
+
+/// The dashboard, metrics and health endpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Loopback by default; any other address is an explicit choice (and logged).
+    #[serde(default = "default_listen")]
+    pub listen: std::net::SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            enabled: true,
+            listen: default_listen(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_listen() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 8080))
 }
 
 /// An alert rule. Which of `above`/`below`, `stale_after`, `offline` or

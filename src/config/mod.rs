@@ -9,7 +9,8 @@ mod broker;
 mod sensord;
 
 pub use aggregatord::{
-    AggregatordConfig, IngestConfig, RuleConfig, Severity, StorageConfig, SubscriptionConfig,
+    AggregatordConfig, HttpConfig, IngestConfig, RuleConfig, Severity, StorageConfig,
+    SubscriptionConfig,
 };
 pub use broker::{BrokerConfig, ReconnectConfig, TlsConfig};
 pub use sensord::{

@@ -45,9 +45,29 @@ impl Timestamp {
     }
 }
 
+impl Timestamp {
+    /// For command lines and query strings: a duration ago (`1h`, `30m`), or a
+    /// time as [`Timestamp::parse`] reads it.
+    pub fn parse_ago(text: &str) -> Result<Self, String> {
+        if let Ok(ago) = humantime::parse_duration(text) {
+            let ago =
+                chrono::Duration::from_std(ago).map_err(|_| format!("{text:?} is too long ago"))?;
+            return Ok(Timestamp(Timestamp::now_millis().0 - ago));
+        }
+        Timestamp::parse(text).map_err(|e| format!("{e}; or a duration ago, like 1h"))
+    }
+}
+
 impl fmt::Display for Timestamp {
+    /// Milliseconds always (`…:00.000Z`, so the text sorts like the time), or
+    /// microseconds when a client sent them.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+        let format = if self.0.timestamp_subsec_micros() % 1000 == 0 {
+            SecondsFormat::Millis
+        } else {
+            SecondsFormat::Micros
+        };
+        f.write_str(&self.0.to_rfc3339_opts(format, true))
     }
 }
 
@@ -74,6 +94,14 @@ mod tests {
         assert_eq!(t.to_string(), "2026-01-24T10:00:00.123Z");
         let t = Timestamp::parse("2026-01-24T12:00:00.5+02:00").unwrap();
         assert_eq!(t.to_string(), "2026-01-24T10:00:00.500Z");
+        let whole = Timestamp::parse("2026-01-24T10:00:00Z").unwrap();
+        assert_eq!(
+            whole.to_string(),
+            "2026-01-24T10:00:00.000Z",
+            "always milliseconds"
+        );
+        let micros = Timestamp::parse("2026-01-24T10:00:00.123456").unwrap();
+        assert!(micros.to_string().ends_with(".123456Z"));
     }
 
     #[test]

@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 /// aggregatord by `aggregatord dump`, so it is (de)serializable.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Query {
+    /// One reading topic exactly.
+    #[serde(default)]
+    pub topic: Option<String>,
     /// Sensor id, the topic's last level (`temp_001`).
     pub sensor: Option<String>,
     /// Room: the level before the sensor type (`room101`).
@@ -34,7 +37,8 @@ impl Query {
             return false;
         };
         let room = prefix.rsplit('/').next().unwrap_or(prefix);
-        self.sensor.as_deref().is_none_or(|s| s == sensor_id)
+        self.topic.as_deref().is_none_or(|x| x == t)
+            && self.sensor.as_deref().is_none_or(|s| s == sensor_id)
             && self.room.as_deref().is_none_or(|r| r == room)
             && self
                 .sensor_type

@@ -437,8 +437,14 @@ pub fn aggregatord_yaml_with(
     qos: u8,
     extra: &str,
 ) -> String {
+    // Tests run side by side: each dashboard on a port of the kernel's choosing.
+    let http = if extra.contains("http:") {
+        ""
+    } else {
+        "http: { listen: \"127.0.0.1:0\" }\n"
+    };
     format!(
-        "client_id: aggregatord\n{}subscriptions:\n  - {{ filter: \"building/#\", qos: {qos} }}\nstorage:\n  path: {}\n{extra}",
+        "client_id: aggregatord\n{}subscriptions:\n  - {{ filter: \"building/#\", qos: {qos} }}\nstorage:\n  path: {}\n{extra}{http}",
         broker.yaml(pki, "aggregatord"),
         storage.display()
     )

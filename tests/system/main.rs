@@ -5,6 +5,7 @@ mod harness;
 
 mod aggregatord;
 mod config;
+mod dashboard;
 mod deploy;
 mod durability;
 mod lifecycle;

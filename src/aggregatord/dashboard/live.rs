@@ -1,0 +1,217 @@
+//! What the dashboard shows, kept in memory and updated by ingest: each sensor's
+//! latest value and last hour (thinned for sparklines), each node's status, the
+//! active alerts, the message rate. Changes go out as small events; a browser
+//! that (re)connects gets one snapshot and then only those events.
+
+use crate::contract::{topic, Alert, AlertState, NodeState, Status, Timestamp};
+use crate::store::StoredReading;
+use serde::Serialize;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
+use tokio::sync::broadcast;
+
+/// Sparkline: one point per this many milliseconds, for the last hour.
+const SPARK_STEP_MS: i64 = 10_000;
+const SPARK_SPAN_MS: i64 = 3_600_000;
+/// Message rate: counted per second over this many seconds.
+const RATE_WINDOW: usize = 10;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SensorView {
+    pub topic: String,
+    pub room: String,
+    pub sensor_id: String,
+    pub sensor_type: String,
+    pub unit: String,
+    pub qos: u8,
+    pub value: f64,
+    pub timestamp: Timestamp,
+    /// `[milliseconds since the epoch, value]`, oldest first.
+    pub spark: VecDeque<(i64, f64)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeView {
+    pub room: String,
+    pub node: String,
+    pub status: NodeState,
+    pub reason: Option<String>,
+    pub since: Timestamp,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// The QoS each node says it publishes each sensor at (its `online` status).
+    /// Shown instead of the delivery QoS, which the subscription caps at 1.
+    declared_qos: BTreeMap<(String, String), u8>,
+    sensors: BTreeMap<String, SensorView>,
+    nodes: BTreeMap<String, NodeView>,
+    alerts: BTreeMap<(String, String), Alert>,
+    /// Readings per second, newest last: (unix second, count).
+    rate: VecDeque<(i64, u64)>,
+}
+
+pub struct Live {
+    inner: Mutex<Inner>,
+    events: broadcast::Sender<String>,
+}
+
+impl Default for Live {
+    fn default() -> Self {
+        Live {
+            inner: Mutex::default(),
+            // A browser that falls this far behind is sent a fresh snapshot.
+            events: broadcast::channel(1024).0,
+        }
+    }
+}
+
+impl Live {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn emit(&self, kind: &str, data: &impl Serialize) {
+        // No receivers (no browser open) is normal.
+        let _ = self
+            .events
+            .send(serde_json::json!({ "type": kind, "data": data }).to_string());
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<String> {
+        self.events.subscribe()
+    }
+
+    /// A stored reading; `history` readings (loaded at start) are not broadcast
+    /// and do not count towards the rate.
+    pub fn reading(&self, r: &StoredReading, history: bool) {
+        let topic::Parsed::Reading { prefix, .. } = topic::parse(&r.topic) else {
+            return;
+        };
+        let ms = r.reading.timestamp.0.timestamp_millis();
+        let view = {
+            let mut inner = self.lock();
+            if !history {
+                let second = r.received_at.0.timestamp();
+                match inner.rate.back_mut() {
+                    Some((s, n)) if *s == second => *n += 1,
+                    _ => inner.rate.push_back((second, 1)),
+                }
+                while inner.rate.len() > RATE_WINDOW {
+                    inner.rate.pop_front();
+                }
+            }
+            let qos = inner
+                .declared_qos
+                .get(&(prefix.to_owned(), r.reading.sensor_id.clone()))
+                .copied()
+                .unwrap_or(r.qos);
+            let v = inner
+                .sensors
+                .entry(r.topic.clone())
+                .or_insert_with(|| SensorView {
+                    topic: r.topic.clone(),
+                    room: prefix.to_owned(),
+                    sensor_id: r.reading.sensor_id.clone(),
+                    sensor_type: r.reading.sensor_type.clone(),
+                    unit: r.reading.unit.clone(),
+                    qos,
+                    value: r.reading.value,
+                    timestamp: r.reading.timestamp,
+                    spark: VecDeque::new(),
+                });
+            // Readings arriving late (from an offline buffer) do not move "latest" back.
+            if r.reading.timestamp >= v.timestamp {
+                v.value = r.reading.value;
+                v.timestamp = r.reading.timestamp;
+            }
+            match v.spark.back_mut() {
+                Some((t, value)) if ms / SPARK_STEP_MS == *t / SPARK_STEP_MS => {
+                    *value = r.reading.value
+                }
+                Some((t, _)) if ms < *t => {}
+                _ => v.spark.push_back((ms, r.reading.value)),
+            }
+            while v
+                .spark
+                .front()
+                .is_some_and(|(t, _)| *t < ms - SPARK_SPAN_MS)
+            {
+                v.spark.pop_front();
+            }
+            v.qos = qos;
+            v.clone()
+        };
+        if !history {
+            self.emit(
+                "reading",
+                &serde_json::json!({
+                    "topic": view.topic, "room": view.room, "sensor_id": view.sensor_id,
+                    "sensor_type": view.sensor_type, "unit": view.unit, "qos": view.qos,
+                    "value": view.value, "timestamp": view.timestamp, "point": [ms, r.reading.value],
+                }),
+            );
+        }
+    }
+
+    pub fn status(&self, room: &str, s: &Status, at: Timestamp) {
+        let view = NodeView {
+            room: room.to_owned(),
+            node: s.node.clone(),
+            status: s.status,
+            reason: s.reason.clone(),
+            since: at,
+        };
+        {
+            let mut inner = self.lock();
+            for sensor in &s.sensors {
+                inner
+                    .declared_qos
+                    .insert((room.to_owned(), sensor.id.clone()), sensor.qos);
+            }
+            inner.nodes.insert(room.to_owned(), view.clone());
+        }
+        self.emit("status", &view);
+    }
+
+    pub fn alert(&self, a: &Alert) {
+        {
+            let mut inner = self.lock();
+            let key = (a.room.clone(), a.rule.clone());
+            match a.state {
+                AlertState::Raised => inner.alerts.insert(key, a.clone()),
+                AlertState::Cleared => inner.alerts.remove(&key),
+            };
+        }
+        self.emit("alert", a);
+    }
+
+    /// Readings per second over the last few seconds.
+    pub fn rate(&self, now: Timestamp) -> f64 {
+        let inner = self.lock();
+        let since = now.0.timestamp() - RATE_WINDOW as i64;
+        let n: u64 = inner
+            .rate
+            .iter()
+            .filter(|(s, _)| *s > since)
+            .map(|(_, n)| n)
+            .sum();
+        n as f64 / RATE_WINDOW as f64
+    }
+
+    pub fn active_alerts(&self) -> Vec<Alert> {
+        self.lock().alerts.values().cloned().collect()
+    }
+
+    pub fn snapshot(&self, now: Timestamp) -> serde_json::Value {
+        let rate = self.rate(now);
+        let inner = self.lock();
+        serde_json::json!({
+            "sensors": inner.sensors.values().collect::<Vec<_>>(),
+            "nodes": inner.nodes.values().collect::<Vec<_>>(),
+            "alerts": inner.alerts.values().collect::<Vec<_>>(),
+            "rate": rate,
+            "now": now,
+        })
+    }
+}

@@ -1,0 +1,275 @@
+//! The HTTP side of aggregatord: a live dashboard page, its JSON API and event
+//! stream, Prometheus metrics, and health checks. Loopback by default.
+//!
+//! | Path | What |
+//! |---|---|
+//! | `/` | the page (embedded; no internet needed) |
+//! | `/events` | Server-Sent Events: a snapshot, then changes |
+//! | `/api/state` | the snapshot as JSON |
+//! | `/api/history?sensor=TOPIC&since=1h&until=&points=300` | one sensor, downsampled |
+//! | `/api/alerts` | active alerts and the latest changes |
+//! | `/metrics` | Prometheus text format |
+//! | `/healthz`, `/readyz` | alive; connected to the broker and storage writable |
+
+mod live;
+
+pub use live::Live;
+
+use super::metrics::Metrics;
+use crate::contract::Timestamp;
+use crate::store::{Query, Store};
+use axum::extract::{Query as Params, State};
+use axum::http::{header, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+const PAGE: &str = include_str!("page.html");
+/// How often connected browsers get the message rate.
+const RATE_EVERY: Duration = Duration::from_secs(2);
+const MAX_POINTS: usize = 2000;
+
+#[derive(Clone)]
+struct App {
+    live: Arc<Live>,
+    metrics: Arc<Metrics>,
+    store: Store,
+    stop: CancellationToken,
+}
+
+pub async fn serve(
+    listen: SocketAddr,
+    live: Arc<Live>,
+    metrics: Arc<Metrics>,
+    store: Store,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let app = App {
+        live,
+        metrics,
+        store,
+        stop: stop.clone(),
+    };
+    let router = Router::new()
+        .route("/", get(|| async { Html(PAGE) }))
+        .route("/events", get(events))
+        .route("/api/state", get(state))
+        .route("/api/history", get(history))
+        .route("/api/alerts", get(alerts))
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .with_state(app);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("dashboard: cannot listen on {listen}"))?;
+    let bound = listener.local_addr()?;
+    if !bound.ip().is_loopback() {
+        tracing::warn!(%bound, "dashboard reachable from other machines (http.listen is not loopback)");
+    }
+    info!(url = %format!("http://{bound}/"), "dashboard listening");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+        .context("dashboard server")
+}
+
+async fn state(State(app): State<App>) -> Json<serde_json::Value> {
+    Json(app.live.snapshot(Timestamp::now_millis()))
+}
+
+async fn metrics_text(State(app): State<App>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn ready(State(app): State<App>) -> Response {
+    let connected = app.metrics.connected.load(Relaxed);
+    let storage = app.metrics.storage_ok.load(Relaxed);
+    let body = format!("broker: {}\nstorage: {}\n", ok(connected), ok(storage));
+    let status = if connected && storage {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, body).into_response()
+}
+
+fn ok(b: bool) -> &'static str {
+    if b {
+        "ok"
+    } else {
+        "not ready"
+    }
+}
+
+fn bad_request(message: impl Into<String>) -> Response {
+    (StatusCode::BAD_REQUEST, format!("{}\n", message.into())).into_response()
+}
+
+#[derive(Deserialize)]
+struct HistoryParams {
+    sensor: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    points: Option<String>,
+}
+
+/// One sensor's readings in a time window, cut to at most `points` buckets (each
+/// with mean, min and max), so a week of readings is still a small answer.
+async fn history(
+    State(app): State<App>,
+    params: Result<Params<HistoryParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Params(p)) = params else {
+        return bad_request("could not read the query string");
+    };
+    let Some(topic) = p.sensor.filter(|s| !s.is_empty()) else {
+        return bad_request("sensor: required (the reading topic, e.g. building/floor1/room101/temperature/temp_001)");
+    };
+    let hour_ago = || Timestamp(Timestamp::now_millis().0 - chrono::Duration::hours(1));
+    let since = match p.since.as_deref().map(Timestamp::parse_ago).transpose() {
+        Ok(t) => t.unwrap_or_else(hour_ago),
+        Err(e) => return bad_request(format!("since: {e}")),
+    };
+    let until = match p.until.as_deref().map(Timestamp::parse_ago).transpose() {
+        Ok(t) => t.unwrap_or_else(Timestamp::now_millis),
+        Err(e) => return bad_request(format!("until: {e}")),
+    };
+    if until <= since {
+        return bad_request("until must be after since");
+    }
+    let points = match p.points.as_deref().map(str::parse::<usize>) {
+        None => 300,
+        Some(Ok(n)) if (1..=MAX_POINTS).contains(&n) => n,
+        Some(_) => return bad_request(format!("points: a number from 1 to {MAX_POINTS}")),
+    };
+    let store = app.store.clone();
+    let query = Query {
+        topic: Some(topic.clone()),
+        since: Some(since),
+        until: Some(until),
+        ..Query::default()
+    };
+    let result =
+        tokio::task::spawn_blocking(move || downsample(&store, &query, since, until, points)).await;
+    match result {
+        Ok(Ok(buckets)) => Json(serde_json::json!({ "sensor": topic, "since": since, "until": until, "points": buckets })).into_response(),
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("storage: {e}\n")).into_response(),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "history task failed\n").into_response(),
+    }
+}
+
+fn downsample(
+    store: &Store,
+    query: &Query,
+    since: Timestamp,
+    until: Timestamp,
+    points: usize,
+) -> Result<Vec<serde_json::Value>, crate::store::StoreError> {
+    let (from, span) = (since.micros(), (until.micros() - since.micros()).max(1));
+    // (count, sum, min, max) per bucket.
+    let mut buckets: Vec<(u64, f64, f64, f64)> =
+        vec![(0, 0.0, f64::INFINITY, f64::NEG_INFINITY); points];
+    for r in store.select(query) {
+        let r = r?;
+        let v = r.reading.value;
+        let i = (((r.reading.timestamp.micros() - from) as i128 * points as i128 / span as i128)
+            as usize)
+            .min(points - 1);
+        let b = &mut buckets[i];
+        *b = (b.0 + 1, b.1 + v, b.2.min(v), b.3.max(v));
+    }
+    Ok(buckets
+        .into_iter()
+        .enumerate()
+        .filter(|(_, b)| b.0 > 0)
+        .map(|(i, (n, sum, min, max))| {
+            let t_ms = (from + span * (2 * i as i64 + 1) / (2 * points as i64)) / 1000;
+            serde_json::json!({ "t": t_ms, "mean": sum / n as f64, "min": min, "max": max, "n": n })
+        })
+        .collect())
+}
+
+async fn alerts(State(app): State<App>) -> Response {
+    let store = app.store.clone();
+    let recent = tokio::task::spawn_blocking(move || {
+        let all: Result<Vec<_>, _> = store.alerts().collect();
+        all.map(|mut v| {
+            v.reverse();
+            v.truncate(100);
+            v
+        })
+    })
+    .await;
+    match recent {
+        Ok(Ok(recent)) => {
+            Json(serde_json::json!({ "active": app.live.active_alerts(), "recent": recent }))
+                .into_response()
+        }
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "storage unavailable\n").into_response(),
+    }
+}
+
+/// Counts a connected browser for as long as its stream lives.
+struct Client(Arc<Metrics>);
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.0.dashboard_clients.fetch_sub(1, Relaxed);
+    }
+}
+
+async fn events(
+    State(app): State<App>,
+) -> Sse<impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>> {
+    use tokio::sync::broadcast::error::RecvError;
+    // Subscribe before taking the snapshot, so no change falls between them.
+    let rx = app.live.subscribe();
+    let snapshot = snapshot_event(&app.live);
+    app.metrics.dashboard_clients.fetch_add(1, Relaxed);
+    let client = Client(app.metrics.clone());
+    let mut rate = tokio::time::interval(RATE_EVERY);
+    rate.reset();
+    let state = (Some(snapshot), rx, rate, app, client);
+    let stream = futures_util::stream::unfold(
+        state,
+        |(first, mut rx, mut rate, app, client)| async move {
+            if let Some(first) = first {
+                return Some((Ok(first), (None, rx, rate, app, client)));
+            }
+            let event = tokio::select! {
+                _ = app.stop.cancelled() => return None,
+                _ = rate.tick() => {
+                    let r = app.live.rate(Timestamp::now_millis());
+                    Event::default().data(serde_json::json!({ "type": "rate", "data": r }).to_string())
+                }
+                message = rx.recv() => match message {
+                    Ok(json) => Event::default().data(json),
+                    // Fell behind: start over from a fresh snapshot.
+                    Err(RecvError::Lagged(_)) => snapshot_event(&app.live),
+                    Err(RecvError::Closed) => return None,
+                },
+            };
+            Some((Ok(event), (None, rx, rate, app, client)))
+        },
+    );
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+fn snapshot_event(live: &Live) -> Event {
+    let snapshot = live.snapshot(Timestamp::now_millis());
+    Event::default().data(serde_json::json!({ "type": "snapshot", "data": snapshot }).to_string())
+}

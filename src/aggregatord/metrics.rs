@@ -1,0 +1,192 @@
+//! aggregatord's counters, shared by ingest (which counts), the log lines and
+//! systemd status (which summarise), and `/metrics` (Prometheus text format).
+
+use crate::contract::RejectionReason;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::Duration;
+
+#[derive(Default)]
+pub struct Metrics {
+    pub received: AtomicU64,
+    pub stored: AtomicU64,
+    pub duplicates: AtomicU64,
+    rejected: Mutex<BTreeMap<RejectionReason, u64>>,
+    pub reconnects: AtomicU64,
+    /// Reconnects on which the broker had lost our session (and queue).
+    pub sessions_lost: AtomicU64,
+    pub alerts_raised: AtomicU64,
+    pub alerts_cleared: AtomicU64,
+    pub connected: AtomicBool,
+    /// False after a failed write or flush, until one succeeds again.
+    pub storage_ok: AtomicBool,
+    pub dashboard_clients: AtomicI64,
+    /// One fsync per batch.
+    pub flush_seconds: Histogram,
+    /// From a message's arrival to its acknowledgement.
+    pub ack_lag_seconds: Histogram,
+}
+
+impl Metrics {
+    pub fn reject(&self, reason: RejectionReason) -> u64 {
+        let mut map = self.rejected.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(reason).or_default();
+        *n += 1;
+        *n
+    }
+
+    pub fn rejected(&self) -> BTreeMap<RejectionReason, u64> {
+        self.rejected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected().values().sum()
+    }
+
+    /// The Prometheus text exposition format (version 0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let mut counter = |name: &str, help: &str, v: u64| {
+            let _ = writeln!(out, "# HELP roomsense_{name} {help}\n# TYPE roomsense_{name} counter\nroomsense_{name} {v}");
+        };
+        counter(
+            "readings_received_total",
+            "Messages delivered by the broker.",
+            self.received.load(Relaxed),
+        );
+        counter(
+            "readings_stored_total",
+            "Readings stored (new rows).",
+            self.stored.load(Relaxed),
+        );
+        counter(
+            "readings_duplicate_total",
+            "Redelivered readings already stored.",
+            self.duplicates.load(Relaxed),
+        );
+        counter(
+            "mqtt_reconnects_total",
+            "Connections after the first.",
+            self.reconnects.load(Relaxed),
+        );
+        counter(
+            "mqtt_sessions_lost_total",
+            "Reconnects on which the broker had no session for us.",
+            self.sessions_lost.load(Relaxed),
+        );
+        counter(
+            "alerts_raised_total",
+            "Alerts raised.",
+            self.alerts_raised.load(Relaxed),
+        );
+        counter(
+            "alerts_cleared_total",
+            "Alerts cleared.",
+            self.alerts_cleared.load(Relaxed),
+        );
+        let _ = writeln!(out, "# HELP roomsense_readings_rejected_total Messages refused, by reason.\n# TYPE roomsense_readings_rejected_total counter");
+        for (reason, n) in self.rejected() {
+            let _ = writeln!(
+                out,
+                "roomsense_readings_rejected_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
+        let mut gauge = |name: &str, help: &str, v: i64| {
+            let _ = writeln!(out, "# HELP roomsense_{name} {help}\n# TYPE roomsense_{name} gauge\nroomsense_{name} {v}");
+        };
+        gauge(
+            "mqtt_connected",
+            "1 while connected to the broker.",
+            i64::from(self.connected.load(Relaxed)),
+        );
+        gauge(
+            "storage_ok",
+            "1 while storage accepts writes.",
+            i64::from(self.storage_ok.load(Relaxed)),
+        );
+        gauge(
+            "dashboard_clients",
+            "Browsers following /events.",
+            self.dashboard_clients.load(Relaxed),
+        );
+        self.flush_seconds.render(
+            &mut out,
+            "storage_flush_seconds",
+            "Time for one batch's fsync.",
+        );
+        self.ack_lag_seconds.render(
+            &mut out,
+            "ack_lag_seconds",
+            "From a message's arrival to its acknowledgement.",
+        );
+        out
+    }
+}
+
+const BUCKETS: [f64; 11] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+#[derive(Default)]
+pub struct Histogram {
+    /// Cumulative is computed on render; each slot counts its own bucket (+Inf last).
+    counts: [AtomicU64; BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let slot = BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(BUCKETS.len());
+        self.counts[slot].fetch_add(1, Relaxed);
+        self.sum_micros.fetch_add(d.as_micros() as u64, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(
+            out,
+            "# HELP roomsense_{name} {help}\n# TYPE roomsense_{name} histogram"
+        );
+        let mut cumulative = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            cumulative += c.load(Relaxed);
+            let le = BUCKETS.get(i).map_or("+Inf".to_owned(), |b| b.to_string());
+            let _ = writeln!(out, "roomsense_{name}_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(
+            out,
+            "roomsense_{name}_sum {sum}\nroomsense_{name}_count {cumulative}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_labels_and_cumulative_buckets() {
+        let m = Metrics::default();
+        m.stored.fetch_add(3, Relaxed);
+        m.reject(RejectionReason::Malformed);
+        m.reject(RejectionReason::Malformed);
+        m.flush_seconds.observe(Duration::from_micros(300));
+        m.flush_seconds.observe(Duration::from_millis(20));
+        let text = m.render();
+        assert!(text.contains("roomsense_readings_stored_total 3\n"));
+        assert!(text.contains("roomsense_readings_rejected_total{reason=\"malformed\"} 2\n"));
+        assert!(text.contains("roomsense_storage_flush_seconds_bucket{le=\"0.0005\"} 1\n"));
+        assert!(text.contains("roomsense_storage_flush_seconds_bucket{le=\"0.025\"} 2\n"));
+        assert!(text.contains("roomsense_storage_flush_seconds_bucket{le=\"+Inf\"} 2\n"));
+        assert!(text.contains("roomsense_storage_flush_seconds_count 2\n"));
+    }
+}

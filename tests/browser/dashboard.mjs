@@ -1,0 +1,39 @@
+// Drives Debian's chromium against a running aggregatord's dashboard.
+//   node dashboard.mjs URL SCREENSHOT TOPIC ROOM RULE
+// Progress markers go to stderr; the Rust test waits for STOP_NODE, then kills
+// the node, and expects exit status 0.
+import { chromium } from "playwright-core";
+
+const [url, screenshot, topic, room, rule] = process.argv.slice(2);
+const say = m => console.error(m);
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+const page = await browser.newPage({ viewport: { width: 1300, height: 900 } });
+let failed = false;
+try {
+  await page.goto(url);
+  const value = `tr[data-topic="${topic}"] .value`;
+  await page.waitForSelector(value, { timeout: 20000 });
+  const first = await page.textContent(value);
+  await page.waitForFunction(([s, v]) => document.querySelector(s)?.textContent !== v, [value, first], { timeout: 20000 });
+  say("LIVE_OK");
+  await page.waitForSelector(`[data-alert="${rule}"][data-room="${room}"]`, { timeout: 20000 });
+  say("ALERT_OK");
+  say("STOP_NODE");
+  await page.waitForSelector(`[data-room="${room}"] [data-node-status="offline"]`, { timeout: 20000 });
+  say("OFFLINE_OK");
+  await page.click(`tr[data-topic="${topic}"]`);
+  // The history chart, drawn from /api/history (server-side downsampled).
+  await page.waitForFunction(() => Number(document.querySelector("#chart")?.dataset.points) > 0, null, { timeout: 20000 });
+  say("HISTORY_OK");
+} catch (e) {
+  failed = true;
+  say("FAILED: " + e.message);
+}
+await page.screenshot({ path: screenshot, fullPage: true });
+say("screenshot: " + screenshot);
+await browser.close();
+process.exit(failed ? 1 : 0);
