@@ -200,9 +200,16 @@ pub fn exit_status(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let is_config = e
-                .chain()
-                .any(|c| c.downcast_ref::<crate::config::ConfigError>().is_some());
+            // A certificate or key named in the config that cannot be used is a
+            // config problem too: fix the file, don't restart in a loop.
+            let is_config = e.chain().any(|c| {
+                c.downcast_ref::<crate::config::ConfigError>().is_some()
+                    || c.downcast_ref::<crate::mqtt::TlsError>().is_some()
+                    || matches!(
+                        c.downcast_ref::<crate::mqtt::MqttError>(),
+                        Some(crate::mqtt::MqttError::Tls(_))
+                    )
+            });
             // tracing may not be set up (config errors come first), so use stderr.
             eprintln!("error: {e:#}");
             if is_config {

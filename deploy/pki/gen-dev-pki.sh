@@ -46,7 +46,8 @@ sign() {
     rm -f "$out/$name.csr" "$out/$name.ext"
 }
 
-sans="DNS:localhost,IP:127.0.0.1,IP:::1${BROKER_SANS:+,$BROKER_SANS}"
+# BROKER_NAMES replaces the default names entirely (tests use it for a wrong-name case).
+sans="${BROKER_NAMES:-DNS:localhost,IP:127.0.0.1,IP:::1}${BROKER_SANS:+,$BROKER_SANS}"
 RENEW=0 sign broker "basicConstraints=critical,CA:FALSE
 keyUsage=critical,digitalSignature
 extendedKeyUsage=serverAuth

@@ -12,7 +12,14 @@ pub struct BrokerConfig {
     pub port: u16,
     #[serde(default = "default_keep_alive", with = "duration")]
     pub keep_alive: Duration,
-    pub tls: TlsConfig,
+    /// Required, unless `insecure_plaintext` is set.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Plain MQTT, no TLS: for a broker on this machine only (a local test or a
+    /// broker that terminates TLS elsewhere). Refused for any other host, and
+    /// warned about at every start.
+    #[serde(default)]
+    pub insecure_plaintext: bool,
     #[serde(default)]
     pub reconnect: ReconnectConfig,
 }
@@ -75,6 +82,24 @@ impl BrokerConfig {
                 "must be between 1s and 18h (65535s)",
             ));
         }
+        match (&self.tls, self.insecure_plaintext) {
+            (None, false) => {
+                return Err(Invalid::new(
+                    format!("{key}.tls"),
+                    "required: ca_file, cert_file and key_file (or insecure_plaintext: true, loopback only)",
+                ))
+            }
+            (Some(_), true) => {
+                return Err(Invalid::new(format!("{key}.insecure_plaintext"), "remove it, or remove tls: not both"));
+            }
+            (None, true) if !is_loopback(&self.host) => {
+                return Err(Invalid::new(
+                    format!("{key}.insecure_plaintext"),
+                    format!("only for a broker on this machine (localhost, 127.0.0.1, ::1), not {:?}", self.host),
+                ));
+            }
+            _ => {}
+        }
         let r = &self.reconnect;
         if r.initial_delay.is_zero() {
             return Err(Invalid::new(
@@ -92,8 +117,17 @@ impl BrokerConfig {
     }
 
     pub(crate) fn resolve_paths(&mut self, base: &Path) {
-        resolve(base, &mut self.tls.ca_file);
-        resolve(base, &mut self.tls.cert_file);
-        resolve(base, &mut self.tls.key_file);
+        if let Some(tls) = &mut self.tls {
+            resolve(base, &mut tls.ca_file);
+            resolve(base, &mut tls.cert_file);
+            resolve(base, &mut tls.key_file);
+        }
     }
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }

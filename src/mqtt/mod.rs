@@ -20,6 +20,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 /// MQTT quality of service, written 0, 1 or 2 in configs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -187,7 +188,7 @@ pub struct Handle {
 /// Builds the client and starts the supervisor. Fails only on local problems
 /// (unreadable certificates); broker trouble is retried, never returned.
 pub fn connect(settings: Settings) -> Result<(Handle, mpsc::Receiver<Event>), MqttError> {
-    let tls_files = tls::fingerprint(&settings.broker.tls)?;
+    let tls_files = tls_fingerprint(&settings)?;
     let options = options(&settings)?;
     let (client, eventloop) = AsyncClient::new(options, REQUEST_QUEUE);
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
@@ -223,17 +224,26 @@ pub fn connect(settings: Settings) -> Result<(Handle, mpsc::Receiver<Event>), Mq
 
 /// rumqttc's options for `settings`, including a fresh TLS config from the files.
 fn options(settings: &Settings) -> Result<MqttOptions, MqttError> {
-    let tls = tls::client_config(&settings.broker.tls)?;
     let b = &settings.broker;
     let mut options = MqttOptions::new(settings.client_id.clone(), b.host.clone(), b.port);
     options
         .set_keep_alive(b.keep_alive)
         .set_clean_session(false)
         .set_manual_acks(settings.manual_acks)
-        .set_max_packet_size(MAX_PACKET, MAX_PACKET)
-        .set_transport(Transport::tls_with_config(
-            rumqttc::TlsConfiguration::Rustls(Arc::new(tls)),
-        ));
+        .set_max_packet_size(MAX_PACKET, MAX_PACKET);
+    match &b.tls {
+        Some(files) => {
+            let tls = tls::client_config(files)?;
+            options.set_transport(Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(Arc::new(tls)),
+            ));
+        }
+        // Config validation allows this only for a loopback host.
+        None => {
+            warn!(host = %b.host, "insecure_plaintext: MQTT WITHOUT TLS; readings and identities travel in clear");
+            options.set_transport(Transport::Tcp);
+        }
+    }
     if let Some(will) = &settings.last_will {
         options.set_last_will(LastWill::new(
             will.topic.clone(),
@@ -243,6 +253,13 @@ fn options(settings: &Settings) -> Result<MqttOptions, MqttError> {
         ));
     }
     Ok(options)
+}
+
+fn tls_fingerprint(settings: &Settings) -> Result<Vec<u8>, MqttError> {
+    match &settings.broker.tls {
+        Some(files) => Ok(tls::fingerprint(files)?),
+        None => Ok(Vec::new()),
+    }
 }
 
 /// A change of settings sent to the supervisor.
@@ -319,7 +336,7 @@ impl Handle {
     /// no Last Will) and reopened with the new settings. Returns whether it
     /// reconnects; errors (unreadable new certificates) leave everything as it was.
     pub fn reconfigure(&self, new: Settings) -> Result<bool, MqttError> {
-        let files = tls::fingerprint(&new.broker.tls)?;
+        let files = tls_fingerprint(&new)?;
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         let (old, old_files) = &*current;
         let same_connection = old.client_id == new.client_id

@@ -224,11 +224,17 @@ pub struct Pki {
 
 impl Pki {
     pub fn new(names: &[&str]) -> Pki {
+        Pki::with_env(names, &[])
+    }
+
+    /// With settings for gen-dev-pki.sh (`BROKER_NAMES`, `PKI_DAYS`…).
+    pub fn with_env(names: &[&str], env: &[(&str, &str)]) -> Pki {
         require("openssl", "openssl");
         let dir = tempfile::tempdir().expect("tempdir");
         let out = Command::new(format!("{REPO}/deploy/pki/gen-dev-pki.sh"))
             .arg(dir.path())
             .args(names)
+            .envs(env.iter().copied())
             .output()
             .expect("run gen-dev-pki.sh");
         assert!(
@@ -361,6 +367,22 @@ pub fn broker_yaml(port: u16, pki: &Pki, name: &str) -> String {
         "broker:\n  host: localhost\n  port: {port}\n  keep_alive: 5s\n  tls: {}\n  reconnect: {{ initial_delay: 100ms, max_delay: 400ms }}\n",
         pki.tls_yaml(name)
     )
+}
+
+pub fn require_mosquitto() {
+    require("mosquitto", "mosquitto");
+}
+
+/// Waits until something accepts connections on loopback `port`.
+pub fn wait_listening(port: u16) {
+    let deadline = Instant::now() + PATIENCE;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nothing listening on {port} within {PATIENCE:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 pub fn free_port() -> u16 {
@@ -707,4 +729,110 @@ impl Drop for Watcher {
     fn drop(&mut self) {
         let _ = self.client.disconnect();
     }
+}
+
+// ---------------------------------------------------------------- a link that can die
+
+/// A TCP relay on loopback that can go silent: after [`Blackhole::cut`] every
+/// byte is swallowed, in both directions, with no FIN or RST (a pulled cable, a
+/// dead NAT entry). After [`Blackhole::heal`], new connections work again; the
+/// old ones stay dead, as they would.
+pub struct Blackhole {
+    pub port: u16,
+    epoch: Arc<AtomicU64>,
+    cut: Arc<AtomicBool>,
+    streams: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+impl Blackhole {
+    pub fn to(target: u16) -> Blackhole {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind relay");
+        let port = listener.local_addr().unwrap().port();
+        let epoch = Arc::new(AtomicU64::new(0));
+        let cut = Arc::new(AtomicBool::new(false));
+        let streams = Arc::new(Mutex::new(Vec::new()));
+        let (e, c, s) = (epoch.clone(), cut.clone(), streams.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { break };
+                let born = e.load(Ordering::SeqCst);
+                let alive = {
+                    let (e, c) = (e.clone(), c.clone());
+                    move || !c.load(Ordering::SeqCst) && e.load(Ordering::SeqCst) == born
+                };
+                if !alive() {
+                    // Accepted, and then nothing: a blackhole.
+                    s.lock().unwrap().push(client.try_clone().unwrap());
+                    std::thread::spawn(move || pump(client, None, alive));
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                s.lock()
+                    .unwrap()
+                    .extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
+                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let alive2 = alive.clone();
+                std::thread::spawn(move || pump(client, Some(server), alive));
+                std::thread::spawn(move || pump(s2, Some(c2), alive2));
+            }
+        });
+        Blackhole {
+            port,
+            epoch,
+            cut,
+            streams,
+        }
+    }
+
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn heal(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to` while `alive()`, swallows bytes otherwise.
+fn pump(mut from: TcpStream, mut to: Option<TcpStream>, alive: impl Fn() -> bool) {
+    use std::io::Write;
+    let mut buf = [0u8; 16384];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if let (true, Some(out)) = (alive(), to.as_mut()) {
+            if out.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    }
+    if let (true, Some(out)) = (alive(), to) {
+        let _ = out.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+impl Drop for Blackhole {
+    fn drop(&mut self) {
+        for s in self.streams.lock().unwrap().iter() {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// CPU seconds (user + system) a process has used, from /proc.
+pub fn cpu_seconds(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+    // Fields after the command name (which may hold spaces) start after ") ".
+    let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }

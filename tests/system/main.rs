@@ -11,6 +11,8 @@ mod durability;
 mod lifecycle;
 mod pipeline;
 mod reconnect;
+mod reliability;
+mod security;
 mod sensord;
 mod status;
 mod tls;

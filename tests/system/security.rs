@@ -1,0 +1,186 @@
+//! Who may connect and what they may do: the TLS matrix, the ACL, private key
+//! permissions, and the plaintext escape hatch.
+
+use crate::harness::*;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+const PREFIX: &str = "building/floor1/room101";
+
+fn sensord_with(broker_port: u16, pki: &Pki) -> (ConfigFile, Proc) {
+    let config = write_config(&sensord_yaml_on(
+        broker_port,
+        pki,
+        "room101",
+        PREFIX,
+        &[("t", "temperature", "1s", 0)],
+        "",
+    ));
+    let proc = start_daemon(SENSORD, &config.path);
+    (config, proc)
+}
+
+#[test]
+fn an_expired_client_certificate_is_refused() {
+    let pki = Pki::new(&["room101"]);
+    let broker = Broker::start(&pki);
+    // Same CA, but a room101 certificate that expired yesterday.
+    let renewed = Command::new(format!("{REPO}/deploy/pki/gen-dev-pki.sh"))
+        .env("RENEW", "1")
+        .env("PKI_DAYS", "-1")
+        .arg(pki.dir.path())
+        .arg("room101")
+        .output()
+        .unwrap();
+    assert!(renewed.status.success());
+    let (_config, sensord) = sensord_with(broker.port, &pki);
+    let line = sensord.log.wait_for(&["MQTT connection failed"]);
+    assert!(
+        line.contains("CertificateExpired"),
+        "our side says why: {line}"
+    );
+    broker.proc.log.wait_for(&["certificate verify failed"]);
+    assert!(!sensord.log.contains(&["connected broker="]));
+}
+
+#[test]
+fn a_broker_certificate_for_another_name_is_refused_by_us() {
+    let pki = Pki::with_env(&["room101"], &[("BROKER_NAMES", "DNS:elsewhere.example")]);
+    let broker = Broker::start(&pki);
+    let (_config, sensord) = sensord_with(broker.port, &pki);
+    let line = sensord.log.wait_for(&["MQTT connection failed"]);
+    assert!(
+        line.contains("certificate not valid for name \"localhost\""),
+        "our side says why: {line}"
+    );
+    assert!(!sensord.log.contains(&["connected broker="]));
+}
+
+#[test]
+fn the_acl_keeps_each_client_in_its_place() {
+    let pki = Pki::new(&["room101", "observer", "aggregatord"]);
+    let broker = Broker::start(&pki);
+    let all = Watcher::connect(&broker, &pki, "aggregatord");
+    all.subscribe("building/#", 1);
+    let room101 = Watcher::connect(&broker, &pki, "room101");
+    let observer = Watcher::connect(&broker, &pki, "observer");
+    let forbidden = [
+        (
+            &room101,
+            "building/floor1/room102/temperature/temp_001",
+            "room101 writing as room102",
+        ),
+        (
+            &room101,
+            "building/floor1/room101/alerts/too_hot",
+            "room101 forging an alert",
+        ),
+        (
+            &observer,
+            "building/floor1/room101/temperature/temp_001",
+            "observer publishing a reading",
+        ),
+        (
+            &observer,
+            "building/floor1/observer/temperature/t",
+            "observer under its own name",
+        ),
+    ];
+    for (i, (client, topic, _)) in forbidden.iter().enumerate() {
+        client.publish(topic, b"{}", 1);
+        // Mosquitto acknowledges a refused QoS 1 publish too, after dropping it.
+        client.wait_confirmed(
+            1 + forbidden
+                .iter()
+                .take(i)
+                .filter(|(c, ..)| std::ptr::eq(*c, *client))
+                .count(),
+        );
+    }
+    // A permitted message after all of them: once it is here, they would be too.
+    room101.publish(&format!("{PREFIX}/temperature/marker"), b"{}", 1);
+    all.wait_for(&format!("{PREFIX}/temperature/marker"), |_| true);
+    for (_, topic, what) in forbidden {
+        assert!(
+            all.messages().iter().all(|s| s.topic != topic),
+            "{what} got through"
+        );
+    }
+}
+
+#[test]
+fn a_private_key_readable_by_others_is_refused_like_ssh_does() {
+    let pki = Pki::new(&["room101"]);
+    let key = pki.path("room101.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let broker = Broker::start(&pki);
+    let (_config, mut sensord) = sensord_with(broker.port, &pki);
+    let status = sensord.wait();
+    assert_eq!(status.code(), Some(78), "a config problem: exit 78");
+    let err = sensord.log.text();
+    assert!(
+        err.contains("readable by group or others") && err.contains("chmod 600"),
+        "{err}"
+    );
+}
+
+#[test]
+fn plaintext_only_when_asked_only_on_loopback_and_never_quietly() {
+    require_mosquitto();
+    let pki = Pki::new(&["room101"]);
+    let base = sensord_yaml_on(
+        1883,
+        &pki,
+        "room101",
+        PREFIX,
+        &[("t", "temperature", "100ms", 0)],
+        "",
+    );
+    let tls_line = base
+        .lines()
+        .find(|l| l.trim_start().starts_with("tls:"))
+        .unwrap()
+        .to_owned();
+    // A plaintext listener for this test only (the deploy config has none).
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("plain.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\n"),
+    )
+    .unwrap();
+    let _plain = Proc::spawn(
+        "mosquitto-plain",
+        Command::new("mosquitto").arg("-c").arg(&conf),
+    );
+    wait_listening(port);
+
+    let plain = base
+        .replace(&tls_line, "  insecure_plaintext: true")
+        .replace("port: 1883", &format!("port: {port}"));
+    let config = write_config(&plain);
+    let sensord = start_daemon(SENSORD, &config.path);
+    sensord.log.wait_for(&["WITHOUT TLS"]);
+    sensord.log.wait_for(&["connected broker="]);
+
+    // Not for another host, and not without saying so.
+    let remote = write_config(&plain.replace("host: localhost", "host: broker.example"));
+    let out = Command::new(SENSORD)
+        .arg("--check-config")
+        .arg("--config")
+        .arg(&remote.path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("broker.insecure_plaintext"));
+    let neither = write_config(&base.replace(&tls_line, ""));
+    let out = Command::new(SENSORD)
+        .arg("--check-config")
+        .arg("--config")
+        .arg(&neither.path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("broker.tls: required"));
+}
