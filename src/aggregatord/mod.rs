@@ -174,6 +174,9 @@ pub async fn run(
     }
     // Everything acknowledged was flushed before its ack; this leaves sled tidy.
     store.flush().context("final flush")?;
+    // Unread events are redelivered next time; dropping them now means the
+    // connection task never waits on us while it sends the last acks.
+    drop(events);
     ingest.into_mqtt().close(CLOSE_GRACE).await;
     result
 }

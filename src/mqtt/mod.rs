@@ -104,20 +104,24 @@ pub enum Event {
 /// An incoming message. With manual acks, pass it back to [`Handle::ack`] once it
 /// has been dealt with (stored, or rejected for good).
 #[derive(Debug, Clone)]
-pub struct Delivery(Publish);
+pub struct Delivery {
+    publish: Publish,
+    /// The connection it arrived on: its packet id means nothing on another.
+    generation: u64,
+}
 
 impl Delivery {
     pub fn topic(&self) -> &str {
-        &self.0.topic
+        &self.publish.topic
     }
     pub fn payload(&self) -> &[u8] {
-        &self.0.payload
+        &self.publish.payload
     }
     pub fn qos(&self) -> Qos {
-        self.0.qos.into()
+        self.publish.qos.into()
     }
     pub fn retain(&self) -> bool {
-        self.0.retain
+        self.publish.retain
     }
 }
 
@@ -163,10 +167,12 @@ impl Unconfirmed {
     }
 }
 
-/// Size of rumqttc's request queue. With manual acks this must stay above the
-/// broker's in-flight limit (deploy/mosquitto: 1000), so that acks never wait
-/// behind a full queue while the supervisor waits for the daemon: no deadlock.
+/// Size of rumqttc's request queue for publishers: when full, `try_publish`
+/// says so and the caller decides (sensord buffers or counts a drop).
 const REQUEST_QUEUE: usize = 4096;
+/// For a client with manual acks: in effect unbounded (flume allocates as it
+/// fills). Acks are a few bytes, one per message the broker sent us.
+const ACK_QUEUE: usize = 1 << 24;
 /// Incoming events not yet taken by the daemon; backpressure beyond that.
 const EVENT_QUEUE: usize = 1024;
 /// Broker-side limit is 64 KiB (deploy/mosquitto); anything larger can't arrive.
@@ -183,14 +189,29 @@ pub struct Handle {
     updates: mpsc::UnboundedSender<Update>,
     /// The settings in use, and the TLS files' contents they were built from.
     current: std::sync::Mutex<(Settings, Vec<u8>)>,
+    generation: Arc<AtomicU64>,
 }
+
+/// Unsubscribing from a filter nobody subscribes to: a request with no effect,
+/// sent only to wake the supervisor's poll (never cancelled while connected)
+/// when there is a stop or a settings change to act on.
+const WAKE_FILTER: &str = "roomsense/wake";
 
 /// Builds the client and starts the supervisor. Fails only on local problems
 /// (unreadable certificates); broker trouble is retried, never returned.
 pub fn connect(settings: Settings) -> Result<(Handle, mpsc::Receiver<Event>), MqttError> {
     let tls_files = tls_fingerprint(&settings)?;
     let options = options(&settings)?;
-    let (client, eventloop) = AsyncClient::new(options, REQUEST_QUEUE);
+    // With manual acks, acks must never wait for room in the queue: the
+    // supervisor may itself be waiting for the daemon to take an event, and
+    // Mosquitto resends a whole backlog on reconnect, beyond its in-flight limit.
+    let queue = if settings.manual_acks {
+        ACK_QUEUE
+    } else {
+        REQUEST_QUEUE
+    };
+    let (client, eventloop) = AsyncClient::new(options, queue);
+    let generation = Arc::new(AtomicU64::new(0));
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
     let (link_tx, link_rx) = watch::channel(Link::Connecting);
     let (updates_tx, updates_rx) = mpsc::unbounded_channel();
@@ -207,6 +228,10 @@ pub fn connect(settings: Settings) -> Result<(Handle, mpsc::Receiver<Event>), Mq
             closing: closing.clone(),
             updates: updates_rx,
             dropped_filters: Vec::new(),
+            backlog: std::collections::VecDeque::new(),
+            reconnect_to: None,
+            disconnect_queued: false,
+            generation: generation.clone(),
         }
         .run(),
     );
@@ -218,6 +243,7 @@ pub fn connect(settings: Settings) -> Result<(Handle, mpsc::Receiver<Event>), Mq
         task,
         updates: updates_tx,
         current: std::sync::Mutex::new((settings, tls_files)),
+        generation,
     };
     Ok((handle, events_rx))
 }
@@ -325,8 +351,17 @@ impl Handle {
 
     /// Acknowledges an incoming message (PUBACK, or PUBREC for QoS 2). A no-op for
     /// QoS 0 and when manual acks are off.
+    /// A message that arrived on an earlier connection is not acknowledged: its
+    /// packet id may now name another message (after a broker restart that lost
+    /// our session), and a resumed session redelivers it anyway.
     pub async fn ack(&self, d: &Delivery) -> Result<(), MqttError> {
-        self.client.ack(&d.0).await.map_err(|_| MqttError::Closed)
+        if d.generation != self.generation.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.client
+            .ack(&d.publish)
+            .await
+            .map_err(|_| MqttError::Closed)
     }
 
     /// Applies new settings (a config reload). If only the birth messages differ,
@@ -354,6 +389,7 @@ impl Handle {
             Update::Reconnect(Box::new(new.clone()), Box::new(options(&new)?))
         };
         self.updates.send(update).map_err(|_| MqttError::Closed)?;
+        let _ = self.client.try_unsubscribe(WAKE_FILTER);
         *current = (new, files);
         Ok(!same_connection)
     }
@@ -363,6 +399,7 @@ impl Handle {
     /// Will and keeps our session. Returns the number of publishes left unconfirmed.
     pub async fn close(self, grace: Duration) -> u64 {
         self.closing.cancel();
+        let _ = self.client.try_unsubscribe(WAKE_FILTER);
         let abort = self.task.abort_handle();
         if tokio::time::timeout(grace, self.task).await.is_err() {
             abort.abort();

@@ -6,7 +6,8 @@
 
 use super::{Delivery, Event, Link, Settings, Unconfirmed, Update};
 use rumqttc::{AsyncClient, ConnectionError, EventLoop, Outgoing, Packet, Request};
-use std::sync::atomic::Ordering;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
@@ -28,6 +29,14 @@ pub(super) struct Supervisor {
     /// Filters dropped by a reconfiguration, unsubscribed on the next connect
     /// (a resumed session would otherwise keep delivering them).
     pub dropped_filters: Vec<String>,
+    /// Requests held back from rumqttc: what was in flight across a reconnect,
+    /// fed back under its in-flight limit (see `feed`).
+    pub backlog: VecDeque<Request>,
+    /// New settings waiting for our DISCONNECT to go out, and whether it is queued.
+    pub reconnect_to: Option<(Box<Settings>, Box<rumqttc::MqttOptions>)>,
+    pub disconnect_queued: bool,
+    /// Counts connections; a delivery remembers the one it came on (see `Handle::ack`).
+    pub generation: Arc<AtomicU64>,
 }
 
 impl Supervisor {
@@ -43,21 +52,32 @@ impl Supervisor {
         let mut closing = false;
         let mut disconnect_sent = false;
         let mut first_connect = true;
-        // New settings waiting for our DISCONNECT to go out.
-        let mut reconnect_to: Option<(Box<Settings>, Box<rumqttc::MqttOptions>)> = None;
-
         // The last failure we logged at warn level, so a broker that stays down
         // (or keeps dropping us right after CONNACK) produces one line, not one
         // per attempt.
         let mut last_failure: Option<String> = None;
         let mut connected_at: Option<Instant> = None;
-        // What rumqttc holds for retransmission while we reconnect. rumqttc would
-        // drop it all if the broker turns out to have no session for us; we send
-        // it again instead (see `restore`).
-        let mut stash: Vec<Request> = Vec::new();
 
         loop {
             let connected = *self.link.borrow() == Link::Up;
+            // Signals are looked at between polls. While connected, a poll is
+            // never cancelled: rumqttc may be half-way through writing a packet
+            // it has already recorded as sent. Handle::close and reconfigure
+            // wake the poll with a harmless request instead (see WAKE_FILTER).
+            if !closing && self.closing.is_cancelled() {
+                closing = true;
+            }
+            if !closing {
+                while self.reconnect_to.is_none() {
+                    let Ok(update) = self.updates.try_recv() else {
+                        break;
+                    };
+                    if self.update(update, connected) {
+                        first_connect = true;
+                        backoff.reset();
+                    }
+                }
+            }
             if closing {
                 if !connected {
                     break; // Nothing can be delivered; don't wait out the grace period.
@@ -67,51 +87,51 @@ impl Supervisor {
                     disconnect_sent = self.client.try_disconnect().is_ok();
                 }
             }
-            if self.eventloop.network.is_none() {
-                stash.extend(self.eventloop.pending.drain(..));
-            }
-            let polled = tokio::select! {
-                biased;
-                _ = self.closing.cancelled(), if !closing => {
-                    closing = true;
-                    continue;
+            if self.reconnect_to.is_some() && !connected {
+                // The link dropped before our DISCONNECT went out: just apply.
+                if let Some((settings, options)) = self.reconnect_to.take() {
+                    self.apply(*settings, *options);
+                    first_connect = true;
+                    backoff.reset();
                 }
-                Some(update) = self.updates.recv(), if !closing && reconnect_to.is_none() => {
-                    match update {
-                        Update::Birth(birth) => {
-                            self.settings.birth = birth;
-                            if connected {
-                                self.publish_birth_now();
-                            }
-                        }
-                        Update::Reconnect(settings, options) if connected => {
-                            // Cleanly, so the broker drops our Last Will; applied
-                            // when the DISCONNECT has gone out (below).
-                            info!("settings changed; reconnecting");
-                            let _ = self.client.try_disconnect();
-                            reconnect_to = Some((settings, options));
-                        }
-                        Update::Reconnect(settings, options) => {
-                            self.apply(*settings, *options);
+            }
+            if self.reconnect_to.is_some() && !self.disconnect_queued {
+                self.disconnect_queued = self.client.try_disconnect().is_ok();
+            }
+            if self.eventloop.network.is_none() {
+                // Reconnecting: rumqttc would drop what it holds if the broker has
+                // no session for us, so hold it ourselves (see `restore`).
+                let held: Vec<Request> = self.eventloop.pending.drain(..).collect();
+                for r in held.into_iter().rev() {
+                    self.backlog.push_front(r);
+                }
+            } else {
+                self.feed();
+            }
+            let polled = if connected {
+                self.eventloop.poll().await
+            } else {
+                // Connecting (or about to): cancelling this is harmless.
+                tokio::select! {
+                    biased;
+                    _ = self.closing.cancelled(), if !closing => continue,
+                    Some(update) = self.updates.recv(), if !closing => {
+                        if self.update(update, false) {
                             first_connect = true;
                             backoff.reset();
                         }
+                        continue;
                     }
-                    continue;
+                    polled = self.eventloop.poll() => polled,
                 }
-                polled = self.eventloop.poll() => polled,
             };
             match polled {
                 Ok(rumqttc::Event::Incoming(Packet::ConnAck(ack))) => {
                     connected_at = Some(Instant::now());
+                    self.generation.fetch_add(1, Ordering::AcqRel);
                     self.link.send_replace(Link::Up);
-                    info!(
-                        broker = %broker,
-                        client_id = %self.settings.client_id,
-                        session_present = ack.session_present,
-                        "connected"
-                    );
-                    self.restore(std::mem::take(&mut stash), ack.session_present);
+                    info!(broker = %broker, client_id = %self.settings.client_id, session_present = ack.session_present, "connected");
+                    self.restore(ack.session_present);
                     // A resumed session keeps its subscriptions, but on our first
                     // connect the config may have changed since that session began.
                     if !ack.session_present || first_connect {
@@ -133,7 +153,15 @@ impl Supervisor {
                     .await;
                 }
                 Ok(rumqttc::Event::Incoming(Packet::Publish(p))) => {
-                    emit(&self.events, Event::Message(Delivery(p))).await;
+                    let generation = self.generation.load(Ordering::Acquire);
+                    emit(
+                        &self.events,
+                        Event::Message(Delivery {
+                            publish: p,
+                            generation,
+                        }),
+                    )
+                    .await;
                 }
                 Ok(rumqttc::Event::Incoming(Packet::PubAck(_) | Packet::PubComp(_))) => {
                     self.unconfirmed.confirm(1);
@@ -148,7 +176,7 @@ impl Supervisor {
                 }
                 Ok(rumqttc::Event::Outgoing(Outgoing::Disconnect)) => {
                     debug!("sent DISCONNECT");
-                    let Some((settings, options)) = reconnect_to.take() else {
+                    let Some((settings, options)) = self.reconnect_to.take() else {
                         break;
                     };
                     // Keep what was in flight (see `restore`), drop the socket.
@@ -195,31 +223,81 @@ impl Supervisor {
         self.link.send_replace(Link::Down);
     }
 
-    /// Puts back what was in flight when the connection dropped. With a resumed
-    /// session, as rumqttc would: retransmitted under the same packet ids. Without
-    /// one, the broker knows none of those ids, so publishes go again as new ones
-    /// (QoS 1/2 promise at-least-once; receivers drop duplicates by seq). A QoS 2
-    /// message the broker had already acknowledged with PUBREC cannot be resent
-    /// (rumqttc no longer has it) and is counted as confirmed.
-    fn restore(&mut self, stash: Vec<Request>, session_present: bool) {
+    /// Applies a settings update; true if it reconfigured the connection now
+    /// (rather than after our DISCONNECT has gone out).
+    fn update(&mut self, update: Update, connected: bool) -> bool {
+        match update {
+            Update::Birth(birth) => {
+                self.settings.birth = birth;
+                if connected {
+                    self.publish_birth_now();
+                }
+                false
+            }
+            Update::Reconnect(settings, options) if connected => {
+                // Cleanly, so the broker drops our Last Will; applied when the
+                // DISCONNECT has gone out.
+                info!("settings changed; reconnecting");
+                self.disconnect_queued = self.client.try_disconnect().is_ok();
+                self.reconnect_to = Some((settings, options));
+                false
+            }
+            Update::Reconnect(settings, options) => {
+                self.apply(*settings, *options);
+                true
+            }
+        }
+    }
+
+    /// Moves held-back requests into rumqttc's `pending` list, which it sends
+    /// without its in-flight limit: QoS 1/2 publishes only as far as that limit
+    /// allows, so packet ids never wrap onto ones the broker has yet to ack.
+    fn feed(&mut self) {
+        let limit = usize::from(self.eventloop.mqtt_options.inflight());
+        let confirmable =
+            |r: &Request| matches!(r, Request::Publish(p) if p.qos != rumqttc::QoS::AtMostOnce);
+        let queued = self
+            .eventloop
+            .pending
+            .iter()
+            .filter(|r| confirmable(r))
+            .count();
+        let mut room = limit.saturating_sub(usize::from(self.eventloop.state.inflight()) + queued);
+        while let Some(front) = self.backlog.front() {
+            if confirmable(front) {
+                if room == 0 {
+                    break;
+                }
+                room -= 1;
+            }
+            if let Some(r) = self.backlog.pop_front() {
+                self.eventloop.pending.push_back(r);
+            }
+        }
+    }
+
+    /// What was in flight when the connection dropped (now in `backlog`). With a
+    /// resumed session it goes out as rumqttc would: under the same packet ids.
+    /// Without one, the broker knows none of those ids, so publishes go again as
+    /// new ones (QoS 1/2 promise at-least-once; receivers drop duplicates by seq).
+    /// A QoS 2 message the broker had already acknowledged with PUBREC cannot be
+    /// resent (rumqttc no longer has it) and is counted as confirmed; acks and
+    /// subscriptions of the old session mean nothing to a new one.
+    fn restore(&mut self, session_present: bool) {
         if session_present {
-            self.eventloop.pending.extend(stash);
             return;
         }
         let mut resent = 0usize;
-        for request in stash {
+        let held: Vec<Request> = self.backlog.drain(..).collect();
+        for request in held {
             match request {
                 Request::Publish(mut p) => {
                     p.pkid = 0;
                     p.dup = false;
                     resent += 1;
-                    self.eventloop.pending.push_back(Request::Publish(p));
+                    self.backlog.push_back(Request::Publish(p));
                 }
-                Request::PubRel(_) => {
-                    self.unconfirmed.confirm(1);
-                }
-                // Acks for the old session's deliveries, old (un)subscriptions:
-                // meaningless to a new session.
+                Request::PubRel(_) => self.unconfirmed.confirm(1),
                 _ => {}
             }
         }

@@ -25,57 +25,7 @@ fn stored_count(agg: &Proc) -> usize {
         .count()
 }
 
-#[test]
-fn kill_9_at_any_moment_loses_nothing_acknowledged_and_stores_nothing_twice() {
-    const N: u64 = 4000;
-    let pki = Pki::new(&["room101", "aggregatord"]);
-    let broker = Broker::start(&pki);
-    let storage = tempfile::tempdir().unwrap();
-    let config = write_config(&aggregatord_yaml(&broker, &pki, storage.path()));
-    let mut agg = start_daemon(AGGREGATORD, &config.path);
-    agg.log.wait_for(&["subscribed"]);
-
-    // A client with room101's certificate publishes N QoS 1 readings; the broker
-    // queues them for aggregatord's session whenever it is down.
-    let node = Watcher::connect(&broker, &pki, "room101");
-    let publisher = std::thread::spawn(move || {
-        for seq in 1..=N {
-            node.publish(TOPIC, &reading_payload(seq), 1);
-        }
-        node // keep the connection until the test has everything
-    });
-
-    let mut duplicates_seen = false;
-    for _ in 0..5 {
-        // Let it store a few hundred, then kill it mid-stream.
-        let before = stored_count(&agg);
-        agg.log
-            .wait_for_nth(&["stored reading"], before.max(1) + 300);
-        agg.kill9();
-        agg = start_daemon(AGGREGATORD, &config.path);
-        agg.log
-            .wait_for(&["connected broker=", "session_present=true"]);
-        duplicates_seen |= agg.log.contains(&["duplicate reading"]);
-    }
-    let _node = publisher.join().unwrap();
-    agg.log
-        .wait_for(&["stored reading", &format!("seq=Some({N})")]);
-    assert!(agg.terminate().success());
-    duplicates_seen |= agg.log.contains(&["duplicate reading"]);
-
-    let seqs = stored_seqs(&config);
-    let unique: BTreeSet<u64> = seqs.iter().copied().collect();
-    assert_eq!(seqs.len(), unique.len(), "a reading was stored twice");
-    let missing: Vec<u64> = (1..=N).filter(|s| !unique.contains(s)).collect();
-    assert!(
-        missing.is_empty(),
-        "{} readings lost, first {:?}",
-        missing.len(),
-        &missing[..missing.len().min(10)]
-    );
-    // Not a requirement, but shows the test exercised redelivery at least once.
-    eprintln!("redelivered duplicates seen across kills: {duplicates_seen}");
-}
+// kill -9 during a stream: see reliability.rs (ten kills over 20,000 readings).
 
 /// Subscription QoS: measured with QoS 2 (see README, "Why aggregatord subscribes at
 /// QoS 1"), a broker restart mid-stream left aggregatord reconnecting for ever on

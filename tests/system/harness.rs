@@ -293,7 +293,11 @@ impl Broker {
             "render-conf: {}",
             String::from_utf8_lossy(&rendered.stderr)
         );
-        std::fs::write(&conf, &rendered.stdout).expect("write mosquitto.conf");
+        let mut rendered = rendered.stdout;
+        if std::env::var_os("ROOMSENSE_BROKER_DEBUG").is_some() {
+            rendered.extend_from_slice(b"log_type all\n");
+        }
+        std::fs::write(&conf, &rendered).expect("write mosquitto.conf");
         let mut proc = Proc::spawn("mosquitto", Command::new("mosquitto").arg("-c").arg(&conf));
         // Ready means accepting connections: try to connect until it does (or dies).
         let deadline = Instant::now() + PATIENCE;
