@@ -17,14 +17,6 @@ fn stored_seqs(config: &ConfigFile) -> Vec<u64> {
         .collect()
 }
 
-fn stored_count(agg: &Proc) -> usize {
-    agg.log
-        .text()
-        .lines()
-        .filter(|l| l.contains("stored reading"))
-        .count()
-}
-
 // kill -9 during a stream: see reliability.rs (ten kills over 20,000 readings).
 
 /// Subscription QoS: measured with QoS 2 (see README, "Why aggregatord subscribes at
