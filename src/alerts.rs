@@ -34,42 +34,55 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// `active`: alerts raised before a restart and never cleared.
-    pub fn new(rules: Vec<RuleConfig>, active: Vec<Alert>) -> Engine {
-        Engine {
+    /// `active`: alerts raised before a restart and never cleared. Each one's
+    /// condition is taken as holding since it was raised, so only a reading past
+    /// the clear threshold clears it, as before the restart. Alerts of rules that
+    /// no longer exist are returned as `cleared` changes, to be stored and sent.
+    pub fn new(rules: Vec<RuleConfig>, active: Vec<Alert>) -> (Engine, Vec<Alert>) {
+        let mut engine = Engine {
             rules,
             conditions: HashMap::new(),
-            active: active
-                .into_iter()
-                .map(|a| ((a.room.clone(), a.rule.clone()), a))
-                .collect(),
-        }
+            active: HashMap::new(),
+        };
+        let orphans = engine.adopt(active, Timestamp::now_millis());
+        (engine, orphans)
     }
 
-    /// New rules (a reload). Alerts of rules that are gone are cleared; the
-    /// others stay active, re-evaluated from the next readings.
+    /// Takes over active alerts; returns those whose rule is gone, cleared.
+    fn adopt(&mut self, active: Vec<Alert>, now: Timestamp) -> Vec<Alert> {
+        let mut orphans = Vec::new();
+        for a in active {
+            match self.rules.iter().position(|r| r.name.as_str() == a.rule) {
+                Some(i) => {
+                    let c = self.conditions.entry((i, a.topic.clone())).or_default();
+                    c.since = c.since.or(Some(a.raised_at));
+                    c.value = c.value.or(a.value);
+                    self.active.insert((a.room.clone(), a.rule.clone()), a);
+                }
+                None => orphans.push(Alert {
+                    state: AlertState::Cleared,
+                    time: now,
+                    message: "rule removed".into(),
+                    ..a
+                }),
+            }
+        }
+        orphans
+    }
+
+    /// New rules (a reload). Rules that did not change keep their state; alerts
+    /// of changed rules are re-evaluated from their next readings; alerts of
+    /// rules that are gone are cleared (returned as changes).
     pub fn set_rules(&mut self, rules: Vec<RuleConfig>) -> Vec<Alert> {
-        let now = Timestamp::now_millis();
-        let kept: Vec<String> = rules.iter().map(|r| r.name.to_string()).collect();
-        let gone: Vec<(String, String)> = self
-            .active
-            .keys()
-            .filter(|(_, rule)| !kept.contains(rule))
-            .cloned()
-            .collect();
-        let cleared = gone
-            .into_iter()
-            .filter_map(|k| self.active.remove(&k))
-            .map(|a| Alert {
-                state: AlertState::Cleared,
-                time: now,
-                message: "rule removed".into(),
-                ..a
-            })
-            .collect();
-        self.rules = rules;
-        self.conditions.clear();
-        cleared
+        let old_rules = std::mem::replace(&mut self.rules, rules);
+        let conditions = std::mem::take(&mut self.conditions);
+        for ((i, topic), c) in conditions {
+            if let Some(j) = self.rules.iter().position(|r| *r == old_rules[i]) {
+                self.conditions.insert((j, topic), c);
+            }
+        }
+        let active: Vec<Alert> = std::mem::take(&mut self.active).into_values().collect();
+        self.adopt(active, Timestamp::now_millis())
     }
 
     pub fn has_rules(&self) -> bool {
@@ -291,7 +304,7 @@ mod tests {
 
     #[test]
     fn threshold_with_hysteresis_and_duration() {
-        let mut e = Engine::new(
+        let (mut e, _) = Engine::new(
             vec![rule(
                 "{ name: hot, type: temperature, above: 26, clear_below: 25, for: 30s }",
             )],
@@ -319,7 +332,7 @@ mod tests {
 
     #[test]
     fn duration_runs_out_on_the_clock_too() {
-        let mut e = Engine::new(
+        let (mut e, _) = Engine::new(
             vec![rule(
                 "{ name: hot, type: temperature, above: 26, for: 30s }",
             )],
@@ -335,7 +348,7 @@ mod tests {
 
     #[test]
     fn stale_sensor() {
-        let mut e = Engine::new(
+        let (mut e, _) = Engine::new(
             vec![rule("{ name: stale, type: temperature, stale_after: 1m }")],
             vec![],
         );
@@ -352,11 +365,12 @@ mod tests {
         let rules = vec![rule(
             "{ name: hot, type: temperature, above: 26, clear_below: 25, for: 30s }",
         )];
-        let mut before = Engine::new(rules.clone(), vec![]);
+        let (mut before, _) = Engine::new(rules.clone(), vec![]);
         before.reading(&reading(27.0, 0));
         let raised = before.reading(&reading(27.0, 40));
         assert_eq!(states(raised.clone()), [AlertState::Raised]);
-        let mut after = Engine::new(rules, raised);
+        let (mut after, orphans) = Engine::new(rules, raised);
+        assert!(orphans.is_empty());
         assert!(
             after.reading(&reading(27.0, 50)).is_empty(),
             "still hot: no second raise"
@@ -369,7 +383,7 @@ mod tests {
 
     #[test]
     fn node_offline_only_when_the_connection_was_lost() {
-        let mut e = Engine::new(
+        let (mut e, _) = Engine::new(
             vec![rule("{ name: down, offline: true, severity: critical }")],
             vec![],
         );
@@ -388,5 +402,36 @@ mod tests {
             states(e.status("b/f/r1", &online, now)),
             [AlertState::Cleared]
         );
+    }
+}
+
+#[cfg(test)]
+mod reload_tests {
+    use super::*;
+
+    fn rule(yaml: &str) -> RuleConfig {
+        yaml_serde::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn a_rule_removed_while_stopped_has_its_alert_cleared_at_start() {
+        let t = Timestamp::now_millis();
+        let a = Alert {
+            rule: "gone".into(),
+            severity: crate::config::Severity::Warning,
+            state: AlertState::Raised,
+            room: "b/f/r".into(),
+            topic: "b/f/r/temperature/t".into(),
+            value: Some(30.0),
+            message: String::new(),
+            raised_at: t,
+            time: t,
+        };
+        let (_, orphans) = Engine::new(
+            vec![rule("{ name: kept, type: temperature, above: 26 }")],
+            vec![a],
+        );
+        assert_eq!(orphans.len(), 1);
+        assert_eq!(orphans[0].state, AlertState::Cleared);
     }
 }

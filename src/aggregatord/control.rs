@@ -59,6 +59,8 @@ async fn answer(stream: tokio::net::UnixStream, store: Store) -> std::io::Result
     (&mut reader).take(MAX_REQUEST).read_line(&mut line).await?;
     let stream = reader.into_inner().into_std()?;
     stream.set_nonblocking(false)?;
+    // A reader that stops reading (a paused pager) must not hold up shutdown.
+    stream.set_write_timeout(Some(std::time::Duration::from_secs(30)))?;
     // The dump itself is blocking I/O over sled and the socket.
     tokio::task::spawn_blocking(move || {
         let mut stream = stream;

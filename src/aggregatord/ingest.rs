@@ -112,6 +112,18 @@ impl Ingest {
         &self.mqtt
     }
 
+    /// Stores and publishes alert changes that no message caused.
+    pub async fn record_alerts(&mut self, changes: Vec<Alert>) -> anyhow::Result<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        self.commit(Batch {
+            alerts: changes,
+            ..Batch::default()
+        })
+        .await
+    }
+
     /// New `ingest:` settings and alert rules (a reload).
     pub async fn reconfigure(
         &mut self,

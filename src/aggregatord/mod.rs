@@ -99,29 +99,24 @@ pub async fn run(
     let (alert_settings_tx, alert_settings_rx) =
         tokio::sync::watch::channel(alert_settings.clone());
     let active = store.active_alerts().context("loading active alerts")?;
-    if !config.alerts.is_empty()
-        || !store
-            .alert_outbox()
-            .context("reading the alert outbox")?
-            .is_empty()
-    {
-        let (alerts_mqtt, alert_events) = mqtt::connect(alert_settings)?;
-        tasks.spawn(publish_alerts(
-            store.clone(),
-            alerts_mqtt,
-            alert_events,
-            alert_settings_rx,
-            alerts_ready.clone(),
-            background.clone(),
-        ));
-    }
+    // Always, even without rules: a reload may add some, and the outbox may
+    // hold changes from before a restart.
+    let (alerts_mqtt, alert_events) = mqtt::connect(alert_settings)?;
+    tasks.spawn(publish_alerts(
+        store.clone(),
+        alerts_mqtt,
+        alert_events,
+        alert_settings_rx,
+        alerts_ready.clone(),
+        background.clone(),
+    ));
     if !active.is_empty() {
         info!(
             active = active.len(),
             "alerts still active from before the restart"
         );
     }
-    let engine = Engine::new(config.alerts.clone(), active.clone());
+    let (engine, orphans) = Engine::new(config.alerts.clone(), active.clone());
 
     let metrics = Arc::new(metrics::Metrics::default());
     metrics
@@ -147,6 +142,8 @@ pub async fn run(
         metrics,
         live,
     );
+    // Alerts whose rule was removed while we were stopped: cleared now.
+    ingest.record_alerts(orphans).await?;
     daemon::notify_ready(&ingest.status_line());
     let result = loop {
         match ingest.run(&mut events, &signals).await {

@@ -18,18 +18,23 @@ use tracing::{info, warn};
 pub async fn run(store: Store, mqtt: &Handle, wake: Arc<Notify>, stop: CancellationToken) {
     let mut link = mqtt.link();
     loop {
-        let pending = match store.alert_outbox() {
-            Ok(p) => p,
-            Err(e) => {
-                warn!(error = %e, "cannot read the alert outbox");
-                Vec::new()
+        let pending = {
+            let store = store.clone();
+            match tokio::task::spawn_blocking(move || store.alert_outbox()).await {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => {
+                    warn!(error = %e, "cannot read the alert outbox");
+                    Vec::new()
+                }
+                Err(_) => Vec::new(),
             }
         };
         if !pending.is_empty() && mqtt.is_connected() {
             for (_, alert) in &pending {
                 for m in messages(alert) {
-                    if mqtt.publish(m).await.is_err() {
-                        return;
+                    tokio::select! {
+                        sent = mqtt.publish(m) => if sent.is_err() { return },
+                        _ = stop.cancelled() => return,
                     }
                 }
                 info!(rule = %alert.rule, room = %alert.room, state = %alert.state, "alert published");
@@ -39,11 +44,16 @@ pub async fn run(store: Store, mqtt: &Handle, wake: Arc<Notify>, stop: Cancellat
                 _ = stop.cancelled() => return,
             }
             let ids: Vec<u64> = pending.iter().map(|(id, _)| *id).collect();
-            if let Err(e) = store
-                .remove_from_outbox(&ids)
-                .and_then(|()| store.flush().map(drop))
-            {
-                warn!(error = %e, "cannot update the alert outbox");
+            let store = store.clone();
+            // sled's fsync blocks; not on the thread that runs both connections.
+            let done = tokio::task::spawn_blocking(move || {
+                store
+                    .remove_from_outbox(&ids)
+                    .and_then(|()| store.flush().map(drop))
+            })
+            .await;
+            if !matches!(done, Ok(Ok(()))) {
+                warn!("cannot update the alert outbox; its alerts will be sent again");
             }
             continue;
         }

@@ -13,9 +13,15 @@ const EVERY: Duration = Duration::from_secs(60);
 
 pub async fn run(store: Store, keep: Duration, stop: CancellationToken) -> anyhow::Result<()> {
     loop {
-        let cutoff = Timestamp(
-            Timestamp::now_millis().0 - chrono::Duration::from_std(keep).unwrap_or_default(),
-        );
+        // Config validation bounds `keep` (at most 100 years), so this cannot overflow.
+        let keep = chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
+        let Some(cutoff) = Timestamp::now_millis()
+            .0
+            .checked_sub_signed(keep)
+            .map(Timestamp)
+        else {
+            return Ok(()); // Nothing can be that old.
+        };
         let mut total = 0;
         loop {
             let store = store.clone();

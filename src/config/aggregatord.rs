@@ -194,6 +194,16 @@ impl DaemonConfig for AggregatordConfig {
                 "at most 1s: acknowledgements wait for it",
             ));
         }
+        if self
+            .storage
+            .retention
+            .is_some_and(|r| r > std::time::Duration::from_secs(100 * 365 * 86_400))
+        {
+            return Err(Invalid::new(
+                "storage.retention",
+                "at most 100 years (leave it out to keep everything)",
+            ));
+        }
         let mut names = std::collections::HashSet::new();
         for (i, r) in self.alerts.iter().enumerate() {
             let at = |key: &str| format!("alerts[{i}].{key}");

@@ -328,7 +328,7 @@ fn an_alert_is_raised_after_its_duration_cleared_with_hysteresis_and_survives_a_
         .wait_for(&["alerts still active from before the restart", "active=1"]);
     r.agg
         .log
-        .wait_for(&["connected broker=", "session_present=true"]);
+        .wait_for(&[INGEST_CONNECTED, "session_present=true"]);
     hot(&r.node, 25.5, 2); // inside the hysteresis band: stays raised
     r.agg.log.wait_for(&["stored reading", "seq=Some(2)"]);
     hot(&r.node, 24.0, 3);

@@ -53,7 +53,7 @@ fn subscription_qos_1_survives_a_broker_restart_mid_stream() {
         .log
         .text()
         .lines()
-        .filter(|l| l.contains("connected broker="))
+        .filter(|l| l.contains(INGEST_CONNECTED))
         .count();
     assert_eq!(connects, 2, "one reconnect, no loop");
     assert!(agg.terminate().success());

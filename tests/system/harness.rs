@@ -19,6 +19,8 @@ pub const SENSORD: &str = env!("CARGO_BIN_EXE_sensord");
 pub const AGGREGATORD: &str = env!("CARGO_BIN_EXE_aggregatord");
 /// Upper bound for anything a test waits on; generous because CI machines are slow.
 pub const PATIENCE: Duration = Duration::from_secs(20);
+/// aggregatord's ingest connection coming up (it also has one for alerts).
+pub const INGEST_CONNECTED: &str = "client_id=aggregatord session_present";
 
 fn require(program: &str, package: &str) {
     let found = std::env::var_os("PATH")

@@ -52,7 +52,7 @@ fn a_broker_that_lost_our_session_gets_our_subscription_again() {
 
     // Both reconnect on their own; the broker reports no session for aggregatord…
     rig.sensord.log.wait_for_nth(&["connected broker="], 2);
-    let line = rig.agg.log.wait_for_nth(&["connected broker="], 2);
+    let line = rig.agg.log.wait_for_nth(&[INGEST_CONNECTED], 2);
     assert!(line.contains("session_present=false"), "{line}");
     // …so it subscribes again, and readings are stored again.
     rig.agg.log.wait_for_nth(&["subscribed", "Success"], 2);
@@ -64,7 +64,7 @@ fn a_broker_that_lost_our_session_gets_our_subscription_again() {
 fn across_a_broker_restart_with_persistence_no_qos1_reading_is_lost() {
     let mut rig = rig();
     rig.broker.restart(&rig.pki, true);
-    let line = rig.agg.log.wait_for_nth(&["connected broker="], 2);
+    let line = rig.agg.log.wait_for_nth(&[INGEST_CONNECTED], 2);
     assert!(line.contains("session_present=true"), "{line}");
     rig.sensord.log.wait_for_nth(&["connected broker="], 2);
     let stored = stored_lines(&rig.agg.log);

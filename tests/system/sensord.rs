@@ -114,7 +114,7 @@ fn outage(offline_buffer: usize, buffered: usize) -> Outage {
         .wait_for_nth(&["buffered while offline"], buffered);
     let broker = stopped.start(&pki);
     sensord.log.wait_for_nth(&["connected broker="], 2);
-    agg.log.wait_for_nth(&["connected broker="], 2);
+    agg.log.wait_for_nth(&[INGEST_CONNECTED], 2);
     assert!(sensord.terminate().success());
     // Everything sensord sent was confirmed by the broker before it exited, and
     // aggregatord's session queues it: wait until the last reading is stored.
