@@ -122,10 +122,15 @@ pub fn load<T: DaemonConfig>(file: &Path) -> Result<T, ConfigError> {
         file: file.to_owned(),
         source,
     })?;
-    let mut config = parse::<T>(file, &text)?;
+    from_text(file, &text)
+}
+
+/// Parses and validates config text that came from `file` (named in errors).
+pub fn from_text<T: DaemonConfig>(file: &Path, text: &str) -> Result<T, ConfigError> {
+    let mut config = parse::<T>(file, text)?;
     config.validate().map_err(|e| ConfigError::Invalid {
         file: file.to_owned(),
-        line: locate(&text, &e.key),
+        line: locate(text, &e.key),
         key: e.key,
         message: e.message,
     })?;

@@ -737,6 +737,17 @@ impl Drop for Watcher {
     }
 }
 
+// ---------------------------------------------------------------- results for RELIABILITY.md
+
+/// Records what a reliability or security test measured, in
+/// target/reliability/<name>.json; scripts/reliability-report makes RELIABILITY.md.
+pub fn record(name: &str, what: &str, result: serde_json::Value) {
+    let dir = format!("{REPO}/target/reliability");
+    std::fs::create_dir_all(&dir).expect("create target/reliability");
+    let entry = serde_json::json!({ "test": name, "what": what, "result": result });
+    std::fs::write(format!("{dir}/{name}.json"), entry.to_string()).expect("write result");
+}
+
 // ---------------------------------------------------------------- a link that can die
 
 /// A TCP relay on loopback that can go silent: after [`Blackhole::cut`] every

@@ -89,6 +89,11 @@ fn sighup_with_a_broken_config_keeps_running_on_the_old_one() {
     // …and keeps storing sensord's readings.
     let stored = agg.log.text().matches("stored reading").count();
     agg.log.wait_for_nth(&["stored reading"], stored + 3);
+    record(
+        "sighup_broken_config",
+        "SIGHUP with an invalid config file, both daemons",
+        serde_json::json!({ "kept_running": true, "error_names_file_line_key": true }),
+    );
 }
 
 #[test]

@@ -93,6 +93,11 @@ fn across_a_broker_restart_with_persistence_no_qos1_reading_is_lost() {
         missing.is_empty(),
         "QoS 1 readings lost across the restart: {missing:?}"
     );
+    record(
+        "broker_restart_persistent",
+        "Mosquitto restarted (persistence on) under a QoS 1 stream from sensord to aggregatord",
+        serde_json::json!({ "readings": published, "lost": missing.len(), "duplicated_rows": 0 }),
+    );
 }
 
 fn field(line: &str, name: &str) -> u64 {
@@ -143,4 +148,9 @@ fn with_no_broker_at_start_sensord_retries_quietly_and_connects_when_it_appears(
         s.json()["status"] == "online"
     });
     watcher.wait_for(&format!("{PREFIX}/motion/m"), |_| true);
+    record(
+        "broker_absent_at_start",
+        "sensord started before the broker exists; broker appears later",
+        serde_json::json!({ "warnings_logged": warnings, "connected_when_it_appeared": true }),
+    );
 }

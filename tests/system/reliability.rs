@@ -9,14 +9,6 @@ use std::time::{Duration, Instant};
 
 const PREFIX: &str = "building/floor1/room101";
 
-/// Records a measured result for RELIABILITY.md.
-pub fn record(test: &str, what: &str, result: serde_json::Value) {
-    let dir = format!("{REPO}/target/reliability");
-    std::fs::create_dir_all(&dir).unwrap();
-    let entry = serde_json::json!({ "test": test, "what": what, "result": result });
-    std::fs::write(format!("{dir}/{test}.json"), entry.to_string()).unwrap();
-}
-
 #[test]
 fn a_silently_dead_link_is_noticed_by_keepalive_and_healed_without_busy_looping() {
     let pki = Pki::new(&["room101", "observer"]);

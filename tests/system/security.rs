@@ -41,6 +41,11 @@ fn an_expired_client_certificate_is_refused() {
     );
     broker.proc.log.wait_for(&["certificate verify failed"]);
     assert!(!sensord.log.contains(&["connected broker="]));
+    record(
+        "tls_expired_client",
+        "Client certificate from our CA, expired yesterday",
+        serde_json::json!({ "refused": true, "our_log": line }),
+    );
 }
 
 #[test]
@@ -54,6 +59,11 @@ fn a_broker_certificate_for_another_name_is_refused_by_us() {
         "our side says why: {line}"
     );
     assert!(!sensord.log.contains(&["connected broker="]));
+    record(
+        "tls_wrong_server_name",
+        "Broker certificate issued for another name",
+        serde_json::json!({ "refused": true, "our_log": line }),
+    );
 }
 
 #[test]
@@ -106,6 +116,11 @@ fn the_acl_keeps_each_client_in_its_place() {
             "{what} got through"
         );
     }
+    record(
+        "acl",
+        "room101 writing as room102, room101 forging an alert, observer publishing (twice)",
+        serde_json::json!({ "attempts": forbidden.len(), "delivered": 0 }),
+    );
 }
 
 #[test]
@@ -121,6 +136,11 @@ fn a_private_key_readable_by_others_is_refused_like_ssh_does() {
     assert!(
         err.contains("readable by group or others") && err.contains("chmod 600"),
         "{err}"
+    );
+    record(
+        "key_permissions",
+        "Client private key left mode 0644",
+        serde_json::json!({ "refused": true, "exit_status": 78 }),
     );
 }
 

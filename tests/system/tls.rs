@@ -41,6 +41,11 @@ fn a_client_without_a_certificate_is_refused() {
         .proc
         .log
         .wait_for(&["peer did not return a certificate"]);
+    record(
+        "tls_no_client_certificate",
+        "Client without a certificate",
+        serde_json::json!({ "refused": true, "our_error": err }),
+    );
 }
 
 #[test]
@@ -65,6 +70,11 @@ fn a_certificate_from_another_ca_is_refused() {
     assert!(err.contains("UnknownCA"), "{err}");
     // Mosquitto words this two ways depending on when the handshake fails.
     broker.proc.log.wait_for(&["certificate verify failed"]);
+    record(
+        "tls_other_ca",
+        "Client certificate from another CA",
+        serde_json::json!({ "refused": true, "our_error": err }),
+    );
 }
 
 #[test]
