@@ -69,6 +69,11 @@ pub fn signals() -> std::io::Result<Signals> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    // Past a file-size limit the kernel sends SIGXFSZ, which would kill us. With
+    // a handler the write fails with EFBIG instead: storage reports the error and
+    // aggregatord waits (unacknowledged) until there is room again.
+    let mut xfsz = signal(SignalKind::from_raw(libc::SIGXFSZ))?;
+    tokio::spawn(async move { while xfsz.recv().await.is_some() {} });
     let (cancel, hup_notify) = (shutdown.clone(), reload.clone());
     tokio::spawn(async move {
         let mut stopping = false;

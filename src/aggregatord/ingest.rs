@@ -23,10 +23,18 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 const SUMMARY_EVERY: Duration = Duration::from_secs(60);
 const STATUS_EVERY: Duration = Duration::from_secs(10);
+
+/// Where ingest's results go besides storage: counters, the dashboard, and a
+/// nudge for the alert publisher.
+pub struct Outputs {
+    pub metrics: Arc<Metrics>,
+    pub live: Arc<Live>,
+    pub alerts_ready: Arc<Notify>,
+}
 
 /// Why [`Ingest::run`] returned.
 pub enum Wake {
@@ -50,6 +58,10 @@ pub struct Ingest {
     live: Arc<Live>,
     log_limit: RateLimit<RejectionReason>,
     connects: u64,
+    /// Current wait between attempts while storage fails.
+    storage_retry: Duration,
+    /// The daemon's stop signal: ends storage retries.
+    stop: tokio_util::sync::CancellationToken,
 }
 
 /// What one batch will write.
@@ -87,20 +99,21 @@ impl Ingest {
         store: Store,
         mqtt: Handle,
         engine: Engine,
-        alerts_ready: Arc<Notify>,
-        metrics: Arc<Metrics>,
-        live: Arc<Live>,
+        out: Outputs,
+        stop: tokio_util::sync::CancellationToken,
     ) -> Self {
         Ingest {
             config,
             store,
             mqtt,
             engine: Some(engine),
-            alerts_ready,
-            metrics,
-            live,
+            alerts_ready: out.alerts_ready,
+            metrics: out.metrics,
+            live: out.live,
             log_limit: RateLimit::new(Duration::from_secs(10)),
             connects: 0,
+            storage_retry: Duration::ZERO,
+            stop,
         }
     }
 
@@ -304,71 +317,88 @@ impl Ingest {
 
     /// Writes the batch, makes it durable, then acknowledges it. The order is the
     /// durability promise: no ack leaves before its reading is on disk.
+    ///
+    /// If storage fails (disk full, I/O error), nothing is acknowledged: the
+    /// batch is retried with backoff until storage works again (readiness says
+    /// not ready meanwhile), while the broker holds everything unacknowledged.
     async fn commit(&mut self, batch: Batch) -> anyhow::Result<()> {
         let Batch {
             readings,
-            mut rejected,
-            alerts,
+            rejected,
+            alerts: mut changes,
             acks,
             started,
         } = batch;
-        let store = self.store.clone();
-        let mut engine = self.engine.take().context("alert engine in use")?;
-        // sled's fsync blocks; keep it off the thread that polls the network.
-        let (readings, outcomes, alerts, engine) = tokio::task::spawn_blocking(move || {
-            let mut alerts = alerts;
-            let mut outcomes = Vec::with_capacity(readings.len());
-            for r in &readings {
-                let outcome = match meter_check(&store, r)? {
-                    Some(refusal) => Outcome::Refused(refusal),
-                    None => Outcome::Stored(store.insert_reading(r)?),
-                };
-                if matches!(outcome, Outcome::Stored(Inserted::New)) {
-                    alerts.extend(engine.reading(r));
+        let readings = Arc::new(readings);
+        // Alert rules see each new reading once, however many attempts it takes.
+        let mut evaluated = vec![false; readings.len()];
+        let mut seen_new = vec![false; readings.len()];
+        let (flush_time, outcomes) = loop {
+            // Insert every reading: after a failure the database may have been
+            // reopened without what the failed attempt had not yet flushed.
+            let (store, batch) = (self.store.clone(), readings.clone());
+            let attempt = tokio::task::spawn_blocking(move || {
+                let mut outcomes = Vec::with_capacity(batch.len());
+                for r in batch.iter() {
+                    outcomes.push(match meter_check(&store, r)? {
+                        Some(refusal) => Outcome::Refused(refusal),
+                        None => Outcome::Stored(store.insert_reading(r)?),
+                    });
                 }
-                outcomes.push(outcome);
+                Ok::<_, StoreError>(outcomes)
+            })
+            .await
+            .context("storage task panicked")?;
+            let outcomes = match attempt {
+                Ok(o) => o,
+                Err(e) => {
+                    self.storage_failed(e).await?;
+                    continue;
+                }
+            };
+            let mut refused = rejected.clone();
+            for (i, (r, outcome)) in readings.iter().zip(&outcomes).enumerate() {
+                match outcome {
+                    Outcome::Stored(Inserted::New) => {
+                        seen_new[i] = true;
+                        if !std::mem::replace(&mut evaluated[i], true) {
+                            if let Some(engine) = &mut self.engine {
+                                changes.extend(engine.reading(r));
+                            }
+                        }
+                    }
+                    Outcome::Refused(why) => refused.push(rejection_record(r, why)),
+                    Outcome::Stored(Inserted::Duplicate) => {}
+                }
             }
-            store.record_alerts(&alerts)?;
-            Ok::<_, StoreError>((readings, outcomes, alerts, engine))
-        })
-        .await
-        .context("storage task panicked")?
-        .context("storing readings")?;
-        self.engine = Some(engine);
-
-        for (r, outcome) in readings.iter().zip(outcomes) {
-            match outcome {
-                Outcome::Stored(Inserted::New) => {
-                    self.metrics.stored.fetch_add(1, Relaxed);
-                    self.live.reading(r, false);
-                    debug!(topic = %r.topic, seq = ?r.reading.seq, "stored reading");
+            // Then alert changes and rejections, and the one fsync. A retry may
+            // record an alert change twice (then it is sent twice: at-least-once).
+            let (store, c) = (self.store.clone(), changes.clone());
+            let attempt = tokio::task::spawn_blocking(move || {
+                store.record_alerts(&c)?;
+                for m in &refused {
+                    store.insert_rejected(m)?;
                 }
-                Outcome::Stored(Inserted::Duplicate) => {
-                    self.metrics.duplicates.fetch_add(1, Relaxed);
-                    debug!(topic = %r.topic, seq = ?r.reading.seq, "duplicate reading");
-                }
-                Outcome::Refused(refusal) => {
-                    let payload = serde_json::to_vec(&r.reading).unwrap_or_default();
-                    rejected.push(self.reject(&r.topic, &payload, refusal, r.received_at));
-                }
+                let t = std::time::Instant::now();
+                store.flush()?;
+                Ok::<_, StoreError>(t.elapsed())
+            })
+            .await
+            .context("storage task panicked")?;
+            match attempt {
+                Ok(t) => break (t, outcomes),
+                Err(e) => self.storage_failed(e).await?,
             }
+        };
+        for (i, (r, outcome)) in readings.iter().zip(outcomes).enumerate() {
+            self.account(r, outcome, seen_new[i]);
         }
-        let store = self.store.clone();
-        let flushed = tokio::task::spawn_blocking(move || {
-            for r in &rejected {
-                store.insert_rejected(r)?;
-            }
-            let started = std::time::Instant::now();
-            store.flush()?;
-            Ok::<_, StoreError>(started.elapsed())
-        })
-        .await
-        .context("storage task panicked")?;
-        self.metrics.storage_ok.store(flushed.is_ok(), Relaxed);
-        self.metrics
-            .flush_seconds
-            .observe(flushed.context("flushing")?);
-        for a in &alerts {
+        if !self.metrics.storage_ok.swap(true, Relaxed) {
+            info!("storage works again; acknowledging");
+        }
+        self.storage_retry = Duration::ZERO;
+        self.metrics.flush_seconds.observe(flush_time);
+        for a in &changes {
             let counter = match a.state {
                 AlertState::Raised => &self.metrics.alerts_raised,
                 AlertState::Cleared => &self.metrics.alerts_cleared,
@@ -377,12 +407,56 @@ impl Ingest {
             self.live.alert(a);
             info!(rule = %a.rule, room = %a.room, state = %a.state, value = ?a.value, "alert");
         }
-        if !alerts.is_empty() {
+        if !changes.is_empty() {
             self.alerts_ready.notify_one();
         }
         for d in &acks {
             self.mqtt.ack(d).await.context("acknowledging")?;
             self.metrics.ack_lag_seconds.observe(started.elapsed());
+        }
+        Ok(())
+    }
+
+    /// Counts one reading of a committed batch, and shows it on the dashboard.
+    fn account(&mut self, r: &StoredReading, outcome: Outcome, new: bool) {
+        match outcome {
+            Outcome::Stored(_) if new => {
+                self.metrics.stored.fetch_add(1, Relaxed);
+                self.live.reading(r, false);
+                debug!(topic = %r.topic, seq = ?r.reading.seq, "stored reading");
+            }
+            Outcome::Stored(_) => {
+                self.metrics.duplicates.fetch_add(1, Relaxed);
+                debug!(topic = %r.topic, seq = ?r.reading.seq, "duplicate reading");
+            }
+            Outcome::Refused(refusal) => {
+                let payload = serde_json::to_vec(&r.reading).unwrap_or_default();
+                self.reject(&r.topic, &payload, refusal, r.received_at);
+            }
+        }
+    }
+
+    /// Storage refused a write: say so (once per outage), wait, let the caller
+    /// retry. Gives up only when the daemon is stopping; what was not
+    /// acknowledged is then redelivered by the broker after the restart.
+    async fn storage_failed(&mut self, e: StoreError) -> anyhow::Result<()> {
+        if self.metrics.storage_ok.swap(false, Relaxed) {
+            error!(error = %e, "STORAGE FAILED: not acknowledging anything until it works again");
+        } else {
+            debug!(error = %e, "storage still failing");
+        }
+        self.storage_retry =
+            (self.storage_retry * 2).clamp(Duration::from_millis(200), Duration::from_secs(5));
+        tokio::select! {
+            _ = self.stop.cancelled() => anyhow::bail!("stopping while storage fails: {e} (unacknowledged readings stay with the broker)"),
+            _ = tokio::time::sleep(self.storage_retry) => {}
+        }
+        // sled refuses every write after an I/O error until it is opened again.
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.reopen()).await {
+            Ok(Ok(())) => info!("storage reopened"),
+            Ok(Err(e)) => debug!(error = %e, "storage cannot be reopened yet"),
+            Err(_) => {}
         }
         Ok(())
     }
@@ -422,6 +496,17 @@ impl Ingest {
             sessions_lost = m.sessions_lost.load(Relaxed),
             "{what}"
         );
+    }
+}
+
+/// The stored record of a reading refused against storage (its meter check).
+fn rejection_record(r: &StoredReading, why: &Rejection) -> RejectedMessage {
+    RejectedMessage {
+        topic: r.topic.clone(),
+        reason: why.reason.to_string(),
+        detail: why.detail.clone(),
+        received_at: r.received_at,
+        payload: serde_json::to_string(&r.reading).unwrap_or_default(),
     }
 }
 

@@ -138,9 +138,12 @@ pub async fn run(
         store.clone(),
         mqtt,
         engine,
-        alerts_ready,
-        metrics,
-        live,
+        ingest::Outputs {
+            metrics,
+            live,
+            alerts_ready,
+        },
+        signals.shutdown.clone(),
     );
     // Alerts whose rule was removed while we were stopped: cleared now.
     ingest.record_alerts(orphans).await?;

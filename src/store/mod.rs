@@ -18,7 +18,7 @@ use crate::contract::{Alert, AlertState, Reading, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 /// How many rejected messages are kept (oldest dropped first).
 pub const REJECTED_KEEP: u64 = 1000;
@@ -34,6 +34,8 @@ pub enum StoreError {
     Open { path: PathBuf, source: sled::Error },
     #[error("storage: {0}")]
     Sled(#[from] sled::Error),
+    #[error("{}: storage is being reopened", path.display())]
+    Reopening { path: PathBuf },
     #[error("corrupt record under key {key:?}: {message}")]
     Corrupt { key: String, message: String },
 }
@@ -65,12 +67,21 @@ pub enum Inserted {
     Duplicate,
 }
 
+/// The database. Cheap to clone; all clones share one sled instance, which
+/// [`Store::reopen`] can replace (sled refuses all writes after an I/O error
+/// until it is opened again).
 #[derive(Clone)]
 pub struct Store {
+    path: PathBuf,
+    trees: Arc<RwLock<Option<Trees>>>,
+    rejected_len: Arc<AtomicU64>,
+}
+
+#[derive(Clone)]
+struct Trees {
     db: sled::Db,
     readings: sled::Tree,
     rejected: sled::Tree,
-    rejected_len: Arc<AtomicU64>,
     /// room 0x00 rule → the active (raised) alert.
     alerts_active: sled::Tree,
     /// time, id → every alert change, for `dump --alerts`.
@@ -79,8 +90,8 @@ pub struct Store {
     alerts_outbox: sled::Tree,
 }
 
-impl Store {
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
+impl Trees {
+    fn open(path: &Path) -> Result<Trees, StoreError> {
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(32 * 1024 * 1024)
@@ -88,19 +99,48 @@ impl Store {
             .flush_every_ms(None)
             .open()
             .map_err(|source| open_error(path, source))?;
-        let readings = db.open_tree("readings")?;
-        let rejected = db.open_tree("rejected")?;
-        // Bounded by REJECTED_KEEP, so counting once at open is cheap.
-        let rejected_len = Arc::new(AtomicU64::new(rejected.len() as u64));
-        Ok(Store {
-            readings,
-            rejected,
-            rejected_len,
+        Ok(Trees {
+            readings: db.open_tree("readings")?,
+            rejected: db.open_tree("rejected")?,
             alerts_active: db.open_tree("alerts_active")?,
             alerts_log: db.open_tree("alerts_log")?,
             alerts_outbox: db.open_tree("alerts_outbox")?,
             db,
         })
+    }
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let trees = Trees::open(path)?;
+        // Bounded by REJECTED_KEEP, so counting once at open is cheap.
+        let rejected_len = Arc::new(AtomicU64::new(trees.rejected.len() as u64));
+        Ok(Store {
+            path: path.to_owned(),
+            trees: Arc::new(RwLock::new(Some(trees))),
+            rejected_len,
+        })
+    }
+
+    fn t(&self) -> Result<Trees, StoreError> {
+        self.trees
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| StoreError::Reopening {
+                path: self.path.clone(),
+            })
+    }
+
+    /// Closes and opens the database again: how to get past sled's refusal of
+    /// writes after an I/O error (a full disk) once the cause is gone. Fails
+    /// while something else still holds the old instance (a running dump).
+    pub fn reopen(&self) -> Result<(), StoreError> {
+        let mut trees = self.trees.write().unwrap_or_else(|p| p.into_inner());
+        // Drop ours first: sled's lock on the folder goes with the last handle.
+        *trees = None;
+        *trees = Some(Trees::open(&self.path)?);
+        Ok(())
     }
 
     /// Stores a reading unless the same one is already there. Not durable until
@@ -112,6 +152,7 @@ impl Store {
             message: e.to_string(),
         })?;
         match self
+            .t()?
             .readings
             .compare_and_swap(key, None as Option<&[u8]>, Some(value))?
         {
@@ -121,14 +162,15 @@ impl Store {
     }
 
     pub fn insert_rejected(&self, r: &RejectedMessage) -> Result<(), StoreError> {
-        let id = self.db.generate_id()?;
+        let t = self.t()?;
+        let id = t.db.generate_id()?;
         let value = serde_json::to_vec(r).map_err(|e| StoreError::Corrupt {
             key: r.topic.clone(),
             message: e.to_string(),
         })?;
-        self.rejected.insert(id.to_be_bytes(), value)?;
+        t.rejected.insert(id.to_be_bytes(), value)?;
         let len = self.rejected_len.fetch_add(1, Ordering::AcqRel) + 1;
-        if len > REJECTED_KEEP && self.rejected.pop_min()?.is_some() {
+        if len > REJECTED_KEEP && t.rejected.pop_min()?.is_some() {
             self.rejected_len.fetch_sub(1, Ordering::AcqRel);
         }
         Ok(())
@@ -136,18 +178,19 @@ impl Store {
 
     /// Deletes up to `max` readings timestamped before `cutoff`; returns how many.
     pub fn expire(&self, cutoff: Timestamp, max: usize) -> Result<usize, StoreError> {
+        let t = self.t()?;
         let mut deleted = 0;
-        for topic in query::topics(&self.readings) {
+        for topic in query::topics(&t.readings) {
             let mut lo = topic?;
             lo.push(0);
             let mut hi = lo.clone();
             hi.extend_from_slice(&time_key(cutoff.micros()));
             lo.extend_from_slice(&time_key(i64::MIN));
-            for kv in self.readings.range(lo..hi) {
+            for kv in t.readings.range(lo..hi) {
                 if deleted == max {
                     return Ok(deleted);
                 }
-                self.readings.remove(kv?.0)?;
+                t.readings.remove(kv?.0)?;
                 deleted += 1;
             }
         }
@@ -157,24 +200,26 @@ impl Store {
     /// Records alert changes: history, active set, and the publish outbox, all in
     /// the next flush, so a change is never stored without being queued to send.
     pub fn record_alerts(&self, changes: &[Alert]) -> Result<(), StoreError> {
+        let t = self.t()?;
         for a in changes {
             let value = encode(a)?;
-            let id = self.db.generate_id()?;
+            let id = t.db.generate_id()?;
             let mut log_key = time_key(a.time.micros()).to_vec();
             log_key.extend_from_slice(&id.to_be_bytes());
-            self.alerts_log.insert(log_key, value.clone())?;
+            t.alerts_log.insert(log_key, value.clone())?;
             let active_key = format!("{}\0{}", a.room, a.rule);
             match a.state {
-                AlertState::Raised => self.alerts_active.insert(active_key, value.clone())?,
-                AlertState::Cleared => self.alerts_active.remove(active_key)?,
+                AlertState::Raised => t.alerts_active.insert(active_key, value.clone())?,
+                AlertState::Cleared => t.alerts_active.remove(active_key)?,
             };
-            self.alerts_outbox.insert(id.to_be_bytes(), value)?;
+            t.alerts_outbox.insert(id.to_be_bytes(), value)?;
         }
         Ok(())
     }
 
     pub fn active_alerts(&self) -> Result<Vec<Alert>, StoreError> {
-        self.alerts_active
+        let t = self.t()?;
+        t.alerts_active
             .iter()
             .map(|kv| {
                 let (k, v) = kv?;
@@ -184,16 +229,28 @@ impl Store {
     }
 
     /// Every alert change, oldest first.
-    pub fn alerts(&self) -> impl Iterator<Item = Result<Alert, StoreError>> + '_ {
-        self.alerts_log.iter().map(|kv| {
-            let (k, v) = kv?;
-            decode(&k, &v)
-        })
+    pub fn alerts(&self) -> Box<dyn Iterator<Item = Result<Alert, StoreError>>> {
+        self.records(|t| &t.alerts_log)
+    }
+
+    /// Every record of one tree, decoded, in key order.
+    fn records<T: for<'de> Deserialize<'de> + 'static>(
+        &self,
+        tree: impl Fn(&Trees) -> &sled::Tree,
+    ) -> Box<dyn Iterator<Item = Result<T, StoreError>>> {
+        match self.t() {
+            Ok(t) => Box::new(tree(&t).iter().map(|kv| {
+                let (k, v) = kv?;
+                decode(&k, &v)
+            })),
+            Err(e) => Box::new(std::iter::once(Err(e))),
+        }
     }
 
     /// Alert changes waiting to be published, in order, with their outbox ids.
     pub fn alert_outbox(&self) -> Result<Vec<(u64, Alert)>, StoreError> {
-        self.alerts_outbox
+        let t = self.t()?;
+        t.alerts_outbox
             .iter()
             .map(|kv| {
                 let (k, v) = kv?;
@@ -209,23 +266,28 @@ impl Store {
 
     /// Forgets published alert changes (durable at the next flush).
     pub fn remove_from_outbox(&self, ids: &[u64]) -> Result<(), StoreError> {
+        let t = self.t()?;
         for id in ids {
-            self.alerts_outbox.remove(id.to_be_bytes())?;
+            t.alerts_outbox.remove(id.to_be_bytes())?;
         }
         Ok(())
     }
 
     /// Writes everything inserted so far to disk (fsync). Returns bytes flushed.
     pub fn flush(&self) -> Result<usize, StoreError> {
-        Ok(self.db.flush()?)
+        let t = self.t()?;
+        Ok(t.db.flush()?)
     }
 
     /// The readings `query` selects, by topic then time.
     pub fn select<'a>(
-        &'a self,
+        &self,
         query: &'a Query,
-    ) -> impl Iterator<Item = Result<StoredReading, StoreError>> + 'a {
-        query::Select::new(&self.readings, query)
+    ) -> Box<dyn Iterator<Item = Result<StoredReading, StoreError>> + 'a> {
+        match self.t() {
+            Ok(t) => Box::new(query::Select::new(t.readings, query)),
+            Err(e) => Box::new(std::iter::once(Err(e))),
+        }
     }
 
     /// The stored readings just before and just after `r`'s place in its
@@ -234,6 +296,7 @@ impl Store {
         &self,
         r: &StoredReading,
     ) -> Result<(Option<StoredReading>, Option<StoredReading>), StoreError> {
+        let t = self.t()?;
         let key = reading_key(&r.topic, r.reading.timestamp, r.reading.seq);
         let prefix_len = r.topic.len() + 1;
         let same_topic = |k: &[u8]| k.len() > prefix_len && k[..prefix_len] == key[..prefix_len];
@@ -246,17 +309,14 @@ impl Store {
                 None => Ok(None),
             }
         };
-        let before = get(self.readings.range(..key.clone()).next_back())?;
-        let after = get(self.readings.range(key.clone()..).next())?;
+        let before = get(t.readings.range(..key.clone()).next_back())?;
+        let after = get(t.readings.range(key.clone()..).next())?;
         Ok((before, after))
     }
 
     /// Rejected messages, oldest first.
-    pub fn rejected(&self) -> impl Iterator<Item = Result<RejectedMessage, StoreError>> + '_ {
-        self.rejected.iter().map(|kv| {
-            let (k, v) = kv?;
-            decode(&k, &v)
-        })
+    pub fn rejected(&self) -> Box<dyn Iterator<Item = Result<RejectedMessage, StoreError>>> {
+        self.records(|t| &t.rejected)
     }
 }
 

@@ -66,7 +66,7 @@ pub(super) fn topics(tree: &sled::Tree) -> impl Iterator<Item = Result<Vec<u8>, 
 }
 
 pub(super) struct Select<'a> {
-    tree: &'a sled::Tree,
+    tree: sled::Tree,
     query: &'a Query,
     /// Where the next topic's run starts; `None` once finished.
     next_topic: Option<Vec<u8>>,
@@ -75,7 +75,7 @@ pub(super) struct Select<'a> {
 }
 
 impl<'a> Select<'a> {
-    pub(super) fn new(tree: &'a sled::Tree, query: &'a Query) -> Self {
+    pub(super) fn new(tree: sled::Tree, query: &'a Query) -> Self {
         Select {
             tree,
             query,

@@ -141,3 +141,92 @@ fn ten_kill_9s_during_20000_qos1_readings_lose_nothing_and_store_nothing_twice()
     assert_eq!(duplicated_rows, 0, "a reading was stored twice");
     assert_eq!(lost, 0, "readings lost");
 }
+
+#[test]
+fn when_storage_fails_nothing_is_acknowledged_readiness_says_so_and_nothing_is_lost() {
+    const N: u64 = 12_000;
+    let topic = format!("{PREFIX}/temperature/temp_001");
+    let pki = Pki::new(&["room101", "aggregatord"]);
+    let broker = Broker::start(&pki);
+    let storage = tempfile::tempdir().unwrap();
+    let config = write_config(&aggregatord_yaml(&broker, &pki, storage.path()));
+    // A file-size limit stands in for a full disk: writes past it fail (EFBIG).
+    let limit = 1024 * 1024;
+    let mut agg = Proc::spawn(
+        "aggregatord",
+        std::process::Command::new("prlimit")
+            .arg(format!("--fsize={limit}:unlimited"))
+            .arg("--")
+            .arg(AGGREGATORD)
+            .arg("--config")
+            .arg(&config.path)
+            .env("RUST_LOG", "info,roomsense=debug"),
+    );
+    let line = agg.log.wait_for(&["dashboard listening"]);
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches('/')
+        .to_owned();
+    agg.log.wait_for(&["subscribed"]);
+    let node = Watcher::connect(&broker, &pki, "room101");
+    for seq in 1..=N {
+        node.publish(&topic, &reading_payload(seq), 1);
+    }
+    agg.log.wait_for(&["STORAGE FAILED"]);
+    let failed_at = Instant::now();
+    let ready = http_status(&addr, "/readyz");
+    let stored_while_failing = agg.log.text().matches("stored reading").count();
+
+    // Space comes back.
+    let raised = std::process::Command::new("prlimit")
+        .arg(format!("--pid={}", agg.pid()))
+        .arg("--fsize=unlimited:unlimited")
+        .status()
+        .unwrap();
+    assert!(raised.success());
+    agg.log.wait_for(&["storage works again"]);
+    let recovered_after = failed_at.elapsed();
+    node.wait_confirmed(N as usize);
+    agg.log
+        .wait_for(&["stored reading", &format!("seq=Some({N})")]);
+    assert_eq!(http_status(&addr, "/readyz"), 200);
+    assert!(agg.terminate().success());
+
+    let unique: BTreeSet<u64> = dump(&config.path, &["--format", "jsonl"])
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    let lost = (1..=N).filter(|s| !unique.contains(s)).count();
+    record(
+        "storage_full",
+        "aggregatord's files hit a 1 MiB size limit (a full disk) during 12,000 QoS 1 readings; the limit is lifted",
+        serde_json::json!({
+            "readyz_while_failing": ready, "stored_before_failure": stored_while_failing,
+            "lost": lost, "recovered_after_limit_lifted_s": recovered_after.as_secs_f64(),
+        }),
+    );
+    assert_eq!(ready, 503, "not ready while storage fails");
+    assert_eq!(lost, 0, "readings lost");
+}
+
+fn http_status(addr: &str, path: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    raw.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
