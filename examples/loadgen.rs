@@ -41,7 +41,9 @@ fn main() -> anyhow::Result<()> {
     let mut o = MqttOptions::new(format!("loadgen-{}", a.node), a.host.clone(), a.port);
     o.set_keep_alive(Duration::from_secs(30))
         .set_inflight(1000)
-        .set_transport(Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(Arc::new(tls))));
+        .set_transport(Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(Arc::new(tls)),
+        ));
     let (client, mut connection) = Client::new(o, 10_000);
     let qos = match a.qos {
         0 => QoS::AtMostOnce,
@@ -83,8 +85,14 @@ fn main() -> anyhow::Result<()> {
             break;
         }
     }
-    let client = publisher.join().map_err(|_| anyhow::anyhow!("publisher panicked"))?;
+    let client = publisher
+        .join()
+        .map_err(|_| anyhow::anyhow!("publisher panicked"))?;
     let _ = client.disconnect();
-    eprintln!("published {count} at QoS {} in {:.2} s", a.qos, start.elapsed().as_secs_f64());
+    eprintln!(
+        "published {count} at QoS {} in {:.2} s",
+        a.qos,
+        start.elapsed().as_secs_f64()
+    );
     Ok(())
 }

@@ -140,15 +140,19 @@ impl Live {
                 v.spark.pop_front();
             }
             v.qos = qos;
-            v.clone()
+            // What the event needs, not the whole view: this runs for every
+            // reading ingest stores, and the sparkline can be hundreds of points.
+            (v.value, v.timestamp, v.qos)
         };
-        if !history {
+        // Nobody watching (the usual case): no event to build.
+        if !history && self.events.receiver_count() > 0 {
+            let (value, timestamp, qos) = view;
             self.emit(
                 "reading",
                 &serde_json::json!({
-                    "topic": view.topic, "room": view.room, "sensor_id": view.sensor_id,
-                    "sensor_type": view.sensor_type, "unit": view.unit, "qos": view.qos,
-                    "value": view.value, "timestamp": view.timestamp, "point": [ms, r.reading.value],
+                    "topic": r.topic, "room": prefix, "sensor_id": r.reading.sensor_id,
+                    "sensor_type": r.reading.sensor_type, "unit": r.reading.unit, "qos": qos,
+                    "value": value, "timestamp": timestamp, "point": [ms, r.reading.value],
                 }),
             );
         }
