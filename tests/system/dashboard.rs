@@ -61,16 +61,7 @@ fn site(sensor_yaml_extra: &str, rules: &str) -> Site {
         rules,
     ));
     let agg = start_daemon(AGGREGATORD, &agg_config.path);
-    let line = agg.log.wait_for(&["dashboard listening"]);
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .unwrap()
-        .trim_end_matches('/')
-        .split('/')
-        .next()
-        .unwrap()
-        .to_owned();
+    let addr = dashboard_addr(&agg.log);
     agg.log.wait_for(&["subscribed"]);
     let sensors = [
         ("temp_001", "temperature", "200ms", 0),

@@ -6,17 +6,6 @@ use std::collections::BTreeSet;
 
 const TOPIC: &str = "building/floor1/room101/temperature/temp_001";
 
-fn stored_seqs(config: &ConfigFile) -> Vec<u64> {
-    dump(&config.path, &["--format", "jsonl"])
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect()
-}
-
 // kill -9 during a stream: see reliability.rs (ten kills over 20,000 readings).
 
 /// Subscription QoS: measured with QoS 2 (see README, "Why aggregatord subscribes at
@@ -57,7 +46,7 @@ fn subscription_qos_1_survives_a_broker_restart_mid_stream() {
         .count();
     assert_eq!(connects, 2, "one reconnect, no loop");
     assert!(agg.terminate().success());
-    let seqs: BTreeSet<u64> = stored_seqs(&config).into_iter().collect();
+    let seqs: BTreeSet<u64> = stored_seqs(&config.path).into_iter().collect();
     let missing = (1..=N).filter(|s| !seqs.contains(s)).count();
     assert_eq!(missing, 0, "readings lost across the restart");
     record(

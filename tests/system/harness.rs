@@ -512,6 +512,25 @@ pub fn dump(config: &Path, args: &[&str]) -> String {
     )
 }
 
+/// The `seq` of every stored reading, in dump order (topic, then time).
+pub fn stored_seqs(config: &Path) -> Vec<u64> {
+    dump(config, &["--format", "jsonl"])
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("jsonl")["seq"]
+                .as_u64()
+                .expect("seq")
+        })
+        .collect()
+}
+
+/// `host:port` of a running aggregatord's dashboard, from its log.
+pub fn dashboard_addr(log: &Log) -> String {
+    let line = log.wait_for(&["dashboard listening"]);
+    let url = line.split("http://").nth(1).expect("url in the log line");
+    url.split('/').next().unwrap_or(url).to_owned()
+}
+
 /// Runs a command to completion; fails the test (showing stderr) unless it succeeds.
 pub fn stdout_of(cmd: &mut Command) -> String {
     let out = cmd

@@ -80,14 +80,7 @@ fn across_a_broker_restart_with_persistence_no_qos1_reading_is_lost() {
         .wait_for(&["stored reading", &format!("seq=Some({published})")]);
     assert!(rig.agg.terminate().success());
 
-    let seqs: BTreeSet<u64> = dump(&rig.agg_config.path, &["--format", "jsonl"])
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
+    let seqs: BTreeSet<u64> = stored_seqs(&rig.agg_config.path).into_iter().collect();
     let missing: Vec<u64> = (1..=published).filter(|s| !seqs.contains(s)).collect();
     assert!(
         missing.is_empty(),

@@ -117,14 +117,7 @@ fn ten_kill_9s_during_20000_qos1_readings_lose_nothing_and_store_nothing_twice()
     assert!(agg.terminate().success());
     redelivered += agg.log.text().matches("duplicate reading").count();
 
-    let rows: Vec<u64> = dump(&config.path, &["--format", "jsonl"])
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
+    let rows: Vec<u64> = stored_seqs(&config.path).into_iter().collect();
     let unique: BTreeSet<u64> = rows.iter().copied().collect();
     let duplicated_rows = rows.len() - unique.len();
     let lost = (1..=N).filter(|s| !unique.contains(s)).count();
@@ -162,13 +155,7 @@ fn when_storage_fails_nothing_is_acknowledged_readiness_says_so_and_nothing_is_l
             .arg(&config.path)
             .env("RUST_LOG", "info,roomsense=debug"),
     );
-    let line = agg.log.wait_for(&["dashboard listening"]);
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .unwrap()
-        .trim_end_matches('/')
-        .to_owned();
+    let addr = dashboard_addr(&agg.log);
     agg.log.wait_for(&["subscribed"]);
     let node = Watcher::connect(&broker, &pki, "room101");
     for seq in 1..=N {
@@ -194,14 +181,7 @@ fn when_storage_fails_nothing_is_acknowledged_readiness_says_so_and_nothing_is_l
     assert_eq!(http_status(&addr, "/readyz"), 200);
     assert!(agg.terminate().success());
 
-    let unique: BTreeSet<u64> = dump(&config.path, &["--format", "jsonl"])
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
+    let unique: BTreeSet<u64> = stored_seqs(&config.path).into_iter().collect();
     let lost = (1..=N).filter(|s| !unique.contains(s)).count();
     record(
         "storage_full",
