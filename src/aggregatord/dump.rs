@@ -43,6 +43,15 @@ pub fn answer(store: &Store, request: &Request, out: impl Write) -> io::Result<(
     let f = request.format;
     let storage = |e: crate::store::StoreError| io::Error::other(e.to_string());
     match request.what {
+        // The bulk export: written field by field, several times faster than
+        // serde's generic path through the flattened struct.
+        What::Readings if f == Format::Jsonl => {
+            let mut out = BufWriter::new(out);
+            for r in store.select(q) {
+                write_reading_json(&mut out, &r.map_err(storage)?)?;
+            }
+            out.flush()
+        }
         What::Readings => write_rows(
             store.select(q).map(|r| r.map_err(storage)),
             f,
@@ -73,6 +82,46 @@ pub fn answer(store: &Store, request: &Request, out: impl Write) -> io::Result<(
                 stats_fields,
                 out,
             )
+        }
+    }
+}
+
+/// One reading as a JSON line, with the same fields and order as serde would
+/// write for [`StoredReading`].
+fn write_reading_json(out: &mut impl Write, r: &StoredReading) -> io::Result<()> {
+    let json = |out: &mut dyn Write, v: &dyn erased::Json| v.write(out);
+    out.write_all(b"{\"topic\":")?;
+    json(out, &r.topic.as_str())?;
+    out.write_all(b",\"sensor_id\":")?;
+    json(out, &r.reading.sensor_id.as_str())?;
+    out.write_all(b",\"sensor_type\":")?;
+    json(out, &r.reading.sensor_type.as_str())?;
+    out.write_all(b",\"value\":")?;
+    json(out, &r.reading.value)?;
+    out.write_all(b",\"unit\":")?;
+    json(out, &r.reading.unit.as_str())?;
+    write!(out, ",\"timestamp\":\"{}\"", r.reading.timestamp)?;
+    if let Some(seq) = r.reading.seq {
+        write!(out, ",\"seq\":{seq}")?;
+    }
+    writeln!(
+        out,
+        ",\"received_at\":\"{}\",\"qos\":{}}}",
+        r.received_at, r.qos
+    )
+}
+
+/// serde_json's escaping and number formatting, for a few concrete types.
+mod erased {
+    use std::io::{self, Write};
+
+    pub trait Json {
+        fn write(&self, out: &mut dyn Write) -> io::Result<()>;
+    }
+
+    impl<T: serde::Serialize> Json for T {
+        fn write(&self, out: &mut dyn Write) -> io::Result<()> {
+            serde_json::to_writer(out, self).map_err(io::Error::from)
         }
     }
 }
@@ -262,6 +311,34 @@ fn csv_field(f: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_fast_jsonl_path_writes_what_serde_writes() {
+        use crate::contract::{Reading, Timestamp};
+        for seq in [Some(7), None] {
+            let r = super::StoredReading {
+                topic: "b/f/r\"1/temperature/t".into(),
+                reading: Reading {
+                    sensor_id: "t".into(),
+                    sensor_type: "temperature".into(),
+                    value: 20.0,
+                    unit: "celsius".into(),
+                    timestamp: Timestamp::parse("2026-01-24T10:00:00.123456Z").unwrap(),
+                    seq,
+                },
+                received_at: Timestamp::parse("2026-01-24T10:00:01Z").unwrap(),
+                qos: 1,
+            };
+            let mut fast = Vec::new();
+            super::write_reading_json(&mut fast, &r).unwrap();
+            let mut serde = serde_json::to_vec(&r).unwrap();
+            serde.push(b'\n');
+            assert_eq!(
+                String::from_utf8(fast).unwrap(),
+                String::from_utf8(serde).unwrap()
+            );
+        }
+    }
+
     #[test]
     fn csv_quoting() {
         assert_eq!(super::csv_field("plain"), "plain");

@@ -231,6 +231,7 @@ pub fn connect(settings: Settings) -> Result<(Handle, mpsc::Receiver<Event>), Mq
             backlog: std::collections::VecDeque::new(),
             reconnect_to: None,
             disconnect_queued: false,
+            older_than_backlog: 0,
             generation: generation.clone(),
         }
         .run(),

@@ -35,6 +35,9 @@ pub(super) struct Supervisor {
     /// New settings waiting for our DISCONNECT to go out, and whether it is queued.
     pub reconnect_to: Option<(Box<Settings>, Box<rumqttc::MqttOptions>)>,
     pub disconnect_queued: bool,
+    /// How many of the requests rumqttc will hand back after a failure predate
+    /// the backlog (its pending list and in-flight publishes); see `run`.
+    pub older_than_backlog: usize,
     /// Counts connections; a delivery remembers the one it came on (see `Handle::ack`).
     pub generation: Arc<AtomicU64>,
 }
@@ -88,8 +91,14 @@ impl Supervisor {
                 }
             }
             if self.reconnect_to.is_some() && !connected {
-                // The link dropped before our DISCONNECT went out: just apply.
+                // The link dropped before our DISCONNECT went out: just apply, and
+                // make sure that DISCONNECT is not sent on the next connection.
                 if let Some((settings, options)) = self.reconnect_to.take() {
+                    self.eventloop
+                        .pending
+                        .retain(|r| !matches!(r, Request::Disconnect(_)));
+                    self.backlog
+                        .retain(|r| !matches!(r, Request::Disconnect(_)));
                     self.apply(*settings, *options);
                     first_connect = true;
                     backoff.reset();
@@ -100,13 +109,22 @@ impl Supervisor {
             }
             if self.eventloop.network.is_none() {
                 // Reconnecting: rumqttc would drop what it holds if the broker has
-                // no session for us, so hold it ourselves (see `restore`).
-                let held: Vec<Request> = self.eventloop.pending.drain(..).collect();
-                for r in held.into_iter().rev() {
+                // no session for us, so hold it ourselves (see `restore`). Its
+                // `clean()` put what it had pending and in flight first (older than
+                // our backlog), then what was still in the request queue (newer).
+                let mut held: VecDeque<Request> = self.eventloop.pending.drain(..).collect();
+                let older = held
+                    .drain(..self.older_than_backlog.min(held.len()))
+                    .collect::<Vec<_>>();
+                self.backlog.extend(held);
+                for r in older.into_iter().rev() {
                     self.backlog.push_front(r);
                 }
+                self.older_than_backlog = 0;
             } else {
                 self.feed();
+                self.older_than_backlog =
+                    self.eventloop.pending.len() + usize::from(self.eventloop.state.inflight());
             }
             let polled = if connected {
                 self.eventloop.poll().await
@@ -143,7 +161,7 @@ impl Supervisor {
                         }
                     }
                     first_connect = false;
-                    self.publish_birth();
+                    self.publish_birth(ack.session_present);
                     emit(
                         &self.events,
                         Event::Connected {
@@ -176,19 +194,25 @@ impl Supervisor {
                 }
                 Ok(rumqttc::Event::Outgoing(Outgoing::Disconnect)) => {
                     debug!("sent DISCONNECT");
-                    let Some((settings, options)) = self.reconnect_to.take() else {
+                    if closing {
                         break;
-                    };
-                    // Keep what was in flight (see `restore`), drop the socket.
+                    }
+                    // Keep what was in flight (see `restore`), drop the socket,
+                    // reconnect: with new settings if that is why we disconnected.
+                    self.generation.fetch_add(1, Ordering::AcqRel);
                     self.eventloop.clean();
                     self.link.send_replace(Link::Down);
                     connected_at = None;
-                    self.apply(*settings, *options);
+                    if let Some((settings, options)) = self.reconnect_to.take() {
+                        self.apply(*settings, *options);
+                    }
                     first_connect = true;
                     backoff.reset();
                 }
                 Ok(_) => {}
                 Err(e) => {
+                    // Deliveries of the dead connection must not be acked on the next.
+                    self.generation.fetch_add(1, Ordering::AcqRel);
                     let was_up = self.link.send_replace(Link::Down) == Link::Up;
                     if closing {
                         break;
@@ -263,6 +287,9 @@ impl Supervisor {
             .filter(|r| confirmable(r))
             .count();
         let mut room = limit.saturating_sub(usize::from(self.eventloop.state.inflight()) + queued);
+        if self.eventloop.state.collision.is_some() {
+            room = 0; // rumqttc holds one collided publish; another would overwrite it
+        }
         while let Some(front) = self.backlog.front() {
             if confirmable(front) {
                 if room == 0 {
@@ -351,14 +378,20 @@ impl Supervisor {
 
     /// Birth messages jump the queue (rumqttc sends `pending` first), so an
     /// `online` status is never stuck behind a backlog of readings.
-    fn publish_birth(&mut self) {
+    fn publish_birth(&mut self, session_present: bool) {
         for m in self.settings.birth.iter().rev() {
             let mut p = rumqttc::Publish::new(&m.topic, m.qos.into(), m.payload.clone());
             p.retain = m.retain;
             if m.qos != super::Qos::AtMostOnce {
                 self.unconfirmed.enqueued.fetch_add(1, Ordering::AcqRel);
             }
-            self.eventloop.pending.push_front(Request::Publish(p));
+            if session_present {
+                // Resends keep their packet ids; a birth message ahead of them
+                // could take one of those ids. Behind them, `feed` paces it.
+                self.backlog.push_back(Request::Publish(p));
+            } else {
+                self.eventloop.pending.push_front(Request::Publish(p));
+            }
         }
     }
 }

@@ -10,6 +10,7 @@
 //! Durability: sled's background flush is switched off; [`Store::flush`] is the
 //! one place data reaches the disk, and ingest acknowledges only after it.
 
+mod codec;
 mod query;
 
 pub use query::Query;
@@ -139,23 +140,22 @@ impl Store {
         let mut trees = self.trees.write().unwrap_or_else(|p| p.into_inner());
         // Drop ours first: sled's lock on the folder goes with the last handle.
         *trees = None;
-        *trees = Some(Trees::open(&self.path)?);
+        let fresh = Trees::open(&self.path)?;
+        self.rejected_len
+            .store(fresh.rejected.len() as u64, Ordering::Release);
+        *trees = Some(fresh);
         Ok(())
     }
 
     /// Stores a reading unless the same one is already there. Not durable until
     /// [`Store::flush`].
     pub fn insert_reading(&self, r: &StoredReading) -> Result<Inserted, StoreError> {
-        let key = reading_key(&r.topic, r.reading.timestamp, r.reading.seq);
-        let value = serde_json::to_vec(r).map_err(|e| StoreError::Corrupt {
-            key: r.topic.clone(),
-            message: e.to_string(),
-        })?;
-        match self
-            .t()?
-            .readings
-            .compare_and_swap(key, None as Option<&[u8]>, Some(value))?
-        {
+        let key = codec::key(&r.topic, r.reading.timestamp, r.reading.seq);
+        match self.t()?.readings.compare_and_swap(
+            key,
+            None as Option<&[u8]>,
+            Some(codec::encode(r)),
+        )? {
             Ok(()) => Ok(Inserted::New),
             Err(_) => Ok(Inserted::Duplicate),
         }
@@ -184,8 +184,8 @@ impl Store {
             let mut lo = topic?;
             lo.push(0);
             let mut hi = lo.clone();
-            hi.extend_from_slice(&time_key(cutoff.micros()));
-            lo.extend_from_slice(&time_key(i64::MIN));
+            hi.extend_from_slice(&codec::time_key(cutoff.micros()));
+            lo.extend_from_slice(&codec::time_key(i64::MIN));
             for kv in t.readings.range(lo..hi) {
                 if deleted == max {
                     return Ok(deleted);
@@ -204,7 +204,7 @@ impl Store {
         for a in changes {
             let value = encode(a)?;
             let id = t.db.generate_id()?;
-            let mut log_key = time_key(a.time.micros()).to_vec();
+            let mut log_key = codec::time_key(a.time.micros()).to_vec();
             log_key.extend_from_slice(&id.to_be_bytes());
             t.alerts_log.insert(log_key, value.clone())?;
             let active_key = format!("{}\0{}", a.room, a.rule);
@@ -297,14 +297,16 @@ impl Store {
         r: &StoredReading,
     ) -> Result<(Option<StoredReading>, Option<StoredReading>), StoreError> {
         let t = self.t()?;
-        let key = reading_key(&r.topic, r.reading.timestamp, r.reading.seq);
+        let key = codec::key(&r.topic, r.reading.timestamp, r.reading.seq);
         let prefix_len = r.topic.len() + 1;
         let same_topic = |k: &[u8]| k.len() > prefix_len && k[..prefix_len] == key[..prefix_len];
         let get = |kv: Option<Result<(sled::IVec, sled::IVec), sled::Error>>| -> Result<Option<StoredReading>, StoreError> {
             match kv {
                 Some(kv) => {
                     let (k, v) = kv?;
-                    if same_topic(&k) { decode(&k, &v).map(Some) } else { Ok(None) }
+                    // A record that will not decode is passed over, not fatal:
+                    // otherwise one bad record would stall that meter's ingest.
+                    if same_topic(&k) { Ok(decode_reading(&k, &v).ok()) } else { Ok(None) }
                 }
                 None => Ok(None),
             }
@@ -324,6 +326,13 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(value).map_err(|e| StoreError::Corrupt {
         key: String::new(),
         message: e.to_string(),
+    })
+}
+
+fn decode_reading(key: &[u8], value: &[u8]) -> Result<StoredReading, StoreError> {
+    codec::decode(key, value).map_err(|e| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        message: e.into(),
     })
 }
 
@@ -347,21 +356,6 @@ fn open_error(path: &Path, source: sled::Error) -> StoreError {
             source,
         }
     }
-}
-
-fn reading_key(topic: &str, ts: Timestamp, seq: Option<u64>) -> Vec<u8> {
-    let mut key = Vec::with_capacity(topic.len() + 17);
-    key.extend_from_slice(topic.as_bytes());
-    // MQTT topics cannot contain U+0000, so this cannot be part of a topic.
-    key.push(0);
-    key.extend_from_slice(&time_key(ts.micros()));
-    key.extend_from_slice(&seq.unwrap_or(0).to_be_bytes());
-    key
-}
-
-/// Big-endian with the sign bit flipped, so that byte order is time order.
-fn time_key(micros: i64) -> [u8; 8] {
-    ((micros as u64) ^ (1 << 63)).to_be_bytes()
 }
 
 #[cfg(test)]

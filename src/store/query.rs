@@ -3,7 +3,8 @@
 //! contiguous run, in time order: we visit topics one by one, skip those that do
 //! not match, and within a matching topic seek straight to the time window.
 
-use super::{decode, time_key, StoreError, StoredReading};
+use super::codec::time_key;
+use super::{decode_reading, StoreError, StoredReading};
 use crate::contract::{topic, Timestamp};
 use serde::{Deserialize, Serialize};
 
@@ -138,7 +139,7 @@ impl Iterator for Select<'_> {
                 match run.next() {
                     Some(Ok((k, v))) => {
                         self.taken += 1;
-                        return Some(decode(&k, &v));
+                        return Some(decode_reading(&k, &v));
                     }
                     Some(Err(e)) => return Some(Err(e.into())),
                     None => self.run = None,
