@@ -33,6 +33,19 @@ need_pip() {
     exit 69
 }
 
+# A Python module from PyPI: installed with pip when it cannot be imported.
+need_pymodule() {
+    local module=$1 pkg=$2
+    python3 -c "import $module" 2>/dev/null && return 0
+    if command -v pip3 >/dev/null 2>&1 || command -v pip >/dev/null 2>&1; then
+        echo "installing $pkg with pip" >&2
+        "$(command -v pip3 || command -v pip)" install -q "$pkg" >&2
+    fi
+    python3 -c "import $module" 2>/dev/null && return 0
+    echo "missing Python module $module; install with: pip install $pkg" >&2
+    exit 69
+}
+
 need_cargo() {
     command -v cargo >/dev/null 2>&1 && return 0
     echo "cargo not found: install Rust from https://rustup.rs (then open a new shell)" >&2

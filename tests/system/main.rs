@@ -4,6 +4,7 @@
 mod harness;
 
 mod aggregatord;
+mod bench;
 mod config;
 mod dashboard;
 mod deploy;

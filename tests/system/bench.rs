@@ -1,0 +1,56 @@
+//! The benchmark scripts, run tiny, so they keep working (numbers are not
+//! checked here: benchmarks are run on demand; see BENCHMARKS.md).
+
+use crate::harness::*;
+use std::path::Path;
+use std::process::Command;
+
+fn bench(script: &str, args: &[&str]) -> String {
+    require_mosquitto();
+    let bin = Path::new(SENSORD).parent().unwrap();
+    let out = Command::new(format!("{REPO}/bench/{script}"))
+        .args(args)
+        .env("BENCH_BIN", bin)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "bench/{script} failed:\n{text}");
+    text
+}
+
+#[test]
+fn drain_runs_and_reports_all_three() {
+    let text = bench("drain", &["2000"]);
+    for who in [
+        "aggregatord (fsync before ack)",
+        "mosquitto_sub",
+        "paho-mqtt + SQLite",
+    ] {
+        assert!(text.contains(who), "{who} missing:\n{text}");
+    }
+}
+
+#[test]
+fn storage_runs_and_dumps_every_row() {
+    let text = bench("storage", &["3000"]);
+    assert!(text.contains("3000 readings (3000 dumped)"), "{text}");
+}
+
+#[test]
+fn sensord_footprint_runs() {
+    let text = bench("sensord", &["1"]);
+    assert!(
+        text.contains("1,000 readings/s:") && text.contains("idle"),
+        "{text}"
+    );
+}
+
+#[test]
+fn latency_runs() {
+    let text = bench("latency", &["500", "1"]);
+    assert!(text.contains("publish -> received: p50"), "{text}");
+}
