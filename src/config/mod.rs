@@ -146,7 +146,7 @@ fn parse<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigError>
     let de = yaml_serde::Deserializer::from_str(text);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let key = match e.path().to_string() {
-            p if p == "." => "(top level)".to_owned(),
+            p if p.is_empty() || p == "." => "(top level)".to_owned(),
             p => p,
         };
         let inner = e.into_inner();
@@ -293,6 +293,18 @@ pub(crate) fn resolve(base: &Path, path: &mut PathBuf) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_before_any_key_still_names_one() {
+        // Found by the `config` fuzz target: a lone YAML indicator.
+        for text in ["?", "- [", ": x"] {
+            match parse::<crate::config::SensordConfig>(Path::new("f.yaml"), text) {
+                Err(ConfigError::Invalid { key, .. }) => assert!(!key.is_empty(), "{text:?}"),
+                Err(other) => panic!("{text:?}: {other}"),
+                Ok(_) => panic!("{text:?} parsed"),
+            }
+        }
+    }
 
     #[test]
     fn locates_block_and_flow_keys() {
