@@ -20,12 +20,15 @@ struct Cli {
     /// With --dry-run: simulate this much time (e.g. 24h) as fast as possible.
     #[arg(long, requires = "dry_run", value_parser = humantime::parse_duration)]
     simulate: Option<std::time::Duration>,
+    /// With --simulate: start the simulated time here (RFC 3339), not now.
+    #[arg(long, requires = "simulate", value_parser = roomsense::contract::Timestamp::parse)]
+    from: Option<roomsense::contract::Timestamp>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = if cli.dry_run {
-        roomsense::sensord::dry_run(&cli.config, cli.simulate)
+        roomsense::sensord::dry_run(&cli.config, cli.simulate, cli.from)
     } else {
         roomsense::sensord::main(&cli.config, cli.check_config)
     };

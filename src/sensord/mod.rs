@@ -42,7 +42,14 @@ pub fn main(config_path: &Path, check_only: bool) -> anyhow::Result<()> {
 
 /// `sensord --dry-run`: readings as JSON lines on stdout, no broker. In real time
 /// until Ctrl-C, or, with `simulate`, that much simulated time as fast as possible.
-pub fn dry_run(config_path: &Path, simulate: Option<Duration>) -> anyhow::Result<()> {
+///
+/// `from` sets where a simulation starts (default: now); with `room.seed` the
+/// output is then the same on every run.
+pub fn dry_run(
+    config_path: &Path,
+    simulate: Option<Duration>,
+    from: Option<Timestamp>,
+) -> anyhow::Result<()> {
     let config: SensordConfig = config::load(config_path)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -55,7 +62,7 @@ pub fn dry_run(config_path: &Path, simulate: Option<Duration>) -> anyhow::Result
         };
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());
         let mut failed = None;
-        drive(&config, clock, &stop, |sensor, topic, reading| {
+        drive(&config, from, clock, &stop, |sensor, topic, reading| {
             #[derive(serde::Serialize)]
             struct Line<'a> {
                 topic: &'a str,
@@ -114,8 +121,8 @@ struct Driver {
 }
 
 impl Driver {
-    fn new(config: SensordConfig) -> Driver {
-        let started_at = Utc::now();
+    fn new(config: SensordConfig, start: Option<Timestamp>) -> Driver {
+        let started_at = start.map_or_else(Utc::now, |t| t.0);
         let node = Node::new(&config, started_at);
         let mut d = Driver {
             timetable: Timetable::new(Vec::new(), fastrand::Rng::new()),
@@ -181,11 +188,12 @@ impl Driver {
 /// handing each reading to `emit` with its sensor and topic.
 async fn drive(
     config: &SensordConfig,
+    from: Option<Timestamp>,
     clock: Clock,
     stop: &CancellationToken,
     mut emit: impl FnMut(&SensorConfig, &str, Reading),
 ) {
-    let mut driver = Driver::new(config.clone());
+    let mut driver = Driver::new(config.clone(), from);
     loop {
         let next = tokio::select! {
             _ = stop.cancelled() => return,
@@ -281,7 +289,7 @@ pub async fn run(config: SensordConfig, config_path: std::path::PathBuf) -> anyh
     let (outbox_tx, outbox_rx) = mpsc::channel(OUTBOX_QUEUE);
     let mut outbox = tokio::spawn(Outbox::new(mqtt.clone(), config.offline_buffer).run(outbox_rx));
 
-    let mut driver = Driver::new(config);
+    let mut driver = Driver::new(config, None);
     let mut outbox_full = 0u64;
     let mut made = 0u64;
     let mut watchdog = daemon::Watchdog::new();

@@ -115,6 +115,7 @@ fn ten_kill_9s_during_20000_qos1_readings_lose_nothing_and_store_nothing_twice()
     agg.log
         .wait_for(&["stored reading", &format!("seq=Some({N})")]);
     assert!(agg.terminate().success());
+    agg.log.wait_for(&["aggregatord stopped"]);
     redelivered += agg.log.text().matches("duplicate reading").count();
 
     let rows: Vec<u64> = stored_seqs(&config.path).into_iter().collect();

@@ -132,11 +132,9 @@ fn a_private_key_readable_by_others_is_refused_like_ssh_does() {
     let (_config, mut sensord) = sensord_with(broker.port, &pki);
     let status = sensord.wait();
     assert_eq!(status.code(), Some(78), "a config problem: exit 78");
-    let err = sensord.log.text();
-    assert!(
-        err.contains("readable by group or others") && err.contains("chmod 600"),
-        "{err}"
-    );
+    // Waited for, not read at once: the exit can overtake the log reader.
+    let err = sensord.log.wait_for(&["readable by group or others"]);
+    assert!(err.contains("chmod 600"), "{err}");
     record(
         "key_permissions",
         "Client private key left mode 0644",

@@ -116,6 +116,8 @@ fn outage(offline_buffer: usize, buffered: usize) -> Outage {
     sensord.log.wait_for_nth(&["connected broker="], 2);
     agg.log.wait_for_nth(&[INGEST_CONNECTED], 2);
     assert!(sensord.terminate().success());
+    // Its last line: once it is read, every reading line before it is too.
+    sensord.log.wait_for(&["sensord stopped"]);
     // Everything sensord sent was confirmed by the broker before it exited, and
     // aggregatord's session queues it: wait until the last reading is stored.
     for (topic, seqs) in made(&sensord.log) {
@@ -314,7 +316,14 @@ fn dry_run_prints_readings_without_a_broker_the_same_for_the_same_seed() {
         let config = write_config(&yaml);
         stdout_of(
             Command::new(SENSORD)
-                .args(["--dry-run", "--simulate", "1h", "--config"])
+                .args([
+                    "--dry-run",
+                    "--simulate",
+                    "1h",
+                    "--from",
+                    "2026-01-05T06:00:00Z",
+                    "--config",
+                ])
                 .arg(&config.path),
         )
         .lines()
