@@ -223,3 +223,58 @@ fn in_a_real_browser_values_change_live_alerts_appear_and_a_lost_node_goes_offli
     );
     let _ = &s.broker;
 }
+
+/// Reads Server-Sent Events from `/events` until `n` data lines have arrived.
+fn events(addr: &str, n: usize) -> Vec<serde_json::Value> {
+    use std::io::BufRead;
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    write!(
+        s,
+        "GET /events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    for line in std::io::BufReader::new(s).lines() {
+        let line = line.expect("event stream line");
+        if let Some(data) = line.strip_prefix("data:") {
+            out.push(serde_json::from_str(data.trim()).expect("event JSON"));
+            if out.len() == n {
+                break;
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_browser_that_connects_gets_one_snapshot_then_small_changes() {
+    let s = site("", "");
+    let wanted = 6;
+    for attempt in 0..2 {
+        // Connecting twice is reconnecting: each time a snapshot first, then deltas.
+        let got = events(&s.addr, wanted);
+        assert_eq!(
+            got[0]["type"], "snapshot",
+            "attempt {attempt}: {:?}",
+            got[0]
+        );
+        let temp = got[0]["data"]["sensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["topic"] == TEMP)
+            .cloned();
+        assert!(
+            temp.is_some_and(|t| t["spark"].as_array().is_some_and(|p| !p.is_empty())),
+            "the snapshot carries sparklines"
+        );
+        let deltas = &got[1..];
+        assert!(deltas.iter().any(|e| e["type"] == "reading"), "{deltas:?}");
+        for e in deltas.iter().filter(|e| e["type"] == "reading") {
+            // One new point, never the series again.
+            assert!(e["data"].get("spark").is_none(), "{e}");
+            assert_eq!(e["data"]["point"].as_array().map(Vec::len), Some(2), "{e}");
+        }
+    }
+}

@@ -217,3 +217,38 @@ fn both_daemons_speak_the_systemd_notify_protocol() {
     let agg_config = write_config(&aggregatord_yaml(&broker, &pki, storage.path()));
     notify_protocol(AGGREGATORD, &agg_config.path);
 }
+
+#[test]
+fn log_lines_are_json_when_configured() {
+    let pki = Pki::new(&["room101"]);
+    let broker = Broker::start(&pki);
+    let yaml = sensord_yaml(
+        &broker,
+        &pki,
+        "room101",
+        PREFIX,
+        &[("t", "temperature", "100ms", 0)],
+    )
+    .replace("sensors:\n", "log: { format: json }\nsensors:\n");
+    let config = write_config(&yaml);
+    let mut sensord = Proc::spawn(
+        "sensord",
+        std::process::Command::new(SENSORD)
+            .arg("--config")
+            .arg(&config.path)
+            .env_remove("RUST_LOG")
+            .env_remove("JOURNAL_STREAM"),
+    );
+    let line = sensord.log.wait_for(&["connected"]);
+    let v: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    assert_eq!(v["level"], "INFO");
+    assert_eq!(v["message"], "connected");
+    assert!(
+        v["broker"]
+            .as_str()
+            .is_some_and(|b| b.starts_with("localhost:")),
+        "structured fields: {v}"
+    );
+    assert!(sensord.terminate().success());
+}
