@@ -294,15 +294,18 @@ pub async fn run(config: SensordConfig, config_path: std::path::PathBuf) -> anyh
     let mut made = 0u64;
     let mut watchdog = daemon::Watchdog::new();
     let mut status_every = tokio::time::interval(STATUS_EVERY);
-    let status_line = |mqtt: &Handle, made: u64| {
-        format!(
-            "{}; {made} readings made",
-            if mqtt.is_connected() {
-                "connected"
-            } else {
-                "not connected"
-            }
-        )
+    // For systemd's STATUS=: connection state, and readings per second since
+    // the previous line.
+    let mut last_status = (tokio::time::Instant::now(), 0u64);
+    let mut status_line = |mqtt: &Handle, made: u64| {
+        let (at, before) = std::mem::replace(&mut last_status, (tokio::time::Instant::now(), made));
+        let rate = (made - before) as f64 / at.elapsed().as_secs_f64().max(0.001);
+        let link = if mqtt.is_connected() {
+            "connected"
+        } else {
+            "not connected"
+        };
+        format!("{link}; {rate:.1} readings/s; {made} made")
     };
     daemon::notify_ready(&status_line(&mqtt, made));
     loop {
