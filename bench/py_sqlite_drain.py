@@ -2,7 +2,7 @@
 """The course brief's stack, for comparison: paho-mqtt subscriber that stores
 readings in SQLite, committing in batches. Drains N messages from a persistent
 session, then exits.  usage: py_sqlite_drain.py PORT PKI_DIR DB N [--register]"""
-import json, sqlite3, ssl, sys, time
+import json, os, sqlite3, ssl, sys, time
 import paho.mqtt.client as mqtt
 
 port, pki, db_path, n = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
@@ -20,7 +20,7 @@ def flush():
     batch, last_commit = [], time.monotonic()
 
 def on_connect(client, userdata, flags, rc, props=None):
-    client.subscribe("building/#", qos=1)
+    client.subscribe("building/#", qos=int(os.environ.get("QOS", "1")))
 
 def on_subscribe(client, *args):
     if register:
