@@ -284,7 +284,8 @@ impl Ingest {
             )),
         };
         if let Err(rejection) = outcome {
-            batch.rejected.push(self.reject(
+            self.note_rejection(delivery.topic(), &rejection);
+            batch.rejected.push(rejected_message(
                 delivery.topic(),
                 delivery.payload(),
                 rejection,
@@ -294,24 +295,11 @@ impl Ingest {
         batch.acks.push(delivery);
     }
 
-    /// Counts and logs (rate-limited) a refused message; returns its record.
-    fn reject(
-        &mut self,
-        topic: &str,
-        payload: &[u8],
-        r: Rejection,
-        received_at: Timestamp,
-    ) -> RejectedMessage {
+    /// Counts and logs (rate-limited) a refused message.
+    fn note_rejection(&mut self, topic: &str, r: &Rejection) {
         let total = self.metrics.reject(r.reason);
         if let Some(suppressed) = self.log_limit.allow(r.reason) {
             warn!(topic, reason = %r.reason, detail = %r.detail, total, suppressed, "rejected message");
-        }
-        RejectedMessage {
-            topic: topic.to_owned(),
-            reason: r.reason.to_string(),
-            detail: r.detail,
-            received_at,
-            payload: String::from_utf8_lossy(&payload[..payload.len().min(1024)]).into_owned(),
         }
     }
 
@@ -367,7 +355,15 @@ impl Ingest {
                             }
                         }
                     }
-                    Outcome::Refused(why) => refused.push(rejection_record(r, why)),
+                    Outcome::Refused(why) => {
+                        let payload = serde_json::to_vec(&r.reading).unwrap_or_default();
+                        refused.push(rejected_message(
+                            &r.topic,
+                            &payload,
+                            why.clone(),
+                            r.received_at,
+                        ));
+                    }
                     Outcome::Stored(Inserted::Duplicate) => {}
                 }
             }
@@ -429,10 +425,7 @@ impl Ingest {
                 self.metrics.duplicates.fetch_add(1, Relaxed);
                 debug!(topic = %r.topic, seq = ?r.reading.seq, "duplicate reading");
             }
-            Outcome::Refused(refusal) => {
-                let payload = serde_json::to_vec(&r.reading).unwrap_or_default();
-                self.reject(&r.topic, &payload, refusal, r.received_at);
-            }
+            Outcome::Refused(refusal) => self.note_rejection(&r.topic, &refusal),
         }
     }
 
@@ -499,14 +492,20 @@ impl Ingest {
     }
 }
 
-/// The stored record of a reading refused against storage (its meter check).
-fn rejection_record(r: &StoredReading, why: &Rejection) -> RejectedMessage {
+/// What is kept of a refused message for `dump --rejected`: the payload as it
+/// came, lossily decoded and cut to 1 KiB.
+fn rejected_message(
+    topic: &str,
+    payload: &[u8],
+    r: Rejection,
+    received_at: Timestamp,
+) -> RejectedMessage {
     RejectedMessage {
-        topic: r.topic.clone(),
-        reason: why.reason.to_string(),
-        detail: why.detail.clone(),
-        received_at: r.received_at,
-        payload: serde_json::to_string(&r.reading).unwrap_or_default(),
+        topic: topic.to_owned(),
+        reason: r.reason.to_string(),
+        detail: r.detail,
+        received_at,
+        payload: String::from_utf8_lossy(&payload[..payload.len().min(1024)]).into_owned(),
     }
 }
 

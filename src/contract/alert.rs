@@ -44,6 +44,6 @@ impl fmt::Display for AlertState {
 
 impl Alert {
     pub fn topic(&self) -> String {
-        format!("{}/alerts/{}", self.room, self.rule)
+        super::topic::alert(&self.room, &self.rule)
     }
 }

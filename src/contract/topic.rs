@@ -16,7 +16,7 @@ pub fn status(prefix: &TopicPrefix) -> String {
     format!("{prefix}/status")
 }
 
-pub fn alert(prefix: &TopicPrefix, rule: &Ident) -> String {
+pub fn alert(prefix: &str, rule: &str) -> String {
     format!("{prefix}/alerts/{rule}")
 }
 

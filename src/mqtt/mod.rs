@@ -120,9 +120,6 @@ impl Delivery {
     pub fn qos(&self) -> Qos {
         self.publish.qos.into()
     }
-    pub fn retain(&self) -> bool {
-        self.publish.retain
-    }
 }
 
 /// Connection state, as last seen by the supervisor.

@@ -156,8 +156,8 @@ impl Driver {
     /// New sensors or room, live: no reconnect, and surviving sensors keep their seq.
     fn reconfigure(&mut self, config: SensordConfig) {
         let room_changed = config.room != self.config.room;
-        let node = std::mem::replace(&mut self.node, Node::new(&config, self.started_at));
-        self.node = node.reconfigure(&config, room_changed, self.started_at);
+        self.node
+            .reconfigure(&config, room_changed, self.started_at);
         self.config = config;
         self.plan();
     }

@@ -40,27 +40,33 @@ impl Node {
     /// config is unchanged, and a sensor that keeps its id and type keeps its
     /// `seq` and state, so a reload does not look like a restart.
     pub fn reconfigure(
-        self,
+        &mut self,
         config: &SensordConfig,
         room_changed: bool,
         started: DateTime<Utc>,
-    ) -> Node {
-        let mut fresh = Node::new(config, started);
-        if !room_changed {
-            fresh.room = self.room;
+    ) {
+        let fresh = Node::new(config, started);
+        if room_changed {
+            self.room = fresh.room;
         }
-        let mut old: Vec<Sensor> = self.sensors;
-        for s in &mut fresh.sensors {
-            let same = |o: &Sensor| {
-                o.config.id == s.config.id && o.config.sensor_type == s.config.sensor_type
-            };
-            if let Some(i) = old.iter().position(same) {
-                let mut kept = old.swap_remove(i);
-                kept.config = s.config.clone();
-                *s = kept;
-            }
-        }
-        fresh
+        let mut old = std::mem::take(&mut self.sensors);
+        self.sensors = fresh
+            .sensors
+            .into_iter()
+            .map(|s| {
+                let same = |o: &Sensor| {
+                    o.config.id == s.config.id && o.config.sensor_type == s.config.sensor_type
+                };
+                match old.iter().position(same) {
+                    Some(i) => {
+                        let mut kept = old.swap_remove(i);
+                        kept.config = s.config;
+                        kept
+                    }
+                    None => s,
+                }
+            })
+            .collect();
     }
 
     /// Sensor `index`'s reading at `now`, if one is due.
