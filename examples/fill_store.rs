@@ -22,6 +22,7 @@ fn main() -> anyhow::Result<()> {
         ("motion", "boolean"),
     ];
     let t0 = 1_790_000_000_000i64;
+    let mut writer = None;
     for i in 0..n {
         let room = i % 30;
         let (kind, unit) = kinds[(i / 30 % 6) as usize];
@@ -45,7 +46,18 @@ fn main() -> anyhow::Result<()> {
             received_at: ts,
             qos: 1,
         };
-        store.insert_reading(&r)?;
+        if writer.is_none() {
+            writer = Some(store.reading_writer()?);
+        }
+        if let Some(w) = &mut writer {
+            w.insert(&r)?;
+        }
+        // Batches as ingest makes them under load.
+        if i % 500 == 499 {
+            if let Some(w) = writer.take() {
+                w.finish()?;
+            }
+        }
         writeln!(
             out,
             "{},{},{},{},{},{},{},{},{}",
@@ -62,6 +74,9 @@ fn main() -> anyhow::Result<()> {
         if i % 100_000 == 99_999 {
             store.flush()?;
         }
+    }
+    if let Some(w) = writer.take() {
+        w.finish()?;
     }
     store.flush()?;
     Ok(())

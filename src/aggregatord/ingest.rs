@@ -17,7 +17,7 @@ use crate::contract::{
 };
 use crate::daemon::{RateLimit, Signals};
 use crate::mqtt::{Delivery, Event, Handle};
-use crate::store::{Inserted, RejectedMessage, Store, StoreError, StoredReading};
+use crate::store::{Inserted, ReadingWriter, RejectedMessage, Store, StoreError, StoredReading};
 use anyhow::Context;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -327,12 +327,14 @@ impl Ingest {
             let (store, batch) = (self.store.clone(), readings.clone());
             let attempt = tokio::task::spawn_blocking(move || {
                 let mut outcomes = Vec::with_capacity(batch.len());
+                let mut writer = store.reading_writer()?;
                 for r in batch.iter() {
-                    outcomes.push(match meter_check(&store, r)? {
+                    outcomes.push(match meter_check(&writer, r)? {
                         Some(refusal) => Outcome::Refused(refusal),
-                        None => Outcome::Stored(store.insert_reading(r)?),
+                        None => Outcome::Stored(writer.insert(r)?),
                     });
                 }
+                writer.finish()?;
                 Ok::<_, StoreError>(outcomes)
             })
             .await
@@ -511,7 +513,7 @@ fn rejected_message(
 
 /// An energy meter only counts up: a reading below the one before it (or above
 /// the one after it) in that sensor's stored history is refused.
-fn meter_check(store: &Store, r: &StoredReading) -> Result<Option<Rejection>, StoreError> {
+fn meter_check(store: &ReadingWriter, r: &StoredReading) -> Result<Option<Rejection>, StoreError> {
     if r.reading.sensor_type != SensorType::Energy.as_str() {
         return Ok(None);
     }

@@ -1,7 +1,6 @@
-//! How a reading is laid out on disk. The key already holds the topic, the
-//! timestamp and the seq; the topic implies the sensor id, type and unit. So the
-//! value holds only what is left: 19 bytes for a reading that follows the
-//! contract, against ~220 as JSON.
+//! The one-key-per-reading layout of earlier versions, kept to read old
+//! databases: `Trees::migrate` moves them into chunks (`chunk.rs`) on open.
+//! (Writing it is kept for the tests that build such a database.)
 //!
 //! ```text
 //! key:   topic 0x00 | timestamp µs (8, big-endian, sign flipped) | seq (8, big-endian)
@@ -22,6 +21,7 @@ const SENSOR_TYPE: u8 = 8;
 /// Timestamp (8) and seq (8) after the topic and its 0x00.
 const KEY_TAIL: usize = 17;
 
+#[cfg(test)]
 pub(super) fn key(topic: &str, ts: Timestamp, seq: Option<u64>) -> Vec<u8> {
     let mut key = Vec::with_capacity(topic.len() + KEY_TAIL);
     key.extend_from_slice(topic.as_bytes());
@@ -52,6 +52,7 @@ fn implied(t: &str) -> (Option<&str>, Option<&str>, Option<&'static str>) {
     }
 }
 
+#[cfg(test)]
 pub(super) fn encode(r: &StoredReading) -> Vec<u8> {
     let (id, ty, unit) = implied(&r.topic);
     let mut flags = if r.reading.seq.is_some() { HAS_SEQ } else { 0 };

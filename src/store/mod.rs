@@ -1,19 +1,24 @@
 //! Durable storage of readings. This is the only module that knows sled.
 //!
 //! Layout (one sled tree each):
-//! - `readings`: key = topic, 0x00, timestamp (µs, big-endian, sign-flipped), seq
-//!   (big-endian; 0 when the reading had none). So one sensor's history is a
-//!   prefix range scan in time order, and a redelivered reading lands on the
-//!   same key: storing is idempotent.
+//! - `topic_ids`, `topic_names`, `chunks`: the readings, each topic's history in
+//!   time order, many readings per sled value (`readings.rs`, `chunk.rs`). A
+//!   reading's identity is (topic, timestamp, seq): storing is idempotent.
 //! - `rejected`: the latest [`REJECTED_KEEP`] refused messages, for inspection.
+//! - `alerts_*`: active alerts, their history, and the publish outbox.
+//! - `readings`: the one-key-per-reading layout of earlier versions (`codec.rs`),
+//!   moved into chunks when the store is opened.
 //!
 //! Durability: sled's background flush is switched off; [`Store::flush`] is the
 //! one place data reaches the disk, and ingest acknowledges only after it.
 
+mod chunk;
 mod codec;
 mod query;
+mod readings;
 
 pub use query::Query;
+pub use readings::ReadingWriter;
 
 use crate::contract::{Alert, AlertState, Reading, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -81,7 +86,7 @@ pub struct Store {
 #[derive(Clone)]
 struct Trees {
     db: sled::Db,
-    readings: sled::Tree,
+    readings: readings::Readings,
     rejected: sled::Tree,
     /// room 0x00 rule → the active (raised) alert.
     alerts_active: sled::Tree,
@@ -100,14 +105,54 @@ impl Trees {
             .flush_every_ms(None)
             .open()
             .map_err(|source| open_error(path, source))?;
-        Ok(Trees {
-            readings: db.open_tree("readings")?,
+        let trees = Trees {
+            readings: readings::Readings::open(&db)?,
             rejected: db.open_tree("rejected")?,
             alerts_active: db.open_tree("alerts_active")?,
             alerts_log: db.open_tree("alerts_log")?,
             alerts_outbox: db.open_tree("alerts_outbox")?,
             db,
-        })
+        };
+        trees.migrate()?;
+        Ok(trees)
+    }
+
+    /// Moves readings stored one per key (before chunks) into chunks, then
+    /// drops the old tree. Idempotent, so a crash part way is harmless: the
+    /// next open carries on, and what was moved already counts as duplicate.
+    fn migrate(&self) -> Result<(), StoreError> {
+        const OLD: &[u8] = b"readings";
+        if !self.db.tree_names().iter().any(|n| n == OLD) {
+            return Ok(());
+        }
+        let old = self.db.open_tree(OLD)?;
+        let (mut moved, mut unreadable) = (0u64, 0u64);
+        let mut writer = self.readings.writer();
+        for kv in old.iter() {
+            let (k, v) = kv?;
+            match codec::decode(&k, &v) {
+                Ok(r) => {
+                    writer.insert(&r)?;
+                    moved += 1;
+                    if moved % 10_000 == 0 {
+                        std::mem::replace(&mut writer, self.readings.writer()).finish()?;
+                    }
+                }
+                Err(e) => {
+                    unreadable += 1;
+                    tracing::warn!(key = %String::from_utf8_lossy(&k), error = e.0, "unreadable old reading left out of the migration");
+                }
+            }
+        }
+        writer.finish()?;
+        self.db.flush()?;
+        drop(old);
+        self.db.drop_tree(OLD)?;
+        self.db.flush()?;
+        if moved + unreadable > 0 {
+            tracing::info!(moved, unreadable, "readings moved to the chunked layout");
+        }
+        Ok(())
     }
 }
 
@@ -147,18 +192,18 @@ impl Store {
         Ok(())
     }
 
-    /// Stores a reading unless the same one is already there. Not durable until
-    /// [`Store::flush`].
+    /// Stores a batch of readings: [`ReadingWriter::insert`] each, then
+    /// [`ReadingWriter::finish`]. Not durable until [`Store::flush`].
+    pub fn reading_writer(&self) -> Result<ReadingWriter, StoreError> {
+        Ok(self.t()?.readings.writer())
+    }
+
+    /// Stores one reading unless the same one is already there (a batch of one).
     pub fn insert_reading(&self, r: &StoredReading) -> Result<Inserted, StoreError> {
-        let key = codec::key(&r.topic, r.reading.timestamp, r.reading.seq);
-        match self.t()?.readings.compare_and_swap(
-            key,
-            None as Option<&[u8]>,
-            Some(codec::encode(r)),
-        )? {
-            Ok(()) => Ok(Inserted::New),
-            Err(_) => Ok(Inserted::Duplicate),
-        }
+        let mut w = self.reading_writer()?;
+        let inserted = w.insert(r)?;
+        w.finish()?;
+        Ok(inserted)
     }
 
     pub fn insert_rejected(&self, r: &RejectedMessage) -> Result<(), StoreError> {
@@ -176,25 +221,9 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes up to `max` readings timestamped before `cutoff`; returns how many.
+    /// Deletes about `max` readings timestamped before `cutoff`; returns how many.
     pub fn expire(&self, cutoff: Timestamp, max: usize) -> Result<usize, StoreError> {
-        let t = self.t()?;
-        let mut deleted = 0;
-        for topic in query::topics(&t.readings) {
-            let mut lo = topic?;
-            lo.push(0);
-            let mut hi = lo.clone();
-            hi.extend_from_slice(&codec::time_key(cutoff.micros()));
-            lo.extend_from_slice(&codec::time_key(i64::MIN));
-            for kv in t.readings.range(lo..hi) {
-                if deleted == max {
-                    return Ok(deleted);
-                }
-                t.readings.remove(kv?.0)?;
-                deleted += 1;
-            }
-        }
-        Ok(deleted)
+        self.t()?.readings.expire(cutoff, max)
     }
 
     /// Records alert changes: history, active set, and the publish outbox, all in
@@ -285,35 +314,9 @@ impl Store {
         query: &'a Query,
     ) -> Box<dyn Iterator<Item = Result<StoredReading, StoreError>> + 'a> {
         match self.t() {
-            Ok(t) => Box::new(query::Select::new(t.readings, query)),
+            Ok(t) => Box::new(t.readings.select(query)),
             Err(e) => Box::new(std::iter::once(Err(e))),
         }
-    }
-
-    /// The stored readings just before and just after `r`'s place in its
-    /// sensor's history (a reading already stored counts as "after").
-    pub fn neighbours(
-        &self,
-        r: &StoredReading,
-    ) -> Result<(Option<StoredReading>, Option<StoredReading>), StoreError> {
-        let t = self.t()?;
-        let key = codec::key(&r.topic, r.reading.timestamp, r.reading.seq);
-        let prefix_len = r.topic.len() + 1;
-        let same_topic = |k: &[u8]| k.len() > prefix_len && k[..prefix_len] == key[..prefix_len];
-        let get = |kv: Option<Result<(sled::IVec, sled::IVec), sled::Error>>| -> Result<Option<StoredReading>, StoreError> {
-            match kv {
-                Some(kv) => {
-                    let (k, v) = kv?;
-                    // A record that will not decode is passed over, not fatal:
-                    // otherwise one bad record would stall that meter's ingest.
-                    if same_topic(&k) { Ok(decode_reading(&k, &v).ok()) } else { Ok(None) }
-                }
-                None => Ok(None),
-            }
-        };
-        let before = get(t.readings.range(..key.clone()).next_back())?;
-        let after = get(t.readings.range(key.clone()..).next())?;
-        Ok((before, after))
     }
 
     /// Rejected messages, oldest first.
@@ -326,13 +329,6 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(value).map_err(|e| StoreError::Corrupt {
         key: String::new(),
         message: e.to_string(),
-    })
-}
-
-fn decode_reading(key: &[u8], value: &[u8]) -> Result<StoredReading, StoreError> {
-    codec::decode(key, value).map_err(|e| StoreError::Corrupt {
-        key: String::from_utf8_lossy(key).into_owned(),
-        message: e.into(),
     })
 }
 
@@ -399,6 +395,49 @@ mod tests {
     }
 
     #[test]
+    fn moves_the_old_one_key_per_reading_layout_into_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = "building/floor1/room101/temperature/temp_001";
+        let old: Vec<_> = (1..=150)
+            .map(|i| {
+                let mut r = reading(t, "2026-01-01T00:00:00Z", i);
+                r.reading.sensor_id = "temp_001".into();
+                r.reading.timestamp =
+                    Timestamp::from_micros(1_767_225_600_000_000 + i as i64 * 1000).unwrap();
+                r
+            })
+            .collect();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let tree = db.open_tree("readings").unwrap();
+            for (i, r) in old.iter().enumerate() {
+                let k = codec::key(&r.topic, r.reading.timestamp, r.reading.seq);
+                // The oldest versions stored JSON.
+                let v = if i % 2 == 0 {
+                    codec::encode(r)
+                } else {
+                    serde_json::to_vec(r).unwrap()
+                };
+                tree.insert(k, v).unwrap();
+            }
+            tree.insert("garbage", "x").unwrap();
+            db.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let all: Vec<_> = store
+            .select(&Query::default())
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(all, old);
+        let names = store.t().unwrap().db.tree_names();
+        assert!(!names.iter().any(|n| n == b"readings"));
+        assert_eq!(store.insert_reading(&old[9]).unwrap(), Inserted::Duplicate);
+        drop(store);
+        let again = Store::open(dir.path()).unwrap();
+        assert_eq!(again.select(&Query::default()).count(), old.len());
+    }
+
+    #[test]
     fn rejected_is_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
@@ -426,6 +465,185 @@ mod tests {
             Err(StoreError::Locked { .. }) => {}
             Err(other) => panic!("expected Locked, got {other}"),
             Ok(_) => panic!("expected Locked, opened twice"),
+        }
+    }
+}
+
+/// The store against a model (a sorted map) under random batches of new,
+/// late, redelivered and expired readings, and reopens: what is stored, what
+/// counts as a duplicate, and what the meter check sees as neighbours must all
+/// agree.
+#[cfg(test)]
+mod model {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    const TOPICS: [&str; 3] = [
+        "building/floor1/room101/temperature/temp_001",
+        "building/floor1/room101/energy/meter_1",
+        "odd/x/y",
+    ];
+    const T0: i64 = 1_790_000_000_000_000;
+    const SECOND: i64 = 1_000_000;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert {
+            topic: usize,
+            time: i64,
+            seq: Option<u64>,
+            odd_unit: bool,
+        },
+        EndBatch,
+        Expire(i64),
+        Reopen,
+    }
+
+    fn ops() -> impl Strategy<Value = Vec<Op>> {
+        let insert = (
+            0..TOPICS.len(),
+            0i64..400,
+            prop::option::weighted(0.9, 0u64..3),
+            prop::bool::weighted(0.05),
+        )
+            .prop_map(|(topic, time, seq, odd_unit)| Op::Insert {
+                topic,
+                time,
+                seq,
+                odd_unit,
+            });
+        let op = prop_oneof![
+            40 => insert,
+            4 => Just(Op::EndBatch),
+            1 => (0i64..200).prop_map(Op::Expire),
+            1 => Just(Op::Reopen),
+        ];
+        // Mostly ascending times, as readings arrive, with late ones mixed in.
+        proptest::collection::vec(op, 1..600).prop_map(|mut ops| {
+            let mut clock = 0;
+            for op in &mut ops {
+                if let Op::Insert { time, .. } = op {
+                    if *time % 5 != 0 {
+                        clock += 1;
+                        *time = clock;
+                    }
+                }
+            }
+            ops
+        })
+    }
+
+    fn reading(topic: usize, time: i64, seq: Option<u64>, odd_unit: bool) -> StoredReading {
+        let t = TOPICS[topic];
+        let mut levels = t.rsplit('/');
+        let (id, ty) = (levels.next().unwrap(), levels.next().unwrap());
+        let unit = match ty {
+            _ if odd_unit => "odd",
+            "temperature" => "celsius",
+            "energy" => "kWh",
+            _ => "u",
+        };
+        StoredReading {
+            topic: t.to_owned(),
+            reading: Reading {
+                sensor_id: id.to_owned(),
+                sensor_type: ty.to_owned(),
+                value: time as f64 + seq.unwrap_or(7) as f64 / 10.0,
+                unit: unit.to_owned(),
+                timestamp: Timestamp::from_micros(T0 + time * SECOND).unwrap(),
+                seq,
+            },
+            received_at: Timestamp::from_micros(T0 + time * SECOND + 1234).unwrap(),
+            qos: (time % 3) as u8,
+        }
+    }
+
+    type Key = (String, i64, u64);
+
+    /// sled's I/O threads may hold the folder's lock for a moment after the
+    /// last handle is dropped.
+    fn reopen(path: &std::path::Path) -> Store {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Store::open(path) {
+                Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::yield_now()
+                }
+                other => return other.unwrap(),
+            }
+        }
+    }
+
+    fn key(r: &StoredReading) -> Key {
+        (
+            r.topic.clone(),
+            r.reading.timestamp.micros(),
+            r.reading.seq.unwrap_or(0),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+        #[test]
+        fn agrees_with_a_sorted_map(ops in ops()) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut store = Store::open(dir.path()).unwrap();
+            let mut model = BTreeMap::<Key, StoredReading>::new();
+            let mut writer = store.reading_writer().unwrap();
+            for op in ops {
+                match op {
+                    Op::Insert { topic, time, seq, odd_unit } => {
+                        let r = reading(topic, time, seq, odd_unit);
+                        let k = key(&r);
+                        let same_topic = |e: Option<(&Key, &StoredReading)>| {
+                            e.filter(|(mk, _)| mk.0 == k.0).map(|(_, v)| v.clone())
+                        };
+                        let (before, after) = writer.neighbours(&r).unwrap();
+                        prop_assert_eq!(before, same_topic(model.range(..k.clone()).next_back()));
+                        prop_assert_eq!(after, same_topic(model.range(k.clone()..).next()));
+                        let want = if model.contains_key(&k) { Inserted::Duplicate } else { Inserted::New };
+                        prop_assert_eq!(writer.insert(&r).unwrap(), want);
+                        model.entry(k).or_insert(r);
+                    }
+                    Op::EndBatch => {
+                        std::mem::replace(&mut writer, store.reading_writer().unwrap()).finish().unwrap();
+                    }
+                    Op::Expire(before) => {
+                        writer.finish().unwrap();
+                        let cutoff = Timestamp::from_micros(T0 + before * SECOND).unwrap();
+                        let n = store.expire(cutoff, usize::MAX).unwrap();
+                        let len = model.len();
+                        model.retain(|k, _| k.1 >= cutoff.micros());
+                        prop_assert_eq!(n, len - model.len());
+                        writer = store.reading_writer().unwrap();
+                    }
+                    Op::Reopen => {
+                        writer.finish().unwrap();
+                        store.flush().unwrap();
+                        drop(store);
+                        store = reopen(dir.path());
+                        writer = store.reading_writer().unwrap();
+                    }
+                }
+            }
+            writer.finish().unwrap();
+            let stored: Vec<_> = store.select(&Query::default()).map(|r| r.unwrap()).collect();
+            let want: Vec<_> = model.values().cloned().collect();
+            prop_assert_eq!(stored, want);
+            // A time window selects what filtering the model does.
+            let q = Query {
+                since: Some(Timestamp::from_micros(T0 + 100 * SECOND).unwrap()),
+                until: Some(Timestamp::from_micros(T0 + 250 * SECOND).unwrap()),
+                ..Query::default()
+            };
+            let window: Vec<_> = store.select(&q).map(|r| r.unwrap()).collect();
+            let want: Vec<_> = model
+                .values()
+                .filter(|r| (T0 + 100 * SECOND..=T0 + 250 * SECOND).contains(&r.reading.timestamp.micros()))
+                .cloned()
+                .collect();
+            prop_assert_eq!(window, want);
         }
     }
 }

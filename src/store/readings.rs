@@ -1,0 +1,527 @@
+//! The readings: each topic interned as a small id, each topic's history kept in
+//! chunks (layout in `chunk.rs`).
+//!
+//! Trees: `topic_ids` (topic → id u32 BE), `topic_names` (id → topic), and
+//! `chunks`. Ingest writes through a [`ReadingWriter`]: readings newer than
+//! anything stored for their topic (nearly all of them) wait in memory and are
+//! appended to the topic's last chunk when the batch finishes, one sled write
+//! per topic; an older one (a redelivery, or a late reading) is looked up in the
+//! one chunk that could hold it, and merged into it unless it is already there.
+
+use super::chunk::{self, Entry, Pos, CHUNK_MAX};
+use super::{Inserted, Query, StoreError, StoredReading};
+use crate::contract::{topic, Reading, SensorType, Timestamp};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+const FIRST: Pos = (i64::MIN, 0);
+
+#[derive(Clone)]
+pub(super) struct Readings {
+    ids: sled::Tree,
+    names: sled::Tree,
+    chunks: sled::Tree,
+    /// Also serializes writers (ingest, retention): appending to a chunk is a
+    /// read-modify-write.
+    state: Arc<Mutex<State>>,
+}
+
+struct State {
+    topics: HashMap<String, TopicState>,
+    next_id: u32,
+}
+
+#[derive(Clone, Copy)]
+struct TopicState {
+    id: u32,
+    /// The last stored reading's position. Never below what is on disk (it may
+    /// be above, after retention or a lost unflushed write: that only sends a
+    /// reading down the slower exact path).
+    max: Option<Pos>,
+}
+
+impl Readings {
+    pub(super) fn open(db: &sled::Db) -> Result<Readings, StoreError> {
+        let names = db.open_tree("topic_names")?;
+        let next_id = match names.last()? {
+            Some((k, _)) => id_of(&k)?
+                .checked_add(1)
+                .ok_or_else(|| corrupt(&k, "topic ids exhausted"))?,
+            None => 0,
+        };
+        Ok(Readings {
+            ids: db.open_tree("topic_ids")?,
+            names,
+            chunks: db.open_tree("chunks")?,
+            state: Arc::new(Mutex::new(State {
+                topics: HashMap::new(),
+                next_id,
+            })),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn writer(&self) -> ReadingWriter {
+        ReadingWriter {
+            r: self.clone(),
+            pending: HashMap::new(),
+        }
+    }
+
+    /// The topic's id and newest position, creating the topic if it is new.
+    fn topic(&self, state: &mut State, name: &str) -> Result<TopicState, StoreError> {
+        if let Some(t) = state.topics.get(name) {
+            return Ok(*t);
+        }
+        let t = match self.ids.get(name)? {
+            Some(v) => {
+                let id = id_of(&v)?;
+                let max = match self.chunks.scan_prefix(id.to_be_bytes()).next_back() {
+                    Some(kv) => Some(chunk::header(&kv?.1).map_err(|e| corrupt(name, e))?.1),
+                    None => None,
+                };
+                TopicState { id, max }
+            }
+            None => {
+                let id = state.next_id;
+                state.next_id = id
+                    .checked_add(1)
+                    .ok_or_else(|| corrupt(name, "topic ids exhausted"))?;
+                // Name first: a crash may keep a name without its chunks, never
+                // a chunk without its name.
+                self.names.insert(id.to_be_bytes(), name.as_bytes())?;
+                self.ids.insert(name, &id.to_be_bytes())?;
+                TopicState { id, max: None }
+            }
+        };
+        state.topics.insert(name.to_owned(), t);
+        Ok(t)
+    }
+
+    /// The chunk that holds `pos` if any chunk of topic `id` does: the last one
+    /// starting at or before it.
+    fn chunk_at(&self, id: u32, pos: Pos) -> Result<Option<(sled::IVec, sled::IVec)>, StoreError> {
+        Ok(self
+            .chunks
+            .range(chunk::key(id, FIRST)..=chunk::key(id, pos))
+            .next_back()
+            .transpose()?)
+    }
+
+    /// Stores one reading behind the newest of its topic: merged into the
+    /// chunk that covers its place, unless it is there already.
+    fn insert_old(&self, id: u32, e: Entry) -> Result<Inserted, StoreError> {
+        let pos = e.pos();
+        let Some((k, v)) = self.chunk_at(id, pos)? else {
+            // Before the topic's first chunk: a chunk of its own.
+            self.chunks
+                .insert(chunk::key(id, pos), chunk::encode(&[e]))?;
+            return Ok(Inserted::New);
+        };
+        let mut entries = chunk::decode(&k, &v).map_err(|err| corrupt(&k, err))?;
+        match entries.binary_search_by_key(&pos, Entry::pos) {
+            Ok(_) => Ok(Inserted::Duplicate),
+            Err(i) => {
+                // i > 0: the chunk's first entry is at or before pos, and not at it.
+                entries.insert(i, e);
+                self.chunks.insert(k, chunk::encode(&entries))?;
+                Ok(Inserted::New)
+            }
+        }
+    }
+
+    /// Deletes about `max` readings timestamped before `cutoff` (whole chunks,
+    /// and trims the chunk that straddles it); returns how many.
+    pub(super) fn expire(&self, cutoff: Timestamp, max: usize) -> Result<usize, StoreError> {
+        let cutoff = cutoff.micros();
+        let mut deleted = 0;
+        for kv in self.names.iter() {
+            let id = id_of(&kv?.0)?;
+            let _writers = self.lock();
+            for kv in self.chunks.scan_prefix(id.to_be_bytes()) {
+                if deleted >= max {
+                    return Ok(deleted);
+                }
+                let (k, v) = kv?;
+                let (count, (last, _)) = chunk::header(&v).map_err(|e| corrupt(&k, e))?;
+                if last < cutoff {
+                    self.chunks.remove(&k)?;
+                    deleted += count;
+                    continue;
+                }
+                let mut entries = chunk::decode(&k, &v).map_err(|e| corrupt(&k, e))?;
+                let gone = entries.partition_point(|e| e.time < cutoff);
+                if gone > 0 {
+                    let kept = entries.split_off(gone);
+                    self.chunks.remove(&k)?;
+                    self.chunks
+                        .insert(chunk::key(id, kept[0].pos()), chunk::encode(&kept))?;
+                    deleted += gone;
+                }
+                break;
+            }
+        }
+        Ok(deleted)
+    }
+
+    pub(super) fn select<'a>(&self, query: &'a Query) -> Select<'a> {
+        Select {
+            r: self.clone(),
+            query,
+            topics: Some(self.ids.iter()),
+            run: None,
+            buf: Vec::new().into_iter(),
+            taken: 0,
+        }
+    }
+
+    /// Every reading of topic `id` at or after `from`, in order.
+    fn after<'s>(
+        &'s self,
+        id: u32,
+        from: Pos,
+    ) -> impl Iterator<Item = Result<Entry, StoreError>> + 's {
+        let start = match self.chunk_at(id, from) {
+            Ok(Some((k, _))) => k.to_vec(),
+            Ok(None) => chunk::key(id, from).to_vec(),
+            Err(e) => return Box::new(std::iter::once(Err(e))) as Box<dyn Iterator<Item = _>>,
+        };
+        Box::new(
+            self.chunks
+                .range(start..)
+                .take_while(move |kv| {
+                    kv.as_ref()
+                        .map_or(true, |(k, _)| k.starts_with(&id.to_be_bytes()))
+                })
+                .flat_map(
+                    |kv| -> Box<dyn Iterator<Item = Result<Entry, StoreError>>> {
+                        match kv
+                            .map_err(StoreError::from)
+                            .and_then(|(k, v)| chunk::decode(&k, &v).map_err(|e| corrupt(&k, e)))
+                        {
+                            Ok(es) => Box::new(es.into_iter().map(Ok)),
+                            Err(e) => Box::new(std::iter::once(Err(e))),
+                        }
+                    },
+                )
+                .filter(move |e| e.as_ref().map_or(true, |e| e.pos() >= from)),
+        )
+    }
+
+    /// The last reading of topic `id` before `pos`.
+    fn before(&self, id: u32, pos: Pos) -> Result<Option<Entry>, StoreError> {
+        // At most two chunks: the one covering pos, and the one before it.
+        for kv in self
+            .chunks
+            .range(chunk::key(id, FIRST)..=chunk::key(id, pos))
+            .rev()
+            .take(2)
+        {
+            let (k, v) = kv?;
+            let entries = chunk::decode(&k, &v).map_err(|e| corrupt(&k, e))?;
+            if let Some(e) = entries.into_iter().rev().find(|e| e.pos() < pos) {
+                return Ok(Some(e));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Writes one batch of readings; nothing is durable until the store's flush.
+pub struct ReadingWriter {
+    r: Readings,
+    /// Per topic id: the topic, and its new readings newer than anything stored,
+    /// in order.
+    pending: HashMap<u32, (String, Vec<Entry>)>,
+}
+
+impl ReadingWriter {
+    /// Stores a reading unless the same one (topic, time, seq) is stored or
+    /// pending already.
+    pub fn insert(&mut self, r: &StoredReading) -> Result<Inserted, StoreError> {
+        let implied = Implied::of(&r.topic);
+        let e = implied.entry(r);
+        let pos = e.pos();
+        let mut state = self.r.lock();
+        let t = self.r.topic(&mut state, &r.topic)?;
+        if t.max.is_some_and(|max| pos <= max) {
+            return self.r.insert_old(t.id, e);
+        }
+        let (_, pending) = self
+            .pending
+            .entry(t.id)
+            .or_insert_with(|| (r.topic.clone(), Vec::new()));
+        if pending.last().is_none_or(|last| last.pos() < pos) {
+            pending.push(e);
+            return Ok(Inserted::New);
+        }
+        match pending.binary_search_by_key(&pos, Entry::pos) {
+            Ok(_) => Ok(Inserted::Duplicate),
+            Err(i) => {
+                pending.insert(i, e);
+                Ok(Inserted::New)
+            }
+        }
+    }
+
+    /// The readings just before and just after `r`'s place in its sensor's
+    /// history, stored or pending (a reading already there counts as "after").
+    pub fn neighbours(
+        &self,
+        r: &StoredReading,
+    ) -> Result<(Option<StoredReading>, Option<StoredReading>), StoreError> {
+        let implied = Implied::of(&r.topic);
+        let pos = implied.entry(r).pos();
+        let Some(id) = self.r.ids.get(&r.topic)?.map(|v| id_of(&v)).transpose()? else {
+            return Ok((None, None));
+        };
+        let mut before = self.r.before(id, pos)?;
+        let mut after = self.r.after(id, pos).next().transpose()?;
+        if let Some((_, pending)) = self.pending.get(&id) {
+            let i = pending.partition_point(|e| e.pos() < pos);
+            if let Some(p) = i.checked_sub(1).and_then(|i| pending.get(i)) {
+                if before.as_ref().is_none_or(|b| b.pos() < p.pos()) {
+                    before = Some(p.clone());
+                }
+            }
+            if let Some(p) = pending.get(i) {
+                if after.as_ref().is_none_or(|a| a.pos() > p.pos()) {
+                    after = Some(p.clone());
+                }
+            }
+        }
+        let convert = |e: Option<Entry>| e.map(|e| implied.reading(&r.topic, e)).transpose();
+        Ok((convert(before)?, convert(after)?))
+    }
+
+    /// Writes the pending readings: appended to each topic's last chunk while
+    /// it has room, then in new chunks.
+    pub fn finish(self) -> Result<(), StoreError> {
+        let chunks = &self.r.chunks;
+        let mut state = self.r.lock();
+        for (id, (name, entries)) in self.pending {
+            let Some(newest) = entries.last().map(Entry::pos) else {
+                continue;
+            };
+            let mut rest = &entries[..];
+            if let Some((k, v)) = chunks
+                .scan_prefix(id.to_be_bytes())
+                .next_back()
+                .transpose()?
+            {
+                let (count, last) = chunk::header(&v).map_err(|e| corrupt(&k, e))?;
+                if last >= rest[0].pos() {
+                    // Retention or a reopen moved things under us: take the
+                    // exact path for each.
+                    for e in rest {
+                        self.r.insert_old(id, e.clone())?;
+                    }
+                    rest = &[];
+                } else if count < CHUNK_MAX {
+                    let n = (CHUNK_MAX - count).min(rest.len());
+                    let mut v = v.to_vec();
+                    chunk::append(&mut v, &rest[..n]);
+                    chunks.insert(k, v)?;
+                    rest = &rest[n..];
+                }
+            }
+            for part in rest.chunks(CHUNK_MAX) {
+                chunks.insert(chunk::key(id, part[0].pos()), chunk::encode(part))?;
+            }
+            if let Some(t) = state.topics.get_mut(&name) {
+                t.max = t.max.max(Some(newest));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Readings selected by a [`Query`], by topic then time.
+pub(super) struct Select<'a> {
+    r: Readings,
+    query: &'a Query,
+    /// Topics still to visit, in name order; `None` once finished.
+    topics: Option<sled::Iter>,
+    run: Option<Run>,
+    buf: std::vec::IntoIter<StoredReading>,
+    taken: usize,
+}
+
+/// One topic's chunks within the query's time window.
+struct Run {
+    topic: String,
+    implied: Implied,
+    chunks: sled::Iter,
+    since: i64,
+    until: i64,
+}
+
+impl Select<'_> {
+    fn start_run(&mut self, name: &[u8], id: &[u8]) -> Result<bool, StoreError> {
+        let topic = String::from_utf8_lossy(name).into_owned();
+        if !self.query.matches_topic(&topic) {
+            return Ok(false);
+        }
+        let id = id_of(id)?;
+        let since = self.query.since.map_or(i64::MIN, |t| t.micros());
+        let until = self.query.until.map_or(i64::MAX, |t| t.micros());
+        let start = match self.r.chunk_at(id, (since, 0))? {
+            Some((k, _)) => k.to_vec(),
+            None => chunk::key(id, (since, 0)).to_vec(),
+        };
+        let end = chunk::key(id, (until, u64::MAX));
+        self.run = Some(Run {
+            implied: Implied::of(&topic),
+            topic,
+            chunks: self.r.chunks.range(start..=end.to_vec()),
+            since,
+            until,
+        });
+        Ok(true)
+    }
+
+    /// Fills `buf` from the next chunk; false when there are no more.
+    fn refill(&mut self) -> Result<bool, StoreError> {
+        loop {
+            if let Some(run) = &mut self.run {
+                match run.chunks.next() {
+                    Some(kv) => {
+                        let (k, v) = kv?;
+                        let entries = chunk::decode(&k, &v).map_err(|e| corrupt(&k, e))?;
+                        let readings = entries
+                            .into_iter()
+                            .filter(|e| (run.since..=run.until).contains(&e.time))
+                            .map(|e| run.implied.reading(&run.topic, e))
+                            .collect::<Result<Vec<_>, _>>()?;
+                        self.buf = readings.into_iter();
+                        return Ok(true);
+                    }
+                    None => self.run = None,
+                }
+            }
+            let Some(topics) = &mut self.topics else {
+                return Ok(false);
+            };
+            match topics.next() {
+                Some(kv) => {
+                    let (name, id) = kv?;
+                    self.start_run(&name, &id)?;
+                }
+                None => {
+                    self.topics = None;
+                    return Ok(false);
+                }
+            }
+        }
+    }
+}
+
+impl Iterator for Select<'_> {
+    type Item = Result<StoredReading, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.query.limit.is_some_and(|l| self.taken >= l) {
+                return None;
+            }
+            if let Some(r) = self.buf.next() {
+                self.taken += 1;
+                return Some(Ok(r));
+            }
+            match self.refill() {
+                Ok(true) => {}
+                Ok(false) => return None,
+                Err(e) => {
+                    // One error ends the selection: do not loop on it.
+                    self.topics = None;
+                    self.run = None;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}
+
+/// What a reading topic says about its readings: the sensor id and type, and
+/// the type's unit. Entries store these only where a reading differs.
+struct Implied {
+    sensor_id: Option<String>,
+    sensor_type: Option<String>,
+    unit: Option<&'static str>,
+}
+
+impl Implied {
+    fn of(t: &str) -> Implied {
+        match topic::parse(t) {
+            topic::Parsed::Reading {
+                sensor_type,
+                sensor_id,
+                ..
+            } => Implied {
+                sensor_id: Some(sensor_id.to_owned()),
+                sensor_type: Some(sensor_type.to_owned()),
+                unit: sensor_type.parse::<SensorType>().ok().map(SensorType::unit),
+            },
+            _ => Implied {
+                sensor_id: None,
+                sensor_type: None,
+                unit: None,
+            },
+        }
+    }
+
+    fn entry(&self, r: &StoredReading) -> Entry {
+        let unless =
+            |have: &str, implied: Option<&str>| (Some(have) != implied).then(|| have.to_owned());
+        Entry {
+            time: r.reading.timestamp.micros(),
+            seq: r.reading.seq,
+            value: r.reading.value,
+            received_at: r.received_at.micros(),
+            qos: r.qos,
+            unit: unless(&r.reading.unit, self.unit),
+            sensor_id: unless(&r.reading.sensor_id, self.sensor_id.as_deref()),
+            sensor_type: unless(&r.reading.sensor_type, self.sensor_type.as_deref()),
+        }
+    }
+
+    fn reading(&self, topic: &str, e: Entry) -> Result<StoredReading, StoreError> {
+        let field = |stored: Option<String>, implied: Option<&str>| {
+            stored
+                .or_else(|| implied.map(str::to_owned))
+                .ok_or_else(|| corrupt(topic, "field neither stored nor implied"))
+        };
+        let time =
+            |us| Timestamp::from_micros(us).ok_or_else(|| corrupt(topic, "time out of range"));
+        Ok(StoredReading {
+            topic: topic.to_owned(),
+            reading: Reading {
+                sensor_id: field(e.sensor_id, self.sensor_id.as_deref())?,
+                sensor_type: field(e.sensor_type, self.sensor_type.as_deref())?,
+                value: e.value,
+                unit: field(e.unit, self.unit)?,
+                timestamp: time(e.time)?,
+                seq: e.seq,
+            },
+            received_at: time(e.received_at)?,
+            qos: e.qos,
+        })
+    }
+}
+
+fn id_of(bytes: &[u8]) -> Result<u32, StoreError> {
+    bytes
+        .try_into()
+        .map(u32::from_be_bytes)
+        .map_err(|_| corrupt(bytes, "bad topic id"))
+}
+
+fn corrupt(key: impl AsRef<[u8]>, message: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        key: String::from_utf8_lossy(key.as_ref()).into_owned(),
+        message: message.to_string(),
+    }
+}
