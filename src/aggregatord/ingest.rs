@@ -408,9 +408,10 @@ impl Ingest {
         if !changes.is_empty() {
             self.alerts_ready.notify_one();
         }
-        for d in &acks {
-            self.mqtt.ack(d).await.context("acknowledging")?;
-            self.metrics.ack_lag_seconds.observe(started.elapsed());
+        self.mqtt.ack(&acks);
+        let lag = started.elapsed();
+        for _ in &acks {
+            self.metrics.ack_lag_seconds.observe(lag);
         }
         Ok(())
     }

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub flush_seconds: Histogram,
     /// From a message's arrival to its acknowledgement.
     pub ack_lag_seconds: Histogram,
+    /// The MQTT connection's count of acknowledgements written (set once connected).
+    pub acks_sent: std::sync::OnceLock<std::sync::Arc<AtomicU64>>,
 }
 
 impl Metrics {
@@ -68,6 +70,11 @@ impl Metrics {
             "readings_duplicate_total",
             "Redelivered readings already stored.",
             self.duplicates.load(Relaxed),
+        );
+        counter(
+            "mqtt_acks_sent_total",
+            "Acknowledgements sent to the broker (each after its reading was on disk).",
+            self.acks_sent.get().map_or(0, |n| n.load(Relaxed)),
         );
         counter(
             "mqtt_reconnects_total",

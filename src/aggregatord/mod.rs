@@ -119,6 +119,7 @@ pub async fn run(
     let (engine, orphans) = Engine::new(config.alerts.clone(), active.clone());
 
     let metrics = Arc::new(metrics::Metrics::default());
+    let _ = metrics.acks_sent.set(mqtt.acks_sent());
     metrics
         .storage_ok
         .store(true, std::sync::atomic::Ordering::Relaxed);

@@ -167,9 +167,6 @@ impl Unconfirmed {
 /// Size of rumqttc's request queue for publishers: when full, `try_publish`
 /// says so and the caller decides (sensord buffers or counts a drop).
 const REQUEST_QUEUE: usize = 4096;
-/// For a client with manual acks: in effect unbounded (flume allocates as it
-/// fills). Acks are a few bytes, one per message the broker sent us.
-const ACK_QUEUE: usize = 1 << 24;
 /// Incoming events not yet taken by the daemon; backpressure beyond that.
 const EVENT_QUEUE: usize = 1024;
 /// Broker-side limit is 64 KiB (deploy/mosquitto); anything larger can't arrive.
@@ -187,6 +184,34 @@ pub struct Handle {
     /// The settings in use, and the TLS files' contents they were built from.
     current: std::sync::Mutex<(Settings, Vec<u8>)>,
     generation: Arc<AtomicU64>,
+    acks: Arc<Acks>,
+}
+
+/// Acknowledgements waiting for the supervisor, which writes them straight to
+/// the connection, many per write. (Through rumqttc's request queue each ack
+/// costs one poll and one TLS write, and its event loop takes ten incoming
+/// messages per ack: during a backlog, acks then piled up in that queue by the
+/// hundred thousand, at 64 bytes each, and lagged seconds behind storage.)
+#[derive(Debug, Default)]
+pub(crate) struct Acks {
+    /// (connection generation, packet id, QoS 2?), in the order given.
+    queue: std::sync::Mutex<std::collections::VecDeque<(u64, u16, bool)>>,
+    sent: Arc<AtomicU64>,
+}
+
+impl Acks {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<(u64, u16, bool)>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Everything queued so far.
+    pub(crate) fn take(&self) -> std::collections::VecDeque<(u64, u16, bool)> {
+        std::mem::take(&mut *self.lock())
+    }
+
+    pub(crate) fn count_sent(&self, n: u64) {
+        self.sent.fetch_add(n, Ordering::Relaxed);
+    }
 }
 
 /// Unsubscribing from a filter nobody subscribes to: a request with no effect,
@@ -199,20 +224,13 @@ const WAKE_FILTER: &str = "roomsense/wake";
 pub fn connect(settings: Settings) -> Result<(Handle, mpsc::Receiver<Event>), MqttError> {
     let tls_files = tls_fingerprint(&settings)?;
     let options = options(&settings)?;
-    // With manual acks, acks must never wait for room in the queue: the
-    // supervisor may itself be waiting for the daemon to take an event, and
-    // Mosquitto resends a whole backlog on reconnect, beyond its in-flight limit.
-    let queue = if settings.manual_acks {
-        ACK_QUEUE
-    } else {
-        REQUEST_QUEUE
-    };
-    let (client, eventloop) = AsyncClient::new(options, queue);
+    let (client, eventloop) = AsyncClient::new(options, REQUEST_QUEUE);
     let generation = Arc::new(AtomicU64::new(0));
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
     let (link_tx, link_rx) = watch::channel(Link::Connecting);
     let (updates_tx, updates_rx) = mpsc::unbounded_channel();
     let unconfirmed = Arc::new(Unconfirmed::default());
+    let acks = Arc::new(Acks::default());
     let closing = CancellationToken::new();
     let task = tokio::spawn(
         supervisor::Supervisor {
@@ -230,6 +248,7 @@ pub fn connect(settings: Settings) -> Result<(Handle, mpsc::Receiver<Event>), Mq
             disconnect_queued: false,
             older_than_backlog: 0,
             generation: generation.clone(),
+            acks: acks.clone(),
         }
         .run(),
     );
@@ -241,6 +260,7 @@ pub fn connect(settings: Settings) -> Result<(Handle, mpsc::Receiver<Event>), Mq
         task,
         updates: updates_tx,
         current: std::sync::Mutex::new((settings, tls_files)),
+        acks,
         generation,
     };
     Ok((handle, events_rx))
@@ -347,19 +367,49 @@ impl Handle {
         }
     }
 
-    /// Acknowledges an incoming message (PUBACK, or PUBREC for QoS 2). A no-op for
-    /// QoS 0 and when manual acks are off.
+    /// Acknowledges incoming messages (PUBACK, or PUBREC for QoS 2), in order.
+    /// QoS 0 messages need none.
     /// A message that arrived on an earlier connection is not acknowledged: its
     /// packet id may now name another message (after a broker restart that lost
     /// our session), and a resumed session redelivers it anyway.
-    pub async fn ack(&self, d: &Delivery) -> Result<(), MqttError> {
-        if d.generation != self.generation.load(Ordering::Acquire) {
-            return Ok(());
+    pub fn ack<'d>(&self, deliveries: impl IntoIterator<Item = &'d Delivery>) {
+        if !self
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .manual_acks
+        {
+            return; // rumqttc has acknowledged them already.
         }
-        self.client
-            .ack(&d.publish)
-            .await
-            .map_err(|_| MqttError::Closed)
+        let generation = self.generation.load(Ordering::Acquire);
+        let mut queue = self.acks.lock();
+        let was_empty = queue.is_empty();
+        queue.extend(
+            deliveries
+                .into_iter()
+                .filter(|d| d.generation == generation && d.publish.qos != QoS::AtMostOnce)
+                .map(|d| {
+                    (
+                        d.generation,
+                        d.publish.pkid,
+                        d.publish.qos == QoS::ExactlyOnce,
+                    )
+                }),
+        );
+        let wake = was_empty && !queue.is_empty();
+        drop(queue);
+        // The supervisor looks at the queue before every poll; if it is parked
+        // in one (nothing arriving), a harmless request wakes it. Under load it
+        // is rarely parked, and one wake serves a whole batch.
+        if wake {
+            let _ = self.client.try_unsubscribe(WAKE_FILTER);
+        }
+    }
+
+    /// Counts acknowledgements written to the connection.
+    pub fn acks_sent(&self) -> Arc<AtomicU64> {
+        self.acks.sent.clone()
     }
 
     /// Applies new settings (a config reload). If only the birth messages differ,

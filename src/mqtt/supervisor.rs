@@ -40,6 +40,7 @@ pub(super) struct Supervisor {
     pub older_than_backlog: usize,
     /// Counts connections; a delivery remembers the one it came on (see `Handle::ack`).
     pub generation: Arc<AtomicU64>,
+    pub acks: Arc<super::Acks>,
 }
 
 impl Supervisor {
@@ -127,6 +128,7 @@ impl Supervisor {
                     self.eventloop.pending.len() + usize::from(self.eventloop.state.inflight());
             }
             let polled = if connected {
+                self.send_acks().await;
                 self.eventloop.poll().await
             } else {
                 // Connecting (or about to): cancelling this is harmless.
@@ -271,6 +273,44 @@ impl Supervisor {
                 true
             }
         }
+    }
+
+    /// Writes the daemon's acknowledgements straight to the connection, all in
+    /// one flush. Between polls, so nothing of rumqttc's is half-written. Acks
+    /// of an earlier connection are dropped (see `Handle::ack`). A write error
+    /// loses the acks in hand, which is harmless: the broker redelivers those
+    /// messages and storage recognises them. The poll that follows sees the
+    /// broken connection.
+    async fn send_acks(&mut self) {
+        let queued = self.acks.take();
+        if queued.is_empty() {
+            return;
+        }
+        let Some(network) = self.eventloop.network.as_mut() else {
+            return;
+        };
+        let generation = self.generation.load(Ordering::Acquire);
+        let mut written = 0;
+        for (g, pkid, exactly_once) in queued {
+            if g != generation {
+                continue;
+            }
+            let packet = if exactly_once {
+                Packet::PubRec(rumqttc::PubRec::new(pkid))
+            } else {
+                Packet::PubAck(rumqttc::PubAck::new(pkid))
+            };
+            if let Err(e) = network.write(packet).await {
+                debug!(error = %e, "writing acknowledgements failed");
+                return;
+            }
+            written += 1;
+        }
+        if let Err(e) = network.flush().await {
+            debug!(error = %e, "writing acknowledgements failed");
+            return;
+        }
+        self.acks.count_sent(written);
     }
 
     /// Moves held-back requests into rumqttc's `pending` list, which it sends
