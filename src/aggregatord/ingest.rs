@@ -388,7 +388,13 @@ impl Ingest {
                 Err(e) => self.storage_failed(e).await?,
             }
         };
+        let stored_at = chrono::Utc::now().timestamp_micros();
         for (i, (r, outcome)) in readings.iter().zip(outcomes).enumerate() {
+            if seen_new[i] {
+                let age = stored_at.saturating_sub(r.reading.timestamp.micros());
+                let age = Duration::from_micros(u64::try_from(age).unwrap_or(0));
+                self.metrics.reading_age_seconds.observe(age);
+            }
             self.account(r, outcome, seen_new[i]);
         }
         if !self.metrics.storage_ok.swap(true, Relaxed) {

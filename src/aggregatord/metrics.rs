@@ -27,6 +27,9 @@ pub struct Metrics {
     pub flush_seconds: Histogram,
     /// From a message's arrival to its acknowledgement.
     pub ack_lag_seconds: Histogram,
+    /// From a reading's own timestamp (set by its sensor when it published) to
+    /// its being on disk: end-to-end latency, if the clocks agree.
+    pub reading_age_seconds: Histogram,
     /// The MQTT connection's count of acknowledgements written (set once connected).
     pub acks_sent: std::sync::OnceLock<std::sync::Arc<AtomicU64>>,
 }
@@ -131,12 +134,18 @@ impl Metrics {
             "ack_lag_seconds",
             "From a message's arrival to its acknowledgement.",
         );
+        self.reading_age_seconds.render(
+            &mut out,
+            "reading_age_at_store_seconds",
+            "From a reading's own timestamp to its being on disk (publish to stored, if the sensor's clock agrees).",
+        );
         out
     }
 }
 
-const BUCKETS: [f64; 11] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+const BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    10.0,
 ];
 
 #[derive(Default)]

@@ -1,6 +1,6 @@
 //! Publishes alert changes, on a connection of its own (client id
-//! `<client_id>-alerts`): rumqttc sends ingest's manual acks through the same
-//! queue as publishes, so a slow QoS 2 alert flow must not share it.
+//! `<client_id>-alerts`): a QoS 2 flow waiting on its handshakes must not hold
+//! up, or be held up by, ingest's connection and its backlog.
 //!
 //! Changes come from the store's alert outbox, written in the same flush as the
 //! change itself; an entry leaves the outbox only after the broker confirmed it

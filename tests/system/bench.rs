@@ -26,7 +26,7 @@ fn bench(script: &str, args: &[&str]) -> String {
 fn drain_runs_and_reports_all_three() {
     let text = bench("drain", &["2000"]);
     for who in [
-        "aggregatord (fsync before ack)",
+        "aggregatord (stored, fsynced, acked)",
         "mosquitto_sub",
         "paho-mqtt + SQLite",
     ] {
@@ -51,6 +51,13 @@ fn sensord_footprint_runs() {
 
 #[test]
 fn latency_runs() {
-    let text = bench("latency", &["500", "1"]);
-    assert!(text.contains("publish -> received: p50"), "{text}");
+    // One 1-second step at 500/s, then 2 s at half the rate it sustained.
+    let text = bench("latency", &["1", "500"]);
+    for line in [
+        "sustained: ",
+        "publish -> stored (fsynced), ",
+        "arrival -> acknowledged: p50",
+    ] {
+        assert!(text.contains(line), "{line:?} missing:\n{text}");
+    }
 }
