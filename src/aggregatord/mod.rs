@@ -191,11 +191,9 @@ fn warm_up(
     let hour_ago = crate::contract::Timestamp(
         crate::contract::Timestamp::now_millis().0 - chrono::Duration::hours(1),
     );
-    let query = crate::store::Query {
-        since: Some(hour_ago),
-        ..Default::default()
-    };
-    for r in store.select(&query) {
+    // Only what the sparklines keep (one point per step): reading the whole
+    // hour could be millions of rows for fast sensors.
+    for r in store.thinned(hour_ago, dashboard::SPARK_STEP) {
         live.reading(&r?, true);
     }
     for a in active {

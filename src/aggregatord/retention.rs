@@ -32,13 +32,20 @@ pub async fn run(store: Store, keep: Duration, stop: CancellationToken) -> anyho
             })
             .await?;
             match deleted {
-                Ok(n) => total += n,
+                Ok(n) => {
+                    total += n;
+                    // Fewer than asked: nothing older is left. (Whole chunks
+                    // go at once, so a step may delete a few more than asked.)
+                    if n < STEP {
+                        break;
+                    }
+                }
                 Err(e) => {
                     warn!(error = %e, "retention: deleting old readings failed");
                     break;
                 }
             }
-            if total % STEP != 0 || deleted.as_ref().is_ok_and(|n| *n == 0) || stop.is_cancelled() {
+            if stop.is_cancelled() {
                 break;
             }
             tokio::task::yield_now().await;

@@ -319,6 +319,20 @@ impl Store {
         }
     }
 
+    /// Per topic, the last reading of each `step`-long slot since `since` (by
+    /// topic, then time): a sparkline's worth, however fast the sensors are.
+    pub fn thinned(
+        &self,
+        since: Timestamp,
+        step: std::time::Duration,
+    ) -> Box<dyn Iterator<Item = Result<StoredReading, StoreError>>> {
+        let step = i64::try_from(step.as_micros()).unwrap_or(i64::MAX);
+        match self.t() {
+            Ok(t) => Box::new(t.readings.thinned(since.micros(), step)),
+            Err(e) => Box::new(std::iter::once(Err(e))),
+        }
+    }
+
     /// Rejected messages, oldest first.
     pub fn rejected(&self) -> Box<dyn Iterator<Item = Result<RejectedMessage, StoreError>>> {
         self.records(|t| &t.rejected)
@@ -612,7 +626,16 @@ mod model {
                     Op::Expire(before) => {
                         writer.finish().unwrap();
                         let cutoff = Timestamp::from_micros(T0 + before * SECOND).unwrap();
-                        let n = store.expire(cutoff, usize::MAX).unwrap();
+                        // As retention does it: in steps, until a step deletes
+                        // fewer than asked.
+                        let (step, mut n) = (7, 0);
+                        loop {
+                            let deleted = store.expire(cutoff, step).unwrap();
+                            n += deleted;
+                            if deleted < step {
+                                break;
+                            }
+                        }
                         let len = model.len();
                         model.retain(|k, _| k.1 >= cutoff.micros());
                         prop_assert_eq!(n, len - model.len());
@@ -644,6 +667,21 @@ mod model {
                 .cloned()
                 .collect();
             prop_assert_eq!(window, want);
+            // Thinned: per topic, the last reading of each 7-second slot since T0 + 50 s.
+            let since = T0 + 50 * SECOND;
+            let thinned: Vec<_> = store
+                .thinned(Timestamp::from_micros(since).unwrap(), std::time::Duration::from_secs(7))
+                .map(|r| r.unwrap())
+                .collect();
+            let mut want: Vec<StoredReading> = Vec::new();
+            for r in model.values().filter(|r| r.reading.timestamp.micros() >= since) {
+                let slot = |r: &StoredReading| (r.topic.clone(), r.reading.timestamp.micros().div_euclid(7 * SECOND));
+                match want.last_mut() {
+                    Some(last) if slot(last) == slot(r) => *last = r.clone(),
+                    _ => want.push(r.clone()),
+                }
+            }
+            prop_assert_eq!(thinned, want);
         }
     }
 }

@@ -211,6 +211,47 @@ impl Readings {
         )
     }
 
+    /// Per topic (in name order), the last reading of every `step`-long slot
+    /// (aligned to multiples of `step`) from `since` on: what a sparkline
+    /// shows, read at a cost set by the number of slots, not of readings.
+    pub(super) fn thinned(
+        self,
+        since: i64,
+        step: i64,
+    ) -> impl Iterator<Item = Result<StoredReading, StoreError>> {
+        let step = step.max(1);
+        self.ids.iter().flat_map(move |kv| {
+            let per_topic = || -> Result<Vec<StoredReading>, StoreError> {
+                let (name, id) = kv?;
+                let (topic, id) = (String::from_utf8_lossy(&name).into_owned(), id_of(&id)?);
+                let implied = Implied::of(&topic);
+                let mut out = Vec::new();
+                let mut from = since;
+                // The next reading at or after `from` says which slot has data
+                // next; the last reading before that slot's end is its point.
+                while let Some(next) = self.after(id, (from, 0)).next().transpose()? {
+                    let slot_end = next
+                        .time
+                        .div_euclid(step)
+                        .saturating_add(1)
+                        .saturating_mul(step);
+                    if let Some(last) = self.before(id, (slot_end, 0))? {
+                        out.push(implied.reading(&topic, last)?);
+                    }
+                    if slot_end == i64::MAX {
+                        break;
+                    }
+                    from = slot_end;
+                }
+                Ok(out)
+            };
+            match per_topic() {
+                Ok(v) => v.into_iter().map(Ok).collect::<Vec<_>>(),
+                Err(e) => vec![Err(e)],
+            }
+        })
+    }
+
     /// The last reading of topic `id` before `pos`.
     fn before(&self, id: u32, pos: Pos) -> Result<Option<Entry>, StoreError> {
         // At most two chunks: the one covering pos, and the one before it.
@@ -353,7 +394,6 @@ pub(super) struct Select<'a> {
 /// One topic's chunks within the query's time window.
 struct Run {
     topic: String,
-    implied: Implied,
     chunks: sled::Iter,
     since: i64,
     until: i64,
@@ -374,7 +414,6 @@ impl Select<'_> {
         };
         let end = chunk::key(id, (until, u64::MAX));
         self.run = Some(Run {
-            implied: Implied::of(&topic),
             topic,
             chunks: self.r.chunks.range(start..=end.to_vec()),
             since,
@@ -391,10 +430,11 @@ impl Select<'_> {
                     Some(kv) => {
                         let (k, v) = kv?;
                         let entries = chunk::decode(&k, &v).map_err(|e| corrupt(&k, e))?;
+                        let implied = Implied::of(&run.topic);
                         let readings = entries
                             .into_iter()
                             .filter(|e| (run.since..=run.until).contains(&e.time))
-                            .map(|e| run.implied.reading(&run.topic, e))
+                            .map(|e| implied.reading(&run.topic, e))
                             .collect::<Result<Vec<_>, _>>()?;
                         self.buf = readings.into_iter();
                         return Ok(true);
@@ -447,22 +487,22 @@ impl Iterator for Select<'_> {
 
 /// What a reading topic says about its readings: the sensor id and type, and
 /// the type's unit. Entries store these only where a reading differs.
-struct Implied {
-    sensor_id: Option<String>,
-    sensor_type: Option<String>,
+struct Implied<'t> {
+    sensor_id: Option<&'t str>,
+    sensor_type: Option<&'t str>,
     unit: Option<&'static str>,
 }
 
-impl Implied {
-    fn of(t: &str) -> Implied {
+impl<'t> Implied<'t> {
+    fn of(t: &'t str) -> Implied<'t> {
         match topic::parse(t) {
             topic::Parsed::Reading {
                 sensor_type,
                 sensor_id,
                 ..
             } => Implied {
-                sensor_id: Some(sensor_id.to_owned()),
-                sensor_type: Some(sensor_type.to_owned()),
+                sensor_id: Some(sensor_id),
+                sensor_type: Some(sensor_type),
                 unit: sensor_type.parse::<SensorType>().ok().map(SensorType::unit),
             },
             _ => Implied {
@@ -483,8 +523,8 @@ impl Implied {
             received_at: r.received_at.micros(),
             qos: r.qos,
             unit: unless(&r.reading.unit, self.unit),
-            sensor_id: unless(&r.reading.sensor_id, self.sensor_id.as_deref()),
-            sensor_type: unless(&r.reading.sensor_type, self.sensor_type.as_deref()),
+            sensor_id: unless(&r.reading.sensor_id, self.sensor_id),
+            sensor_type: unless(&r.reading.sensor_type, self.sensor_type),
         }
     }
 
@@ -499,8 +539,8 @@ impl Implied {
         Ok(StoredReading {
             topic: topic.to_owned(),
             reading: Reading {
-                sensor_id: field(e.sensor_id, self.sensor_id.as_deref())?,
-                sensor_type: field(e.sensor_type, self.sensor_type.as_deref())?,
+                sensor_id: field(e.sensor_id, self.sensor_id)?,
+                sensor_type: field(e.sensor_type, self.sensor_type)?,
                 value: e.value,
                 unit: field(e.unit, self.unit)?,
                 timestamp: time(e.time)?,

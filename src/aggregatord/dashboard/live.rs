@@ -12,6 +12,8 @@ use tokio::sync::broadcast;
 
 /// Sparkline: one point per this many milliseconds, for the last hour.
 const SPARK_STEP_MS: i64 = 10_000;
+/// A sparkline keeps one point (the last reading) per step.
+pub const SPARK_STEP: std::time::Duration = std::time::Duration::from_millis(SPARK_STEP_MS as u64);
 const SPARK_SPAN_MS: i64 = 3_600_000;
 /// Message rate: counted per second over this many seconds.
 const RATE_WINDOW: usize = 10;

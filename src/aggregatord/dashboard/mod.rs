@@ -13,7 +13,7 @@
 
 mod live;
 
-pub use live::Live;
+pub use live::{Live, SPARK_STEP};
 
 use super::metrics::Metrics;
 use crate::contract::Timestamp;
