@@ -325,32 +325,28 @@ impl Ingest {
             // Insert every reading: after a failure the database may have been
             // reopened without what the failed attempt had not yet flushed.
             let (store, batch) = (self.store.clone(), readings.clone());
-            let attempt = tokio::task::spawn_blocking(move || {
+            let (outcomes, attempt) = tokio::task::spawn_blocking(move || {
                 let mut outcomes = Vec::with_capacity(batch.len());
-                let mut writer = store.reading_writer()?;
-                for r in batch.iter() {
-                    outcomes.push(match meter_check(&writer, r)? {
-                        Some(refusal) => Outcome::Refused(refusal),
-                        None => Outcome::Stored(writer.insert(r)?),
-                    });
-                }
-                writer.finish()?;
-                Ok::<_, StoreError>(outcomes)
+                let result = insert_all(&store, &batch, &mut outcomes);
+                (outcomes, result)
             })
             .await
             .context("storage task panicked")?;
-            let outcomes = match attempt {
-                Ok(o) => o,
-                Err(e) => {
-                    self.storage_failed(e).await?;
-                    continue;
+            // New is decided before the write; a failed attempt's writes may
+            // still survive, and the retry would call those readings duplicates.
+            for (i, outcome) in outcomes.iter().enumerate() {
+                if matches!(outcome, Outcome::Stored(Inserted::New)) {
+                    seen_new[i] = true;
                 }
-            };
+            }
+            if let Err(e) = attempt {
+                self.storage_failed(e).await?;
+                continue;
+            }
             let mut refused = rejected.clone();
             for (i, (r, outcome)) in readings.iter().zip(&outcomes).enumerate() {
                 match outcome {
-                    Outcome::Stored(Inserted::New) => {
-                        seen_new[i] = true;
+                    Outcome::Stored(_) if seen_new[i] => {
                         if !std::mem::replace(&mut evaluated[i], true) {
                             if let Some(engine) = &mut self.engine {
                                 changes.extend(engine.reading(r));
@@ -366,7 +362,7 @@ impl Ingest {
                             r.received_at,
                         ));
                     }
-                    Outcome::Stored(Inserted::Duplicate) => {}
+                    Outcome::Stored(_) => {}
                 }
             }
             // Then alert changes and rejections, and the one fsync. A retry may
@@ -516,6 +512,23 @@ fn rejected_message(
         received_at,
         payload: String::from_utf8_lossy(&payload[..payload.len().min(1024)]).into_owned(),
     }
+}
+
+/// Stores a batch through one writer, recording each reading's outcome as it
+/// is decided (so a caller sees them even when a later write fails).
+fn insert_all(
+    store: &Store,
+    batch: &[StoredReading],
+    outcomes: &mut Vec<Outcome>,
+) -> Result<(), StoreError> {
+    let mut writer = store.reading_writer()?;
+    for r in batch {
+        outcomes.push(match meter_check(&writer, r)? {
+            Some(refusal) => Outcome::Refused(refusal),
+            None => Outcome::Stored(writer.insert(r)?),
+        });
+    }
+    writer.finish()
 }
 
 /// An energy meter only counts up: a reading below the one before it (or above

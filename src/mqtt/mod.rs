@@ -197,6 +197,8 @@ pub(crate) struct Acks {
     /// (connection generation, packet id, QoS 2?), in the order given.
     queue: std::sync::Mutex<std::collections::VecDeque<(u64, u16, bool)>>,
     sent: Arc<AtomicU64>,
+    /// The last wake could not be queued (rumqttc's request queue was full).
+    wake_failed: std::sync::atomic::AtomicBool,
 }
 
 impl Acks {
@@ -397,13 +399,16 @@ impl Handle {
                     )
                 }),
         );
-        let wake = was_empty && !queue.is_empty();
+        let wake =
+            (was_empty && !queue.is_empty()) || self.acks.wake_failed.load(Ordering::Acquire);
         drop(queue);
         // The supervisor looks at the queue before every poll; if it is parked
         // in one (nothing arriving), a harmless request wakes it. Under load it
-        // is rarely parked, and one wake serves a whole batch.
+        // is rarely parked, and one wake serves a whole batch. A wake that could
+        // not be queued is tried again with the next acks.
         if wake {
-            let _ = self.client.try_unsubscribe(WAKE_FILTER);
+            let queued = self.client.try_unsubscribe(WAKE_FILTER).is_ok();
+            self.acks.wake_failed.store(!queued, Ordering::Release);
         }
     }
 

@@ -128,8 +128,14 @@ impl Supervisor {
                     self.eventloop.pending.len() + usize::from(self.eventloop.state.inflight());
             }
             let polled = if connected {
-                self.send_acks().await;
-                self.eventloop.poll().await
+                match self.send_acks().await {
+                    Ok(()) => self.eventloop.poll().await,
+                    Err(e) => {
+                        // As rumqttc does when its own write fails.
+                        self.eventloop.clean();
+                        Err(e)
+                    }
+                }
             } else {
                 // Connecting (or about to): cancelling this is harmless.
                 tokio::select! {
@@ -277,40 +283,45 @@ impl Supervisor {
 
     /// Writes the daemon's acknowledgements straight to the connection, all in
     /// one flush. Between polls, so nothing of rumqttc's is half-written. Acks
-    /// of an earlier connection are dropped (see `Handle::ack`). A write error
-    /// loses the acks in hand, which is harmless: the broker redelivers those
-    /// messages and storage recognises them. The poll that follows sees the
-    /// broken connection.
-    async fn send_acks(&mut self) {
+    /// of an earlier connection are dropped (see `Handle::ack`). A failed or
+    /// stalled write (rumqttc's own timeout) fails the connection; the acks in
+    /// hand are lost, which is harmless: the broker redelivers those messages
+    /// on the next connection and storage recognises them.
+    async fn send_acks(&mut self) -> Result<(), ConnectionError> {
         let queued = self.acks.take();
         if queued.is_empty() {
-            return;
+            return Ok(());
         }
+        let timeout = Duration::from_secs(self.eventloop.network_options.connection_timeout());
         let Some(network) = self.eventloop.network.as_mut() else {
-            return;
+            return Ok(());
         };
         let generation = self.generation.load(Ordering::Acquire);
-        let mut written = 0;
-        for (g, pkid, exactly_once) in queued {
-            if g != generation {
-                continue;
+        let write = async {
+            let mut written = 0;
+            for (g, pkid, exactly_once) in queued {
+                if g != generation {
+                    continue;
+                }
+                let packet = if exactly_once {
+                    Packet::PubRec(rumqttc::PubRec::new(pkid))
+                } else {
+                    Packet::PubAck(rumqttc::PubAck::new(pkid))
+                };
+                network.write(packet).await?;
+                written += 1;
             }
-            let packet = if exactly_once {
-                Packet::PubRec(rumqttc::PubRec::new(pkid))
-            } else {
-                Packet::PubAck(rumqttc::PubAck::new(pkid))
-            };
-            if let Err(e) = network.write(packet).await {
-                debug!(error = %e, "writing acknowledgements failed");
-                return;
+            network.flush().await?;
+            Ok::<_, rumqttc::StateError>(written)
+        };
+        match tokio::time::timeout(timeout, write).await {
+            Ok(Ok(written)) => {
+                self.acks.count_sent(written);
+                Ok(())
             }
-            written += 1;
+            Ok(Err(e)) => Err(ConnectionError::MqttState(e)),
+            Err(_) => Err(ConnectionError::FlushTimeout),
         }
-        if let Err(e) = network.flush().await {
-            debug!(error = %e, "writing acknowledgements failed");
-            return;
-        }
-        self.acks.count_sent(written);
     }
 
     /// Moves held-back requests into rumqttc's `pending` list, which it sends

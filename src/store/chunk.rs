@@ -99,7 +99,8 @@ pub(super) fn encode(entries: &[Entry]) -> Vec<u8> {
 }
 
 /// Adds entries (sorted, all after the chunk's last) to an encoded chunk.
-/// The caller keeps the count within [`CHUNK_MAX`] (so within u16).
+/// Writers keep chunks within [`CHUNK_MAX`] entries (a merge may reach it, then
+/// splits), far inside the u16 count.
 pub(super) fn append(chunk: &mut Vec<u8>, entries: &[Entry]) {
     let Ok((count, (mut time, mut seq))) = header(chunk) else {
         return;

@@ -452,6 +452,39 @@ mod tests {
     }
 
     #[test]
+    fn late_readings_split_chunks_instead_of_growing_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let t = "building/floor1/room101/temperature/temp_001";
+        let at = |i: i64| {
+            let mut r = reading(t, "2026-01-01T00:00:00Z", i as u64);
+            r.reading.timestamp = Timestamp::from_micros(1_767_225_600_000_000 + i).unwrap();
+            r
+        };
+        // Even positions arrive first; then a backlog of the odd ones, late.
+        let mut w = store.reading_writer().unwrap();
+        for i in (0..400).step_by(2) {
+            w.insert(&at(i)).unwrap();
+        }
+        w.finish().unwrap();
+        for i in (1..400).step_by(2) {
+            assert_eq!(store.insert_reading(&at(i)).unwrap(), Inserted::New);
+        }
+        assert_eq!(store.insert_reading(&at(201)).unwrap(), Inserted::Duplicate);
+        let all: Vec<_> = store
+            .select(&Query::default())
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(all, (0..400).map(at).collect::<Vec<_>>());
+        let chunks = store.t().unwrap().db.open_tree("chunks").unwrap();
+        for kv in chunks.iter() {
+            let (_, v) = kv.unwrap();
+            let (count, _) = chunk::header(&v).unwrap();
+            assert!(count <= chunk::CHUNK_MAX, "a chunk of {count}");
+        }
+    }
+
+    #[test]
     fn rejected_is_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();

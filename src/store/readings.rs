@@ -127,7 +127,17 @@ impl Readings {
             Err(i) => {
                 // i > 0: the chunk's first entry is at or before pos, and not at it.
                 entries.insert(i, e);
-                self.chunks.insert(k, chunk::encode(&entries))?;
+                let mut batch = sled::Batch::default();
+                if entries.len() > CHUNK_MAX {
+                    // Split, so that a stream of late readings (a replayed
+                    // backlog, a clock set back) cannot grow one chunk without
+                    // bound. One atomic batch: a crash keeps both halves or
+                    // neither, never a gap.
+                    let tail = entries.split_off(entries.len() / 2);
+                    batch.insert(&chunk::key(id, tail[0].pos())[..], chunk::encode(&tail));
+                }
+                batch.insert(k, chunk::encode(&entries));
+                self.chunks.apply_batch(batch)?;
                 Ok(Inserted::New)
             }
         }
@@ -156,9 +166,14 @@ impl Readings {
                 let gone = entries.partition_point(|e| e.time < cutoff);
                 if gone > 0 {
                     let kept = entries.split_off(gone);
-                    self.chunks.remove(&k)?;
-                    self.chunks
-                        .insert(chunk::key(id, kept[0].pos()), chunk::encode(&kept))?;
+                    // Re-keyed under its new first reading, atomically: a crash
+                    // between a remove and an insert would lose what is kept.
+                    let mut batch = sled::Batch::default();
+                    batch.remove(k);
+                    if let Some(first) = kept.first() {
+                        batch.insert(&chunk::key(id, first.pos())[..], chunk::encode(&kept));
+                    }
+                    self.chunks.apply_batch(batch)?;
                     deleted += gone;
                 }
                 break;
