@@ -411,10 +411,9 @@ impl Ingest {
             self.alerts_ready.notify_one();
         }
         self.mqtt.ack(&acks);
-        let lag = started.elapsed();
-        for _ in &acks {
-            self.metrics.ack_lag_seconds.observe(lag);
-        }
+        self.metrics
+            .ack_lag_seconds
+            .observe_n(started.elapsed(), acks.len() as u64);
         Ok(())
     }
 

@@ -157,13 +157,19 @@ pub struct Histogram {
 
 impl Histogram {
     pub fn observe(&self, d: Duration) {
+        self.observe_n(d, 1);
+    }
+
+    /// `n` observations of the same duration (a whole batch at once).
+    pub fn observe_n(&self, d: Duration, n: u64) {
         let secs = d.as_secs_f64();
         let slot = BUCKETS
             .iter()
             .position(|b| secs <= *b)
             .unwrap_or(BUCKETS.len());
-        self.counts[slot].fetch_add(1, Relaxed);
-        self.sum_micros.fetch_add(d.as_micros() as u64, Relaxed);
+        self.counts[slot].fetch_add(n, Relaxed);
+        self.sum_micros
+            .fetch_add((d.as_micros() as u64).saturating_mul(n), Relaxed);
     }
 
     fn render(&self, out: &mut String, name: &str, help: &str) {

@@ -194,20 +194,22 @@ pub struct Handle {
 /// hundred thousand, at 64 bytes each, and lagged seconds behind storage.)
 #[derive(Debug, Default)]
 pub(crate) struct Acks {
-    /// (connection generation, packet id, QoS 2?), in the order given.
-    queue: std::sync::Mutex<std::collections::VecDeque<(u64, u16, bool)>>,
+    queue: std::sync::Mutex<AckQueue>,
     sent: Arc<AtomicU64>,
     /// The last wake could not be queued (rumqttc's request queue was full).
     wake_failed: std::sync::atomic::AtomicBool,
 }
 
+/// (connection generation, packet id, QoS 2?), in the order given.
+pub(crate) type AckQueue = std::collections::VecDeque<(u64, u16, bool)>;
+
 impl Acks {
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<(u64, u16, bool)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, AckQueue> {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Everything queued so far.
-    pub(crate) fn take(&self) -> std::collections::VecDeque<(u64, u16, bool)> {
+    pub(crate) fn take(&self) -> AckQueue {
         std::mem::take(&mut *self.lock())
     }
 

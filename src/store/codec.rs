@@ -10,8 +10,9 @@
 //! ```
 //! Values written as JSON by earlier versions (first byte `{`) are still read.
 
+use super::readings::Implied;
 use super::StoredReading;
-use crate::contract::{topic, Reading, SensorType, Timestamp};
+use crate::contract::{Reading, Timestamp};
 
 const VERSION: u8 = 1;
 const HAS_SEQ: u8 = 1;
@@ -37,24 +38,13 @@ pub(super) fn time_key(micros: i64) -> [u8; 8] {
     ((micros as u64) ^ (1 << 63)).to_be_bytes()
 }
 
-/// What the topic says the sensor id, type and unit are.
-fn implied(t: &str) -> (Option<&str>, Option<&str>, Option<&'static str>) {
-    match topic::parse(t) {
-        topic::Parsed::Reading {
-            sensor_type,
-            sensor_id,
-            ..
-        } => {
-            let unit = sensor_type.parse::<SensorType>().ok().map(SensorType::unit);
-            (Some(sensor_id), Some(sensor_type), unit)
-        }
-        _ => (None, None, None),
-    }
-}
-
 #[cfg(test)]
 pub(super) fn encode(r: &StoredReading) -> Vec<u8> {
-    let (id, ty, unit) = implied(&r.topic);
+    let Implied {
+        sensor_id: id,
+        sensor_type: ty,
+        unit,
+    } = Implied::of(&r.topic);
     let mut flags = if r.reading.seq.is_some() { HAS_SEQ } else { 0 };
     let extra: Vec<(u8, &str)> = [
         (UNIT, r.reading.unit.as_str(), unit),
@@ -115,7 +105,11 @@ pub(super) fn decode(key: &[u8], value: &[u8]) -> Result<StoredReading, StoredRe
         rest = &rest[2 + len..];
         String::from_utf8(s.to_vec()).map_err(|_| err("string is not UTF-8"))
     };
-    let (id, ty, unit) = implied(topic);
+    let Implied {
+        sensor_id: id,
+        sensor_type: ty,
+        unit,
+    } = Implied::of(topic);
     let unit = take(UNIT, unit)?;
     let sensor_id = take(SENSOR_ID, id)?;
     let sensor_type = take(SENSOR_TYPE, ty)?;

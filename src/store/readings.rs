@@ -193,37 +193,24 @@ impl Readings {
         }
     }
 
-    /// Every reading of topic `id` at or after `from`, in order.
-    fn after<'s>(
-        &'s self,
-        id: u32,
-        from: Pos,
-    ) -> impl Iterator<Item = Result<Entry, StoreError>> + 's {
-        let start = match self.chunk_at(id, from) {
-            Ok(Some((k, _))) => k.to_vec(),
-            Ok(None) => chunk::key(id, from).to_vec(),
-            Err(e) => return Box::new(std::iter::once(Err(e))) as Box<dyn Iterator<Item = _>>,
+    /// The first reading of topic `id` at or after `pos`.
+    fn first_from(&self, id: u32, pos: Pos) -> Result<Option<Entry>, StoreError> {
+        // At most two chunks: the one covering pos, and the one after it.
+        let start = match self.chunk_at(id, pos)? {
+            Some((k, _)) => k.to_vec(),
+            None => chunk::key(id, pos).to_vec(),
         };
-        Box::new(
-            self.chunks
-                .range(start..)
-                .take_while(move |kv| {
-                    kv.as_ref()
-                        .map_or(true, |(k, _)| k.starts_with(&id.to_be_bytes()))
-                })
-                .flat_map(
-                    |kv| -> Box<dyn Iterator<Item = Result<Entry, StoreError>>> {
-                        match kv
-                            .map_err(StoreError::from)
-                            .and_then(|(k, v)| chunk::decode(&k, &v).map_err(|e| corrupt(&k, e)))
-                        {
-                            Ok(es) => Box::new(es.into_iter().map(Ok)),
-                            Err(e) => Box::new(std::iter::once(Err(e))),
-                        }
-                    },
-                )
-                .filter(move |e| e.as_ref().map_or(true, |e| e.pos() >= from)),
-        )
+        for kv in self.chunks.range(start..).take(2) {
+            let (k, v) = kv?;
+            if !k.starts_with(&id.to_be_bytes()) {
+                break;
+            }
+            let entries = chunk::decode(&k, &v).map_err(|e| corrupt(&k, e))?;
+            if let Some(e) = entries.into_iter().find(|e| e.pos() >= pos) {
+                return Ok(Some(e));
+            }
+        }
+        Ok(None)
     }
 
     /// Per topic (in name order), the last reading of every `step`-long slot
@@ -244,7 +231,7 @@ impl Readings {
                 let mut from = since;
                 // The next reading at or after `from` says which slot has data
                 // next; the last reading before that slot's end is its point.
-                while let Some(next) = self.after(id, (from, 0)).next().transpose()? {
+                while let Some(next) = self.first_from(id, (from, 0))? {
                     let slot_end = next
                         .time
                         .div_euclid(step)
@@ -335,7 +322,7 @@ impl ReadingWriter {
             return Ok((None, None));
         };
         let mut before = self.r.before(id, pos)?;
-        let mut after = self.r.after(id, pos).next().transpose()?;
+        let mut after = self.r.first_from(id, pos)?;
         if let Some((_, pending)) = self.pending.get(&id) {
             let i = pending.partition_point(|e| e.pos() < pos);
             if let Some(p) = i.checked_sub(1).and_then(|i| pending.get(i)) {
@@ -501,15 +488,16 @@ impl Iterator for Select<'_> {
 }
 
 /// What a reading topic says about its readings: the sensor id and type, and
-/// the type's unit. Entries store these only where a reading differs.
-struct Implied<'t> {
-    sensor_id: Option<&'t str>,
-    sensor_type: Option<&'t str>,
-    unit: Option<&'static str>,
+/// the type's unit. Entries (and the old layout, `codec.rs`) store these only
+/// where a reading differs.
+pub(super) struct Implied<'t> {
+    pub sensor_id: Option<&'t str>,
+    pub sensor_type: Option<&'t str>,
+    pub unit: Option<&'static str>,
 }
 
 impl<'t> Implied<'t> {
-    fn of(t: &'t str) -> Implied<'t> {
+    pub fn of(t: &'t str) -> Implied<'t> {
         match topic::parse(t) {
             topic::Parsed::Reading {
                 sensor_type,
