@@ -192,6 +192,7 @@ where
         return Ok(());
     }
     init_logging(config.log());
+    crate::faults::setup();
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

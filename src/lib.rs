@@ -8,6 +8,7 @@ pub mod alerts;
 pub mod config;
 pub mod contract;
 pub mod daemon;
+pub mod faults;
 pub mod mqtt;
 pub mod sensord;
 pub mod sensors;

@@ -1,5 +1,9 @@
 //! aggregatord's promise: what it acknowledged is on disk, stored exactly once,
 //! whatever happens to it or to the broker.
+//!
+//! These tests stop aggregatord at chosen points with fault injection
+//! (src/faults.rs), so the test binary must be built with `--features failpoints`
+//! (scripts/test does).
 
 use crate::harness::*;
 use std::collections::BTreeSet;
@@ -8,18 +12,117 @@ const TOPIC: &str = "building/floor1/room101/temperature/temp_001";
 
 // kill -9 during a stream: see reliability.rs (ten kills over 20,000 readings).
 
+fn require_failpoints() {
+    if !cfg!(feature = "failpoints") {
+        panic!(
+            "these tests inject faults into aggregatord: run them with \
+             `cargo test --features failpoints` (scripts/test does)"
+        );
+    }
+}
+
+/// The central promise, checked where it can break: aggregatord is held just
+/// before the fsync of the first batch that has messages to acknowledge. A
+/// broker-side observer (Mosquitto logging every packet) must have received no
+/// acknowledgement from it by then, and after a `kill -9` right there, every
+/// reading must still arrive and be stored. Moving the ack ahead of the flush
+/// fails both assertions.
+#[test]
+fn nothing_is_acknowledged_before_the_batch_holding_it_is_on_disk() {
+    require_failpoints();
+    const N: u64 = 2000;
+    let pki = Pki::new(&["room101", "aggregatord"]);
+    let broker = Broker::start_logging_packets(&pki);
+    let storage = tempfile::tempdir().unwrap();
+    // A short keep-alive: its pings show that aggregatord's connection task keeps
+    // running (and would have sent any queued ack) while ingest is held.
+    let yaml =
+        aggregatord_yaml(&broker, &pki, storage.path()).replace("keep_alive: 5s", "keep_alive: 1s");
+    let config = write_config(&yaml);
+    let mut agg = start_daemon_with(
+        AGGREGATORD,
+        &config.path,
+        &[("FAILPOINTS", "ingest::before_flush=return")],
+    );
+    agg.log.wait_for(&["subscribed"]);
+
+    let node = Watcher::connect(&broker, &pki, "room101");
+    for seq in 1..=N {
+        node.publish(TOPIC, &reading_payload(seq), 1);
+    }
+    node.wait_confirmed(N as usize);
+    agg.log
+        .wait_for(&["failpoint", "ingest::before_flush", "holding"]);
+    // Every ack queued before the hold was written before the next ping is.
+    // (Lines end with the client id; aggregatord-alerts is the other connection.)
+    let ping = |l: &str| l.ends_with("Received PINGREQ from aggregatord");
+    let pings = broker.proc.log.count_where(ping);
+    broker
+        .proc
+        .log
+        .wait_for_nth_where(ping, pings + 1, "PINGREQ");
+    let acked_while_held = broker
+        .proc
+        .log
+        .count(&["Received PUBACK from aggregatord "]);
+    let delivered_before_kill = broker.proc.log.count(&["Sending PUBLISH to aggregatord "]);
+    agg.kill9();
+
+    // Restarted without the fault, it gets back from the broker everything it
+    // had not acknowledged.
+    let mut agg = start_daemon(AGGREGATORD, &config.path);
+    agg.log
+        .wait_for(&["stored reading", &format!("seq=Some({N})")]);
+    assert!(agg.terminate().success());
+    let rows = stored_seqs(&config.path);
+    let unique: BTreeSet<u64> = rows.iter().copied().collect();
+    let lost = (1..=N).filter(|s| !unique.contains(s)).count();
+    record(
+        "ack_after_fsync",
+        "aggregatord held just before the fsync of its first batch (fault injection), then killed with SIGKILL; Mosquitto logs every packet",
+        serde_json::json!({
+            "readings": N,
+            "delivered_before_kill": delivered_before_kill,
+            "acks_received_by_broker_while_held": acked_while_held,
+            "lost": lost,
+            "duplicated_rows": rows.len() - unique.len(),
+        }),
+    );
+    assert!(delivered_before_kill > 0, "nothing was delivered to hold");
+    assert_eq!(
+        acked_while_held, 0,
+        "the broker got acknowledgements for messages not yet on disk"
+    );
+    assert_eq!(lost, 0, "acknowledged readings lost by kill -9");
+    assert_eq!(rows.len(), unique.len(), "a reading was stored twice");
+}
+
 /// Subscription QoS: measured with QoS 2 (see README, "Why aggregatord subscribes at
 /// QoS 1"), a broker restart mid-stream left aggregatord reconnecting for ever on
 /// "unsolicited ack" (rumqtt#664), so QoS 2 subscriptions are refused by config.
 /// QoS 1 must come through the same restart with nothing lost.
 #[test]
 fn subscription_qos_1_survives_a_broker_restart_mid_stream() {
+    require_failpoints();
     const N: u64 = 2000;
     let pki = Pki::new(&["room101", "aggregatord"]);
     let mut broker = Broker::start(&pki);
     let storage = tempfile::tempdir().unwrap();
-    let config = write_config(&aggregatord_yaml(&broker, &pki, storage.path()));
-    let mut agg = start_daemon(AGGREGATORD, &config.path);
+    // A slow disk (every fsync 20 ms late, 10 readings a batch: ~500 readings/s)
+    // so that the broker restart lands while most of the backlog is still queued;
+    // at full speed the whole first half is stored before the restart.
+    let config = write_config(&aggregatord_yaml_with(
+        &broker,
+        &pki,
+        storage.path(),
+        1,
+        "ingest: { batch_max: 10 }\n",
+    ));
+    let mut agg = start_daemon_with(
+        AGGREGATORD,
+        &config.path,
+        &[("FAILPOINTS", "ingest::before_flush=sleep(20)")],
+    );
     agg.log.wait_for(&["subscribed"]);
     let node = Watcher::connect(&broker, &pki, "room101");
     // QoS 2 from the node: the broker then holds a QoS 2 flow for each message.
@@ -38,22 +141,35 @@ fn subscription_qos_1_survives_a_broker_restart_mid_stream() {
     }
     agg.log
         .wait_for(&["stored reading", &format!("seq=Some({N})")]);
-    let connects = agg
+    // What was stored before aggregatord noticed the broker go away: the rest of
+    // the first half was still queued then.
+    let stored_before_restart = agg
         .log
-        .text()
-        .lines()
-        .filter(|l| l.contains(INGEST_CONNECTED))
-        .count();
-    assert_eq!(connects, 2, "one reconnect, no loop");
+        .count_before("stored reading", "MQTT connection failed");
+    let backlog_at_restart = (N / 2) as usize - stored_before_restart.min(N as usize / 2);
+    let connects = agg.log.count(&[INGEST_CONNECTED]);
     assert!(agg.terminate().success());
-    let seqs: BTreeSet<u64> = stored_seqs(&config.path).into_iter().collect();
+    let rows = stored_seqs(&config.path);
+    let seqs: BTreeSet<u64> = rows.iter().copied().collect();
     let missing = (1..=N).filter(|s| !seqs.contains(s)).count();
-    assert_eq!(missing, 0, "readings lost across the restart");
     record(
         "broker_restart_mid_backlog",
-        "Mosquitto restarted while aggregatord drains a 1,000-reading QoS 2 backlog (subscription QoS 1)",
-        serde_json::json!({ "readings": N, "lost": missing, "reconnects": connects - 1 }),
+        "Mosquitto restarted while aggregatord (slow disk) drains a 1,000-reading QoS 2 backlog (subscription QoS 1); 1,000 more after",
+        serde_json::json!({
+            "readings": N,
+            "backlog_at_restart": backlog_at_restart,
+            "lost": missing,
+            "duplicated_rows": rows.len() - seqs.len(),
+            "reconnects": connects - 1,
+        }),
     );
+    assert!(
+        backlog_at_restart > 0,
+        "the whole first half was stored before the restart: nothing was mid-queue"
+    );
+    assert_eq!(connects, 2, "one reconnect, no loop");
+    assert_eq!(missing, 0, "readings lost across the restart");
+    assert_eq!(rows.len(), seqs.len(), "a reading was stored twice");
 }
 
 #[test]

@@ -107,12 +107,19 @@ impl Log {
 
     /// Waits until `n` lines contain every one of `needles`; returns the n-th.
     pub fn wait_for_nth(&self, needles: &[&str], n: usize) -> String {
+        self.wait_for_nth_where(|l| needles.iter().all(|x| l.contains(x)), n, needles)
+    }
+
+    /// Waits until `n` lines satisfy `pred` (`what` describes it in a failure).
+    pub fn wait_for_nth_where(
+        &self,
+        pred: impl Fn(&str) -> bool,
+        n: usize,
+        what: impl std::fmt::Debug,
+    ) -> String {
+        let needles = what;
         let matching = |lines: &Vec<String>| -> Vec<String> {
-            lines
-                .iter()
-                .filter(|l| needles.iter().all(|x| l.contains(x)))
-                .cloned()
-                .collect()
+            lines.iter().filter(|l| pred(l)).cloned().collect()
         };
         let (lines, ok) = self.lines.wait(|lines| matching(lines).len() >= n);
         let mut found = matching(&lines);
@@ -123,6 +130,27 @@ impl Log {
             self.name
         );
         found.swap_remove(n - 1)
+    }
+
+    /// How many lines so far contain every one of `needles`.
+    pub fn count(&self, needles: &[&str]) -> usize {
+        self.count_where(|l| needles.iter().all(|n| l.contains(n)))
+    }
+
+    /// How many lines so far satisfy `pred`.
+    pub fn count_where(&self, pred: impl Fn(&str) -> bool) -> usize {
+        self.lines.lock().iter().filter(|l| pred(l)).count()
+    }
+
+    /// How many lines containing `counted` came before the first line containing
+    /// `marker` (all of them if there is none).
+    pub fn count_before(&self, counted: &str, marker: &str) -> usize {
+        let lines = self.lines.lock();
+        lines
+            .iter()
+            .take_while(|l| !l.contains(marker))
+            .filter(|l| l.contains(counted))
+            .count()
     }
 
     pub fn contains(&self, needles: &[&str]) -> bool {
@@ -268,6 +296,8 @@ pub struct Broker {
     pub proc: Proc,
     data: tempfile::TempDir,
     conf: PathBuf,
+    /// Logs every packet (`log_type all`): a broker-side observer of acks.
+    verbose: bool,
 }
 
 impl Broker {
@@ -279,10 +309,18 @@ impl Broker {
     pub fn start_on(pki: &Pki, port: u16) -> Broker {
         require("mosquitto", "mosquitto");
         let data = tempfile::tempdir().expect("tempdir");
-        Self::start_in(pki, data, port)
+        Self::start_in(pki, data, port, false)
     }
 
-    fn start_in(pki: &Pki, data: tempfile::TempDir, port: u16) -> Broker {
+    /// Logs every packet it receives and sends (`Received PUBACK from …`), so a
+    /// test can see what a client acknowledged, and when.
+    pub fn start_logging_packets(pki: &Pki) -> Broker {
+        require("mosquitto", "mosquitto");
+        let data = tempfile::tempdir().expect("tempdir");
+        Self::start_in(pki, data, free_port(), true)
+    }
+
+    fn start_in(pki: &Pki, data: tempfile::TempDir, port: u16, verbose: bool) -> Broker {
         let conf = data.path().join("mosquitto.conf");
         let rendered = Command::new(format!("{REPO}/deploy/mosquitto/render-conf"))
             .arg(pki.dir.path())
@@ -296,7 +334,7 @@ impl Broker {
             String::from_utf8_lossy(&rendered.stderr)
         );
         let mut rendered = rendered.stdout;
-        if std::env::var_os("ROOMSENSE_BROKER_DEBUG").is_some() {
+        if verbose || std::env::var_os("ROOMSENSE_BROKER_DEBUG").is_some() {
             rendered.extend_from_slice(b"log_type all\n");
         }
         std::fs::write(&conf, &rendered).expect("write mosquitto.conf");
@@ -321,6 +359,7 @@ impl Broker {
             proc,
             data,
             conf,
+            verbose,
         }
     }
 
@@ -330,6 +369,7 @@ impl Broker {
         assert!(self.proc.terminate().success(), "mosquitto exit status");
         let fresh = tempfile::tempdir().expect("tempdir");
         Stopped {
+            verbose: self.verbose,
             port: self.port,
             data: std::mem::replace(&mut self.data, fresh),
         }
@@ -346,7 +386,7 @@ impl Broker {
         } else {
             fresh
         };
-        *self = Broker::start_in(pki, data, self.port);
+        *self = Broker::start_in(pki, data, self.port, self.verbose);
     }
 
     /// The `broker:` block of a roomsense config for client `name`.
@@ -358,12 +398,13 @@ impl Broker {
 /// A broker that was stopped; its port and saved state are kept for a restart.
 pub struct Stopped {
     pub port: u16,
+    verbose: bool,
     data: tempfile::TempDir,
 }
 
 impl Stopped {
     pub fn start(self, pki: &Pki) -> Broker {
-        Broker::start_in(pki, self.data, self.port)
+        Broker::start_in(pki, self.data, self.port, self.verbose)
     }
 }
 
