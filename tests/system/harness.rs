@@ -111,25 +111,40 @@ impl Log {
     }
 
     /// Waits until `n` lines satisfy `pred` (`what` describes it in a failure).
+    /// Each wake-up looks only at the lines added since the last one: a daemon
+    /// logging tens of thousands of lines must not make the test rescan them all
+    /// per line (that once took a whole core, and the daemon, blocked writing to
+    /// a full stderr pipe, missed its keep-alive).
     pub fn wait_for_nth_where(
         &self,
         pred: impl Fn(&str) -> bool,
         n: usize,
         what: impl std::fmt::Debug,
     ) -> String {
-        let needles = what;
-        let matching = |lines: &Vec<String>| -> Vec<String> {
-            lines.iter().filter(|l| pred(l)).cloned().collect()
-        };
-        let (lines, ok) = self.lines.wait(|lines| matching(lines).len() >= n);
-        let mut found = matching(&lines);
+        let scanned = std::cell::Cell::new(0usize);
+        let matched = std::cell::Cell::new(0usize);
+        let nth = std::cell::RefCell::new(None::<String>);
+        let (lines, _) = self.lines.wait(|lines| {
+            for line in &lines[scanned.get()..] {
+                scanned.set(scanned.get() + 1);
+                if pred(line) {
+                    matched.set(matched.get() + 1);
+                    if matched.get() == n {
+                        *nth.borrow_mut() = Some(line.clone());
+                        return true;
+                    }
+                }
+            }
+            nth.borrow().is_some()
+        });
         drop(lines); // Not held while panicking: the failure report needs it.
-        assert!(
-            ok,
-            "{}: no log line with {needles:?} (wanted {n}) within {PATIENCE:?}",
-            self.name
-        );
-        found.swap_remove(n - 1)
+        nth.into_inner().unwrap_or_else(|| {
+            panic!(
+                "{}: no log line with {what:?} (wanted {n}, saw {}) within {PATIENCE:?}",
+                self.name,
+                matched.get()
+            )
+        })
     }
 
     /// How many lines so far contain every one of `needles`.
