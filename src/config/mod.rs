@@ -7,6 +7,7 @@
 mod aggregatord;
 mod broker;
 mod sensord;
+mod spans;
 
 pub use aggregatord::{
     AggregatordConfig, HttpConfig, IngestConfig, RuleConfig, Severity, StorageConfig,
@@ -127,10 +128,11 @@ pub fn load<T: DaemonConfig>(file: &Path) -> Result<T, ConfigError> {
 
 /// Parses and validates config text that came from `file` (named in errors).
 pub fn from_text<T: DaemonConfig>(file: &Path, text: &str) -> Result<T, ConfigError> {
-    let mut config = parse::<T>(file, text)?;
+    let spans = spans::Spans::of(text);
+    let mut config = parse::<T>(file, text, spans.as_ref())?;
     config.validate().map_err(|e| ConfigError::Invalid {
         file: file.to_owned(),
-        line: locate(text, &e.key),
+        line: spans.as_ref().ok().and_then(|s| s.line(&e.key)),
         key: e.key,
         message: e.message,
     })?;
@@ -142,7 +144,11 @@ pub fn from_text<T: DaemonConfig>(file: &Path, text: &str) -> Result<T, ConfigEr
     Ok(config)
 }
 
-fn parse<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigError> {
+fn parse<T: DeserializeOwned>(
+    file: &Path,
+    text: &str,
+    spans: Result<&spans::Spans, &spans::SyntaxError>,
+) -> Result<T, ConfigError> {
     let de = yaml_serde::Deserializer::from_str(text);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let key = match e.path().to_string() {
@@ -150,13 +156,20 @@ fn parse<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigError>
             p => p,
         };
         let inner = e.into_inner();
-        // The parser's own position often points at the start of the enclosing
-        // mapping, not at the key; find the key itself when we can.
-        let line = locate(text, &key).or_else(|| inner.location().map(|l| l.line()));
+        let parser_line = inner.location().map(|l| l.line());
+        // Text that is not YAML at all: the parser's own position is the place.
+        // Otherwise the key's own line: the deserializer's position is often
+        // that of the enclosing mapping, or missing.
+        let syntax = yaml_serde::from_str::<yaml_serde::Value>(text).is_err();
+        let line = match spans {
+            Ok(spans) if !syntax => spans.line(&key).or(parser_line),
+            Ok(_) => parser_line,
+            Err(e) => parser_line.or(Some(e.line)),
+        };
         ConfigError::Invalid {
             file: file.to_owned(),
             line,
-            message: strip_noise(&inner.to_string(), &key),
+            message: plain(&strip_noise(&inner.to_string(), &key), &key),
             key,
         }
     })
@@ -175,42 +188,44 @@ fn strip_noise(message: &str, key: &str) -> String {
     }
 }
 
-/// Best-effort line lookup for a key path such as `sensors[2].id`, for errors found
-/// after parsing (the parser's own errors carry their line). Handles block and flow
-/// style as written in our example configs; returns `None` rather than guess wrong.
-pub(crate) fn locate(text: &str, key: &str) -> Option<usize> {
-    let lines: Vec<&str> = text.lines().collect();
-    let mut at = 0usize;
-    for part in key.split('.') {
-        let (name, index) = match part.split_once('[') {
-            Some((name, rest)) => (name, rest.trim_end_matches(']').parse::<usize>().ok()),
-            None => (part, None),
-        };
-        if !name.is_empty() {
-            at += lines[at..].iter().position(|l| has_key(l, name))?;
+/// serde's type errors in words an operator uses: `invalid type: string
+/// "eighty", expected u16` at `broker.port` becomes `expected a port number,
+/// not "eighty"`. Other messages are kept as they are.
+fn plain(message: &str, key: &str) -> String {
+    let Some((found, expected)) = message
+        .strip_prefix("invalid type: ")
+        .or_else(|| message.strip_prefix("invalid value: "))
+        .and_then(|m| m.split_once(", expected "))
+    else {
+        return message.to_owned();
+    };
+    let last = key.rsplit(['.', '[']).next().unwrap_or(key);
+    let expected = match expected {
+        "u16" if last == "port" => "a port number",
+        "u8" | "u16" | "u32" | "u64" | "usize" | "i8" | "i16" | "i32" | "i64" | "isize" => {
+            "a whole number"
         }
-        if let Some(index) = index {
-            // A flow sequence (`days: [mon, tue]`) is all on the key's line.
-            if !name.is_empty() && lines[at].contains('[') {
-                continue;
-            }
-            // Block sequence items: lines starting with "- " after the key line.
-            let items: Vec<usize> = (at + 1..lines.len())
-                .filter(|&i| lines[i].trim_start().starts_with("- "))
-                .collect();
-            at = *items.get(index)?;
-        }
-    }
-    Some(at + 1)
-}
-
-fn has_key(line: &str, name: &str) -> bool {
-    let code = line.split('#').next().unwrap_or("");
-    code.match_indices(name).any(|(i, _)| {
-        let before = code[..i].chars().next_back();
-        let after = code[i + name.len()..].trim_start();
-        matches!(before, None | Some(' ' | '{' | ',' | '-' | '\t')) && after.starts_with(':')
-    })
+        "f32" | "f64" => "a number",
+        "a sequence" => "a list",
+        "a map" => "a mapping (key: value)",
+        e if e.starts_with("struct ") => "a mapping (key: value)",
+        e => e,
+    };
+    let found = match found.split_once(' ') {
+        // `string "eighty"`: the value as written.
+        Some(("string", value)) => value.to_owned(),
+        Some(("integer" | "floating" | "boolean", value)) => value
+            .trim_start_matches("point ")
+            .trim_matches('`')
+            .to_owned(),
+        _ => match found {
+            "sequence" => "a list".to_owned(),
+            "map" => "a mapping".to_owned(),
+            "unit value" => "nothing".to_owned(),
+            other => other.to_owned(),
+        },
+    };
+    format!("expected {expected}, not {found}")
 }
 
 /// Serde adapter for durations written the human way: `500ms`, `30s`, `2m`, `1h`.
@@ -298,7 +313,7 @@ mod tests {
     fn an_error_before_any_key_still_names_one() {
         // Found by the `config` fuzz target: a lone YAML indicator.
         for text in ["?", "- [", ": x"] {
-            match parse::<crate::config::SensordConfig>(Path::new("f.yaml"), text) {
+            match from_text::<crate::config::SensordConfig>(Path::new("f.yaml"), text) {
                 Err(ConfigError::Invalid { key, .. }) => assert!(!key.is_empty(), "{text:?}"),
                 Err(other) => panic!("{text:?}: {other}"),
                 Ok(_) => panic!("{text:?} parsed"),
@@ -306,15 +321,77 @@ mod tests {
         }
     }
 
+    fn error(text: &str) -> (Option<usize>, String, String) {
+        match from_text::<crate::config::SensordConfig>(Path::new("f.yaml"), text) {
+            Err(ConfigError::Invalid {
+                line, key, message, ..
+            }) => (line, key, message),
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("accepted:\n{text}"),
+        }
+    }
+
+    /// A sensord config with nested lists and flow mappings in its sensors
+    /// list before the third item, which starts on line 17 (the old guess,
+    /// counting `- ` lines, put its keys on line 14).
+    fn sensord(third_sensor: &str) -> String {
+        format!(
+            "node:\n  id: room101\n  topic_prefix: building/floor1/room101\n\
+             broker: {{ host: localhost, insecure_plaintext: true }}\n\
+             # Three sensors.\n\
+             sensors:\n\
+             \x20 - id: t1\n\
+             \x20   type: temperature\n\
+             \x20   interval: 5s\n\
+             \x20   faults:\n\
+             \x20     - {{ kind: stuck, after: 1m, for: 1m }}\n\
+             \x20     - kind: spike\n\
+             \x20       value: 99.5\n\
+             \x20 - {{ id: h1, type: humidity, interval: 5s }}\n\
+             \x20 - type: co2\n\
+             \x20   interval: 5s\n\
+             {third_sensor}"
+        )
+    }
+
     #[test]
-    fn locates_block_and_flow_keys() {
-        let text = "node:\n  id: a\nsensors:\n  - { id: t1, type: temperature }\n  - id: t2\n    type: humidity\n";
-        assert_eq!(locate(text, "node.id"), Some(2));
-        assert_eq!(locate(text, "sensors[0].id"), Some(4));
-        assert_eq!(locate(text, "sensors[1].id"), Some(5));
-        assert_eq!(locate(text, "sensors[1].type"), Some(6));
-        assert_eq!(locate(text, "nothing"), None);
-        let flow = "room:\n  occupancy: { days: [mon, xyz] }\nsensors:\n  - { id: a }\n";
-        assert_eq!(locate(flow, "room.occupancy.days[1]"), Some(2));
+    fn a_duplicate_in_a_list_after_nested_lists_is_on_its_own_line() {
+        let text = sensord("    id: t1\n");
+        assert_eq!(text.lines().nth(16), Some("    id: t1"));
+        let (line, key, message) = error(&text);
+        assert_eq!(
+            (line, key.as_str()),
+            (Some(17), "sensors[2].id"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_syntax_error_is_where_the_parser_found_it() {
+        // Line 18 opens a flow list that never closes; the parser notices on 18
+        // or 19, never back at the start of the item.
+        let text = sensord("    id: c1\n    qos: [1, 2\n    unit: x\n");
+        let (line, _, message) = error(&text);
+        assert!(matches!(line, Some(18..=19)), "line {line:?}: {message}");
+    }
+
+    #[test]
+    fn flow_mappings_and_type_errors_read_plainly() {
+        let text = "node: { id: room101, topic_prefix: building/floor1/room101 }\n\
+                    broker: { host: localhost, port: eighty, insecure_plaintext: true }\n\
+                    sensors: [{ id: t, type: temperature, interval: 1s }]\n";
+        let (line, key, message) = error(text);
+        assert_eq!((line, key.as_str()), (Some(2), "broker.port"));
+        assert_eq!(message, r#"expected a port number, not "eighty""#);
+    }
+
+    #[test]
+    fn a_missing_key_is_reported_where_its_mapping_is() {
+        let text = "node:\n  id: room101\n  topic_prefix: building/floor1/room101\n\
+                    broker: { host: localhost, port: 8883, insecure_plaintext: true }\n\
+                    sensors:\n  - id: t\n    type: temperature\n    interval: 1s\n  - id: u\n    interval: 1s\n";
+        let (line, key, message) = error(text);
+        assert_eq!((line, key.as_str()), (Some(9), "sensors[1]"), "{message}");
+        assert!(message.contains("type"), "{message}");
     }
 }

@@ -177,7 +177,12 @@ fn a_qos_2_subscription_is_refused_with_the_reason() {
     let pki = Pki::new(&["aggregatord"]);
     let broker = Broker::start(&pki);
     let storage = tempfile::tempdir().unwrap();
-    let config = write_config(&aggregatord_yaml_with(&broker, &pki, storage.path(), 2, ""));
+    let yaml = aggregatord_yaml_with(&broker, &pki, storage.path(), 2, "");
+    let qos_line = 1 + yaml
+        .lines()
+        .position(|l| l.contains("qos: 2"))
+        .expect("the subscription line");
+    let config = write_config(&yaml);
     let out = std::process::Command::new(AGGREGATORD)
         .arg("--config")
         .arg(&config.path)
@@ -185,8 +190,9 @@ fn a_qos_2_subscription_is_refused_with_the_reason() {
         .unwrap();
     assert_eq!(out.status.code(), Some(78));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("subscriptions[0].qos") && err.contains("rumqtt#664"),
-        "{err}"
+    let at = format!(
+        "{}:{qos_line}: subscriptions[0].qos: ",
+        config.path.display()
     );
+    assert!(err.contains(&at) && err.contains("rumqtt#664"), "{err}");
 }
