@@ -68,15 +68,18 @@ fn sighup_with_a_broken_config_keeps_running_on_the_old_one() {
     let sensord = start_daemon(SENSORD, &config.path);
     sensord.log.wait_for(&["connected broker="]);
     let good = std::fs::read_to_string(&config.path).unwrap();
-    std::fs::write(&config.path, good.replace("qos: 0", "qos: 7")).unwrap();
+    let bad = good.replace("qos: 0", "qos: 7");
+    let bad_line = 1 + bad.lines().position(|l| l.contains("qos: 7")).unwrap();
+    std::fs::write(&config.path, bad).unwrap();
     sensord.hup();
     let line = sensord.log.wait_for(&["reload failed"]);
-    assert!(
-        line.contains(&format!("{}:", config.path.display())) && line.contains("sensors[0].qos"),
-        "names file, line and key: {line}"
-    );
-    let before = sensord.log.text().matches(" reading topic=").count();
+    let names_file_line_key = line.contains(&format!(
+        "{}:{bad_line}: sensors[0].qos",
+        config.path.display()
+    ));
+    let before = sensord.log.count(&[" reading topic="]);
     sensord.log.wait_for_nth(&[" reading topic="], before + 3);
+    let sensord_readings_after = sensord.log.count(&[" reading topic="]) - before;
 
     // The same for aggregatord.
     let storage = tempfile::tempdir().unwrap();
@@ -85,14 +88,25 @@ fn sighup_with_a_broken_config_keeps_running_on_the_old_one() {
     agg.log.wait_for(&["subscribed"]);
     std::fs::write(&agg_config.path, "client_id: [").unwrap();
     agg.hup();
-    agg.log.wait_for(&["reload failed"]);
+    let agg_line = agg.log.wait_for(&["reload failed"]);
     // …and keeps storing sensord's readings.
-    let stored = agg.log.text().matches("stored reading").count();
+    let stored = agg.log.count(&["stored reading"]);
     agg.log.wait_for_nth(&["stored reading"], stored + 3);
+    let agg_stored_after = agg.log.count(&["stored reading"]) - stored;
     record(
         "sighup_broken_config",
         "SIGHUP with an invalid config file, both daemons",
-        serde_json::json!({ "kept_running": true, "error_names_file_line_key": true }),
+        serde_json::json!({
+            "sensord_error_names_file_line_key": names_file_line_key,
+            "sensord_readings_after_failed_reload": sensord_readings_after,
+            "aggregatord_error_names_file_line": agg_line.contains(&format!("{}:1:", agg_config.path.display())),
+            "aggregatord_stored_after_failed_reload": agg_stored_after,
+        }),
+    );
+    assert!(names_file_line_key, "names file, line and key: {line}");
+    assert!(
+        agg_line.contains(&format!("{}:1:", agg_config.path.display())),
+        "{agg_line}"
     );
 }
 
