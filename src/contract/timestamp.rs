@@ -62,7 +62,7 @@ impl fmt::Display for Timestamp {
     /// Milliseconds always (`…:00.000Z`, so the text sorts like the time), or
     /// microseconds when a client sent them.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let format = if self.0.timestamp_subsec_micros() % 1000 == 0 {
+        let format = if self.0.timestamp_subsec_micros().is_multiple_of(1000) {
             SecondsFormat::Millis
         } else {
             SecondsFormat::Micros
