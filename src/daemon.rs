@@ -22,7 +22,7 @@ pub fn init_logging(config: &LogConfig) {
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.level));
     let registry = tracing_subscriber::registry().with(filter);
     if stderr_is_journal() {
-        if let Ok(journald) = tracing_journald::layer() {
+        if let Ok(journald) = crate::journal::Journald::connect() {
             registry.with(journald).init();
             return;
         }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod contract;
 pub mod daemon;
 pub mod faults;
+pub mod journal;
 pub mod mqtt;
 pub mod sensord;
 pub mod sensors;

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 /// Subscribes to sensor readings, validates them and stores them durably.
 #[derive(Parser)]
-#[command(version)]
+#[command(name = "aggregatord", version)]
 struct Cli {
     /// YAML config file (see config/aggregatord.yaml).
     #[arg(

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 /// Simulates one room's sensors and publishes their readings over MQTT (mutual TLS).
 #[derive(Parser)]
-#[command(version)]
+#[command(name = "sensord", version)]
 struct Cli {
     /// YAML config file (see config/sensord/).
     #[arg(short, long)]

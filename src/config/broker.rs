@@ -118,10 +118,28 @@ impl BrokerConfig {
 
     pub(crate) fn resolve_paths(&mut self, base: &Path) {
         if let Some(tls) = &mut self.tls {
-            resolve(base, &mut tls.ca_file);
-            resolve(base, &mut tls.cert_file);
-            resolve(base, &mut tls.key_file);
+            for path in [&mut tls.ca_file, &mut tls.cert_file, &mut tls.key_file] {
+                expand_credentials(path);
+                resolve(base, path);
+            }
         }
+    }
+}
+
+/// Under systemd, a key can come from `LoadCredential=`: the unit copies it
+/// (readable by root only on disk) into a private folder for this service
+/// alone, and names that folder in `$CREDENTIALS_DIRECTORY`. A path written
+/// `${CREDENTIALS_DIRECTORY}/room101.key` points there. Without the variable
+/// the path is left as written, and reading it fails with a hint (mqtt/tls.rs):
+/// `dump` and `--check-config` run outside the unit never need the key.
+pub const CREDENTIALS_VAR: &str = "${CREDENTIALS_DIRECTORY}";
+
+fn expand_credentials(path: &mut PathBuf) {
+    let Some(rest) = path.to_str().and_then(|p| p.strip_prefix(CREDENTIALS_VAR)) else {
+        return;
+    };
+    if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+        *path = Path::new(&dir).join(rest.trim_start_matches('/'));
     }
 }
 

@@ -21,9 +21,16 @@ pub enum TlsError {
 }
 
 fn file_error(file: &Path, message: impl ToString) -> TlsError {
+    let mut message = message.to_string();
+    if file.starts_with(crate::config::CREDENTIALS_VAR) {
+        message.push_str(
+            " (CREDENTIALS_DIRECTORY is set by systemd for a unit with LoadCredential=; \
+             it is not set here)",
+        );
+    }
     TlsError::File {
         file: file.to_owned(),
-        message: message.to_string(),
+        message,
     }
 }
 

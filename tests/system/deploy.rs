@@ -149,12 +149,15 @@ fn compose_setup_provides_every_file_the_compose_file_mounts() {
 
 #[test]
 fn install_stages_binaries_units_configs_and_broker_files() {
+    use std::os::unix::fs::PermissionsExt;
     let root = tempfile::tempdir().unwrap();
+    let ca = tempfile::tempdir().unwrap();
     let bin_dir = Path::new(SENSORD).parent().unwrap();
     stdout_of(
         Command::new(format!("{REPO}/scripts/install"))
-            .arg("--dev-pki")
+            .args(["--dev-pki", "room102"])
             .env("DESTDIR", root.path())
+            .env("ROOMSENSE_DEV_PKI", ca.path())
             .env("ROOMSENSE_BIN", bin_dir),
     );
     let r = root.path();
@@ -167,18 +170,45 @@ fn install_stages_binaries_units_configs_and_broker_files() {
         "etc/mosquitto/roomsense/mosquitto.conf",
         "etc/mosquitto/roomsense/acl",
         "etc/mosquitto/roomsense/broker.key",
-        "etc/roomsense/pki/room101.key",
+        "etc/roomsense/pki/room102.crt",
+        "etc/roomsense/pki/private/room102.key",
+        "etc/roomsense/pki/private/aggregatord.key",
     ] {
         assert!(r.join(f).exists(), "{f} not installed");
     }
-    // The unit's config path, for instance room101, exists and is valid.
+    // Only the node asked for; keys private; the CA's key nowhere.
+    let configs: Vec<_> = std::fs::read_dir(r.join("etc/roomsense/sensord"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(configs, ["room102.yaml"]);
+    let mode = |f: &str| std::fs::metadata(r.join(f)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode("etc/roomsense/pki/private/room102.key"), 0o600);
+    assert_eq!(mode("etc/roomsense/pki/private"), 0o700);
+    let everything = stdout_of(Command::new("find").arg(r));
+    assert!(!everything.contains("ca.key"), "the CA key was installed");
+    assert!(ca.path().join("ca.key").exists());
+    // Stripped: no symbol table left.
+    let sections = stdout_of(
+        Command::new("readelf")
+            .arg("-S")
+            .arg(r.join("usr/local/bin/sensord")),
+    );
+    assert!(!sections.contains(".symtab"), "not stripped");
+    // The unit's config path, for instance room102, exists and is valid; the
+    // key comes from the unit's credentials.
     let unit = std::fs::read_to_string(r.join("etc/systemd/system/sensord@.service")).unwrap();
     assert!(unit.contains("--config /etc/roomsense/sensord/%i.yaml"));
+    let config = std::fs::read_to_string(r.join("etc/roomsense/sensord/room102.yaml")).unwrap();
+    assert!(
+        config.contains("key_file: \"${CREDENTIALS_DIRECTORY}/room102.key\""),
+        "{config}"
+    );
     stdout_of(
         Command::new(SENSORD)
             .arg("--check-config")
             .arg("--config")
-            .arg(r.join("etc/roomsense/sensord/room101.yaml")),
+            .arg(r.join("etc/roomsense/sensord/room102.yaml")),
     );
     stdout_of(
         Command::new(AGGREGATORD)

@@ -16,4 +16,5 @@ mod reliability;
 mod security;
 mod sensord;
 mod status;
+mod systemd;
 mod tls;
