@@ -97,6 +97,40 @@ fn nothing_is_acknowledged_before_the_batch_holding_it_is_on_disk() {
     assert_eq!(rows.len(), unique.len(), "a reading was stored twice");
 }
 
+/// An acknowledgement leaves as soon as its batch is on disk, even on an idle
+/// connection where nothing else would wake the connection task (it would
+/// then wait for the next keep-alive, 60 s here); and /metrics counts it.
+#[test]
+fn an_ack_leaves_at_once_on_an_idle_connection_and_is_counted() {
+    let pki = Pki::new(&["room101", "aggregatord"]);
+    let broker = Broker::start_logging_packets(&pki);
+    let storage = tempfile::tempdir().unwrap();
+    let yaml = aggregatord_yaml(&broker, &pki, storage.path())
+        .replace("keep_alive: 5s", "keep_alive: 60s");
+    let config = write_config(&yaml);
+    let agg = start_daemon(AGGREGATORD, &config.path);
+    let addr = dashboard_addr(&agg.log);
+    agg.log.wait_for(&["subscribed"]);
+    let node = Watcher::connect(&broker, &pki, "room101");
+    node.publish(TOPIC, &reading_payload(1), 1);
+    agg.log.wait_for(&["stored reading", "seq=Some(1)"]);
+    // Within the harness's patience (20 s), well before a keep-alive ping.
+    broker
+        .proc
+        .log
+        .wait_for(&["Received PUBACK from aggregatord "]);
+    let pinged = broker
+        .proc
+        .log
+        .count_where(|l| l.ends_with("Received PINGREQ from aggregatord"));
+    assert_eq!(pinged, 0, "the ack waited for a keep-alive");
+    let (_, metrics) = http_get(&addr, "/metrics");
+    assert!(
+        metrics.contains("roomsense_mqtt_acks_sent_total 1\n"),
+        "{metrics}"
+    );
+}
+
 /// Subscription QoS: measured with QoS 2 (see README, "Why aggregatord subscribes at
 /// QoS 1"), a broker restart mid-stream left aggregatord reconnecting for ever on
 /// "unsolicited ack" (rumqtt#664), so QoS 2 subscriptions are refused by config.
