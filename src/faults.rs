@@ -18,20 +18,21 @@ pub fn setup() {
 }
 
 /// If `FAILPOINTS` configures `name` (and `when` holds), logs that this thread
-/// is held at `name` and blocks it for good: the test then kills the process.
+/// is held at `name`, with `detail` (what is at stake, for the test to check),
+/// and blocks it for good: the test then kills the process.
 /// A no-op without the `failpoints` feature.
 #[inline]
-pub fn hold(name: &str, when: bool) {
+pub fn hold(name: &str, when: bool, detail: std::fmt::Arguments<'_>) {
     #[cfg(feature = "failpoints")]
     if when && fail::eval(name, |_| ()).is_some() {
         tracing::warn!(
             failpoint = name,
-            "failpoint: holding this thread until killed"
+            "failpoint: holding this thread until killed ({detail})"
         );
         loop {
             std::thread::park();
         }
     }
     #[cfg(not(feature = "failpoints"))]
-    let _ = (name, when);
+    let _ = (name, when, detail);
 }

@@ -368,7 +368,7 @@ impl Ingest {
             // Then alert changes and rejections, and the one fsync. A retry may
             // record an alert change twice (then it is sent twice: at-least-once).
             let (store, c) = (self.store.clone(), changes.clone());
-            let acknowledges = !acks.is_empty();
+            let to_acknowledge = acks.len();
             let attempt = tokio::task::spawn_blocking(move || {
                 store.record_alerts(&c)?;
                 for m in &refused {
@@ -376,7 +376,11 @@ impl Ingest {
                 }
                 // Tests stop here (tests/system/durability.rs): nothing of this
                 // batch may have been acknowledged yet.
-                crate::faults::hold("ingest::before_flush", acknowledges);
+                crate::faults::hold(
+                    "ingest::before_flush",
+                    to_acknowledge > 0,
+                    format_args!("acks={to_acknowledge}"),
+                );
                 let t = std::time::Instant::now();
                 store.flush()?;
                 Ok::<_, StoreError>(t.elapsed())

@@ -51,8 +51,19 @@ fn nothing_is_acknowledged_before_the_batch_holding_it_is_on_disk() {
         node.publish(TOPIC, &reading_payload(seq), 1);
     }
     node.wait_confirmed(N as usize);
-    agg.log
+    let held = agg
+        .log
         .wait_for(&["failpoint", "ingest::before_flush", "holding"]);
+    let held_acks: usize = held
+        .split("acks=")
+        .nth(1)
+        .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        held_acks > 0,
+        "the held batch has nothing to acknowledge: {held}"
+    );
     // Every ack queued before the hold was written before the next ping is.
     // (Lines end with the client id; aggregatord-alerts is the other connection.)
     let ping = |l: &str| l.ends_with("Received PINGREQ from aggregatord");
@@ -83,6 +94,7 @@ fn nothing_is_acknowledged_before_the_batch_holding_it_is_on_disk() {
         serde_json::json!({
             "readings": N,
             "delivered_before_kill": delivered_before_kill,
+            "messages_in_the_held_batch": held_acks,
             "acks_received_by_broker_while_held": acked_while_held,
             "lost": lost,
             "duplicated_rows": rows.len() - unique.len(),
