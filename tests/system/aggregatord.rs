@@ -291,6 +291,27 @@ fn hot(node: &Watcher, value: f64, seq: u64) {
     );
 }
 
+/// A redelivered reading (same topic, timestamp and seq: a duplicate) is not a
+/// new observation: it must not raise again an alert that later readings
+/// cleared. (The broker redelivers whatever was unacknowledged after a crash.)
+#[test]
+fn a_redelivered_reading_does_not_move_an_alert() {
+    let r = running("alerts:\n  - { name: too_hot, type: temperature, above: 26, clear_below: 25, severity: warning }\n");
+    let topic = format!("{ROOM}/temperature/temp_001");
+    let first = payload("temperature", "temp_001", "celsius", 27.0, &now_minus(2), 1);
+    r.node.publish(&topic, &first, 1);
+    r.agg.log.wait_for(&["alert", "state=raised"]);
+    hot(&r.node, 24.0, 2);
+    r.agg.log.wait_for(&["alert", "state=cleared"]);
+    r.node.publish(&topic, &first, 1);
+    r.agg.log.wait_for(&["duplicate reading", "seq=Some(1)"]);
+    // A marker after it: once this is stored, the duplicate has been through ingest.
+    hot(&r.node, 24.5, 3);
+    r.agg.log.wait_for(&["stored reading", "seq=Some(3)"]);
+    let raises = r.agg.log.count(&["alert rule=", "state=raised"]);
+    assert_eq!(raises, 1, "the duplicate raised the alert again");
+}
+
 #[test]
 fn an_alert_is_raised_after_its_duration_cleared_with_hysteresis_and_survives_a_restart() {
     let mut r = running(RULES);
