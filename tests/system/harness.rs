@@ -239,7 +239,7 @@ impl Proc {
     }
 }
 
-fn signal(pid: i32, sig: i32) {
+pub fn signal(pid: i32, sig: i32) {
     // SAFETY: kill(2) on a child we own; no memory is shared.
     let rc = unsafe { libc::kill(pid, sig) };
     assert_eq!(rc, 0, "kill({pid}, {sig}) failed");

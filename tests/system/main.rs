@@ -7,6 +7,7 @@ mod aggregatord;
 mod bench;
 mod config;
 mod dashboard;
+mod demo;
 mod deploy;
 mod durability;
 mod lifecycle;
