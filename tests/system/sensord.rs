@@ -25,6 +25,31 @@ fn made(log: &Log) -> BTreeMap<String, BTreeSet<u64>> {
     made
 }
 
+/// Per topic, the first seq made while the broker was away: made after the
+/// first "buffered while offline" line once connected (readings made before
+/// the first connection are buffered too).
+fn first_made_offline(log: &Log) -> BTreeMap<String, u64> {
+    let mut first = BTreeMap::new();
+    let text = log.text();
+    let Some(offline) = text
+        .find("connected broker=")
+        .and_then(|c| text[c..].find("buffered while offline").map(|o| c + o))
+    else {
+        return first;
+    };
+    for line in text[offline..]
+        .lines()
+        .filter(|l| l.contains(" reading topic="))
+    {
+        let seq = word_after(line, "seq=Some(")
+            .trim_end_matches(')')
+            .parse()
+            .unwrap();
+        first.entry(word_after(line, "topic=")).or_insert(seq);
+    }
+    first
+}
+
 fn word_after(line: &str, key: &str) -> String {
     let at = line
         .find(key)
@@ -148,11 +173,21 @@ fn qos_1_and_2_readings_made_during_an_outage_arrive_in_order_and_qos_0_ones_are
     let made = made(&o.sensord.log);
     let stored = stored(&o.agg_config);
     let (mut qos12_lost, mut out_of_order) = (0, 0);
+    let offline = first_made_offline(&o.sensord.log);
     for t in [topic("motion", "motion_001"), topic("energy", "energy_001")] {
         let want: Vec<u64> = made[&t].iter().copied().collect();
         let got = stored.get(&t).cloned().unwrap_or_default();
         qos12_lost += want.iter().filter(|s| !got.contains(s)).count();
-        let order = arrival_order(&o.agg, &t);
+        // The order promised is that of what sensord buffered while the broker
+        // was away. Messages the broker already held when it stopped come back
+        // from its persistence file, and Mosquitto 2.0.11 was seen to resend
+        // two of those swapped (1 run in 5): its order, not ours.
+        let since = offline.get(&t).copied().unwrap_or(u64::MAX);
+        let order: Vec<u64> = arrival_order(&o.agg, &t)
+            .into_iter()
+            .filter(|s| *s >= since)
+            .collect();
+        assert!(!order.is_empty(), "{t}: nothing made while offline");
         out_of_order += order.windows(2).filter(|w| w[0] >= w[1]).count();
         assert_eq!(got, want, "{t}: every QoS 1/2 reading stored once");
         assert!(
@@ -179,7 +214,7 @@ fn qos_1_and_2_readings_made_during_an_outage_arrive_in_order_and_qos_0_ones_are
     record(
         "broker_outage_sensord",
         "Broker stopped while sensord publishes (QoS 0, 1 and 2 streams), then started again",
-        serde_json::json!({ "qos12_readings": qos12, "qos12_lost": qos12_lost, "out_of_order": out_of_order, "qos0_dropped_and_counted": dropped }),
+        serde_json::json!({ "qos12_readings": qos12, "qos12_lost": qos12_lost, "out_of_order_of_those_buffered": out_of_order, "qos0_dropped_and_counted": dropped }),
     );
 }
 
