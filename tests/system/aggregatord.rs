@@ -291,6 +291,38 @@ fn hot(node: &Watcher, value: f64, seq: u64) {
     );
 }
 
+/// A meter reading that arrives late (older than one already stored) is
+/// checked against both neighbours: refused above the later one, kept between.
+#[test]
+fn a_late_meter_reading_is_checked_against_the_later_one_too() {
+    let r = running("");
+    let topic = format!("{ROOM}/energy/energy_001");
+    let e = |value: f64, ago: i64, seq: u64| {
+        payload("energy", "energy_001", "kWh", value, &now_minus(ago), seq)
+    };
+    r.node.publish(&topic, &e(100.0, 10, 1), 1);
+    r.node.publish(&topic, &e(120.0, 2, 4), 1);
+    r.agg.log.wait_for(&["stored reading", "seq=Some(4)"]);
+    // Late: 130 between 100 (earlier) and 120 (later) in time, above the later.
+    r.node.publish(&topic, &e(130.0, 6, 2), 1);
+    let refused = r
+        .agg
+        .log
+        .wait_for(&["rejected message", "reason=meter_decreased"]);
+    assert!(refused.contains("above the later"), "{refused}");
+    // Late and between both: kept.
+    r.node.publish(&topic, &e(110.0, 4, 3), 1);
+    r.agg.log.wait_for(&["stored reading", "seq=Some(3)"]);
+    let stored: Vec<u64> = jsonl(&dump(
+        &r.config.path,
+        &["--format", "jsonl", "--type", "energy"],
+    ))
+    .iter()
+    .map(|j| j["seq"].as_u64().unwrap())
+    .collect();
+    assert_eq!(stored, [1, 3, 4]);
+}
+
 /// A redelivered reading (same topic, timestamp and seq: a duplicate) is not a
 /// new observation: it must not raise again an alert that later readings
 /// cleared. (The broker redelivers whatever was unacknowledged after a crash.)

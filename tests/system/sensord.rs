@@ -207,6 +207,13 @@ fn qos_1_and_2_readings_made_during_an_outage_arrive_in_order_and_qos_0_ones_are
         "{missing} temperature readings missing, {dropped} counted as dropped"
     );
     assert_eq!(count(&o.sensord.log, "dropped_buffer_full"), 0);
+    // Everything made was published, or counted as dropped.
+    let made_total: u64 = made.values().map(|s| s.len() as u64).sum();
+    let accounted = count(&o.sensord.log, "published")
+        + dropped
+        + count(&o.sensord.log, "dropped_queue_full")
+        + count(&o.sensord.log, "lost_at_exit");
+    assert_eq!(accounted, made_total, "published + dropped = made");
     let qos12: usize = [topic("motion", "motion_001"), topic("energy", "energy_001")]
         .iter()
         .map(|t| made[t].len())
