@@ -291,6 +291,49 @@ fn hot(node: &Watcher, value: f64, seq: u64) {
     );
 }
 
+/// An active alert whose rule is removed is cleared, and the clear published:
+/// on a reload, and at start when the rule went away while aggregatord was stopped.
+#[test]
+fn an_alert_whose_rule_is_removed_is_cleared_on_reload_and_at_start() {
+    let rule = "alerts:\n  - { name: too_hot, type: temperature, above: 26, clear_below: 25, severity: warning }\n";
+    let mut r = running(rule);
+    let observer = Watcher::connect(&r.broker, &r.pki, "observer");
+    observer.subscribe("building/+/+/alerts/#", 2);
+    let alert_topic = format!("{ROOM}/alerts/too_hot");
+    let cleared = |n: usize| {
+        let topic = alert_topic.clone();
+        move |all: &[Seen]| {
+            all.iter()
+                .filter(|s| {
+                    s.topic == topic && !s.payload.is_empty() && s.json()["state"] == "cleared"
+                })
+                .count()
+                >= n
+        }
+    };
+
+    // Reload without the rule.
+    hot(&r.node, 27.0, 1);
+    r.agg.log.wait_for(&["alert rule=too_hot", "state=raised"]);
+    let with_rule = std::fs::read_to_string(&r.config.path).unwrap();
+    std::fs::write(&r.config.path, with_rule.replace(rule, "")).unwrap();
+    r.agg.hup();
+    observer.wait_until(cleared(1));
+
+    // Raised again, then the rule removed while stopped.
+    std::fs::write(&r.config.path, &with_rule).unwrap();
+    r.agg.hup();
+    r.agg.log.wait_for_nth(&["configuration reloaded"], 2);
+    hot(&r.node, 27.5, 2);
+    r.agg
+        .log
+        .wait_for_nth(&["alert rule=too_hot", "state=raised"], 2);
+    assert!(r.agg.terminate().success());
+    std::fs::write(&r.config.path, with_rule.replace(rule, "")).unwrap();
+    r.agg = start_daemon(AGGREGATORD, &r.config.path);
+    observer.wait_until(cleared(2));
+}
+
 /// A meter reading that arrives late (older than one already stored) is
 /// checked against both neighbours: refused above the later one, kept between.
 #[test]
