@@ -568,3 +568,51 @@ fn corrupt(key: impl AsRef<[u8]>, message: impl ToString) -> StoreError {
         message: message.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reading(seq: u64) -> StoredReading {
+        StoredReading {
+            topic: "building/floor1/room101/temperature/temp_001".into(),
+            reading: Reading {
+                sensor_id: "temp_001".into(),
+                sensor_type: "temperature".into(),
+                value: 20.0 + seq as f64 / 100.0,
+                unit: "celsius".into(),
+                timestamp: Timestamp::from_micros(1_790_000_000_000_000 + seq as i64 * 1_000_000)
+                    .unwrap(),
+                seq: Some(seq),
+            },
+            received_at: Timestamp::from_micros(1_790_000_000_000_000).unwrap(),
+            qos: 1,
+        }
+    }
+
+    /// Live ingest writes small batches that top up the newest chunk: it must
+    /// never grow past CHUNK_MAX (each top-up rewrites the whole chunk).
+    #[test]
+    fn batches_top_up_chunks_to_at_most_chunk_max() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let readings = Readings::open(&db).unwrap();
+        let mut seq = 0;
+        for batch in [1, 64, 3, 7, 50, 1, 130, 2] {
+            let mut writer = readings.writer();
+            for _ in 0..batch {
+                seq += 1;
+                assert_eq!(writer.insert(&reading(seq)).unwrap(), Inserted::New);
+            }
+            writer.finish().unwrap();
+        }
+        let mut stored = 0;
+        for kv in readings.chunks.iter() {
+            let (k, v) = kv.unwrap();
+            let (count, _) = chunk::header(&v).unwrap();
+            assert!(count <= CHUNK_MAX, "chunk {k:?} holds {count}");
+            stored += count;
+        }
+        assert_eq!(stored as u64, seq);
+    }
+}
