@@ -615,4 +615,31 @@ mod tests {
         }
         assert_eq!(stored as u64, seq);
     }
+
+    /// When the newest chunk moved on under a writer (here: another writer
+    /// stored newer readings first; in aggregatord, retention or a reopen),
+    /// its readings take the exact path and land in time order, not appended
+    /// after newer ones.
+    #[test]
+    fn a_writer_overtaken_on_disk_still_stores_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let readings = Readings::open(&db).unwrap();
+        let mut first = readings.writer();
+        first.insert(&reading(1)).unwrap();
+        first.finish().unwrap();
+        let mut slow = readings.writer();
+        slow.insert(&reading(2)).unwrap();
+        slow.insert(&reading(3)).unwrap();
+        let mut fast = readings.writer();
+        fast.insert(&reading(4)).unwrap();
+        fast.finish().unwrap();
+        slow.finish().unwrap();
+        let query = Query::default();
+        let seqs: Vec<u64> = readings
+            .select(&query)
+            .map(|r| r.unwrap().reading.seq.unwrap())
+            .collect();
+        assert_eq!(seqs, [1, 2, 3, 4]);
+    }
 }
