@@ -66,10 +66,18 @@ impl<T> Shared<T> {
 
     /// Waits up to [`PATIENCE`] for `done`; returns the guard and whether it held.
     fn wait(&self, done: impl Fn(&T) -> bool) -> (std::sync::MutexGuard<'_, T>, bool) {
+        self.wait_within(done, PATIENCE)
+    }
+
+    fn wait_within(
+        &self,
+        done: impl Fn(&T) -> bool,
+        patience: Duration,
+    ) -> (std::sync::MutexGuard<'_, T>, bool) {
         let (guard, timeout) = self
             .0
              .1
-            .wait_timeout_while(self.lock(), PATIENCE, |v| !done(v))
+            .wait_timeout_while(self.lock(), patience, |v| !done(v))
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         (guard, !timeout.timed_out())
     }
@@ -121,26 +129,41 @@ impl Log {
         n: usize,
         what: impl std::fmt::Debug,
     ) -> String {
+        self.wait_for_nth_within(pred, n, what, PATIENCE)
+    }
+
+    /// [`Log::wait_for_nth_where`] with its own patience, for a child that keeps
+    /// its own, longer deadlines (a browser script): its verdict should end the wait.
+    pub fn wait_for_nth_within(
+        &self,
+        pred: impl Fn(&str) -> bool,
+        n: usize,
+        what: impl std::fmt::Debug,
+        patience: Duration,
+    ) -> String {
         let scanned = std::cell::Cell::new(0usize);
         let matched = std::cell::Cell::new(0usize);
         let nth = std::cell::RefCell::new(None::<String>);
-        let (lines, _) = self.lines.wait(|lines| {
-            for line in &lines[scanned.get()..] {
-                scanned.set(scanned.get() + 1);
-                if pred(line) {
-                    matched.set(matched.get() + 1);
-                    if matched.get() == n {
-                        *nth.borrow_mut() = Some(line.clone());
-                        return true;
+        let (lines, _) = self.lines.wait_within(
+            |lines| {
+                for line in &lines[scanned.get()..] {
+                    scanned.set(scanned.get() + 1);
+                    if pred(line) {
+                        matched.set(matched.get() + 1);
+                        if matched.get() == n {
+                            *nth.borrow_mut() = Some(line.clone());
+                            return true;
+                        }
                     }
                 }
-            }
-            false
-        });
+                false
+            },
+            patience,
+        );
         drop(lines); // Not held while panicking: the failure report needs it.
         nth.into_inner().unwrap_or_else(|| {
             panic!(
-                "{}: no log line with {what:?} (wanted {n}, saw {}) within {PATIENCE:?}",
+                "{}: no log line with {what:?} (wanted {n}, saw {}) within {patience:?}",
                 self.name,
                 matched.get()
             )
