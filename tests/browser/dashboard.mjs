@@ -17,8 +17,12 @@ try {
   await page.goto(url);
   const value = `tr[data-topic="${topic}"] .value`;
   await page.waitForSelector(value, { timeout: 20000 });
-  const first = await page.textContent(value);
-  await page.waitForFunction(([s, v]) => document.querySelector(s)?.textContent !== v, [value, first], { timeout: 20000 });
+  // Live means a newer reading replaced the row's: its timestamp, not its value,
+  // since after the spike every value is the same 45.
+  const stamp = `tr[data-topic="${topic}"] td.age`;
+  const first = await page.getAttribute(stamp, "data-ts");
+  await page.waitForFunction(([s, v]) => document.querySelector(s)?.dataset.ts !== v, [stamp, first], { timeout: 20000 });
+  if (!(await page.textContent(value)).trim()) throw new Error("no value shown");
   say("LIVE_OK");
   await page.waitForSelector(`[data-alert="${rule}"][data-room="${room}"]`, { timeout: 20000 });
   say("ALERT_OK");
