@@ -96,6 +96,30 @@ proptest! {
         }
     }
 
+    /// `since`/`until` in the dashboard's query string and on dump's command
+    /// line (`since=300000y` once panicked on the subtraction).
+    #[test]
+    fn any_time_text_is_a_time_or_an_error(text in "[0-9]{1,24}(y|d|h|m|s|ms|us|ns)|[+-]?[0-9]{1,6}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})?|\\PC{0,30}") {
+        if let Ok(t) = roomsense::contract::Timestamp::parse_ago(&text) {
+            // Whatever it parsed to can be shown and compared, as the API does.
+            prop_assert!(!t.to_string().is_empty());
+            let _ = t.micros();
+        }
+    }
+
+    /// The control socket's one request line, from any local client.
+    #[test]
+    fn any_control_request_line_is_a_request_or_an_error(
+        since in proptest::option::of("[0-9]{1,7}-[0-9]{2}-[0-9]{2}T00:00:00Z|\\PC{0,10}"),
+        limit in proptest::option::of(any::<i128>()),
+        junk in "\\PC{0,40}",
+    ) {
+        let mut line = serde_json::json!({ "what": "readings", "format": "jsonl", "query": { "since": since, "limit": limit.map(|l| l.to_string()) } }).to_string();
+        let _ = serde_json::from_str::<roomsense::aggregatord::Request>(&line);
+        line.insert_str(line.len() / 2, &junk);
+        let _ = serde_json::from_str::<roomsense::aggregatord::Request>(&line);
+    }
+
     #[test]
     fn any_config_text_loads_or_names_file_key_and_line(text in config_texts()) {
         let file = Path::new("/etc/roomsense/test.yaml");

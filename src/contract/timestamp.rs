@@ -50,9 +50,15 @@ impl Timestamp {
     /// time as [`Timestamp::parse`] reads it.
     pub fn parse_ago(text: &str) -> Result<Self, String> {
         if let Ok(ago) = humantime::parse_duration(text) {
-            let ago =
-                chrono::Duration::from_std(ago).map_err(|_| format!("{text:?} is too long ago"))?;
-            return Ok(Timestamp(Timestamp::now_millis().0 - ago));
+            // Checked: the text comes from command lines and query strings
+            // (`since=300000y` once panicked here).
+            let too_long = || format!("{text:?} is too long ago");
+            let ago = chrono::Duration::from_std(ago).map_err(|_| too_long())?;
+            return Timestamp::now_millis()
+                .0
+                .checked_sub_signed(ago)
+                .map(Timestamp)
+                .ok_or_else(too_long);
         }
         Timestamp::parse(text).map_err(|e| format!("{e}; or a duration ago, like 1h"))
     }

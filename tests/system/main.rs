@@ -10,6 +10,7 @@ mod dashboard;
 mod demo;
 mod deploy;
 mod durability;
+mod hostile;
 mod lifecycle;
 mod pipeline;
 mod reconnect;

@@ -179,15 +179,19 @@ fn downsample(
     until: Timestamp,
     points: usize,
 ) -> Result<Vec<serde_json::Value>, crate::store::StoreError> {
-    let (from, span) = (since.micros(), (until.micros() - since.micros()).max(1));
+    // i128: the range comes from the query string and may span all of chrono's
+    // ±262,000 years, whose width in microseconds does not fit an i64.
+    let from = i128::from(since.micros());
+    let span = (i128::from(until.micros()) - from).max(1);
     // (count, sum, min, max) per bucket.
     let mut buckets: Vec<(u64, f64, f64, f64)> =
         vec![(0, 0.0, f64::INFINITY, f64::NEG_INFINITY); points];
     for r in store.select(query) {
         let r = r?;
         let v = r.reading.value;
-        let i = (((r.reading.timestamp.micros() - from) as i128 * points as i128 / span as i128)
-            as usize)
+        let offset = i128::from(r.reading.timestamp.micros()) - from;
+        let i = usize::try_from(offset * points as i128 / span)
+            .unwrap_or(0)
             .min(points - 1);
         let b = &mut buckets[i];
         *b = (b.0 + 1, b.1 + v, b.2.min(v), b.3.max(v));
@@ -197,7 +201,8 @@ fn downsample(
         .enumerate()
         .filter(|(_, b)| b.0 > 0)
         .map(|(i, (n, sum, min, max))| {
-            let t_ms = (from + span * (2 * i as i64 + 1) / (2 * points as i64)) / 1000;
+            let mid = (from + span * (2 * i as i128 + 1) / (2 * points as i128)) / 1000;
+            let t_ms = i64::try_from(mid).unwrap_or_default(); // between since and until
             serde_json::json!({ "t": t_ms, "mean": sum / n as f64, "min": min, "max": max, "n": n })
         })
         .collect())
