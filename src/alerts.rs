@@ -12,23 +12,51 @@ use crate::contract::{
 };
 use crate::store::StoredReading;
 use chrono::{Datelike, Local};
-use std::collections::{BTreeSet, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::time::Duration;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Condition {
+    /// The room prefix of its topic, worked out once.
+    room: String,
     /// Since when the condition has held, while it holds.
     since: Option<Timestamp>,
     /// The value (if any) that last set it.
     value: Option<f64>,
     /// Stale rules: when the sensor last reported.
     last_seen: Option<Timestamp>,
+    /// When the clock next needs to look at it (its entry in the agenda).
+    due: Option<Timestamp>,
 }
 
+impl Condition {
+    fn new(topic: &str) -> Self {
+        Condition {
+            room: room_of(topic),
+            since: None,
+            value: None,
+            last_seen: None,
+            due: None,
+        }
+    }
+}
+
+/// Every piece of work is proportional to what changed, never to the number
+/// of sensors known: a node inventing sensor ids by the thousand must not slow
+/// down everyone else's readings (issue 18: `settle` used to scan every
+/// condition, on every reading and every tick).
 pub struct Engine {
     rules: Vec<RuleConfig>,
     /// (rule index, sensor or status topic) → its condition.
     conditions: HashMap<(usize, String), Condition>,
+    /// (rule index, room) → the topics whose condition holds: all `settle`
+    /// needs to look at.
+    holding: HashMap<(usize, String), BTreeSet<String>>,
+    /// What the clock must look at, soonest first: a `for` running out, a
+    /// sensor going stale. Entries whose condition was rescheduled since are
+    /// skipped when they come up (`Condition::due` says which one counts).
+    agenda: BinaryHeap<Reverse<(Timestamp, usize, String)>>,
     /// (room prefix, rule name) → the active alert.
     active: HashMap<(String, String), Alert>,
 }
@@ -42,6 +70,8 @@ impl Engine {
         let mut engine = Engine {
             rules,
             conditions: HashMap::new(),
+            holding: HashMap::new(),
+            agenda: BinaryHeap::new(),
             active: HashMap::new(),
         };
         let orphans = engine.adopt(active, Timestamp::now_millis());
@@ -54,9 +84,10 @@ impl Engine {
         for a in active {
             match self.rules.iter().position(|r| r.name.as_str() == a.rule) {
                 Some(i) => {
-                    let c = self.conditions.entry((i, a.topic.clone())).or_default();
-                    c.since = c.since.or(Some(a.raised_at));
+                    let c = self.condition(i, &a.topic);
+                    let since = c.since.or(Some(a.raised_at));
                     c.value = c.value.or(a.value);
+                    self.mark(i, &a.topic, since);
                     self.active.insert((a.room.clone(), a.rule.clone()), a);
                 }
                 None => orphans.push(Alert {
@@ -76,9 +107,15 @@ impl Engine {
     pub fn set_rules(&mut self, rules: Vec<RuleConfig>) -> Vec<Alert> {
         let old_rules = std::mem::replace(&mut self.rules, rules);
         let conditions = std::mem::take(&mut self.conditions);
-        for ((i, topic), c) in conditions {
+        self.holding.clear();
+        self.agenda.clear();
+        for ((i, topic), mut c) in conditions {
             if let Some(j) = self.rules.iter().position(|r| *r == old_rules[i]) {
-                self.conditions.insert((j, topic), c);
+                let since = c.since.take();
+                c.due = None;
+                self.conditions.insert((j, topic.clone()), c);
+                self.mark(j, &topic, since);
+                self.plan(j, &topic);
             }
         }
         let active: Vec<Alert> = std::mem::take(&mut self.active).into_values().collect();
@@ -119,15 +156,13 @@ impl Engine {
                 (_, _, Some(allowed)) => value == 1.0 && !within(allowed, r.reading.timestamp),
                 // Stale: a reading is the opposite of stale.
                 _ => {
-                    self.conditions
-                        .entry((i, r.topic.clone()))
-                        .or_default()
-                        .last_seen = Some(now);
+                    self.condition(i, &r.topic).last_seen = Some(now);
                     false
                 }
             };
             self.set(i, &r.topic, holds, Some(value), now);
             changes.extend(self.settle(i, prefix, now));
+            self.plan(i, &r.topic);
         }
         changes
     }
@@ -150,35 +185,51 @@ impl Engine {
             }
             self.set(i, &status_topic, lost, None, now);
             changes.extend(self.settle(i, prefix, now));
+            self.plan(i, &status_topic);
         }
         changes
     }
 
-    /// Time passing: `for` durations running out, sensors going stale.
+    /// Time passing: `for` durations running out, sensors going stale. Looks
+    /// only at what the agenda says is due.
     pub fn tick(&mut self, now: Timestamp) -> Vec<Alert> {
-        let mut touched: BTreeSet<(usize, String)> = BTreeSet::new();
-        for ((i, t), c) in self.conditions.iter_mut() {
-            let rule = &self.rules[*i];
-            if let (Some(stale_after), Some(seen)) = (rule.stale_after, c.last_seen) {
-                let stale = elapsed(seen, now) >= stale_after;
-                if stale && c.since.is_none() {
-                    c.since = Some(Timestamp(
-                        seen.0 + chrono::Duration::from_std(stale_after).unwrap_or_default(),
-                    ));
-                }
-                if !stale {
-                    c.since = None;
-                }
-            }
-            if c.since.is_some() {
-                touched.insert((*i, room_of(t)));
-            }
-        }
         let mut changes = Vec::new();
-        for (i, room) in touched {
+        while let Some(Reverse((due, _, _))) = self.agenda.peek() {
+            if *due > now {
+                break;
+            }
+            let Some(Reverse((due, i, t))) = self.agenda.pop() else {
+                break;
+            };
+            let Some(c) = self.conditions.get_mut(&(i, t.clone())) else {
+                continue;
+            };
+            if c.due != Some(due) {
+                continue; // Superseded by a later plan.
+            }
+            c.due = None;
+            if let (Some(stale_after), Some(seen)) = (self.rules[i].stale_after, c.last_seen) {
+                if elapsed(seen, now) >= stale_after && c.since.is_none() {
+                    let since = seen
+                        .0
+                        .checked_add_signed(
+                            chrono::Duration::from_std(stale_after).unwrap_or_default(),
+                        )
+                        .map(Timestamp);
+                    self.mark(i, &t, since);
+                }
+            }
+            let room = self.conditions[&(i, t.clone())].room.clone();
             changes.extend(self.settle(i, &room, now));
+            self.plan(i, &t);
         }
         changes
+    }
+
+    fn condition(&mut self, i: usize, t: &str) -> &mut Condition {
+        self.conditions
+            .entry((i, t.to_owned()))
+            .or_insert_with(|| Condition::new(t))
     }
 
     fn held(&self, i: usize, t: &str) -> bool {
@@ -188,14 +239,65 @@ impl Engine {
     }
 
     fn set(&mut self, i: usize, t: &str, holds: bool, value: Option<f64>, now: Timestamp) {
-        let c = self.conditions.entry((i, t.to_owned())).or_default();
+        let c = self.condition(i, t);
         match (holds, c.since) {
             (true, None) => {
-                c.since = Some(now);
                 c.value = value;
+                self.mark(i, t, Some(now));
             }
             (true, Some(_)) => c.value = value.or(c.value),
-            (false, _) => c.since = None,
+            (false, _) => self.mark(i, t, None),
+        }
+    }
+
+    /// Sets since when a condition holds, keeping `holding` in step.
+    fn mark(&mut self, i: usize, t: &str, since: Option<Timestamp>) {
+        let c = self.condition(i, t);
+        c.since = since;
+        let room = c.room.clone();
+        let topics = self.holding.entry((i, room.clone())).or_default();
+        if since.is_some() {
+            topics.insert(t.to_owned());
+        } else {
+            topics.remove(t);
+            if topics.is_empty() {
+                self.holding.remove(&(i, room));
+            }
+        }
+    }
+
+    /// Puts the condition's next moment of interest on the agenda: when its
+    /// `for` runs out (if its alert is not up yet), or when it goes stale.
+    fn plan(&mut self, i: usize, t: &str) {
+        let rule = &self.rules[i];
+        let Some(c) = self.conditions.get(&(i, t.to_owned())) else {
+            return;
+        };
+        let after = |at: Timestamp, d: Duration| {
+            chrono::Duration::from_std(d)
+                .ok()
+                .and_then(|d| at.0.checked_add_signed(d))
+                .map(Timestamp)
+        };
+        let raised = self
+            .active
+            .contains_key(&(c.room.clone(), rule.name.to_string()));
+        let lasting = match (c.since, rule.lasting) {
+            (Some(since), Some(lasting)) if !raised => after(since, lasting),
+            _ => None,
+        };
+        let stale = match (rule.stale_after, c.last_seen, c.since) {
+            (Some(stale_after), Some(seen), None) => after(seen, stale_after),
+            _ => None,
+        };
+        let Some(at) = lasting.into_iter().chain(stale).min() else {
+            return;
+        };
+        if c.due.is_none_or(|due| at < due) {
+            if let Some(c) = self.conditions.get_mut(&(i, t.to_owned())) {
+                c.due = Some(at);
+            }
+            self.agenda.push(Reverse((at, i, t.to_owned())));
         }
     }
 
@@ -203,15 +305,12 @@ impl Engine {
     fn settle(&mut self, i: usize, room: &str, now: Timestamp) -> Option<Alert> {
         let rule = &self.rules[i];
         let lasting = rule.lasting.unwrap_or_default();
-        let mut holding = self
-            .conditions
-            .iter()
-            .filter(|((j, t), c)| *j == i && room_of(t) == room && c.since.is_some());
         let key = (room.to_owned(), rule.name.to_string());
+        let holding = self.holding.get(&(i, room.to_owned()));
         match self.active.get(&key) {
             // Active: stays while any sensor's condition holds (hysteresis), even
             // one that has not yet held for `for` (after a restart, say).
-            Some(active) if holding.next().is_none() => {
+            Some(active) if holding.is_none_or(BTreeSet::is_empty) => {
                 let cleared = Alert {
                     state: AlertState::Cleared,
                     time: now,
@@ -222,8 +321,10 @@ impl Engine {
             }
             Some(_) => None,
             None => {
-                let ((_, t), c) =
-                    holding.find(|(_, c)| c.since.is_some_and(|s| elapsed(s, now) >= lasting))?;
+                let (t, c) = holding?
+                    .iter()
+                    .filter_map(|t| Some((t, self.conditions.get(&(i, t.clone()))?)))
+                    .find(|(_, c)| c.since.is_some_and(|s| elapsed(s, now) >= lasting))?;
                 let alert = Alert {
                     rule: rule.name.to_string(),
                     severity: rule.severity,

@@ -7,6 +7,7 @@
 //! in it is acknowledged. Under load one fsync covers many readings; when idle a
 //! reading waits at most `batch_window`.
 
+use super::census::Census;
 use super::dashboard::Live;
 use super::metrics::Metrics;
 use crate::alerts::Engine;
@@ -43,6 +44,8 @@ pub enum Wake {
     /// The MQTT connection task ended.
     Closed,
 }
+/// The alert raised once when a cap on sensors or rooms first refuses one.
+pub const LIMITS_RULE: &str = "limits";
 /// How often `for` durations and stale sensors are checked.
 const ALERT_TICK: Duration = Duration::from_secs(1);
 
@@ -52,6 +55,10 @@ pub struct Ingest {
     mqtt: Handle,
     /// Lent to the storage thread during a commit, hence the Option.
     engine: Option<Engine>,
+    /// Known sensors and rooms, and the caps on new ones.
+    census: Census,
+    /// Whether this run has raised its one `limits` alert yet.
+    limit_alerted: bool,
     /// Tells the alert publisher there is something in the outbox.
     alerts_ready: Arc<Notify>,
     metrics: Arc<Metrics>,
@@ -99,6 +106,7 @@ impl Ingest {
         store: Store,
         mqtt: Handle,
         engine: Engine,
+        census: Census,
         out: Outputs,
         stop: tokio_util::sync::CancellationToken,
     ) -> Self {
@@ -107,6 +115,8 @@ impl Ingest {
             store,
             mqtt,
             engine: Some(engine),
+            census,
+            limit_alerted: false,
             alerts_ready: out.alerts_ready,
             metrics: out.metrics,
             live: out.live,
@@ -250,20 +260,26 @@ impl Ingest {
         let received_at = Timestamp::now_millis();
         let outcome = match topic::parse(delivery.topic()) {
             topic::Parsed::Reading {
+                prefix,
                 sensor_type,
                 sensor_id,
-                ..
-            } => validate_reading(sensor_type, sensor_id, delivery.payload(), received_at.0).map(
-                |reading| {
+            } => validate_reading(sensor_type, sensor_id, delivery.payload(), received_at.0)
+                .and_then(|reading| {
+                    self.census
+                        .admit_sensor(prefix, delivery.topic(), &self.config)?;
                     batch.readings.push(StoredReading {
                         topic: delivery.topic().to_owned(),
                         reading,
                         received_at,
                         qos: delivery.qos().into(),
-                    })
-                },
-            ),
-            topic::Parsed::Status { prefix } => match parse_status(prefix, delivery.payload()) {
+                    });
+                    Ok(())
+                }),
+            topic::Parsed::Status { prefix } => match self
+                .census
+                .admit_room(prefix, &self.config)
+                .and_then(|()| parse_status(prefix, delivery.payload()))
+            {
                 Ok(Some(status)) => {
                     self.live.status(prefix, &status, received_at);
                     if let Some(engine) = &mut self.engine {
@@ -283,7 +299,21 @@ impl Ingest {
                 "not a reading, status or alert topic",
             )),
         };
+        self.metrics
+            .known_sensors
+            .store(self.census.sensors() as i64, Relaxed);
+        self.metrics
+            .known_rooms
+            .store(self.census.rooms() as i64, Relaxed);
         if let Err(rejection) = outcome {
+            if matches!(
+                rejection.reason,
+                RejectionReason::TooManySensors | RejectionReason::TooManyRooms
+            ) {
+                batch
+                    .alerts
+                    .extend(self.limit_alert(delivery.topic(), &rejection, received_at));
+            }
             self.note_rejection(delivery.topic(), &rejection);
             batch.rejected.push(rejected_message(
                 delivery.topic(),
@@ -293,6 +323,30 @@ impl Ingest {
             ));
         }
         batch.acks.push(delivery);
+    }
+
+    /// The first refusal past a cap raises one alert for the whole run, not one
+    /// per sensor: thousands of alerts would be their own flood. It is cleared at
+    /// the next start (no rule of that name exists to keep it).
+    fn limit_alert(&mut self, topic: &str, r: &Rejection, now: Timestamp) -> Option<Alert> {
+        if std::mem::replace(&mut self.limit_alerted, true) {
+            return None;
+        }
+        let room = match topic::parse(topic) {
+            topic::Parsed::Reading { prefix, .. } | topic::Parsed::Status { prefix } => prefix,
+            _ => topic,
+        };
+        Some(Alert {
+            rule: LIMITS_RULE.to_owned(),
+            severity: crate::config::Severity::Warning,
+            state: AlertState::Raised,
+            room: room.to_owned(),
+            topic: topic.to_owned(),
+            value: None,
+            message: format!("{}: {} (first refused: {topic})", r.reason, r.detail),
+            raised_at: now,
+            time: now,
+        })
     }
 
     /// Counts and logs (rate-limited) a refused message.

@@ -23,6 +23,9 @@ pub struct Metrics {
     /// False after a failed write or flush, until one succeeds again.
     pub storage_ok: AtomicBool,
     pub dashboard_clients: AtomicI64,
+    /// Sensors and rooms known (see census.rs for the caps).
+    pub known_sensors: AtomicI64,
+    pub known_rooms: AtomicI64,
     /// One fsync per batch.
     pub flush_seconds: Histogram,
     /// From a message's arrival to its acknowledgement.
@@ -123,6 +126,16 @@ impl Metrics {
             "dashboard_clients",
             "Browsers following /events.",
             self.dashboard_clients.load(Relaxed),
+        );
+        gauge(
+            "known_sensors",
+            "Sensors (reading topics) known; new ones past ingest.max_sensors are refused.",
+            self.known_sensors.load(Relaxed),
+        );
+        gauge(
+            "known_rooms",
+            "Rooms known; new ones past ingest.max_rooms are refused.",
+            self.known_rooms.load(Relaxed),
         );
         self.flush_seconds.render(
             &mut out,

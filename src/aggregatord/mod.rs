@@ -1,5 +1,6 @@
 //! aggregatord: subscribes, validates, stores durably, and shows the history.
 
+mod census;
 mod control;
 mod dashboard;
 mod dump;
@@ -127,18 +128,31 @@ pub async fn run(
     if config.http.enabled {
         warm_up(&live, &store, &active).context("loading the last hour for the dashboard")?;
         tasks.spawn(dashboard::serve(
-            config.http.listen,
+            config.http.clone(),
             live.clone(),
             metrics.clone(),
             store.clone(),
             background.clone(),
         ));
     }
+    let census = census::Census::new(
+        store
+            .topics()
+            .context("loading the known sensors")?
+            .into_iter()
+            .filter_map(|t| match crate::contract::topic::parse(&t) {
+                crate::contract::topic::Parsed::Reading { prefix, .. } => {
+                    Some((prefix.to_owned(), t.clone()))
+                }
+                _ => None,
+            }),
+    );
     let mut ingest = ingest::Ingest::new(
         config.ingest.clone(),
         store.clone(),
         mqtt,
         engine,
+        census,
         ingest::Outputs {
             metrics,
             live,

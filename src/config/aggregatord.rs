@@ -32,6 +32,18 @@ pub struct HttpConfig {
     /// Loopback by default; any other address is an explicit choice (and logged).
     #[serde(default = "default_listen")]
     pub listen: std::net::SocketAddr,
+    /// Open HTTP connections at most; more are closed at once. Bounds memory
+    /// and file descriptors whatever clients do.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Browsers following `/events` at most; more get 503.
+    #[serde(default = "default_max_clients")]
+    pub max_clients: usize,
+    /// A connection that neither sends nor takes a byte for this long is closed:
+    /// a client that never finishes its request, or a browser tab that stopped
+    /// reading its event stream (which gets a keep-alive every 15 s).
+    #[serde(default = "default_idle_timeout", with = "super::duration")]
+    pub idle_timeout: std::time::Duration,
 }
 
 impl Default for HttpConfig {
@@ -39,12 +51,25 @@ impl Default for HttpConfig {
         HttpConfig {
             enabled: true,
             listen: default_listen(),
+            max_connections: default_max_connections(),
+            max_clients: default_max_clients(),
+            idle_timeout: default_idle_timeout(),
         }
     }
 }
 
 fn yes() -> bool {
     true
+}
+
+fn default_max_connections() -> usize {
+    256
+}
+fn default_max_clients() -> usize {
+    32
+}
+fn default_idle_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(30)
 }
 
 fn default_listen() -> std::net::SocketAddr {
@@ -119,6 +144,18 @@ pub struct IngestConfig {
     /// After the first message of a batch, wait at most this long for more.
     #[serde(default = "default_batch_window", with = "super::duration")]
     pub batch_window: std::time::Duration,
+    /// Sensors (reading topics) aggregatord keeps track of, in all; past it a new
+    /// one is refused (`too_many_sensors`). Every known sensor costs memory in
+    /// alert state and on the dashboard, so one node inventing ids must not
+    /// grow them without bound.
+    #[serde(default = "default_max_sensors")]
+    pub max_sensors: usize,
+    /// Sensors in one room (one node's prefix).
+    #[serde(default = "default_max_sensors_per_room")]
+    pub max_sensors_per_room: usize,
+    /// Rooms (topic prefixes with readings or a status); past it `too_many_rooms`.
+    #[serde(default = "default_max_rooms")]
+    pub max_rooms: usize,
 }
 
 impl Default for IngestConfig {
@@ -126,6 +163,9 @@ impl Default for IngestConfig {
         IngestConfig {
             batch_max: default_batch_max(),
             batch_window: default_batch_window(),
+            max_sensors: default_max_sensors(),
+            max_sensors_per_room: default_max_sensors_per_room(),
+            max_rooms: default_max_rooms(),
         }
     }
 }
@@ -135,6 +175,15 @@ fn default_batch_max() -> usize {
 }
 fn default_batch_window() -> std::time::Duration {
     std::time::Duration::from_millis(5)
+}
+fn default_max_sensors() -> usize {
+    100_000
+}
+fn default_max_sensors_per_room() -> usize {
+    256
+}
+fn default_max_rooms() -> usize {
+    10_000
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -186,6 +235,23 @@ impl DaemonConfig for AggregatordConfig {
             return Err(Invalid::new(
                 "ingest.batch_max",
                 "must be 1 to 1000 (the broker's in-flight window)",
+            ));
+        }
+        for (key, n) in [
+            ("http.max_connections", self.http.max_connections),
+            ("http.max_clients", self.http.max_clients),
+            ("ingest.max_sensors", self.ingest.max_sensors),
+            ("ingest.max_sensors_per_room", self.ingest.max_sensors_per_room),
+            ("ingest.max_rooms", self.ingest.max_rooms),
+        ] {
+            if n == 0 {
+                return Err(Invalid::new(key, "must be at least 1"));
+            }
+        }
+        if self.http.idle_timeout < std::time::Duration::from_secs(1) {
+            return Err(Invalid::new(
+                "http.idle_timeout",
+                "at least 1s: slower clients are cut off",
             ));
         }
         if self.ingest.batch_window > std::time::Duration::from_secs(1) {

@@ -24,6 +24,10 @@ pub enum RejectionReason {
     UnrecognizedTopic,
     /// An energy meter reading lower than an earlier one (checked against storage).
     MeterDecreased,
+    /// A new sensor past `ingest.max_sensors` or `ingest.max_sensors_per_room`.
+    TooManySensors,
+    /// A new room past `ingest.max_rooms`.
+    TooManyRooms,
 }
 
 impl RejectionReason {
@@ -39,6 +43,8 @@ impl RejectionReason {
             RejectionReason::FutureTimestamp => "future_timestamp",
             RejectionReason::UnrecognizedTopic => "unrecognized_topic",
             RejectionReason::MeterDecreased => "meter_decreased",
+            RejectionReason::TooManySensors => "too_many_sensors",
+            RejectionReason::TooManyRooms => "too_many_rooms",
         }
     }
 }

@@ -192,6 +192,11 @@ impl Store {
         Ok(())
     }
 
+    /// Every reading topic in storage.
+    pub fn topics(&self) -> Result<Vec<String>, StoreError> {
+        self.t()?.readings.topics()
+    }
+
     /// Stores a batch of readings: [`ReadingWriter::insert`] each, then
     /// [`ReadingWriter::finish`]. Not durable until [`Store::flush`].
     pub fn reading_writer(&self) -> Result<ReadingWriter, StoreError> {

@@ -64,6 +64,15 @@ impl Readings {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Every topic with readings (or that had some: ids are never reused).
+    pub(super) fn topics(&self) -> Result<Vec<String>, StoreError> {
+        self.ids
+            .iter()
+            .keys()
+            .map(|k| Ok(String::from_utf8_lossy(&k?).into_owned()))
+            .collect()
+    }
+
     pub(super) fn writer(&self) -> ReadingWriter {
         ReadingWriter {
             r: self.clone(),

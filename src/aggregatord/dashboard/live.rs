@@ -7,7 +7,10 @@ use crate::contract::{topic, Alert, AlertState, NodeState, Status, Timestamp};
 use crate::store::StoredReading;
 use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
+use axum::body::Bytes;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
 /// Sparkline: one point per this many milliseconds, for the last hour.
@@ -53,9 +56,20 @@ struct Inner {
     rate: VecDeque<(i64, u64)>,
 }
 
+/// A snapshot is built at most this often, and shared by every browser that
+/// (re)connects meanwhile: 500 tabs must not mean 500 copies of 12 MB.
+const SNAPSHOT_REUSE: Duration = Duration::from_secs(1);
+
 pub struct Live {
     inner: Mutex<Inner>,
-    events: broadcast::Sender<String>,
+    /// Changes, each framed once as an SSE event and shared by every client.
+    events: broadcast::Sender<Bytes>,
+    /// The last snapshot event built, when, and at which `shape` generation.
+    snapshot: Mutex<Option<(Instant, u64, Bytes)>>,
+    /// Bumped when a node, an alert or a sensor appears or goes: a cached
+    /// snapshot older than that is not reused (a missed reading only leaves a
+    /// value a second old until the sensor's next one; a missed alert would stay).
+    shape: AtomicU64,
 }
 
 impl Default for Live {
@@ -64,8 +78,15 @@ impl Default for Live {
             inner: Mutex::default(),
             // A browser that falls this far behind is sent a fresh snapshot.
             events: broadcast::channel(1024).0,
+            snapshot: Mutex::new(None),
+            shape: AtomicU64::new(0),
         }
     }
+}
+
+/// One Server-Sent Event carrying `json` (which has no raw newlines).
+pub fn sse_frame(json: &str) -> Bytes {
+    Bytes::from(format!("data: {json}\n\n"))
 }
 
 impl Live {
@@ -74,14 +95,31 @@ impl Live {
     }
 
     fn emit(&self, kind: &str, data: &impl Serialize) {
-        // No receivers (no browser open) is normal.
-        let _ = self
-            .events
-            .send(serde_json::json!({ "type": kind, "data": data }).to_string());
+        // Nobody watching (the usual case): nothing to build.
+        if self.events.receiver_count() == 0 {
+            return;
+        }
+        let json = serde_json::json!({ "type": kind, "data": data }).to_string();
+        let _ = self.events.send(sse_frame(&json));
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<String> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Bytes> {
         self.events.subscribe()
+    }
+
+    /// The snapshot as an SSE event: the shared one if it is recent enough.
+    pub fn snapshot_event(&self, now: Timestamp) -> Bytes {
+        let shape = self.shape.load(Relaxed);
+        let mut cached = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, s, event)) = cached.as_ref() {
+            if *s == shape && at.elapsed() < SNAPSHOT_REUSE {
+                return event.clone();
+            }
+        }
+        let json = serde_json::json!({ "type": "snapshot", "data": self.snapshot(now) }).to_string();
+        let event = sse_frame(&json);
+        *cached = Some((Instant::now(), shape, event.clone()));
+        event
     }
 
     /// A stored reading; `history` readings (loaded at start) are not broadcast
@@ -108,6 +146,9 @@ impl Live {
                 .get(&(prefix.to_owned(), r.reading.sensor_id.clone()))
                 .copied()
                 .unwrap_or(r.qos);
+            if !inner.sensors.contains_key(&r.topic) {
+                self.shape.fetch_add(1, Relaxed);
+            }
             let v = inner
                 .sensors
                 .entry(r.topic.clone())
@@ -177,6 +218,7 @@ impl Live {
             }
             inner.nodes.insert(room.to_owned(), view.clone());
         }
+        self.shape.fetch_add(1, Relaxed);
         self.emit("status", &view);
     }
 
@@ -189,6 +231,7 @@ impl Live {
                 AlertState::Cleared => inner.alerts.remove(&key),
             };
         }
+        self.shape.fetch_add(1, Relaxed);
         self.emit("alert", a);
     }
 

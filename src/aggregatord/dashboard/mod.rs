@@ -11,6 +11,7 @@
 //! | `/metrics` | Prometheus text format |
 //! | `/healthz`, `/readyz` | alive; connected to the broker and storage writable |
 
+mod guard;
 mod live;
 
 pub use live::{Live, SPARK_STEP};
@@ -20,12 +21,10 @@ use crate::contract::Timestamp;
 use crate::store::{Query, Store};
 use axum::extract::{Query as Params, State};
 use axum::http::{header, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,10 +42,39 @@ struct App {
     metrics: Arc<Metrics>,
     store: Store,
     stop: CancellationToken,
+    /// One permit per browser following `/events` (`http.max_clients`).
+    clients: Arc<tokio::sync::Semaphore>,
 }
 
+/// Runs the HTTP server on a thread and runtime of its own until `stop`:
+/// however many browsers or history queries there are, they never share a
+/// thread with ingest and its MQTT connection (whose keep-alive once lapsed
+/// under a crowd of event streams).
 pub async fn serve(
-    listen: SocketAddr,
+    config: crate::config::HttpConfig,
+    live: Arc<Live>,
+    metrics: Arc<Metrics>,
+    store: Store,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("dashboard".into())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the dashboard's runtime")
+                .and_then(|rt| rt.block_on(run(config, live, metrics, store, stop)));
+            let _ = done.send(result);
+        })
+        .context("starting the dashboard's thread")?;
+    result.await.context("the dashboard's thread ended")?
+}
+
+async fn run(
+    config: crate::config::HttpConfig,
     live: Arc<Live>,
     metrics: Arc<Metrics>,
     store: Store,
@@ -58,6 +86,7 @@ pub async fn serve(
         metrics,
         store,
         stop: stop.clone(),
+        clients: Arc::new(tokio::sync::Semaphore::new(config.max_clients)),
     };
     let router = Router::new()
         .route("/", get(|| async { Html(PAGE) }))
@@ -69,6 +98,7 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .with_state(app);
+    let listen = config.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("dashboard: cannot listen on {listen}"))?;
@@ -77,6 +107,7 @@ pub async fn serve(
         tracing::warn!(%bound, "dashboard reachable from other machines (http.listen is not loopback)");
     }
     info!(url = %format!("http://{bound}/"), "dashboard listening");
+    let listener = guard::Guarded::new(listener, config.max_connections, config.idle_timeout);
     axum::serve(listener, router)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await
@@ -228,53 +259,81 @@ async fn alerts(State(app): State<App>) -> Response {
     }
 }
 
-/// Counts a connected browser for as long as its stream lives.
-struct Client(Arc<Metrics>);
+/// Counts a connected browser, and holds its place, for as long as its stream lives.
+struct Client {
+    metrics: Arc<Metrics>,
+    _place: tokio::sync::OwnedSemaphorePermit,
+}
 
 impl Drop for Client {
     fn drop(&mut self) {
-        self.0.dashboard_clients.fetch_sub(1, Relaxed);
+        self.metrics.dashboard_clients.fetch_sub(1, Relaxed);
     }
 }
 
-async fn events(
-    State(app): State<App>,
-) -> Sse<impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>> {
+/// A comment line, so that proxies and the idle timeout see a live stream.
+const KEEP_ALIVE_EVERY: Duration = Duration::from_secs(15);
+
+/// Server-Sent Events: the shared snapshot, then changes. Every event is
+/// framed once and shared by all clients (`Bytes` clones, not copies), and a
+/// client that does not read simply stops being polled: what it misses is
+/// replaced by a fresh snapshot when it catches up, and a client that stops
+/// reading altogether is cut off by the connection's idle timeout.
+async fn events(State(app): State<App>) -> Response {
     use tokio::sync::broadcast::error::RecvError;
+    let Ok(place) = app.clients.clone().try_acquire_owned() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "10")],
+            "too many dashboard clients (http.max_clients)\n",
+        )
+            .into_response();
+    };
     // Subscribe before taking the snapshot, so no change falls between them.
     let rx = app.live.subscribe();
-    let snapshot = snapshot_event(&app.live);
+    let snapshot = app.live.snapshot_event(Timestamp::now_millis());
     app.metrics.dashboard_clients.fetch_add(1, Relaxed);
-    let client = Client(app.metrics.clone());
+    let client = Client {
+        metrics: app.metrics.clone(),
+        _place: place,
+    };
     let mut rate = tokio::time::interval(RATE_EVERY);
     rate.reset();
-    let state = (Some(snapshot), rx, rate, app, client);
+    let mut keep_alive = tokio::time::interval(KEEP_ALIVE_EVERY);
+    keep_alive.reset();
+    let state = (Some(snapshot), rx, rate, keep_alive, app, client);
     let stream = futures_util::stream::unfold(
         state,
-        |(first, mut rx, mut rate, app, client)| async move {
+        |(first, mut rx, mut rate, mut keep_alive, app, client)| async move {
             if let Some(first) = first {
-                return Some((Ok(first), (None, rx, rate, app, client)));
+                return Some((
+                    Ok::<_, std::convert::Infallible>(first),
+                    (None, rx, rate, keep_alive, app, client),
+                ));
             }
             let event = tokio::select! {
                 _ = app.stop.cancelled() => return None,
+                _ = keep_alive.tick() => axum::body::Bytes::from_static(b":\n\n"),
                 _ = rate.tick() => {
                     let r = app.live.rate(Timestamp::now_millis());
-                    Event::default().data(serde_json::json!({ "type": "rate", "data": r }).to_string())
+                    live::sse_frame(&serde_json::json!({ "type": "rate", "data": r }).to_string())
                 }
                 message = rx.recv() => match message {
-                    Ok(json) => Event::default().data(json),
+                    Ok(event) => event,
                     // Fell behind: start over from a fresh snapshot.
-                    Err(RecvError::Lagged(_)) => snapshot_event(&app.live),
+                    Err(RecvError::Lagged(_)) => app.live.snapshot_event(Timestamp::now_millis()),
                     Err(RecvError::Closed) => return None,
                 },
             };
-            Some((Ok(event), (None, rx, rate, app, client)))
+            Some((Ok(event), (None, rx, rate, keep_alive, app, client)))
         },
     );
-    Sse::new(stream).keep_alive(KeepAlive::default())
-}
-
-fn snapshot_event(live: &Live) -> Event {
-    let snapshot = live.snapshot(Timestamp::now_millis());
-    Event::default().data(serde_json::json!({ "type": "snapshot", "data": snapshot }).to_string())
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
 }
