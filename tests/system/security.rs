@@ -88,6 +88,26 @@ fn the_acl_keeps_each_client_in_its_place() {
             "room101 forging an alert",
         ),
         (
+            &room101,
+            "building/floor1/room101/x/status",
+            "room101 forging a status on a sub-prefix",
+        ),
+        (
+            &room101,
+            "building/floor1/room101/x/alerts/too_hot",
+            "room101 forging an alert on a sub-prefix",
+        ),
+        (
+            &room101,
+            "building/floor1/room101/x/temperature/temp_001",
+            "room101 inventing a room under its own",
+        ),
+        (
+            &room101,
+            "building/floor1/room101/temperature/status",
+            "room101 publishing a reading with the reserved id status",
+        ),
+        (
             &observer,
             "building/floor1/room101/temperature/temp_001",
             "observer publishing a reading",
@@ -120,7 +140,7 @@ fn the_acl_keeps_each_client_in_its_place() {
         .collect();
     record(
         "acl",
-        "room101 writing as room102, room101 forging an alert, observer publishing (twice)",
+        "room101 writing as room102, forging an alert, a status or an alert on a sub-prefix, a room under its own, the reserved id status; observer publishing (twice)",
         serde_json::json!({ "attempts": forbidden.len(), "delivered": through.len() }),
     );
     assert!(through.is_empty(), "got through: {through:?}");
