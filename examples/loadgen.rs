@@ -29,6 +29,10 @@ struct Args {
     /// Readings per second (0: as fast as possible).
     #[arg(long, default_value_t = 0)]
     rate: u64,
+    /// Spread the readings over this many distinct sensor ids (t00000, t00001,
+    /// …), round robin; 1 means temp_001 only.
+    #[arg(long, default_value_t = 1)]
+    sensors: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,8 +54,7 @@ fn main() -> anyhow::Result<()> {
         1 => QoS::AtLeastOnce,
         _ => QoS::ExactlyOnce,
     };
-    let topic = format!("{}/temperature/temp_001", a.prefix);
-    let (count, rate) = (a.count, a.rate);
+    let (count, rate, sensors, prefix) = (a.count, a.rate, a.sensors.max(1), a.prefix.clone());
     let publisher = std::thread::spawn(move || {
         let start = Instant::now();
         for seq in 1..=count {
@@ -62,8 +65,14 @@ fn main() -> anyhow::Result<()> {
                 }
             }
             let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            let id = if sensors == 1 {
+                "temp_001".to_owned()
+            } else {
+                format!("t{:05}", seq % sensors)
+            };
+            let topic = format!("{prefix}/temperature/{id}");
             let payload = format!(
-                r#"{{"sensor_id":"temp_001","sensor_type":"temperature","value":{:.2},"unit":"celsius","timestamp":"{now}","seq":{seq}}}"#,
+                r#"{{"sensor_id":"{id}","sensor_type":"temperature","value":{:.2},"unit":"celsius","timestamp":"{now}","seq":{seq}}}"#,
                 20.0 + (seq % 500) as f64 / 100.0
             );
             if client.publish(topic.as_str(), qos, false, payload).is_err() {

@@ -151,6 +151,16 @@ impl Supervisor {
                     polled = self.eventloop.poll() => polled,
                 }
             };
+            // Any packet from the broker proves the link alive, not only a
+            // PINGRESP. rumqttc drops the connection when a PINGRESP has not
+            // been read a keep-alive after its ping, but we read only as fast
+            // as ingest stores, and Mosquitto 2.0.11 queues the PINGRESP behind
+            // everything it is sending us (far past max_inflight_messages): under
+            // a backlog, healthy connections were dropped (issue 18). A dead
+            // link still fails: nothing arrives, and the next ping finds this set.
+            if matches!(polled, Ok(rumqttc::Event::Incoming(_))) {
+                self.eventloop.state.await_pingresp = false;
+            }
             match polled {
                 Ok(rumqttc::Event::Incoming(Packet::ConnAck(ack))) => {
                     connected_at = Some(Instant::now());
