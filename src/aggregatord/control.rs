@@ -6,17 +6,27 @@
 //! mode 0600: whoever may read it may read the data (run as the daemon's user).
 
 use super::dump::{self, Request};
+use crate::daemon::RateLimit;
 use crate::store::Store;
 use anyhow::Context;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 /// Longest request line accepted (a query is a few hundred bytes).
 const MAX_REQUEST: u64 = 64 * 1024;
+/// Requests answered at once; more wait in the kernel's backlog.
+const MAX_CLIENTS: usize = 16;
+/// A client must send its request line within this (the dump command does at once).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// A reader that stops reading (a paused pager) is cut off after this.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves dump requests until `stop`. Removes the socket file when done.
 pub async fn serve(path: PathBuf, store: Store, stop: CancellationToken) -> anyhow::Result<()> {
@@ -31,14 +41,38 @@ pub async fn serve(path: PathBuf, store: Store, stop: CancellationToken) -> anyh
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("{}: cannot restrict the control socket", path.display()))?;
     debug!(socket = %path.display(), "control socket ready");
+    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    let mut failures = 0u32;
+    let mut warned = RateLimit::new(Duration::from_secs(10));
     loop {
+        // A free slot first: at the cap, further clients wait in the backlog
+        // instead of each holding a task and a file descriptor here.
+        let slot = tokio::select! {
+            _ = stop.cancelled() => break,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+        };
         let stream = tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok((stream, _)) => {
+                    failures = 0;
+                    stream
+                }
                 Err(e) => {
-                    warn!(error = %e, "control socket accept failed");
-                    continue;
+                    // EMFILE and friends do not go away by retrying at once
+                    // (that once wrote 3.7 million warnings in 5 s): back off.
+                    failures = failures.saturating_add(1);
+                    if let Some(suppressed) = warned.allow(()) {
+                        warn!(error = %e, suppressed, "control socket accept failed; backing off");
+                    }
+                    let pause = Duration::from_millis(10 << failures.min(7));
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(pause) => continue,
+                    }
                 }
             },
         };
@@ -47,6 +81,7 @@ pub async fn serve(path: PathBuf, store: Store, stop: CancellationToken) -> anyh
             if let Err(e) = answer(stream, store).await {
                 debug!(error = %e, "control request ended early");
             }
+            drop(slot);
         });
     }
     let _ = std::fs::remove_file(&path);
@@ -56,11 +91,14 @@ pub async fn serve(path: PathBuf, store: Store, stop: CancellationToken) -> anyh
 async fn answer(stream: tokio::net::UnixStream, store: Store) -> std::io::Result<()> {
     let mut reader = tokio::io::BufReader::new(stream);
     let mut line = String::new();
-    (&mut reader).take(MAX_REQUEST).read_line(&mut line).await?;
+    let mut limited = (&mut reader).take(MAX_REQUEST);
+    tokio::time::timeout(REQUEST_TIMEOUT, limited.read_line(&mut line))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no request line"))??;
     let stream = reader.into_inner().into_std()?;
     stream.set_nonblocking(false)?;
     // A reader that stops reading (a paused pager) must not hold up shutdown.
-    stream.set_write_timeout(Some(std::time::Duration::from_secs(30)))?;
+    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
     // The dump itself is blocking I/O over sled and the socket.
     tokio::task::spawn_blocking(move || {
         let mut stream = stream;

@@ -241,7 +241,10 @@ impl DaemonConfig for AggregatordConfig {
             ("http.max_connections", self.http.max_connections),
             ("http.max_clients", self.http.max_clients),
             ("ingest.max_sensors", self.ingest.max_sensors),
-            ("ingest.max_sensors_per_room", self.ingest.max_sensors_per_room),
+            (
+                "ingest.max_sensors_per_room",
+                self.ingest.max_sensors_per_room,
+            ),
             ("ingest.max_rooms", self.ingest.max_rooms),
         ] {
             if n == 0 {

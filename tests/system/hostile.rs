@@ -107,7 +107,13 @@ fn a_node_inventing_50000_sensor_ids_slows_down_no_one_else() {
     let extra = "ingest: { max_sensors_per_room: 100000, max_sensors: 100000 }\n\
         alerts:\n  - { name: stale, type: temperature, stale_after: 1h }\n  \
         - { name: hot, type: temperature, above: 40, for: 1m }\n";
-    let config = write_config(&aggregatord_yaml_with(&broker, &pki, storage.path(), 1, extra));
+    let config = write_config(&aggregatord_yaml_with(
+        &broker,
+        &pki,
+        storage.path(),
+        1,
+        extra,
+    ));
     let mut agg = start_daemon(AGGREGATORD, &config.path);
     agg.log.wait_for(&["subscribed"]);
     let legit_prefix = "building/floor1/room102";
@@ -149,10 +155,8 @@ fn a_node_inventing_50000_sensor_ids_slows_down_no_one_else() {
         .and_then(|s| s.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap();
-    agg.log.wait_for_nth(
-        &["stored reading", &format!("topic={legit} ")],
-        published,
-    );
+    agg.log
+        .wait_for_nth(&["stored reading", &format!("topic={legit} ")], published);
     let reconnects = agg.log.count(&["MQTT connection failed"]);
     assert!(agg.terminate().success(), "stops on the first SIGTERM");
 
@@ -175,4 +179,244 @@ fn a_node_inventing_50000_sensor_ids_slows_down_no_one_else() {
     assert_eq!(delays.len(), published, "every legitimate reading stored");
     assert_eq!(reconnects, 0, "no keep-alive missed:\n{}", agg.log.text());
     drop(flood);
+}
+
+/// Connects and sends nothing.
+fn idle_tcp(addr: &str) -> std::net::TcpStream {
+    std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"))
+}
+
+/// Whether the server closed the connection (EOF or reset) before our read
+/// timeout ran out.
+fn closed_by_server(mut s: impl std::io::Read) -> bool {
+    use std::io::ErrorKind::{TimedOut, WouldBlock};
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(e.kind(), TimedOut | WouldBlock),
+    }
+}
+
+#[test]
+fn idle_clients_are_cut_off_and_capped_and_a_dump_still_gets_through() {
+    const HTTP_IDLE: usize = 300;
+    const CONTROL_IDLE: usize = 50;
+    let a =
+        aggregatord("http: { listen: \"127.0.0.1:0\", idle_timeout: 1s, max_connections: 100 }\n");
+    let line = a.agg.log.wait_for(&["control socket ready"]);
+    let socket = line.split("socket=").nth(1).unwrap().trim().to_owned();
+    let http: Vec<_> = (0..HTTP_IDLE).map(|_| idle_tcp(&a.addr)).collect();
+    let control: Vec<_> = (0..CONTROL_IDLE)
+        .map(|_| std::os::unix::net::UnixStream::connect(&socket).unwrap())
+        .collect();
+    // A dump gets an answer while all of them hang on: the control socket
+    // closes silent clients after 5 s and takes 16 at a time.
+    let rows = dump(&a.config.path, &["--format", "jsonl"]);
+    assert!(rows.is_empty(), "nothing stored: {rows}");
+    // Every idle connection is closed by the server, HTTP past the cap at
+    // once and the rest after the idle timeout. Reads time out (and the test
+    // fails) if the server keeps one open.
+    let mut closed = 0;
+    for s in &http {
+        s.set_read_timeout(Some(PATIENCE)).unwrap();
+        closed += usize::from(closed_by_server(s));
+    }
+    let mut control_closed = 0;
+    for s in &control {
+        s.set_read_timeout(Some(PATIENCE)).unwrap();
+        control_closed += usize::from(closed_by_server(s));
+    }
+    let (status, _) = http_get(&a.addr, "/healthz");
+    record(
+        "hostile_idle_connections",
+        "Connections that send nothing: to the dashboard (cap 100, idle timeout 1 s) and to the control socket (16 at a time, 5 s to send a request), then a dump and a health check",
+        serde_json::json!({
+            "http_idle_opened": HTTP_IDLE,
+            "http_closed_by_server": closed,
+            "control_idle_opened": CONTROL_IDLE,
+            "control_closed_by_server": control_closed,
+            "dump_answered": true,
+            "healthz_status": status,
+        }),
+    );
+    assert_eq!(closed, HTTP_IDLE, "idle HTTP connections closed");
+    assert_eq!(
+        control_closed, CONTROL_IDLE,
+        "idle control connections closed"
+    );
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn out_of_file_descriptors_the_accept_loops_back_off_instead_of_spinning() {
+    let pki = Pki::new(&["aggregatord"]);
+    let broker = Broker::start(&pki);
+    let storage = tempfile::tempdir().unwrap();
+    let config = write_config(&aggregatord_yaml_with(
+        &broker,
+        &pki,
+        storage.path(),
+        1,
+        "http: { listen: \"127.0.0.1:0\", idle_timeout: 2s, max_connections: 1000 }\n",
+    ));
+    // 64 open files: sled, the broker connections and a few clients use them up.
+    let agg = Proc::spawn(
+        "aggregatord",
+        Command::new("prlimit")
+            .args(["--nofile=64:64", AGGREGATORD, "--config"])
+            .arg(&config.path)
+            .env("RUST_LOG", "info,roomsense=debug"),
+    );
+    let addr = dashboard_addr(&agg.log);
+    agg.log.wait_for(&["subscribed"]);
+    let idle: Vec<_> = (0..100).map(|_| idle_tcp(&addr)).collect();
+    // Out of descriptors now; the dump's connection waits in the backlog until
+    // the idle ones time out, and is then answered.
+    let rows = dump(&config.path, &["--format", "jsonl"]);
+    assert!(rows.is_empty(), "{rows}");
+    let warnings = agg.log.count(&["accept failed"]);
+    record(
+        "hostile_out_of_descriptors",
+        "aggregatord limited to 64 open files, 100 idle dashboard connections, then a dump over the control socket",
+        serde_json::json!({ "idle_connections": idle.len(), "dump_answered": true, "accept_warnings_logged": warnings }),
+    );
+    assert!(
+        warnings < 20,
+        "{warnings} accept warnings: a spinning accept loop\n{}",
+        agg.log.text()
+    );
+    drop(idle);
+    drop(broker);
+}
+
+/// Sends `GET /events` and never reads the answer.
+fn stalled_event_stream(addr: &str) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut s = idle_tcp(addr);
+    write!(s, "GET /events HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    s
+}
+
+fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn browser_tabs_that_never_read_are_capped_and_cut_off_and_cost_no_readings() {
+    const TABS: usize = 10;
+    const FLOOD: u64 = 20_000;
+    let pki = Pki::new(&["room101", "aggregatord"]);
+    let broker = Broker::start(&pki);
+    let storage = tempfile::tempdir().unwrap();
+    let extra =
+        format!("http: {{ listen: \"127.0.0.1:0\", idle_timeout: 2s, max_clients: {TABS} }}\n");
+    let config = write_config(&aggregatord_yaml_with(
+        &broker,
+        &pki,
+        storage.path(),
+        1,
+        &extra,
+    ));
+    let mut agg = start_daemon(AGGREGATORD, &config.path);
+    let addr = dashboard_addr(&agg.log);
+    agg.log.wait_for(&["subscribed"]);
+    let rss_before = rss_kib(agg.pid());
+    let tabs: Vec<_> = (0..TABS).map(|_| stalled_event_stream(&addr)).collect();
+    // Each of them is counted once it has its stream: then one more is refused.
+    let metrics = |m: &str| {
+        http_get(&addr, "/metrics")
+            .1
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{m} ")).map(str::to_owned))
+            .unwrap_or_default()
+    };
+    // Polled: the server's count is the only sign that all ten streams started.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while metrics("roomsense_dashboard_clients") != TABS.to_string() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{TABS} streams not started"
+        );
+    }
+    let refused = http_get(&addr, "/events").0;
+
+    // A flood while they hang on: every event is framed for them, none read.
+    let flood = Proc::spawn(
+        "loadgen",
+        Command::new(loadgen())
+            .args(["--port", &broker.port.to_string(), "--pki"])
+            .arg(pki.dir.path())
+            .args([
+                "--node",
+                "room101",
+                "--qos",
+                "1",
+                "--count",
+                &FLOOD.to_string(),
+            ]),
+    );
+    let long = std::time::Duration::from_secs(120);
+    flood
+        .log
+        .wait_for_nth_within(|l| l.contains("published"), 1, "published", long);
+    agg.log.wait_for_nth_within(
+        |l| l.contains("stored reading"),
+        FLOOD as usize,
+        "stored reading",
+        long,
+    );
+    let rss_after = rss_kib(agg.pid());
+    let mut cut_off = 0;
+    for s in &tabs {
+        s.set_read_timeout(Some(PATIENCE)).unwrap();
+        // What they had not read is still buffered for them: drain to the end.
+        let mut r = s;
+        let mut buf = vec![0u8; 1 << 16];
+        let closed = loop {
+            match std::io::Read::read(&mut r, &mut buf) {
+                Ok(0) => break true,
+                Ok(_) => continue,
+                Err(e) => {
+                    break !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+                    )
+                }
+            }
+        };
+        cut_off += usize::from(closed);
+    }
+    let dropped_by_broker = broker
+        .proc
+        .log
+        .count(&["Outgoing messages are being dropped"]);
+    let reconnects = agg.log.count(&["MQTT connection failed"]);
+    assert!(agg.terminate().success());
+    let stored = stored_seqs(&config.path).len() as u64;
+    record(
+        "hostile_stalled_event_streams",
+        "Browser tabs that open /events and never read (cap 10, idle timeout 2 s), one more tab, and a flood of 20,000 QoS 1 readings",
+        serde_json::json!({
+            "stalled_tabs": TABS,
+            "extra_tab_status": refused,
+            "tabs_cut_off": cut_off,
+            "flood": FLOOD,
+            "stored": stored,
+            "lost": FLOOD - stored,
+            "broker_dropped_warnings": dropped_by_broker,
+            "aggregatord_reconnects": reconnects,
+            "rss_before_kib": rss_before,
+            "rss_after_kib": rss_after,
+        }),
+    );
+    assert_eq!(refused, 503, "one tab past http.max_clients");
+    assert_eq!(stored, FLOOD, "every reading stored");
+    assert_eq!(dropped_by_broker, 0);
+    assert_eq!(cut_off, TABS, "tabs that stopped reading are cut off");
 }

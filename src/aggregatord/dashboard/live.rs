@@ -5,9 +5,9 @@
 
 use crate::contract::{topic, Alert, AlertState, NodeState, Status, Timestamp};
 use crate::store::StoredReading;
+use axum::body::Bytes;
 use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
-use axum::body::Bytes;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -116,7 +116,8 @@ impl Live {
                 return event.clone();
             }
         }
-        let json = serde_json::json!({ "type": "snapshot", "data": self.snapshot(now) }).to_string();
+        let json =
+            serde_json::json!({ "type": "snapshot", "data": self.snapshot(now) }).to_string();
         let event = sse_frame(&json);
         *cached = Some((Instant::now(), shape, event.clone()));
         event
