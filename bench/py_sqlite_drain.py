@@ -42,7 +42,7 @@ def on_message(client, userdata, msg):
         client.disconnect()
 
 c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="drain-python", clean_session=False)
-c.tls_set(ca_certs=f"{pki}/ca.crt", certfile=f"{pki}/observer.crt", keyfile=f"{pki}/observer.key")
+c.tls_set(ca_certs=f"{pki}/ca.crt", certfile=f"{pki}/observer-sqlite.crt", keyfile=f"{pki}/observer-sqlite.key")
 c.max_inflight_messages_set(1000)
 c.on_connect, c.on_subscribe, c.on_message = on_connect, on_subscribe, on_message
 c.connect("localhost", port, 30)

@@ -116,7 +116,11 @@ proptest! {
     ) {
         let mut line = serde_json::json!({ "what": "readings", "format": "jsonl", "query": { "since": since, "limit": limit.map(|l| l.to_string()) } }).to_string();
         let _ = serde_json::from_str::<roomsense::aggregatord::Request>(&line);
-        line.insert_str(line.len() / 2, &junk);
+        let mut at = line.len() / 2;
+        while !line.is_char_boundary(at) {
+            at -= 1;
+        }
+        line.insert_str(at, &junk);
         let _ = serde_json::from_str::<roomsense::aggregatord::Request>(&line);
     }
 

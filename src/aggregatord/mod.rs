@@ -69,9 +69,14 @@ fn mqtt_settings(config: &AggregatordConfig) -> (mqtt::Settings, mqtt::Settings)
         .iter()
         .map(|s| (s.filter.clone(), s.qos))
         .collect();
+    let mut alerts = settings(format!("{}-alerts", config.client_id), Vec::new(), false);
+    if let (Some(id), Some(tls)) = (&config.alert_identity, &mut alerts.broker.tls) {
+        tls.cert_file = id.cert_file.clone();
+        tls.key_file = id.key_file.clone();
+    }
     (
         settings(config.client_id.to_string(), subscriptions, true),
-        settings(format!("{}-alerts", config.client_id), Vec::new(), false),
+        alerts,
     )
 }
 
@@ -84,6 +89,9 @@ pub async fn run(
     let (ingest_settings, alert_settings) = mqtt_settings(&config);
     let (mqtt, mut events) = mqtt::connect(ingest_settings)?;
     info!(client_id = %config.client_id, storage = %config.storage.path.display(), "aggregatord started");
+    if config.alert_identity.is_none() && config.broker.tls.is_some() {
+        tracing::warn!("no alert_identity: the alert connection shares the ingest connection's certificate; a broker that binds client ids to certificates (deploy/mosquitto) will make them take each other's place");
+    }
 
     // Background work, all stopped by the same token after ingest ends.
     let background = CancellationToken::new();

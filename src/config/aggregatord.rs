@@ -15,6 +15,12 @@ pub struct AggregatordConfig {
     pub storage: StorageConfig,
     #[serde(default)]
     pub ingest: IngestConfig,
+    /// The certificate and key of the connection that publishes alerts: an
+    /// identity of its own, because a broker that binds client ids to
+    /// certificates (deploy/mosquitto: `use_username_as_clientid`) would
+    /// otherwise let the two connections take each other's place.
+    #[serde(default)]
+    pub alert_identity: Option<super::Identity>,
     #[serde(default)]
     pub alerts: Vec<RuleConfig>,
     #[serde(default)]
@@ -223,6 +229,12 @@ impl DaemonConfig for AggregatordConfig {
 
     fn validate(&self) -> Result<(), Invalid> {
         self.broker.validate("broker")?;
+        if self.alert_identity.is_some() && self.broker.tls.is_none() {
+            return Err(Invalid::new(
+                "alert_identity",
+                "a certificate needs TLS: set broker.tls, or remove alert_identity",
+            ));
+        }
         if self.subscriptions.is_empty() {
             return Err(Invalid::new(
                 "subscriptions",
@@ -350,6 +362,9 @@ impl DaemonConfig for AggregatordConfig {
 
     fn resolve_paths(&mut self, base: &Path) {
         self.broker.resolve_paths(base);
+        if let Some(id) = &mut self.alert_identity {
+            id.resolve_paths(base);
+        }
         resolve(base, &mut self.storage.path);
         if let Some(socket) = &mut self.storage.socket {
             resolve(base, socket);

@@ -33,6 +33,23 @@ pub struct TlsConfig {
     pub key_file: PathBuf,
 }
 
+/// A client certificate and its key (a second identity, with the same CA).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+impl Identity {
+    pub(crate) fn resolve_paths(&mut self, base: &Path) {
+        for path in [&mut self.cert_file, &mut self.key_file] {
+            expand_credentials(path);
+            resolve(base, path);
+        }
+    }
+}
+
 /// Exponential backoff between connection attempts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

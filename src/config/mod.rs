@@ -13,7 +13,7 @@ pub use aggregatord::{
     AggregatordConfig, HttpConfig, IngestConfig, RuleConfig, Severity, StorageConfig,
     SubscriptionConfig,
 };
-pub use broker::{BrokerConfig, ReconnectConfig, TlsConfig, CREDENTIALS_VAR};
+pub use broker::{BrokerConfig, Identity, ReconnectConfig, TlsConfig, CREDENTIALS_VAR};
 pub use sensord::{
     default_qos, FaultConfig, FaultKind, FixedOccupancy, HomeAssistantConfig, NodeConfig,
     Occupancy, RoomConfig, Schedule, SensorConfig, SensordConfig, Thermostat,

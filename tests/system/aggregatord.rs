@@ -33,7 +33,7 @@ struct Running {
 }
 
 fn running(extra: &str) -> Running {
-    let pki = Pki::new(&["room101", "aggregatord", "observer"]);
+    let pki = Pki::new(&["room101", "aggregatord", "observer", "homeassistant"]);
     let broker = Broker::start(&pki);
     let storage = tempfile::tempdir().unwrap();
     let config = write_config(&aggregatord_yaml_with(
@@ -415,8 +415,10 @@ fn an_alert_is_raised_after_its_duration_cleared_with_hysteresis_and_survives_a_
     );
     assert_eq!(json["room"], ROOM);
 
-    // Retained while active: a late subscriber sees it at once.
-    let late = Watcher::connect(&r.broker, &r.pki, "observer");
+    // Retained while active: a late subscriber sees it at once. Another
+    // identity: the broker gives each certificate one client id, so a second
+    // "observer" would take the first one's place.
+    let late = Watcher::connect(&r.broker, &r.pki, "homeassistant");
     late.subscribe("building/+/+/alerts/#", 2);
     assert!(late.wait_for(&alert_topic, |_| true).retain);
 

@@ -299,9 +299,14 @@ impl Pki {
     pub fn with_env(names: &[&str], env: &[(&str, &str)]) -> Pki {
         require("openssl", "openssl");
         let dir = tempfile::tempdir().expect("tempdir");
+        // aggregatord comes with the second identity its alert connection uses.
+        let mut names = names.to_vec();
+        if names.contains(&"aggregatord") && !names.contains(&"aggregatord-alerts") {
+            names.push("aggregatord-alerts");
+        }
         let out = Command::new(format!("{REPO}/deploy/pki/gen-dev-pki.sh"))
             .arg(dir.path())
-            .args(names)
+            .args(&names)
             .envs(env.iter().copied())
             .output()
             .expect("run gen-dev-pki.sh");
@@ -551,8 +556,10 @@ pub fn aggregatord_yaml_with(
         "http: { listen: \"127.0.0.1:0\" }\n"
     };
     format!(
-        "client_id: aggregatord\n{}subscriptions:\n  - {{ filter: \"building/#\", qos: {qos} }}\nstorage:\n  path: {}\n{extra}{http}",
+        "client_id: aggregatord\n{}alert_identity: {{ cert_file: {}, key_file: {} }}\nsubscriptions:\n  - {{ filter: \"building/#\", qos: {qos} }}\nstorage:\n  path: {}\n{extra}{http}",
         broker.yaml(pki, "aggregatord"),
+        pki.path("aggregatord-alerts.crt").display(),
+        pki.path("aggregatord-alerts.key").display(),
         storage.display()
     )
 }
@@ -666,6 +673,9 @@ const SUBACK: &str = "<suback>";
 /// Recorded when the broker confirms one of our QoS 1/2 publishes.
 const CONFIRMED: &str = "<confirmed>";
 
+/// Recorded when the broker's CONNACK says it had a session for us.
+pub const SESSION_PRESENT: &str = "<session present>";
+
 /// A message as a test client received it.
 #[derive(Debug, Clone)]
 pub struct Seen {
@@ -714,8 +724,20 @@ impl Watcher {
 
     /// Starts connecting with any TLS config; see [`Watcher::wait_connected`].
     pub fn try_connect(broker: &Broker, tls: rustls::ClientConfig, client_id: &str) -> Watcher {
+        Watcher::try_connect_session(broker, tls, client_id, true)
+    }
+
+    /// As [`Watcher::try_connect`], asking for a persistent session when
+    /// `clean_session` is false; records the CONNACK's session-present flag.
+    pub fn try_connect_session(
+        broker: &Broker,
+        tls: rustls::ClientConfig,
+        client_id: &str,
+        clean_session: bool,
+    ) -> Watcher {
         let mut options = rumqttc::MqttOptions::new(client_id, "localhost", broker.port);
         options
+            .set_clean_session(clean_session)
             .set_keep_alive(Duration::from_secs(5))
             .set_transport(rumqttc::Transport::tls_with_config(
                 rumqttc::TlsConfiguration::Rustls(Arc::new(tls)),
@@ -727,7 +749,16 @@ impl Watcher {
         std::thread::spawn(move || {
             for event in connection.iter() {
                 match event {
-                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ack))) => {
+                        if ack.session_present {
+                            let marker = Seen {
+                                topic: SESSION_PRESENT.into(),
+                                payload: vec![],
+                                qos: 0,
+                                retain: false,
+                            };
+                            seen2.update(|s| s.push(marker));
+                        }
                         connected2.update(|c| *c = Some(Ok(())));
                     }
                     Ok(rumqttc::Event::Incoming(

@@ -420,3 +420,108 @@ fn browser_tabs_that_never_read_are_capped_and_cut_off_and_cost_no_readings() {
     assert_eq!(dropped_by_broker, 0);
     assert_eq!(cut_off, TABS, "tabs that stopped reading are cut off");
 }
+
+#[test]
+fn a_stolen_certificate_cannot_take_another_client_id() {
+    const QUEUED: usize = 25;
+    let pki = Pki::new(&["room101", "room102", "aggregatord"]);
+    let broker = Broker::start(&pki);
+    let storage = tempfile::tempdir().unwrap();
+    let rules = "alerts:\n  - { name: node_down, offline: true, severity: critical }\n";
+    let config = write_config(&aggregatord_yaml_with(
+        &broker,
+        &pki,
+        storage.path(),
+        1,
+        rules,
+    ));
+    let mut agg = start_daemon(AGGREGATORD, &config.path);
+    agg.log.wait_for(&["subscribed"]);
+    assert!(agg.terminate().success());
+
+    // aggregatord is away: room102's readings queue in its session.
+    let room102 = "building/floor1/room102";
+    let legit = format!("{room102}/temperature/temp_001");
+    let node_config = write_config(&sensord_yaml(
+        &broker,
+        &pki,
+        "room102",
+        room102,
+        &[("temp_001", "temperature", "50ms", 1)],
+    ));
+    let mut node = start_daemon(SENSORD, &node_config.path);
+    node.log
+        .wait_for_nth(&["reading topic=", "temp_001"], QUEUED);
+
+    // room101's certificate asks for aggregatord's session, then for room102's id.
+    let as_aggregatord =
+        Watcher::try_connect_session(&broker, tls(&pki, "room101"), "aggregatord", false);
+    as_aggregatord
+        .wait_connected()
+        .expect("the broker accepts room101");
+    let as_room102 = Watcher::try_connect_session(&broker, tls(&pki, "room101"), "room102", false);
+    as_room102
+        .wait_connected()
+        .expect("the broker accepts room101");
+    let connects = |id: &str| {
+        broker
+            .proc
+            .log
+            .count(&["New client connected", &format!(" as {id} ")])
+    };
+
+    // The real aggregatord comes back and stores everything queued for it.
+    let mut agg = start_daemon(AGGREGATORD, &config.path);
+    agg.log
+        .wait_for_nth(&["stored reading", &format!("topic={legit} ")], QUEUED);
+    assert!(node.terminate().success());
+    let published: usize = node
+        .log
+        .wait_for(&["sensord stopped"])
+        .split("published=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    agg.log
+        .wait_for_nth(&["stored reading", &format!("topic={legit} ")], published);
+    let stolen = as_aggregatord.messages().len();
+    let session_stolen = as_aggregatord
+        .messages()
+        .iter()
+        .any(|m| m.topic == SESSION_PRESENT);
+    let kicked = node.log.count(&["MQTT connection failed"]);
+    let offline_alerts = agg.log.count(&["alert", "rule=node_down", "state=raised"]);
+    let impostor_ids = (
+        connects("aggregatord"),
+        connects("room102"),
+        connects("room101"),
+    );
+    assert!(agg.terminate().success());
+    let stored = stored_seqs(&config.path).len();
+    record(
+        "hostile_client_id_takeover",
+        "room101's certificate connects as client id aggregatord (persistent session, while readings queue for it) and as room102",
+        serde_json::json!({
+            "takeover_attempts": 2,
+            "session_resumed_by_impostor": session_stolen,
+            "queued_readings_taken_by_impostor": stolen,
+            "readings_published": published,
+            "readings_stored": stored,
+            "lost": published - stored,
+            "real_room102_disconnected": kicked,
+            "node_offline_alerts": offline_alerts,
+        }),
+    );
+    assert!(
+        !session_stolen && stolen == 0,
+        "the impostor got aggregatord's session"
+    );
+    assert_eq!(
+        stored, published,
+        "every queued reading stored by the real aggregatord"
+    );
+    assert_eq!(kicked, 0, "room102 was kicked off:\n{}", node.log.text());
+    assert_eq!(offline_alerts, 0);
+    // Mosquitto named both impostors by their certificate.
+    assert_eq!(impostor_ids.2, 2, "{impostor_ids:?}");
+}
