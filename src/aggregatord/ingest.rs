@@ -95,7 +95,8 @@ impl Default for Batch {
 
 /// What became of a reading in storage.
 enum Outcome {
-    Stored(Inserted),
+    /// With the value it dropped from, if it was an energy meter reset.
+    Stored(Inserted, Option<f64>),
     /// Refused on what is already stored (a meter running backwards).
     Refused(Rejection),
 }
@@ -263,8 +264,12 @@ impl Ingest {
                 prefix,
                 sensor_type,
                 sensor_id,
-            } => validate_reading(sensor_type, sensor_id, delivery.payload(), received_at.0)
+            } => contract_levels(prefix, Some(sensor_id))
+                .and_then(|()| {
+                    validate_reading(sensor_type, sensor_id, delivery.payload(), received_at.0)
+                })
                 .and_then(|reading| {
+                    self.too_old(&reading, received_at)?;
                     self.census
                         .admit_sensor(prefix, delivery.topic(), &self.config)?;
                     batch.readings.push(StoredReading {
@@ -275,9 +280,8 @@ impl Ingest {
                     });
                     Ok(())
                 }),
-            topic::Parsed::Status { prefix } => match self
-                .census
-                .admit_room(prefix, &self.config)
+            topic::Parsed::Status { prefix } => match contract_levels(prefix, None)
+                .and_then(|()| self.census.admit_room(prefix, &self.config))
                 .and_then(|()| parse_status(prefix, delivery.payload()))
             {
                 Ok(Some(status)) => {
@@ -349,6 +353,28 @@ impl Ingest {
         })
     }
 
+    /// Refuses a reading older than `max_age`: retention would delete it at
+    /// once (a clock in 1970, a node replaying a week-old buffer).
+    fn too_old(&self, r: &crate::contract::Reading, now: Timestamp) -> Result<(), Rejection> {
+        let Some(max_age) = self.config.max_age else {
+            return Ok(());
+        };
+        let limit = chrono::Duration::from_std(max_age)
+            .ok()
+            .and_then(|age| now.0.checked_sub_signed(age));
+        match limit {
+            Some(limit) if r.timestamp.0 < limit => Err(Rejection::new(
+                RejectionReason::TooOld,
+                format!(
+                    "{} is more than {} old (ingest.max_age, by default storage.retention)",
+                    r.timestamp,
+                    humantime::format_duration(max_age)
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Counts and logs (rate-limited) a refused message.
     fn note_rejection(&mut self, topic: &str, r: &Rejection) {
         let total = self.metrics.reject(r.reason);
@@ -389,7 +415,7 @@ impl Ingest {
             // New is decided before the write; a failed attempt's writes may
             // still survive, and the retry would call those readings duplicates.
             for (i, outcome) in outcomes.iter().enumerate() {
-                if matches!(outcome, Outcome::Stored(Inserted::New)) {
+                if matches!(outcome, Outcome::Stored(Inserted::New, _)) {
                     seen_new[i] = true;
                 }
             }
@@ -400,7 +426,7 @@ impl Ingest {
             let mut refused = rejected.clone();
             for (i, (r, outcome)) in readings.iter().zip(&outcomes).enumerate() {
                 match outcome {
-                    Outcome::Stored(_) if seen_new[i] => {
+                    Outcome::Stored(..) if seen_new[i] => {
                         if !std::mem::replace(&mut evaluated[i], true) {
                             if let Some(engine) = &mut self.engine {
                                 changes.extend(engine.reading(r));
@@ -416,7 +442,7 @@ impl Ingest {
                             r.received_at,
                         ));
                     }
-                    Outcome::Stored(_) => {}
+                    Outcome::Stored(..) => {}
                 }
             }
             // Then alert changes and rejections, and the one fsync. A retry may
@@ -482,12 +508,16 @@ impl Ingest {
     /// Counts one reading of a committed batch, and shows it on the dashboard.
     fn account(&mut self, r: &StoredReading, outcome: Outcome, new: bool) {
         match outcome {
-            Outcome::Stored(_) if new => {
+            Outcome::Stored(_, reset) if new => {
                 self.metrics.stored.fetch_add(1, Relaxed);
+                if let Some(from) = reset {
+                    self.metrics.meter_resets.fetch_add(1, Relaxed);
+                    info!(topic = %r.topic, from, to = r.reading.value, "energy meter reset: a new series starts");
+                }
                 self.live.reading(r, false);
                 debug!(topic = %r.topic, seq = ?r.reading.seq, "stored reading");
             }
-            Outcome::Stored(_) => {
+            Outcome::Stored(..) => {
                 self.metrics.duplicates.fetch_add(1, Relaxed);
                 debug!(topic = %r.topic, seq = ?r.reading.seq, "duplicate reading");
             }
@@ -585,35 +615,81 @@ fn insert_all(
     let mut writer = store.reading_writer()?;
     for r in batch {
         outcomes.push(match meter_check(&writer, r)? {
-            Some(refusal) => Outcome::Refused(refusal),
-            None => Outcome::Stored(writer.insert(r)?),
+            Meter::Refused(refusal) => Outcome::Refused(refusal),
+            Meter::Counts => Outcome::Stored(writer.insert(r)?, None),
+            Meter::Reset { from } => Outcome::Stored(writer.insert(r)?, Some(from)),
         });
     }
     writer.finish()
 }
 
-/// An energy meter only counts up: a reading below the one before it (or above
-/// the one after it) in that sensor's stored history is refused.
-fn meter_check(store: &ReadingWriter, r: &StoredReading) -> Result<Option<Rejection>, StoreError> {
+/// A meter reading lower than this fraction of the one before it is a reset
+/// (a replaced or cleared meter), not a glitch.
+const METER_RESET_DROP: f64 = 0.5;
+
+/// What an energy reading means against its stored neighbours.
+enum Meter {
+    Counts,
+    /// A new series: far below the reading before it (recorded, counted).
+    Reset {
+        from: f64,
+    },
+    Refused(Rejection),
+}
+
+/// An energy meter only counts up: a reading a little below the one before it
+/// (or above the one after it) is refused as `meter_decreased`. A drop to less
+/// than half is a reset and starts a new series, so that one bogus reading (or
+/// a replaced meter) cannot lock the meter out for good, as it once did.
+fn meter_check(store: &ReadingWriter, r: &StoredReading) -> Result<Meter, StoreError> {
     if r.reading.sensor_type != SensorType::Energy.as_str() {
-        return Ok(None);
+        return Ok(Meter::Counts);
     }
     let (before, after) = store.neighbours(r)?;
     let v = r.reading.value;
     let refusal = |other: &StoredReading, relation: &str| {
-        Rejection::new(
+        Meter::Refused(Rejection::new(
             RejectionReason::MeterDecreased,
             format!(
                 "{v} is {relation} {} at {}",
                 other.reading.value, other.reading.timestamp
             ),
-        )
+        ))
     };
+    let reset = |high: f64, low: f64| low < high * METER_RESET_DROP;
     Ok(match (before, after) {
-        (Some(b), _) if v < b.reading.value => Some(refusal(&b, "below the earlier")),
-        (_, Some(a)) if v > a.reading.value => Some(refusal(&a, "above the later")),
-        _ => None,
+        (Some(b), _) if v < b.reading.value && reset(b.reading.value, v) => Meter::Reset {
+            from: b.reading.value,
+        },
+        (Some(b), _) if v < b.reading.value => refusal(&b, "below the earlier"),
+        // Above a later reading that was itself a reset: consistent.
+        (_, Some(a)) if v > a.reading.value && !reset(v, a.reading.value) => {
+            refusal(&a, "above the later")
+        }
+        _ => Meter::Counts,
     })
+}
+
+/// The contract's ids: every level of the room prefix and the sensor id are
+/// `[A-Za-z0-9_-]{1,64}`, and the sensor id is not a reserved word. Anything
+/// else (`a b`, markup, 3,000 characters) is refused before it is stored or
+/// shown on the dashboard.
+fn contract_levels(prefix: &str, sensor_id: Option<&str>) -> Result<(), Rejection> {
+    let refuse = |what: &str, e: String| {
+        Rejection::new(RejectionReason::UnrecognizedTopic, format!("{what}: {e}"))
+    };
+    for level in prefix.split('/') {
+        if let Err(e) = crate::contract::Ident::try_from(level.to_owned()) {
+            // Reserved words are fine as room levels; only the id is a topic word.
+            if !crate::contract::RESERVED_LEVELS.contains(&level) {
+                return Err(refuse("room", e));
+            }
+        }
+    }
+    if let Some(id) = sensor_id {
+        crate::contract::Ident::try_from(id.to_owned()).map_err(|e| refuse("sensor id", e))?;
+    }
+    Ok(())
 }
 
 /// Status messages feed the node-offline rules and the log; an empty payload
@@ -623,8 +699,21 @@ fn parse_status(prefix: &str, payload: &[u8]) -> Result<Option<Status>, Rejectio
         info!(prefix, "node status cleared");
         return Ok(None);
     }
-    let status: Status = serde_json::from_slice(payload)
+    if payload.len() > crate::contract::MAX_PAYLOAD_BYTES {
+        return Err(Rejection::new(
+            RejectionReason::PayloadTooLarge,
+            format!(
+                "{} bytes, limit {}",
+                payload.len(),
+                crate::contract::MAX_PAYLOAD_BYTES
+            ),
+        ));
+    }
+    let mut status: Status = serde_json::from_slice(payload)
         .map_err(|e| Rejection::new(RejectionReason::Malformed, e.to_string()))?;
+    // The node is the topic's, whatever the payload claims: a node can only
+    // publish under its own room (the ACL), so the topic is the authority.
+    status.node = prefix.rsplit('/').next().unwrap_or(prefix).to_owned();
     info!(
         prefix,
         node = %status.node,

@@ -19,6 +19,8 @@ pub struct Metrics {
     pub sessions_lost: AtomicU64,
     pub alerts_raised: AtomicU64,
     pub alerts_cleared: AtomicU64,
+    /// Energy meters that dropped to a new series (see ingest::meter_check).
+    pub meter_resets: AtomicU64,
     pub connected: AtomicBool,
     /// False after a failed write or flush, until one succeeds again.
     pub storage_ok: AtomicBool,
@@ -91,6 +93,11 @@ impl Metrics {
             "mqtt_sessions_lost_total",
             "Reconnects on which the broker had no session for us.",
             self.sessions_lost.load(Relaxed),
+        );
+        counter(
+            "meter_resets_total",
+            "Energy meter readings that started a new series (a drop to less than half).",
+            self.meter_resets.load(Relaxed),
         );
         counter(
             "alerts_raised_total",

@@ -54,6 +54,13 @@ pub fn dump_main(config_path: &Path, request: &Request) -> anyhow::Result<()> {
     }
 }
 
+/// Ingest's settings, with `max_age` defaulting to the retention window.
+fn ingest_config(config: &AggregatordConfig) -> config::IngestConfig {
+    let mut ingest = config.ingest.clone();
+    ingest.max_age = ingest.max_age.or(config.storage.retention);
+    ingest
+}
+
 /// The connection settings for aggregatord's two clients: ingest, and alerts.
 fn mqtt_settings(config: &AggregatordConfig) -> (mqtt::Settings, mqtt::Settings) {
     let settings = |client_id: String, subscriptions, manual_acks| mqtt::Settings {
@@ -156,7 +163,7 @@ pub async fn run(
             }),
     );
     let mut ingest = ingest::Ingest::new(
-        config.ingest.clone(),
+        ingest_config(&config),
         store.clone(),
         mqtt,
         engine,
@@ -267,7 +274,7 @@ async fn reload(
     let reconnecting = ingest.mqtt().reconfigure(ingest_settings)?;
     alert_settings.send_replace(alerts);
     ingest
-        .reconfigure(new.ingest.clone(), new.alerts.clone())
+        .reconfigure(ingest_config(new), new.alerts.clone())
         .await?;
     if changed.iter().any(|k| k.starts_with("storage")) {
         tracing::warn!("storage settings take effect at the next start");

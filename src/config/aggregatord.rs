@@ -162,6 +162,10 @@ pub struct IngestConfig {
     /// Rooms (topic prefixes with readings or a status); past it `too_many_rooms`.
     #[serde(default = "default_max_rooms")]
     pub max_rooms: usize,
+    /// Readings dated further back than this are refused (`too_old`). Unset:
+    /// `storage.retention`, if set (retention would delete them at once).
+    #[serde(default, with = "super::duration::option")]
+    pub max_age: Option<std::time::Duration>,
 }
 
 impl Default for IngestConfig {
@@ -172,6 +176,7 @@ impl Default for IngestConfig {
             max_sensors: default_max_sensors(),
             max_sensors_per_room: default_max_sensors_per_room(),
             max_rooms: default_max_rooms(),
+            max_age: None,
         }
     }
 }

@@ -13,7 +13,7 @@ pub mod topic;
 mod validate;
 
 pub use alert::{Alert, AlertState};
-pub use ident::{Ident, TopicPrefix};
+pub use ident::{Ident, TopicPrefix, RESERVED_LEVELS};
 pub use reading::Reading;
 pub use sensor_type::SensorType;
 pub use status::{NodeState, Status, StatusSensor, REASON_CONNECTION_LOST, REASON_SHUTDOWN};

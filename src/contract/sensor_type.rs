@@ -56,7 +56,10 @@ impl SensorType {
             SensorType::Humidity => (0.0..=100.0).contains(&value),
             SensorType::Motion => value == 0.0 || value == 1.0,
             SensorType::Co2 => (0.0..=10_000.0).contains(&value),
-            SensorType::Power | SensorType::Energy => value >= 0.0 && value.is_finite(),
+            // Generous, but finite: 100 MW, and 1 TWh on a meter (an
+            // `energy=1e300` once locked its meter out for good).
+            SensorType::Power => (0.0..=1e8).contains(&value),
+            SensorType::Energy => (0.0..=1e9).contains(&value),
         }
     }
 }

@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     pub status: NodeState,
+    /// Informational: aggregatord takes the node from the topic, never from
+    /// here (the course brief's client sends none; a payload could lie).
+    #[serde(default)]
     pub node: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,

@@ -28,6 +28,9 @@ pub enum RejectionReason {
     TooManySensors,
     /// A new room past `ingest.max_rooms`.
     TooManyRooms,
+    /// Older than `ingest.max_age` (by default the retention window): it would
+    /// be counted as stored and then deleted by retention at once.
+    TooOld,
 }
 
 impl RejectionReason {
@@ -45,6 +48,7 @@ impl RejectionReason {
             RejectionReason::MeterDecreased => "meter_decreased",
             RejectionReason::TooManySensors => "too_many_sensors",
             RejectionReason::TooManyRooms => "too_many_rooms",
+            RejectionReason::TooOld => "too_old",
         }
     }
 }

@@ -96,8 +96,33 @@ struct Trees {
     alerts_outbox: sled::Tree,
 }
 
+/// The database is the building's history: readable by its owner only,
+/// whatever the umask (with 022 a local user once copied and dumped it). The
+/// folder's 0700 also covers files sled creates later (snapshots).
+fn private_folder(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)?;
+    // Tightening what exists is best effort: `dump` run by another user who
+    // may read the folder must still work (the daemon, its owner, does it).
+    let tighten = |p: &Path, mode: u32| {
+        if let Err(e) = std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)) {
+            tracing::debug!(path = %p.display(), error = %e, "cannot restrict storage permissions");
+        }
+    };
+    tighten(path, 0o700);
+    for entry in std::fs::read_dir(path)?.flatten() {
+        let dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        tighten(&entry.path(), if dir { 0o700 } else { 0o600 });
+    }
+    Ok(())
+}
+
 impl Trees {
     fn open(path: &Path) -> Result<Trees, StoreError> {
+        private_folder(path).map_err(|source| open_error(path, source.into()))?;
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(32 * 1024 * 1024)

@@ -738,6 +738,9 @@ impl Watcher {
         let mut options = rumqttc::MqttOptions::new(client_id, "localhost", broker.port);
         options
             .set_clean_session(clean_session)
+            // Up to the broker's own limit (max_packet_size 65536), not
+            // rumqttc's default 10 KiB: tests send oversized payloads on purpose.
+            .set_max_packet_size(65_536, 65_536)
             .set_keep_alive(Duration::from_secs(5))
             .set_transport(rumqttc::Transport::tls_with_config(
                 rumqttc::TlsConfiguration::Rustls(Arc::new(tls)),

@@ -525,3 +525,214 @@ fn a_stolen_certificate_cannot_take_another_client_id() {
     // Mosquitto named both impostors by their certificate.
     assert_eq!(impostor_ids.2, 2, "{impostor_ids:?}");
 }
+
+#[test]
+fn payloads_and_ids_outside_the_contract_are_refused_with_a_reason_and_storage_is_private() {
+    let pki = Pki::new(&["room101", "aggregatord"]);
+    let broker = Broker::start(&pki);
+    let storage = tempfile::tempdir().unwrap();
+    let db = storage.path().join("db");
+    let config = write_config(&aggregatord_yaml_with(
+        &broker,
+        &pki,
+        &db,
+        1,
+        "ingest: { max_age: 1d }\n",
+    ));
+    let mut agg = start_daemon(AGGREGATORD, &config.path);
+    let addr = dashboard_addr(&agg.log);
+    agg.log.wait_for(&["subscribed"]);
+    let node = Watcher::connect(&broker, &pki, "room101");
+    let room = "building/floor1/room101";
+    let now = chrono::Utc::now();
+    let at =
+        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let reading = |ty: &str, unit: &str, id: &str, value: &str, ts: &str| {
+        (
+            format!("{room}/{ty}/{id}"),
+            format!(
+                r#"{{"sensor_id":"{id}","sensor_type":"{ty}","value":{value},"unit":"{unit}","timestamp":"{ts}"}}"#
+            ),
+        )
+    };
+    let t = |ms: i64| at(now + chrono::Duration::milliseconds(ms));
+    let long_id = "x".repeat(3000);
+    let refused = [
+        (
+            reading("temperature", "celsius", "a b", "20", &t(0)),
+            "unrecognized_topic",
+        ),
+        (
+            reading("temperature", "celsius", "té☃", "20", &t(0)),
+            "unrecognized_topic",
+        ),
+        (
+            reading("temperature", "celsius", "alerts", "20", &t(0)),
+            "unrecognized_topic",
+        ),
+        (
+            reading(
+                "temperature",
+                "celsius",
+                "<img src=x onerror=alert(1)>",
+                "20",
+                &t(0),
+            ),
+            "unrecognized_topic",
+        ),
+        (
+            reading("temperature", "celsius", &long_id, "20", &t(0)),
+            "unrecognized_topic",
+        ),
+        (
+            reading(
+                "temperature",
+                "celsius",
+                "temp_001",
+                "20",
+                "1970-01-01T00:00:00Z",
+            ),
+            "too_old",
+        ),
+        (
+            reading(
+                "temperature",
+                "celsius",
+                "temp_001",
+                "20",
+                "0001-01-01T00:00:00Z",
+            ),
+            "too_old",
+        ),
+        (
+            reading("energy", "kWh", "energy_001", "1e300", &t(0)),
+            "out_of_range",
+        ),
+        (
+            (
+                format!("{room}/status"),
+                format!(
+                    r#"{{"status":"online","node":"room101","pad":"{}"}}"#,
+                    "x".repeat(51_600)
+                ),
+            ),
+            "payload_too_large",
+        ),
+    ];
+    for ((topic, payload), _) in &refused {
+        node.publish(topic, payload.as_bytes(), 1);
+    }
+    // A meter: counts up, one glitch below (refused), a reset to near zero (a
+    // new series), and on from there: nothing locks it.
+    let meter = [("5000", 1), ("4999", 2), ("2", 3), ("3", 4)];
+    for (value, ms) in meter {
+        let (topic, payload) = reading("energy", "kWh", "energy_001", value, &t(ms));
+        node.publish(&topic, payload.as_bytes(), 1);
+    }
+    // A status that names another node: the node is the topic's.
+    node.publish(
+        &format!("{room}/status"),
+        br#"{"status":"online","node":"room102"}"#,
+        1,
+    );
+    let (marker, payload) = reading("temperature", "celsius", "marker", "20", &t(5));
+    node.publish(&marker, payload.as_bytes(), 1);
+    agg.log
+        .wait_for(&["stored reading", &format!("topic={marker} ")]);
+
+    let metrics = http_get(&addr, "/metrics").1;
+    let rejected = |reason: &str| -> usize {
+        metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!(
+                    "roomsense_readings_rejected_total{{reason=\"{reason}\"}} "
+                ))
+            })
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let mut want: std::collections::BTreeMap<&str, usize> = Default::default();
+    for (_, reason) in &refused {
+        *want.entry(reason).or_default() += 1;
+    }
+    *want.entry("meter_decreased").or_default() += 1;
+    let got: std::collections::BTreeMap<&str, usize> =
+        want.keys().map(|r| (*r, rejected(r))).collect();
+    let resets = metrics.contains("roomsense_meter_resets_total 1");
+    let state: serde_json::Value = serde_json::from_str(&http_get(&addr, "/api/state").1).unwrap();
+    let nodes: Vec<String> = state["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            format!(
+                "{}={}",
+                n["room"].as_str().unwrap(),
+                n["node"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert!(agg.terminate().success());
+    let meter_values: Vec<f64> = dump(
+        &config.path,
+        &["--format", "jsonl", "--sensor", "energy_001"],
+    )
+    .lines()
+    .map(|l| {
+        serde_json::from_str::<serde_json::Value>(l).unwrap()["value"]
+            .as_f64()
+            .unwrap()
+    })
+    .collect();
+    let stored_topics = dump(&config.path, &["--format", "jsonl"])
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["topic"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect::<std::collections::BTreeSet<_>>();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let open_files: Vec<String> = std::fs::read_dir(&db)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_type().unwrap().is_file() && mode(&e.path()) & 0o077 != 0)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    record(
+        "hostile_contract",
+        "Ids outside the contract, readings from 1970 and year 1, energy=1e300, a 51.6 KB status, a status naming another node, a meter glitch and a meter reset",
+        serde_json::json!({
+            "refused_by_reason": got,
+            "meter_values_stored": meter_values,
+            "meter_resets": u8::from(resets),
+            "nodes_shown": nodes,
+            "storage_folder_mode": format!("{:o}", mode(&db)),
+            "storage_files_readable_by_others": open_files.len(),
+        }),
+    );
+    assert_eq!(got, want, "refused, each with its reason");
+    assert_eq!(
+        meter_values,
+        [5000.0, 2.0, 3.0],
+        "glitch refused, reset kept, counting on"
+    );
+    assert!(resets, "{metrics}");
+    assert_eq!(nodes, [format!("{room}=room101")]);
+    assert_eq!(
+        stored_topics,
+        [format!("{room}/energy/energy_001"), marker.clone()]
+            .into_iter()
+            .collect(),
+        "nothing outside the contract stored"
+    );
+    assert_eq!(
+        mode(&db),
+        0o700,
+        "storage folder private whatever the umask"
+    );
+    assert!(open_files.is_empty(), "{open_files:?}");
+}
