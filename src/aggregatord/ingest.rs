@@ -616,11 +616,26 @@ fn insert_all(
     for r in batch {
         outcomes.push(match meter_check(&writer, r)? {
             Meter::Refused(refusal) => Outcome::Refused(refusal),
-            Meter::Counts => Outcome::Stored(writer.insert(r)?, None),
-            Meter::Reset { from } => Outcome::Stored(writer.insert(r)?, Some(from)),
+            Meter::Counts => stored(r, writer.insert(r)?, None),
+            Meter::Reset { from } => stored(r, writer.insert(r)?, Some(from)),
         });
     }
     writer.finish()
+}
+
+/// A conflict (same identity, another reading) is refused with its reason and
+/// kept for inspection; the stored one stays.
+fn stored(r: &StoredReading, inserted: Inserted, reset: Option<f64>) -> Outcome {
+    match inserted {
+        Inserted::Conflict => Outcome::Refused(Rejection::new(
+            RejectionReason::ConflictingDuplicate,
+            format!(
+                "{} at {} seq {:?} is already stored with another value or seq; the first is kept",
+                r.topic, r.reading.timestamp, r.reading.seq
+            ),
+        )),
+        other => Outcome::Stored(other, reset),
+    }
 }
 
 /// A meter reading lower than this fraction of the one before it is a reset

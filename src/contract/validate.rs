@@ -28,6 +28,9 @@ pub enum RejectionReason {
     TooManySensors,
     /// A new room past `ingest.max_rooms`.
     TooManyRooms,
+    /// The identity (topic, timestamp, seq) of a stored reading with another
+    /// value: the first is kept (a node restarted with its seq reset, say).
+    ConflictingDuplicate,
     /// Older than `ingest.max_age` (by default the retention window): it would
     /// be counted as stored and then deleted by retention at once.
     TooOld,
@@ -49,6 +52,7 @@ impl RejectionReason {
             RejectionReason::TooManySensors => "too_many_sensors",
             RejectionReason::TooManyRooms => "too_many_rooms",
             RejectionReason::TooOld => "too_old",
+            RejectionReason::ConflictingDuplicate => "conflicting_duplicate",
         }
     }
 }

@@ -71,6 +71,10 @@ pub struct RejectedMessage {
 pub enum Inserted {
     New,
     Duplicate,
+    /// Same identity (topic, timestamp, seq) as a stored reading but not the
+    /// same reading (another value, or seq where there was none): the first
+    /// is kept, and the caller should say so rather than call it a duplicate.
+    Conflict,
 }
 
 /// The database. Cheap to clone; all clones share one sled instance, which
@@ -686,7 +690,12 @@ mod model {
                         let (before, after) = writer.neighbours(&r).unwrap();
                         prop_assert_eq!(before, same_topic(model.range(..k.clone()).next_back()));
                         prop_assert_eq!(after, same_topic(model.range(k.clone()..).next()));
-                        let want = if model.contains_key(&k) { Inserted::Duplicate } else { Inserted::New };
+                        let want = match model.get(&k) {
+                            None => Inserted::New,
+                            Some(m) if m.reading.value.to_bits() == r.reading.value.to_bits()
+                                && m.reading.seq == r.reading.seq => Inserted::Duplicate,
+                            Some(_) => Inserted::Conflict,
+                        };
                         prop_assert_eq!(writer.insert(&r).unwrap(), want);
                         model.entry(k).or_insert(r);
                     }

@@ -132,7 +132,7 @@ impl Readings {
         };
         let mut entries = chunk::decode(&k, &v).map_err(|err| corrupt(&k, err))?;
         match entries.binary_search_by_key(&pos, Entry::pos) {
-            Ok(_) => Ok(Inserted::Duplicate),
+            Ok(i) => Ok(same_or_conflict(&entries[i], &e)),
             Err(i) => {
                 // i > 0: the chunk's first entry is at or before pos, and not at it.
                 entries.insert(i, e);
@@ -282,6 +282,16 @@ impl Readings {
     }
 }
 
+/// A reading found at its own position: a redelivery (the same value and
+/// seq), or another reading claiming its identity.
+fn same_or_conflict(stored: &Entry, new: &Entry) -> Inserted {
+    if stored.value.to_bits() == new.value.to_bits() && stored.seq == new.seq {
+        Inserted::Duplicate
+    } else {
+        Inserted::Conflict
+    }
+}
+
 /// Writes one batch of readings; nothing is durable until the store's flush.
 pub struct ReadingWriter {
     r: Readings,
@@ -311,7 +321,7 @@ impl ReadingWriter {
             return Ok(Inserted::New);
         }
         match pending.binary_search_by_key(&pos, Entry::pos) {
-            Ok(_) => Ok(Inserted::Duplicate),
+            Ok(i) => Ok(same_or_conflict(&pending[i], &e)),
             Err(i) => {
                 pending.insert(i, e);
                 Ok(Inserted::New)

@@ -629,6 +629,22 @@ fn payloads_and_ids_outside_the_contract_are_refused_with_a_reason_and_storage_i
         let (topic, payload) = reading("energy", "kWh", "energy_001", value, &t(ms));
         node.publish(&topic, payload.as_bytes(), 1);
     }
+    // Two readings claiming one identity (topic, timestamp, seq), with and
+    // without a seq: the first is kept, the second refused as a conflict.
+    let same_time = t(6);
+    let claim = |value: &str, seq: &str| {
+        let (topic, payload) = reading("temperature", "celsius", "temp_002", value, &same_time);
+        (topic, payload.replace("}", &format!("{seq}}}")))
+    };
+    for (value, seq) in [
+        ("20.5", ",\"seq\":7"),
+        ("21.5", ",\"seq\":7"),
+        ("20.5", ""),
+        ("22.5", ""),
+    ] {
+        let (topic, payload) = claim(value, seq);
+        node.publish(&topic, payload.as_bytes(), 1);
+    }
     // A status that names another node: the node is the topic's.
     node.publish(
         &format!("{room}/status"),
@@ -657,6 +673,7 @@ fn payloads_and_ids_outside_the_contract_are_refused_with_a_reason_and_storage_i
         *want.entry(reason).or_default() += 1;
     }
     *want.entry("meter_decreased").or_default() += 1;
+    *want.entry("conflicting_duplicate").or_default() += 2;
     let got: std::collections::BTreeMap<&str, usize> =
         want.keys().map(|r| (*r, rejected(r))).collect();
     let resets = metrics.contains("roomsense_meter_resets_total 1");
@@ -704,7 +721,7 @@ fn payloads_and_ids_outside_the_contract_are_refused_with_a_reason_and_storage_i
         .collect();
     record(
         "hostile_contract",
-        "Ids outside the contract, readings from 1970 and year 1, energy=1e300, a 51.6 KB status, a status naming another node, a meter glitch and a meter reset",
+        "Ids outside the contract, readings from 1970 and year 1, energy=1e300, a 51.6 KB status, a status naming another node, a meter glitch and a meter reset, two readings each claiming a stored reading's identity",
         serde_json::json!({
             "refused_by_reason": got,
             "meter_values_stored": meter_values,
@@ -715,6 +732,15 @@ fn payloads_and_ids_outside_the_contract_are_refused_with_a_reason_and_storage_i
         }),
     );
     assert_eq!(got, want, "refused, each with its reason");
+    let claims: Vec<f64> = dump(&config.path, &["--format", "jsonl", "--sensor", "temp_002"])
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["value"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(claims, [20.5, 20.5], "the first of each identity kept");
     assert_eq!(
         meter_values,
         [5000.0, 2.0, 3.0],
@@ -724,9 +750,13 @@ fn payloads_and_ids_outside_the_contract_are_refused_with_a_reason_and_storage_i
     assert_eq!(nodes, [format!("{room}=room101")]);
     assert_eq!(
         stored_topics,
-        [format!("{room}/energy/energy_001"), marker.clone()]
-            .into_iter()
-            .collect(),
+        [
+            format!("{room}/energy/energy_001"),
+            format!("{room}/temperature/temp_002"),
+            marker.clone(),
+        ]
+        .into_iter()
+        .collect(),
         "nothing outside the contract stored"
     );
     assert_eq!(
