@@ -59,6 +59,8 @@ pub struct Ingest {
     census: Census,
     /// Whether this run has raised its one `limits` alert yet.
     limit_alerted: bool,
+    /// Holes in each sensor's seq numbering: loss upstream of us.
+    gaps: super::gaps::Gaps,
     /// Tells the alert publisher there is something in the outbox.
     alerts_ready: Arc<Notify>,
     metrics: Arc<Metrics>,
@@ -118,6 +120,7 @@ impl Ingest {
             engine: Some(engine),
             census,
             limit_alerted: false,
+            gaps: super::gaps::Gaps::default(),
             alerts_ready: out.alerts_ready,
             metrics: out.metrics,
             live: out.live,
@@ -510,6 +513,11 @@ impl Ingest {
         match outcome {
             Outcome::Stored(_, reset) if new => {
                 self.metrics.stored.fetch_add(1, Relaxed);
+                if let Some(seq) = r.reading.seq {
+                    let missing = self.gaps.seen(&r.topic, seq);
+                    self.metrics
+                        .set_missing(&r.topic, missing, self.gaps.total());
+                }
                 if let Some(from) = reset {
                     self.metrics.meter_resets.fetch_add(1, Relaxed);
                     info!(topic = %r.topic, from, to = r.reading.value, "energy meter reset: a new series starts");
@@ -583,6 +591,7 @@ impl Ingest {
             rejected_by_reason = %by_reason,
             alerts = m.alerts_raised.load(Relaxed) + m.alerts_cleared.load(Relaxed),
             sessions_lost = m.sessions_lost.load(Relaxed),
+            readings_missing = m.missing_total.load(Relaxed),
             "{what}"
         );
     }

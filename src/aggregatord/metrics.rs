@@ -21,6 +21,10 @@ pub struct Metrics {
     pub alerts_cleared: AtomicU64,
     /// Energy meters that dropped to a new series (see ingest::meter_check).
     pub meter_resets: AtomicU64,
+    /// Readings missing from each sensor's seq numbering (gaps.rs), only
+    /// sensors with some missing; and the sum.
+    missing: Mutex<BTreeMap<String, u64>>,
+    pub missing_total: AtomicU64,
     pub connected: AtomicBool,
     /// False after a failed write or flush, until one succeeds again.
     pub storage_ok: AtomicBool,
@@ -52,6 +56,16 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    pub fn set_missing(&self, topic: &str, n: u64, total: u64) {
+        let mut map = self.missing.lock().unwrap_or_else(|p| p.into_inner());
+        if n == 0 {
+            map.remove(topic);
+        } else {
+            map.insert(topic.to_owned(), n);
+        }
+        self.missing_total.store(total, Relaxed);
     }
 
     pub fn rejected_total(&self) -> u64 {
@@ -116,6 +130,18 @@ impl Metrics {
                 "roomsense_readings_rejected_total{{reason=\"{reason}\"}} {n}"
             );
         }
+        let _ = writeln!(out, "# HELP roomsense_sensor_readings_missing Readings a sensor numbered (seq) that never arrived: lost upstream (node buffer, broker queue).\n# TYPE roomsense_sensor_readings_missing gauge");
+        for (topic, n) in self
+            .missing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "roomsense_sensor_readings_missing{{topic=\"{topic}\"}} {n}"
+            );
+        }
         let mut gauge = |name: &str, help: &str, v: i64| {
             let _ = writeln!(out, "# HELP roomsense_{name} {help}\n# TYPE roomsense_{name} gauge\nroomsense_{name} {v}");
         };
@@ -133,6 +159,11 @@ impl Metrics {
             "dashboard_clients",
             "Browsers following /events.",
             self.dashboard_clients.load(Relaxed),
+        );
+        gauge(
+            "readings_missing",
+            "Readings missing from all sensors' seq numbering (sum of roomsense_sensor_readings_missing).",
+            self.missing_total.load(Relaxed) as i64,
         );
         gauge(
             "known_sensors",

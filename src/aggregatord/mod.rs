@@ -4,6 +4,7 @@ mod census;
 mod control;
 mod dashboard;
 mod dump;
+mod gaps;
 mod ingest;
 mod metrics;
 mod publisher;

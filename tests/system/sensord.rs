@@ -267,6 +267,14 @@ fn a_full_offline_buffer_keeps_the_newest_readings_and_counts_the_rest() {
         missing, dropped,
         "every reading not stored was counted as dropped"
     );
+    // And aggregatord sees the loss too, from the holes in each sensor's seq
+    // (QoS 0 readings dropped while offline leave holes as well).
+    let totals = o.agg.log.wait_for(&["aggregatord stopped"]);
+    let seen_missing: u64 = word_after(&totals, "readings_missing=").parse().unwrap();
+    assert!(
+        seen_missing >= dropped,
+        "aggregatord counted {seen_missing} missing, sensord dropped {dropped}"
+    );
 }
 
 #[test]
