@@ -142,9 +142,11 @@ pub async fn run(
         .store(true, std::sync::atomic::Ordering::Relaxed);
     let live = Arc::new(dashboard::Live::default());
     if config.http.enabled {
+        let token = dashboard::load_token(&config.http, &config_path)?;
         warm_up(&live, &store, &active).context("loading the last hour for the dashboard")?;
         tasks.spawn(dashboard::serve(
             config.http.clone(),
+            token,
             live.clone(),
             metrics.clone(),
             store.clone(),

@@ -50,6 +50,15 @@ pub struct HttpConfig {
     /// reading its event stream (which gets a keep-alive every 15 s).
     #[serde(default = "default_idle_timeout", with = "super::duration")]
     pub idle_timeout: std::time::Duration,
+    /// A file holding the access token (16+ letters and digits, mode 0600):
+    /// then every request but `/healthz` needs `Authorization: Bearer TOKEN`
+    /// (or `?token=TOKEN`, which the page passes on to its own requests).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Serve a non-loopback address without a token: anyone who can reach it
+    /// sees everything. Refused unless set, like `broker.insecure_plaintext`.
+    #[serde(default)]
+    pub insecure_public: bool,
 }
 
 impl Default for HttpConfig {
@@ -60,6 +69,8 @@ impl Default for HttpConfig {
             max_connections: default_max_connections(),
             max_clients: default_max_clients(),
             idle_timeout: default_idle_timeout(),
+            token_file: None,
+            insecure_public: false,
         }
     }
 }
@@ -268,6 +279,20 @@ impl DaemonConfig for AggregatordConfig {
                 return Err(Invalid::new(key, "must be at least 1"));
             }
         }
+        if self.http.enabled
+            && !self.http.listen.ip().is_loopback()
+            && self.http.token_file.is_none()
+            && !self.http.insecure_public
+        {
+            return Err(Invalid::new(
+                "http.listen",
+                format!(
+                    "{} is reachable from other machines: set http.token_file (clients send \
+                     Authorization: Bearer), or http.insecure_public: true to show everything to anyone",
+                    self.http.listen
+                ),
+            ));
+        }
         if self.http.idle_timeout < std::time::Duration::from_secs(1) {
             return Err(Invalid::new(
                 "http.idle_timeout",
@@ -371,6 +396,10 @@ impl DaemonConfig for AggregatordConfig {
             id.resolve_paths(base);
         }
         resolve(base, &mut self.storage.path);
+        if let Some(token) = &mut self.http.token_file {
+            super::broker::expand_credentials(token);
+            resolve(base, token);
+        }
         if let Some(socket) = &mut self.storage.socket {
             resolve(base, socket);
         }

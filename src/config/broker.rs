@@ -151,7 +151,7 @@ impl BrokerConfig {
 /// `dump` and `--check-config` run outside the unit never need the key.
 pub const CREDENTIALS_VAR: &str = "${CREDENTIALS_DIRECTORY}";
 
-fn expand_credentials(path: &mut PathBuf) {
+pub(crate) fn expand_credentials(path: &mut PathBuf) {
     let Some(rest) = path.to_str().and_then(|p| p.strip_prefix(CREDENTIALS_VAR)) else {
         return;
     };

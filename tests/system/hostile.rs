@@ -766,3 +766,103 @@ fn payloads_and_ids_outside_the_contract_are_refused_with_a_reason_and_storage_i
     );
     assert!(open_files.is_empty(), "{open_files:?}");
 }
+
+/// `GET path` with an `Authorization: Bearer` header; the status code.
+fn get_with_token(addr: &str, path: &str, token: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = idle_tcp(addr);
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    raw.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_dashboard_beyond_loopback_needs_a_token_or_an_explicit_opt_out() {
+    let pki = Pki::new(&["aggregatord"]);
+    let broker = Broker::start(&pki);
+    let storage = tempfile::tempdir().unwrap();
+    let check = |http: &str| {
+        let config = write_config(&aggregatord_yaml_with(
+            &broker,
+            &pki,
+            storage.path(),
+            1,
+            http,
+        ));
+        Command::new(AGGREGATORD)
+            .arg("--check-config")
+            .arg("--config")
+            .arg(&config.path)
+            .output()
+            .unwrap()
+    };
+    let public = check("http: { listen: \"0.0.0.0:0\" }\n");
+    let said = String::from_utf8_lossy(&public.stderr).into_owned();
+    assert_eq!(public.status.code(), Some(78), "{said}");
+    assert!(said.contains("http.listen"), "{said}");
+    let opted_out = check("http: { listen: \"0.0.0.0:0\", insecure_public: true }\n");
+    assert!(opted_out.status.success(), "{opted_out:?}");
+
+    // With a token: nothing but /healthz without it.
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    let token = "0123456789abcdef0123456789abcdef";
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let http = format!(
+        "http: {{ listen: \"127.0.0.1:0\", token_file: {} }}\n",
+        token_file.display()
+    );
+    let config = write_config(&aggregatord_yaml_with(
+        &broker,
+        &pki,
+        storage.path(),
+        1,
+        &http,
+    ));
+    let mut loose = start_daemon(AGGREGATORD, &config.path);
+    let status = loose.wait();
+    assert_eq!(
+        status.code(),
+        Some(78),
+        "a token readable by others is refused"
+    );
+    loose
+        .log
+        .wait_for(&["http.token_file", "readable by group or others"]);
+
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let agg = start_daemon(AGGREGATORD, &config.path);
+    let addr = dashboard_addr(&agg.log);
+    let without: Vec<u16> = ["/", "/api/state", "/events", "/metrics", "/readyz"]
+        .iter()
+        .map(|p| http_get(&addr, p).0)
+        .collect();
+    let bearer = get_with_token(&addr, "/api/state", token);
+    let wrong = get_with_token(&addr, "/api/state", "0123456789abcdef0123456789abcdee");
+    let query = http_get(&addr, &format!("/api/state?token={token}")).0;
+    let health = http_get(&addr, "/healthz").0;
+    record(
+        "hostile_dashboard_token",
+        "The dashboard with http.token_file: requests without the token, with a wrong one, with it (header, query); a public address without a token; a token file readable by others",
+        serde_json::json!({
+            "without_token": without,
+            "wrong_token": wrong,
+            "bearer": bearer,
+            "query": query,
+            "healthz_without_token": health,
+            "public_listen_without_token_exit": public.status.code(),
+        }),
+    );
+    assert!(without.iter().all(|s| *s == 401), "{without:?}");
+    assert_eq!((wrong, bearer, query, health), (401, 200, 200, 200));
+}

@@ -44,6 +44,93 @@ struct App {
     stop: CancellationToken,
     /// One permit per browser following `/events` (`http.max_clients`).
     clients: Arc<tokio::sync::Semaphore>,
+    /// `http.token_file`'s token: required on every request but `/healthz`.
+    token: Option<Arc<str>>,
+    /// History queries scan storage: a few at a time, the rest wait their turn,
+    /// so a crowd of `since=1000y` requests cannot take every core from ingest.
+    queries: Arc<tokio::sync::Semaphore>,
+}
+
+/// History queries running at once.
+const QUERIES_AT_ONCE: usize = 2;
+
+/// Reads and checks `http.token_file`; errors are config errors (exit 78).
+pub fn load_token(
+    config: &crate::config::HttpConfig,
+    config_file: &std::path::Path,
+) -> Result<Option<Arc<str>>, crate::config::ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(path) = &config.token_file else {
+        return Ok(None);
+    };
+    let invalid = |message: String| crate::config::ConfigError::Invalid {
+        file: config_file.to_owned(),
+        line: None,
+        key: "http.token_file".into(),
+        message,
+    };
+    let text =
+        std::fs::read_to_string(path).map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+    let mode = std::fs::metadata(path)
+        .map(|m| m.permissions().mode())
+        .unwrap_or(0);
+    if mode & 0o077 != 0 {
+        return Err(invalid(format!(
+            "{} is readable by group or others (mode {:04o}); chmod 600 it",
+            path.display(),
+            mode & 0o7777
+        )));
+    }
+    let token = text.trim();
+    if token.len() < 16 || !token.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Err(invalid(format!(
+            "{}: the token must be 16 or more letters and digits (e.g. openssl rand -hex 32)",
+            path.display()
+        )));
+    }
+    Ok(Some(Arc::from(token)))
+}
+
+/// Lets a request through if no token is set, it is `/healthz`, or it carries
+/// the token (`Authorization: Bearer`, or `?token=` for the page and its
+/// EventSource, which cannot set headers).
+async fn authorize(
+    State(app): State<App>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(want) = app.token.as_deref() else {
+        return next.run(request).await;
+    };
+    if request.uri().path() == "/healthz" {
+        return next.run(request).await;
+    }
+    let bearer = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let query = request
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")));
+    if bearer
+        .or(query)
+        .is_some_and(|t| same(t.as_bytes(), want.as_bytes()))
+    {
+        return next.run(request).await;
+    }
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        "a token is required (http.token_file): Authorization: Bearer TOKEN, or ?token=TOKEN\n",
+    )
+        .into_response()
+}
+
+/// Compares without stopping at the first difference (no timing hint).
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
 /// Runs the HTTP server on a thread and runtime of its own until `stop`:
@@ -52,6 +139,7 @@ struct App {
 /// under a crowd of event streams).
 pub async fn serve(
     config: crate::config::HttpConfig,
+    token: Option<Arc<str>>,
     live: Arc<Live>,
     metrics: Arc<Metrics>,
     store: Store,
@@ -66,7 +154,7 @@ pub async fn serve(
                 .enable_all()
                 .build()
                 .context("starting the dashboard's runtime")
-                .and_then(|rt| rt.block_on(run(config, live, metrics, store, stop)));
+                .and_then(|rt| rt.block_on(run(config, token, live, metrics, store, stop)));
             let _ = done.send(result);
         })
         .context("starting the dashboard's thread")?;
@@ -75,6 +163,7 @@ pub async fn serve(
 
 async fn run(
     config: crate::config::HttpConfig,
+    token: Option<Arc<str>>,
     live: Arc<Live>,
     metrics: Arc<Metrics>,
     store: Store,
@@ -87,6 +176,8 @@ async fn run(
         store,
         stop: stop.clone(),
         clients: Arc::new(tokio::sync::Semaphore::new(config.max_clients)),
+        token,
+        queries: Arc::new(tokio::sync::Semaphore::new(QUERIES_AT_ONCE)),
     };
     let router = Router::new()
         .route("/", get(|| async { Html(PAGE) }))
@@ -97,6 +188,7 @@ async fn run(
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        .route_layer(axum::middleware::from_fn_with_state(app.clone(), authorize))
         .with_state(app);
     let listen = config.listen;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -186,6 +278,9 @@ async fn history(
         None => 300,
         Some(Ok(n)) if (1..=MAX_POINTS).contains(&n) => n,
         Some(_) => return bad_request(format!("points: a number from 1 to {MAX_POINTS}")),
+    };
+    let Ok(_turn) = app.queries.clone().acquire_owned().await else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "stopping\n").into_response();
     };
     let store = app.store.clone();
     let query = Query {
