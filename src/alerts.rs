@@ -461,6 +461,40 @@ mod tests {
         assert_eq!(states(e.reading(&reading(20.0, 70))), [AlertState::Cleared]);
     }
 
+    /// 5,000 rooms, each with a sensor that goes stale: each raises once, when
+    /// due, and the clock's agenda holds one entry per condition, not one per
+    /// reading (what keeps a tick's cost to what is due).
+    #[test]
+    fn many_rooms_go_stale_each_once_and_the_agenda_stays_small() {
+        let (mut e, _) = Engine::new(
+            vec![rule("{ name: stale, type: temperature, stale_after: 1m }")],
+            vec![],
+        );
+        let at =
+            |s: i64| Timestamp(chrono::DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap());
+        for round in 0..3 {
+            for room in 0..5_000 {
+                let mut r = reading(20.0, round);
+                r.topic = format!("b/f/r{room}/temperature/t1");
+                assert!(e.reading(&r).is_empty());
+            }
+        }
+        assert_eq!(e.conditions.len(), 5_000);
+        assert!(e.agenda.len() <= 5_000, "agenda: {}", e.agenda.len());
+        assert!(
+            e.tick(at(61)).is_empty(),
+            "not a minute since the last reading yet"
+        );
+        let raised = e.tick(at(62));
+        assert_eq!(raised.len(), 5_000);
+        assert!(raised.iter().all(|a| a.state == AlertState::Raised));
+        assert!(e.tick(at(120)).is_empty(), "raised once");
+        assert!(
+            e.agenda.is_empty(),
+            "nothing left to look at until a reading"
+        );
+    }
+
     #[test]
     fn restart_keeps_an_active_alert_without_a_second_raise() {
         let rules = vec![rule(

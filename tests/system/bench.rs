@@ -61,3 +61,10 @@ fn latency_runs() {
         assert!(text.contains(line), "{line:?} missing:\n{text}");
     }
 }
+
+#[test]
+fn hostile_runs_and_reports_the_legitimate_node() {
+    let text = bench("hostile", &["500", "default"]);
+    assert!(text.contains("legitimate node:"), "{text}");
+    assert!(text.contains("0 reconnects"), "{text}");
+}
