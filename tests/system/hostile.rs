@@ -166,7 +166,7 @@ fn a_node_inventing_50000_sensor_ids_slows_down_no_one_else() {
     let max = *delays.last().unwrap();
     record(
         "hostile_invented_sensors",
-        "One node publishes 50,000 distinct sensor ids (QoS 1, as fast as it can) while another node's sensor reports every 100 ms; two rules keep state per sensor; caps raised past 50,000; debug build, beside the rest of the suite (release delays: BENCHMARKS.md, bench/hostile)",
+        "One node publishes 50,000 distinct sensor ids (QoS 1, as fast as it can) while another node's sensor reports every 100 ms; two rules keep state per sensor; caps raised past 50,000; debug build (release delays: BENCHMARKS.md, bench/hostile)",
         serde_json::json!({
             "invented_sensors": INVENTED,
             "legit_readings": delays.len(),
