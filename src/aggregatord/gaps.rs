@@ -6,7 +6,22 @@
 //! aggregatord's metrics (issue 18: 56,338 readings dropped by Mosquitto).
 //! Late readings that fill a hole make it smaller again.
 
+use crate::contract::Timestamp;
 use std::collections::HashMap;
+use std::time::Duration;
+
+/// The alert a room gets when its readings start going missing.
+pub const RULE: &str = "readings_missing";
+/// A raised `readings_missing` clears after this long without a new hole
+/// (checked as the room's readings arrive).
+pub const QUIET: Duration = Duration::from_secs(600);
+
+/// What a reading did to its room's alert.
+pub enum Change {
+    /// Readings went missing (this many, for the sensor).
+    Raise(u64),
+    Clear,
+}
 
 /// One sensor's numbering since it last started from 1.
 #[derive(Default, Clone, Copy)]
@@ -28,11 +43,46 @@ impl Track {
 pub struct Gaps {
     topics: HashMap<String, Track>,
     total: u64,
+    /// Rooms with a raised alert: when it was raised, and the last new hole.
+    rooms: HashMap<String, (Timestamp, Timestamp)>,
 }
 
 impl Gaps {
-    /// A newly stored reading's seq; returns the sensor's readings missing so far.
-    pub fn seen(&mut self, topic: &str, seq: u64) -> u64 {
+    /// A newly stored reading's seq, in `room`: the sensor's readings missing
+    /// so far, and what that does to the room's alert.
+    pub fn seen(
+        &mut self,
+        room: &str,
+        topic: &str,
+        seq: u64,
+        now: Timestamp,
+    ) -> (u64, Option<Change>) {
+        let before = self.topics.get(topic).map_or(0, Track::missing);
+        let missing = self.count(topic, seq);
+        let change = match self.rooms.get_mut(room) {
+            None if missing > before => {
+                self.rooms.insert(room.to_owned(), (now, now));
+                Some(Change::Raise(missing))
+            }
+            Some((_, last)) if missing > before => {
+                *last = now;
+                None
+            }
+            Some((_, last)) if elapsed(*last, now) >= QUIET => {
+                self.rooms.remove(room);
+                Some(Change::Clear)
+            }
+            _ => None,
+        };
+        (missing, change)
+    }
+
+    /// When the room's alert was raised, while it is.
+    pub fn raised_at(&self, room: &str) -> Option<Timestamp> {
+        self.rooms.get(room).map(|(raised, _)| *raised)
+    }
+
+    fn count(&mut self, topic: &str, seq: u64) -> u64 {
         let Some(t) = self.topics.get_mut(topic) else {
             // First seen (maybe mid-series, after a restart of ours): no hole yet.
             let first = Track {
@@ -70,6 +120,10 @@ impl Gaps {
     }
 }
 
+fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
+    (now.0 - since.0).to_std().unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,14 +132,36 @@ mod tests {
     fn holes_count_late_fills_shrink_them_and_a_restart_starts_over() {
         let mut g = Gaps::default();
         for s in [1, 2, 3] {
-            assert_eq!(g.seen("t", s), 0);
+            assert_eq!(g.count("t", s), 0);
         }
-        assert_eq!(g.seen("t", 7), 3, "4, 5, 6 missing");
-        assert_eq!(g.seen("t", 5), 2, "5 came late");
+        assert_eq!(g.count("t", 7), 3, "4, 5, 6 missing");
+        assert_eq!(g.count("t", 5), 2, "5 came late");
         assert_eq!(g.total(), 2);
-        assert_eq!(g.seen("t", 1), 2, "a restart keeps what was missing");
-        assert_eq!(g.seen("t", 3), 3, "and counts the new series' holes");
-        assert_eq!(g.seen("u", 10), 0, "a sensor first seen mid-series");
+        assert_eq!(g.count("t", 1), 2, "a restart keeps what was missing");
+        assert_eq!(g.count("t", 3), 3, "and counts the new series' holes");
+        assert_eq!(g.count("u", 10), 0, "a sensor first seen mid-series");
         assert_eq!(g.total(), 3);
+    }
+
+    #[test]
+    fn a_room_is_alerted_once_per_episode_and_cleared_when_quiet() {
+        let mut g = Gaps::default();
+        let at =
+            |s: i64| Timestamp(chrono::DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap());
+        assert!(g.seen("r", "r/t/a", 1, at(0)).1.is_none());
+        assert!(matches!(
+            g.seen("r", "r/t/a", 3, at(1)).1,
+            Some(Change::Raise(1))
+        ));
+        assert!(g.seen("r", "r/t/a", 5, at(2)).1.is_none(), "still raised");
+        assert!(
+            g.seen("r", "r/t/a", 6, at(100)).1.is_none(),
+            "not quiet long enough"
+        );
+        assert!(matches!(
+            g.seen("r", "r/t/a", 7, at(700)).1,
+            Some(Change::Clear)
+        ));
+        assert!(g.seen("r", "r/t/a", 8, at(701)).1.is_none());
     }
 }

@@ -378,6 +378,45 @@ impl Ingest {
         }
     }
 
+    /// A new reading's seq: counts holes (loss upstream), and raises or clears
+    /// the room's `readings_missing` alert (see gaps.rs).
+    fn gaps_seen(&mut self, r: &StoredReading) -> Option<Alert> {
+        let seq = r.reading.seq?;
+        let topic::Parsed::Reading { prefix, .. } = topic::parse(&r.topic) else {
+            return None;
+        };
+        let (missing, change) = self.gaps.seen(prefix, &r.topic, seq, r.received_at);
+        self.metrics
+            .set_missing(&r.topic, missing, self.gaps.total());
+        let (state, message) = match change? {
+            super::gaps::Change::Raise(n) => (
+                AlertState::Raised,
+                format!(
+                    "{n} readings missing from {} (lost before they reached us)",
+                    r.topic
+                ),
+            ),
+            super::gaps::Change::Clear => (
+                AlertState::Cleared,
+                format!(
+                    "no new readings missing for {}",
+                    humantime::format_duration(super::gaps::QUIET)
+                ),
+            ),
+        };
+        Some(Alert {
+            rule: super::gaps::RULE.to_owned(),
+            severity: crate::config::Severity::Warning,
+            state,
+            room: prefix.to_owned(),
+            topic: r.topic.clone(),
+            value: Some(missing as f64),
+            message,
+            raised_at: self.gaps.raised_at(prefix).unwrap_or(r.received_at),
+            time: r.received_at,
+        })
+    }
+
     /// Counts and logs (rate-limited) a refused message.
     fn note_rejection(&mut self, topic: &str, r: &Rejection) {
         let total = self.metrics.reject(r.reason);
@@ -434,6 +473,7 @@ impl Ingest {
                             if let Some(engine) = &mut self.engine {
                                 changes.extend(engine.reading(r));
                             }
+                            changes.extend(self.gaps_seen(r));
                         }
                     }
                     Outcome::Refused(why) => {
@@ -513,11 +553,6 @@ impl Ingest {
         match outcome {
             Outcome::Stored(_, reset) if new => {
                 self.metrics.stored.fetch_add(1, Relaxed);
-                if let Some(seq) = r.reading.seq {
-                    let missing = self.gaps.seen(&r.topic, seq);
-                    self.metrics
-                        .set_missing(&r.topic, missing, self.gaps.total());
-                }
                 if let Some(from) = reset {
                     self.metrics.meter_resets.fetch_add(1, Relaxed);
                     info!(topic = %r.topic, from, to = r.reading.value, "energy meter reset: a new series starts");

@@ -275,6 +275,15 @@ fn a_full_offline_buffer_keeps_the_newest_readings_and_counts_the_rest() {
         seen_missing >= dropped,
         "aggregatord counted {seen_missing} missing, sensord dropped {dropped}"
     );
+    // One alert for the room, however many holes.
+    assert_eq!(
+        o.agg
+            .log
+            .count(&["alert rule=readings_missing", "state=raised"]),
+        1,
+        "{}",
+        o.agg.log.text()
+    );
 }
 
 #[test]
