@@ -145,11 +145,13 @@ pub async fn run(
         let token = dashboard::load_token(&config.http, &config_path)?;
         warm_up(&live, &store, &active).context("loading the last hour for the dashboard")?;
         tasks.spawn(dashboard::serve(
-            config.http.clone(),
-            token,
-            live.clone(),
-            metrics.clone(),
-            store.clone(),
+            dashboard::Server {
+                config: config.http.clone(),
+                token,
+                live: live.clone(),
+                metrics: metrics.clone(),
+                store: store.clone(),
+            },
             background.clone(),
         ));
     }

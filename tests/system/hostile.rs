@@ -6,16 +6,20 @@ use crate::harness::*;
 use std::process::Command;
 
 struct Agg {
-    _pki: Pki,
-    _broker: Broker,
+    pki: Pki,
+    broker: Broker,
     _storage: tempfile::TempDir,
     config: ConfigFile,
     agg: Proc,
     addr: String,
 }
 
-fn aggregatord(extra: &str) -> Agg {
-    let pki = Pki::new(&["room101", "aggregatord"]);
+/// A broker with certificates for aggregatord and `nodes`, and aggregatord
+/// (with `extra` config) subscribed to it.
+fn aggregatord_for(nodes: &[&str], extra: &str) -> Agg {
+    let mut names = nodes.to_vec();
+    names.push("aggregatord");
+    let pki = Pki::new(&names);
     let broker = Broker::start(&pki);
     let storage = tempfile::tempdir().unwrap();
     let config = write_config(&aggregatord_yaml_with(
@@ -29,13 +33,54 @@ fn aggregatord(extra: &str) -> Agg {
     let addr = dashboard_addr(&agg.log);
     agg.log.wait_for(&["subscribed"]);
     Agg {
-        _pki: pki,
-        _broker: broker,
+        pki,
+        broker,
         _storage: storage,
         config,
         agg,
         addr,
     }
+}
+
+fn aggregatord(extra: &str) -> Agg {
+    aggregatord_for(&["room101"], extra)
+}
+
+/// room102's sensord with one QoS 1 temperature sensor every `interval`;
+/// returns the reading topic, the config (kept alive) and the process.
+fn room102(broker: &Broker, pki: &Pki, interval: &str) -> (String, ConfigFile, Proc) {
+    let prefix = "building/floor1/room102";
+    let config = write_config(&sensord_yaml(
+        broker,
+        pki,
+        "room102",
+        prefix,
+        &[("temp_001", "temperature", interval, 1)],
+    ));
+    let node = start_daemon(SENSORD, &config.path);
+    (format!("{prefix}/temperature/temp_001"), config, node)
+}
+
+/// How many readings a stopped sensord says it published.
+fn published(node: &Proc) -> usize {
+    node.log
+        .wait_for(&["sensord stopped"])
+        .split("published=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .expect("published= in the stop line")
+}
+
+/// The stored values of one sensor, in time order.
+fn values(config: &ConfigFile, sensor: &str) -> Vec<f64> {
+    dump(&config.path, &["--format", "jsonl", "--sensor", sensor])
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["value"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect()
 }
 
 #[test]
@@ -99,33 +144,20 @@ fn delays_ms(config: &ConfigFile, topic: &str) -> Vec<i64> {
 #[test]
 fn a_node_inventing_50000_sensor_ids_slows_down_no_one_else() {
     const INVENTED: u64 = 50_000;
-    let pki = Pki::new(&["room101", "room102", "aggregatord"]);
-    let broker = Broker::start(&pki);
-    let storage = tempfile::tempdir().unwrap();
     // Caps raised past the flood, and rules that keep state for every sensor:
     // what is measured is the alert engine and ingest, not the cap.
     let extra = "ingest: { max_sensors_per_room: 100000, max_sensors: 100000 }\n\
         alerts:\n  - { name: stale, type: temperature, stale_after: 1h }\n  \
         - { name: hot, type: temperature, above: 40, for: 1m }\n";
-    let config = write_config(&aggregatord_yaml_with(
-        &broker,
-        &pki,
-        storage.path(),
-        1,
-        extra,
-    ));
-    let mut agg = start_daemon(AGGREGATORD, &config.path);
-    agg.log.wait_for(&["subscribed"]);
-    let legit_prefix = "building/floor1/room102";
-    let legit = format!("{legit_prefix}/temperature/temp_001");
-    let node_config = write_config(&sensord_yaml(
-        &broker,
-        &pki,
-        "room102",
-        legit_prefix,
-        &[("temp_001", "temperature", "100ms", 1)],
-    ));
-    let mut node = start_daemon(SENSORD, &node_config.path);
+    let Agg {
+        pki,
+        broker,
+        _storage,
+        config,
+        mut agg,
+        ..
+    } = aggregatord_for(&["room101", "room102"], extra);
+    let (legit, _node_config, mut node) = room102(&broker, &pki, "100ms");
     agg.log
         .wait_for(&["stored reading", &format!("topic={legit} "), "seq=Some(3)"]);
 
@@ -148,13 +180,7 @@ fn a_node_inventing_50000_sensor_ids_slows_down_no_one_else() {
     agg.log
         .wait_for_nth_within(invented, INVENTED as usize, "stored invented", long);
     assert!(node.terminate().success());
-    let made = node.log.wait_for(&["sensord stopped"]);
-    let published: usize = made
-        .split("published=")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap();
+    let published = published(&node);
     agg.log
         .wait_for_nth(&["stored reading", &format!("topic={legit} ")], published);
     let reconnects = agg.log.count(&["MQTT connection failed"]);
@@ -311,21 +337,16 @@ fn rss_kib(pid: i32) -> u64 {
 fn browser_tabs_that_never_read_are_capped_and_cut_off_and_cost_no_readings() {
     const TABS: usize = 10;
     const FLOOD: u64 = 20_000;
-    let pki = Pki::new(&["room101", "aggregatord"]);
-    let broker = Broker::start(&pki);
-    let storage = tempfile::tempdir().unwrap();
     let extra =
         format!("http: {{ listen: \"127.0.0.1:0\", idle_timeout: 2s, max_clients: {TABS} }}\n");
-    let config = write_config(&aggregatord_yaml_with(
-        &broker,
-        &pki,
-        storage.path(),
-        1,
-        &extra,
-    ));
-    let mut agg = start_daemon(AGGREGATORD, &config.path);
-    let addr = dashboard_addr(&agg.log);
-    agg.log.wait_for(&["subscribed"]);
+    let Agg {
+        pki,
+        broker,
+        _storage,
+        config,
+        mut agg,
+        addr,
+    } = aggregatord_for(&["room101"], &extra);
     let rss_before = rss_kib(agg.pid());
     let tabs: Vec<_> = (0..TABS).map(|_| stalled_event_stream(&addr)).collect();
     // Each of them is counted once it has its stream: then one more is refused.
@@ -424,32 +445,19 @@ fn browser_tabs_that_never_read_are_capped_and_cut_off_and_cost_no_readings() {
 #[test]
 fn a_stolen_certificate_cannot_take_another_client_id() {
     const QUEUED: usize = 25;
-    let pki = Pki::new(&["room101", "room102", "aggregatord"]);
-    let broker = Broker::start(&pki);
-    let storage = tempfile::tempdir().unwrap();
     let rules = "alerts:\n  - { name: node_down, offline: true, severity: critical }\n";
-    let config = write_config(&aggregatord_yaml_with(
-        &broker,
-        &pki,
-        storage.path(),
-        1,
-        rules,
-    ));
-    let mut agg = start_daemon(AGGREGATORD, &config.path);
-    agg.log.wait_for(&["subscribed"]);
+    let Agg {
+        pki,
+        broker,
+        _storage,
+        config,
+        mut agg,
+        ..
+    } = aggregatord_for(&["room101", "room102"], rules);
     assert!(agg.terminate().success());
 
     // aggregatord is away: room102's readings queue in its session.
-    let room102 = "building/floor1/room102";
-    let legit = format!("{room102}/temperature/temp_001");
-    let node_config = write_config(&sensord_yaml(
-        &broker,
-        &pki,
-        "room102",
-        room102,
-        &[("temp_001", "temperature", "50ms", 1)],
-    ));
-    let mut node = start_daemon(SENSORD, &node_config.path);
+    let (legit, _node_config, mut node) = room102(&broker, &pki, "50ms");
     node.log
         .wait_for_nth(&["reading topic=", "temp_001"], QUEUED);
 
@@ -475,13 +483,7 @@ fn a_stolen_certificate_cannot_take_another_client_id() {
     agg.log
         .wait_for_nth(&["stored reading", &format!("topic={legit} ")], QUEUED);
     assert!(node.terminate().success());
-    let published: usize = node
-        .log
-        .wait_for(&["sensord stopped"])
-        .split("published=")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap();
+    let published = published(&node);
     agg.log
         .wait_for_nth(&["stored reading", &format!("topic={legit} ")], published);
     let stolen = as_aggregatord.messages().len();
@@ -691,17 +693,7 @@ fn payloads_and_ids_outside_the_contract_are_refused_with_a_reason_and_storage_i
         })
         .collect();
     assert!(agg.terminate().success());
-    let meter_values: Vec<f64> = dump(
-        &config.path,
-        &["--format", "jsonl", "--sensor", "energy_001"],
-    )
-    .lines()
-    .map(|l| {
-        serde_json::from_str::<serde_json::Value>(l).unwrap()["value"]
-            .as_f64()
-            .unwrap()
-    })
-    .collect();
+    let meter_values = values(&config, "energy_001");
     let stored_topics = dump(&config.path, &["--format", "jsonl"])
         .lines()
         .map(|l| {
@@ -732,14 +724,7 @@ fn payloads_and_ids_outside_the_contract_are_refused_with_a_reason_and_storage_i
         }),
     );
     assert_eq!(got, want, "refused, each with its reason");
-    let claims: Vec<f64> = dump(&config.path, &["--format", "jsonl", "--sensor", "temp_002"])
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["value"]
-                .as_f64()
-                .unwrap()
-        })
-        .collect();
+    let claims = values(&config, "temp_002");
     assert_eq!(claims, [20.5, 20.5], "the first of each identity kept");
     assert_eq!(
         meter_values,

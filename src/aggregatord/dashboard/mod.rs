@@ -137,14 +137,17 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 /// however many browsers or history queries there are, they never share a
 /// thread with ingest and its MQTT connection (whose keep-alive once lapsed
 /// under a crowd of event streams).
-pub async fn serve(
-    config: crate::config::HttpConfig,
-    token: Option<Arc<str>>,
-    live: Arc<Live>,
-    metrics: Arc<Metrics>,
-    store: Store,
-    stop: CancellationToken,
-) -> anyhow::Result<()> {
+/// What the HTTP server serves from.
+pub struct Server {
+    pub config: crate::config::HttpConfig,
+    /// From `http.token_file` ([`load_token`]).
+    pub token: Option<Arc<str>>,
+    pub live: Arc<Live>,
+    pub metrics: Arc<Metrics>,
+    pub store: Store,
+}
+
+pub async fn serve(server: Server, stop: CancellationToken) -> anyhow::Result<()> {
     use anyhow::Context;
     let (done, result) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
@@ -154,22 +157,22 @@ pub async fn serve(
                 .enable_all()
                 .build()
                 .context("starting the dashboard's runtime")
-                .and_then(|rt| rt.block_on(run(config, token, live, metrics, store, stop)));
+                .and_then(|rt| rt.block_on(run(server, stop)));
             let _ = done.send(result);
         })
         .context("starting the dashboard's thread")?;
     result.await.context("the dashboard's thread ended")?
 }
 
-async fn run(
-    config: crate::config::HttpConfig,
-    token: Option<Arc<str>>,
-    live: Arc<Live>,
-    metrics: Arc<Metrics>,
-    store: Store,
-    stop: CancellationToken,
-) -> anyhow::Result<()> {
+async fn run(server: Server, stop: CancellationToken) -> anyhow::Result<()> {
     use anyhow::Context;
+    let Server {
+        config,
+        token,
+        live,
+        metrics,
+        store,
+    } = server;
     let app = App {
         live,
         metrics,
