@@ -53,6 +53,9 @@ struct App {
 
 /// History queries running at once.
 const QUERIES_AT_ONCE: usize = 2;
+/// Rows one history query reads at most (a week of one sensor at 1 Hz is
+/// 604,800); past it the answer stops there and says `truncated`.
+const MAX_ROWS_PER_QUERY: u64 = 1_000_000;
 
 /// Reads and checks `http.token_file`; errors are config errors (exit 78).
 pub fn load_token(
@@ -292,22 +295,26 @@ async fn history(
         until: Some(until),
         ..Query::default()
     };
-    let result =
-        tokio::task::spawn_blocking(move || downsample(&store, &query, since, until, points)).await;
+    let result = tokio::task::spawn_blocking(move || {
+        downsample(&store, &query, (since, until), points, MAX_ROWS_PER_QUERY)
+    })
+    .await;
     match result {
-        Ok(Ok(buckets)) => Json(serde_json::json!({ "sensor": topic, "since": since, "until": until, "points": buckets })).into_response(),
+        Ok(Ok((buckets, truncated))) => Json(serde_json::json!({ "sensor": topic, "since": since, "until": until, "points": buckets, "truncated": truncated })).into_response(),
         Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("storage: {e}\n")).into_response(),
         Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "history task failed\n").into_response(),
     }
 }
 
+/// Buckets of (mean, min, max, n); reads at most `max_rows` rows, and says
+/// whether it stopped there.
 fn downsample(
     store: &Store,
     query: &Query,
-    since: Timestamp,
-    until: Timestamp,
+    (since, until): (Timestamp, Timestamp),
     points: usize,
-) -> Result<Vec<serde_json::Value>, crate::store::StoreError> {
+    max_rows: u64,
+) -> Result<(Vec<serde_json::Value>, bool), crate::store::StoreError> {
     // i128: the range comes from the query string and may span all of chrono's
     // ±262,000 years, whose width in microseconds does not fit an i64.
     let from = i128::from(since.micros());
@@ -315,7 +322,14 @@ fn downsample(
     // (count, sum, min, max) per bucket.
     let mut buckets: Vec<(u64, f64, f64, f64)> =
         vec![(0, 0.0, f64::INFINITY, f64::NEG_INFINITY); points];
+    let mut rows = 0u64;
+    let mut truncated = false;
     for r in store.select(query) {
+        rows += 1;
+        if rows > max_rows {
+            truncated = true;
+            break;
+        }
         let r = r?;
         let v = r.reading.value;
         let offset = i128::from(r.reading.timestamp.micros()) - from;
@@ -325,7 +339,7 @@ fn downsample(
         let b = &mut buckets[i];
         *b = (b.0 + 1, b.1 + v, b.2.min(v), b.3.max(v));
     }
-    Ok(buckets
+    let answer = buckets
         .into_iter()
         .enumerate()
         .filter(|(_, b)| b.0 > 0)
@@ -334,7 +348,8 @@ fn downsample(
             let t_ms = i64::try_from(mid).unwrap_or_default(); // between since and until
             serde_json::json!({ "t": t_ms, "mean": sum / n as f64, "min": min, "max": max, "n": n })
         })
-        .collect())
+        .collect();
+    Ok((answer, truncated))
 }
 
 async fn alerts(State(app): State<App>) -> Response {
@@ -434,4 +449,50 @@ async fn events(State(app): State<App>) -> Response {
         axum::body::Body::from_stream(stream),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::Reading;
+    use crate::store::StoredReading;
+
+    #[test]
+    fn a_history_query_reads_at_most_its_row_budget_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let topic = "b/f/r/temperature/t";
+        let at =
+            |s: i64| Timestamp(chrono::DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap());
+        for s in 0..10 {
+            let r = StoredReading {
+                topic: topic.into(),
+                reading: Reading {
+                    sensor_id: "t".into(),
+                    sensor_type: "temperature".into(),
+                    value: 20.0,
+                    unit: "celsius".into(),
+                    timestamp: at(s),
+                    seq: Some(s as u64 + 1),
+                },
+                received_at: at(s),
+                qos: 1,
+            };
+            store.insert_reading(&r).unwrap();
+        }
+        let query = Query {
+            topic: Some(topic.into()),
+            since: Some(at(0)),
+            until: Some(at(100)),
+            ..Query::default()
+        };
+        let count = |(points, truncated): (Vec<serde_json::Value>, bool)| {
+            let n: u64 = points.iter().map(|p| p["n"].as_u64().unwrap()).sum();
+            (n, truncated)
+        };
+        let all = downsample(&store, &query, (at(0), at(100)), 3, 100).unwrap();
+        assert_eq!(count(all), (10, false));
+        let cut = downsample(&store, &query, (at(0), at(100)), 3, 4).unwrap();
+        assert_eq!(count(cut), (4, true));
+    }
 }
