@@ -851,3 +851,67 @@ fn a_dashboard_beyond_loopback_needs_a_token_or_an_explicit_opt_out() {
     assert!(without.iter().all(|s| *s == 401), "{without:?}");
     assert_eq!((wrong, bearer, query, health), (401, 200, 200, 200));
 }
+
+#[test]
+fn past_the_caps_new_sensors_and_rooms_are_refused_counted_and_alerted_once() {
+    let a = aggregatord_for(
+        &["room101", "room102", "room201"],
+        "ingest: { max_sensors_per_room: 5, max_rooms: 2 }\n",
+    );
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let publish = |node: &Watcher, room: &str, id: &str| {
+        let payload = format!(
+            r#"{{"sensor_id":"{id}","sensor_type":"temperature","value":20,"unit":"celsius","timestamp":"{now}"}}"#
+        );
+        node.publish(&format!("{room}/temperature/{id}"), payload.as_bytes(), 1);
+    };
+    let room101 = Watcher::connect(&a.broker, &a.pki, "room101");
+    for i in 0..10 {
+        publish(&room101, "building/floor1/room101", &format!("t{i}"));
+    }
+    let room102 = Watcher::connect(&a.broker, &a.pki, "room102");
+    publish(&room102, "building/floor1/room102", "t0");
+    let room201 = Watcher::connect(&a.broker, &a.pki, "room201");
+    publish(&room201, "building/floor2/room201", "t0");
+    // Known sensors are never refused: a marker on one of them comes last,
+    // once the broker has taken the others (and so queued them before it).
+    room102.wait_confirmed(1);
+    room201.wait_confirmed(1);
+    publish(&room101, "building/floor1/room101", "t0");
+    room101.wait_confirmed(11);
+    a.agg
+        .log
+        .wait_for(&["duplicate reading", "room101/temperature/t0"]);
+    let metrics = http_get(&a.addr, "/metrics").1;
+    let value = |line: &str| -> String {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line).map(|v| v.trim().to_owned()))
+            .unwrap_or_default()
+    };
+    let refused_sensors = value("roomsense_readings_rejected_total{reason=\"too_many_sensors\"}");
+    let refused_rooms = value("roomsense_readings_rejected_total{reason=\"too_many_rooms\"}");
+    let (known_sensors, known_rooms) = (
+        value("roomsense_known_sensors "),
+        value("roomsense_known_rooms "),
+    );
+    let alerts = a.agg.log.count(&["alert rule=limits", "state=raised"]);
+    record(
+        "hostile_caps",
+        "ingest.max_sensors_per_room 5 and max_rooms 2: room101 publishes 10 sensor ids, then room102 and room201 one each",
+        serde_json::json!({
+            "refused_too_many_sensors": refused_sensors,
+            "refused_too_many_rooms": refused_rooms,
+            "known_sensors": known_sensors,
+            "known_rooms": known_rooms,
+            "limits_alerts": alerts,
+        }),
+    );
+    assert_eq!(
+        (refused_sensors.as_str(), refused_rooms.as_str()),
+        ("5", "1"),
+        "{metrics}"
+    );
+    assert_eq!((known_sensors.as_str(), known_rooms.as_str()), ("6", "2"));
+    assert_eq!(alerts, 1, "one alert, not one per refusal");
+}
