@@ -253,15 +253,18 @@ impl Engine {
     /// Sets since when a condition holds, keeping `holding` in step.
     fn mark(&mut self, i: usize, t: &str, since: Option<Timestamp>) {
         let c = self.condition(i, t);
-        c.since = since;
-        let room = c.room.clone();
-        let topics = self.holding.entry((i, room.clone())).or_default();
+        let was = std::mem::replace(&mut c.since, since).is_some();
+        // Most readings leave a condition as it was: no index work for them.
+        if was == since.is_some() {
+            return;
+        }
+        let key = (i, c.room.clone());
         if since.is_some() {
-            topics.insert(t.to_owned());
-        } else {
+            self.holding.entry(key).or_default().insert(t.to_owned());
+        } else if let Some(topics) = self.holding.get_mut(&key) {
             topics.remove(t);
             if topics.is_empty() {
-                self.holding.remove(&(i, room));
+                self.holding.remove(&key);
             }
         }
     }
@@ -279,11 +282,15 @@ impl Engine {
                 .and_then(|d| at.0.checked_add_signed(d))
                 .map(Timestamp)
         };
-        let raised = self
-            .active
-            .contains_key(&(c.room.clone(), rule.name.to_string()));
+        // Only a holding condition with a `for` asks whether its alert is up.
         let lasting = match (c.since, rule.lasting) {
-            (Some(since), Some(lasting)) if !raised => after(since, lasting),
+            (Some(since), Some(lasting))
+                if !self
+                    .active
+                    .contains_key(&(c.room.clone(), rule.name.to_string())) =>
+            {
+                after(since, lasting)
+            }
             _ => None,
         };
         let stale = match (rule.stale_after, c.last_seen, c.since) {

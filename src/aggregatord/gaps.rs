@@ -49,16 +49,15 @@ pub struct Gaps {
 
 impl Gaps {
     /// A newly stored reading's seq, in `room`: the sensor's readings missing
-    /// so far, and what that does to the room's alert.
+    /// before and after it, and what that does to the room's alert.
     pub fn seen(
         &mut self,
         room: &str,
         topic: &str,
         seq: u64,
         now: Timestamp,
-    ) -> (u64, Option<Change>) {
-        let before = self.topics.get(topic).map_or(0, Track::missing);
-        let missing = self.count(topic, seq);
+    ) -> (u64, u64, Option<Change>) {
+        let (before, missing) = self.count(topic, seq);
         let change = match self.rooms.get_mut(room) {
             None if missing > before => {
                 self.rooms.insert(room.to_owned(), (now, now));
@@ -74,7 +73,7 @@ impl Gaps {
             }
             _ => None,
         };
-        (missing, change)
+        (before, missing, change)
     }
 
     /// When the room's alert was raised, while it is.
@@ -82,7 +81,8 @@ impl Gaps {
         self.rooms.get(room).map(|(raised, _)| *raised)
     }
 
-    fn count(&mut self, topic: &str, seq: u64) -> u64 {
+    /// The sensor's readings missing before and after `seq`.
+    fn count(&mut self, topic: &str, seq: u64) -> (u64, u64) {
         let Some(t) = self.topics.get_mut(topic) else {
             // First seen (maybe mid-series, after a restart of ours): no hole yet.
             let first = Track {
@@ -92,7 +92,7 @@ impl Gaps {
                 carried: 0,
             };
             self.topics.insert(topic.to_owned(), first);
-            return 0;
+            return (0, 0);
         };
         let before = t.missing();
         if seq == 1 && t.max > 1 && t.seen > 0 {
@@ -111,7 +111,7 @@ impl Gaps {
         let after = t.missing();
         // `before` is part of the total: swap it for `after`.
         self.total = self.total.saturating_sub(before) + after;
-        after
+        (before, after)
     }
 
     /// Readings missing over all sensors.
@@ -132,14 +132,14 @@ mod tests {
     fn holes_count_late_fills_shrink_them_and_a_restart_starts_over() {
         let mut g = Gaps::default();
         for s in [1, 2, 3] {
-            assert_eq!(g.count("t", s), 0);
+            assert_eq!(g.count("t", s).1, 0);
         }
-        assert_eq!(g.count("t", 7), 3, "4, 5, 6 missing");
-        assert_eq!(g.count("t", 5), 2, "5 came late");
+        assert_eq!(g.count("t", 7).1, 3, "4, 5, 6 missing");
+        assert_eq!(g.count("t", 5).1, 2, "5 came late");
         assert_eq!(g.total(), 2);
-        assert_eq!(g.count("t", 1), 2, "a restart keeps what was missing");
-        assert_eq!(g.count("t", 3), 3, "and counts the new series' holes");
-        assert_eq!(g.count("u", 10), 0, "a sensor first seen mid-series");
+        assert_eq!(g.count("t", 1).1, 2, "a restart keeps what was missing");
+        assert_eq!(g.count("t", 3).1, 3, "and counts the new series' holes");
+        assert_eq!(g.count("u", 10).1, 0, "a sensor first seen mid-series");
         assert_eq!(g.total(), 3);
     }
 
@@ -148,20 +148,20 @@ mod tests {
         let mut g = Gaps::default();
         let at =
             |s: i64| Timestamp(chrono::DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap());
-        assert!(g.seen("r", "r/t/a", 1, at(0)).1.is_none());
+        assert!(g.seen("r", "r/t/a", 1, at(0)).2.is_none());
         assert!(matches!(
-            g.seen("r", "r/t/a", 3, at(1)).1,
+            g.seen("r", "r/t/a", 3, at(1)).2,
             Some(Change::Raise(1))
         ));
-        assert!(g.seen("r", "r/t/a", 5, at(2)).1.is_none(), "still raised");
+        assert!(g.seen("r", "r/t/a", 5, at(2)).2.is_none(), "still raised");
         assert!(
-            g.seen("r", "r/t/a", 6, at(100)).1.is_none(),
+            g.seen("r", "r/t/a", 6, at(100)).2.is_none(),
             "not quiet long enough"
         );
         assert!(matches!(
-            g.seen("r", "r/t/a", 7, at(700)).1,
+            g.seen("r", "r/t/a", 7, at(700)).2,
             Some(Change::Clear)
         ));
-        assert!(g.seen("r", "r/t/a", 8, at(701)).1.is_none());
+        assert!(g.seen("r", "r/t/a", 8, at(701)).2.is_none());
     }
 }

@@ -385,9 +385,12 @@ impl Ingest {
         let topic::Parsed::Reading { prefix, .. } = topic::parse(&r.topic) else {
             return None;
         };
-        let (missing, change) = self.gaps.seen(prefix, &r.topic, seq, r.received_at);
-        self.metrics
-            .set_missing(&r.topic, missing, self.gaps.total());
+        let (before, missing, change) = self.gaps.seen(prefix, &r.topic, seq, r.received_at);
+        // The shared map is touched only when the count moves, not per reading.
+        if missing != before {
+            self.metrics
+                .set_missing(&r.topic, missing, self.gaps.total());
+        }
         let (state, message) = match change? {
             super::gaps::Change::Raise(n) => (
                 AlertState::Raised,
@@ -737,16 +740,13 @@ fn contract_levels(prefix: &str, sensor_id: Option<&str>) -> Result<(), Rejectio
     let refuse = |what: &str, e: String| {
         Rejection::new(RejectionReason::UnrecognizedTopic, format!("{what}: {e}"))
     };
+    use crate::contract::Ident;
     for level in prefix.split('/') {
-        if let Err(e) = crate::contract::Ident::try_from(level.to_owned()) {
-            // Reserved words are fine as room levels; only the id is a topic word.
-            if !crate::contract::RESERVED_LEVELS.contains(&level) {
-                return Err(refuse("room", e));
-            }
-        }
+        // Reserved words are fine as room levels; only the id is a topic word.
+        Ident::check_level(level).map_err(|e| refuse("room", e))?;
     }
     if let Some(id) = sensor_id {
-        crate::contract::Ident::try_from(id.to_owned()).map_err(|e| refuse("sensor id", e))?;
+        Ident::check(id).map_err(|e| refuse("sensor id", e))?;
     }
     Ok(())
 }
@@ -758,16 +758,7 @@ fn parse_status(prefix: &str, payload: &[u8]) -> Result<Option<Status>, Rejectio
         info!(prefix, "node status cleared");
         return Ok(None);
     }
-    if payload.len() > crate::contract::MAX_PAYLOAD_BYTES {
-        return Err(Rejection::new(
-            RejectionReason::PayloadTooLarge,
-            format!(
-                "{} bytes, limit {}",
-                payload.len(),
-                crate::contract::MAX_PAYLOAD_BYTES
-            ),
-        ));
-    }
+    crate::contract::check_size(payload)?;
     let mut status: Status = serde_json::from_slice(payload)
         .map_err(|e| Rejection::new(RejectionReason::Malformed, e.to_string()))?;
     // The node is the topic's, whatever the payload claims: a node can only

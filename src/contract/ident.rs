@@ -18,11 +18,20 @@ impl Ident {
     pub fn as_str(&self) -> &str {
         &self.0
     }
-}
 
-impl TryFrom<String> for Ident {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
+    /// Whether `s` could be an id, without making one (ingest checks every
+    /// topic level this way, without allocating).
+    pub fn check(s: &str) -> Result<(), String> {
+        Ident::check_level(s)?;
+        if RESERVED_LEVELS.contains(&s) {
+            return Err(format!("{s:?} is reserved in the topic layout"));
+        }
+        Ok(())
+    }
+
+    /// An id's characters and length, reserved words allowed: what any level
+    /// of a topic prefix must be.
+    pub fn check_level(s: &str) -> Result<(), String> {
         if s.is_empty() || s.len() > 64 {
             return Err(format!("{s:?} must be 1 to 64 characters long"));
         }
@@ -34,9 +43,14 @@ impl TryFrom<String> for Ident {
                 "{s:?} contains {c:?}; use only letters, digits, '_' and '-'"
             ));
         }
-        if RESERVED_LEVELS.contains(&s.as_str()) {
-            return Err(format!("{s:?} is reserved in the topic layout"));
-        }
+        Ok(())
+    }
+}
+
+impl TryFrom<String> for Ident {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Ident::check(&s)?;
         Ok(Ident(s))
     }
 }

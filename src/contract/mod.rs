@@ -13,9 +13,9 @@ pub mod topic;
 mod validate;
 
 pub use alert::{Alert, AlertState};
-pub use ident::{Ident, TopicPrefix, RESERVED_LEVELS};
+pub use ident::{Ident, TopicPrefix};
 pub use reading::Reading;
 pub use sensor_type::SensorType;
 pub use status::{NodeState, Status, StatusSensor, REASON_CONNECTION_LOST, REASON_SHUTDOWN};
 pub use timestamp::Timestamp;
-pub use validate::{validate_reading, Rejection, RejectionReason, MAX_PAYLOAD_BYTES};
+pub use validate::{check_size, validate_reading, Rejection, RejectionReason, MAX_PAYLOAD_BYTES};

@@ -78,6 +78,18 @@ impl Rejection {
     }
 }
 
+/// Any message aggregatord parses (a reading or a status) is at most
+/// [`MAX_PAYLOAD_BYTES`].
+pub fn check_size(payload: &[u8]) -> Result<(), Rejection> {
+    if payload.len() > MAX_PAYLOAD_BYTES {
+        return Err(Rejection::new(
+            RejectionReason::PayloadTooLarge,
+            format!("{} bytes, limit {MAX_PAYLOAD_BYTES}", payload.len()),
+        ));
+    }
+    Ok(())
+}
+
 /// Parses and checks a payload that arrived on a reading topic
 /// (`.../{sensor_type}/{sensor_id}`).
 pub fn validate_reading(
@@ -87,12 +99,7 @@ pub fn validate_reading(
     now: DateTime<Utc>,
 ) -> Result<Reading, Rejection> {
     use RejectionReason::*;
-    if payload.len() > MAX_PAYLOAD_BYTES {
-        return Err(Rejection::new(
-            PayloadTooLarge,
-            format!("{} bytes, limit {MAX_PAYLOAD_BYTES}", payload.len()),
-        ));
-    }
+    check_size(payload)?;
     let reading: Reading =
         serde_json::from_slice(payload).map_err(|e| Rejection::new(Malformed, e.to_string()))?;
     if reading.sensor_type != topic_type || reading.sensor_id != topic_id {
