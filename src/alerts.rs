@@ -161,7 +161,7 @@ impl Engine {
                 }
             };
             self.set(i, &r.topic, holds, Some(value), now);
-            changes.extend(self.settle(i, prefix, now));
+            changes.extend(self.settle(i, prefix, now, Some((&r.topic, Some(value)))));
             self.plan(i, &r.topic);
         }
         changes
@@ -184,8 +184,43 @@ impl Engine {
                 continue;
             }
             self.set(i, &status_topic, lost, None, now);
-            changes.extend(self.settle(i, prefix, now));
+            changes.extend(self.settle(i, prefix, now, Some((&status_topic, None))));
             self.plan(i, &status_topic);
+        }
+        changes
+    }
+
+    /// Forgets `topics` (reading or status topics): their conditions go, and
+    /// each alert no other sensor of its room still holds is cleared with
+    /// `why` as its message (returned, to be stored and sent).
+    pub fn forget(&mut self, topics: &[String], why: &str, now: Timestamp) -> Vec<Alert> {
+        let mut touched = BTreeSet::new();
+        for t in topics {
+            for i in 0..self.rules.len() {
+                if self.conditions.contains_key(&(i, t.clone())) {
+                    self.mark(i, t, None);
+                    if let Some(c) = self.conditions.remove(&(i, t.clone())) {
+                        touched.insert((i, c.room));
+                    }
+                }
+            }
+        }
+        // An alert adopted at start may have no condition left for its topic.
+        for ((room, rule), a) in &self.active {
+            if topics.contains(&a.topic) {
+                if let Some(i) = self.rules.iter().position(|r| r.name.as_str() == rule) {
+                    touched.insert((i, room.clone()));
+                }
+            }
+        }
+        let mut changes = Vec::new();
+        for (i, room) in touched {
+            if let Some(mut cleared) = self.settle(i, &room, now, None) {
+                if cleared.state == AlertState::Cleared {
+                    cleared.message = why.to_owned();
+                }
+                changes.push(cleared);
+            }
         }
         changes
     }
@@ -220,7 +255,7 @@ impl Engine {
                 }
             }
             let room = self.conditions[&(i, t.clone())].room.clone();
-            changes.extend(self.settle(i, &room, now));
+            changes.extend(self.settle(i, &room, now, None));
             self.plan(i, &t);
         }
         changes
@@ -309,7 +344,15 @@ impl Engine {
     }
 
     /// Raises or clears rule `i`'s alert for `room` from its sensors' conditions.
-    fn settle(&mut self, i: usize, room: &str, now: Timestamp) -> Option<Alert> {
+    /// `cause` is the topic (and value) of what just arrived: a clear is about
+    /// that, not a copy of the raise (issue 14: "30.5 above 26" after 22.0).
+    fn settle(
+        &mut self,
+        i: usize,
+        room: &str,
+        now: Timestamp,
+        cause: Option<(&str, Option<f64>)>,
+    ) -> Option<Alert> {
         let rule = &self.rules[i];
         let lasting = rule.lasting.unwrap_or_default();
         let key = (room.to_owned(), rule.name.to_string());
@@ -318,9 +361,16 @@ impl Engine {
             // Active: stays while any sensor's condition holds (hysteresis), even
             // one that has not yet held for `for` (after a restart, say).
             Some(active) if holding.is_none_or(BTreeSet::is_empty) => {
+                let (topic, value) = match cause {
+                    Some((topic, value)) => (topic.to_owned(), value),
+                    None => (active.topic.clone(), None),
+                };
                 let cleared = Alert {
                     state: AlertState::Cleared,
                     time: now,
+                    message: describe_clear(rule, value),
+                    topic,
+                    value,
                     ..active.clone()
                 };
                 self.active.remove(&key);
@@ -380,6 +430,18 @@ fn describe(rule: &RuleConfig, value: Option<f64>) -> String {
     }
 }
 
+/// What made an alert clear, in the words of its rule.
+fn describe_clear(rule: &RuleConfig, value: Option<f64>) -> String {
+    let v = value.map(|v| v.to_string()).unwrap_or_default();
+    match (rule.above, rule.below) {
+        (Some(a), _) => format!("{v} back below {}", rule.clear_below.unwrap_or(a)),
+        (_, Some(b)) => format!("{v} back above {}", rule.clear_above.unwrap_or(b)),
+        _ if rule.offline => "node back online, or stopped cleanly".into(),
+        _ if rule.stale_after.is_some() => "reporting again".into(),
+        _ => "no motion outside allowed hours".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -432,7 +494,11 @@ mod tests {
             e.reading(&reading(25.2, 40)).is_empty(),
             "hysteresis: not cleared above 25"
         );
-        assert_eq!(states(e.reading(&reading(24.9, 50))), [AlertState::Cleared]);
+        let cleared = e.reading(&reading(24.9, 50));
+        assert_eq!(states(cleared.clone()), [AlertState::Cleared]);
+        assert_eq!(cleared[0].value, Some(24.9), "the clearing value, not the raise's");
+        assert_eq!(cleared[0].message, "24.9 back below 25");
+        assert_eq!(cleared[0].raised_at, raised[0].raised_at);
         // A blip that does not last never raises.
         assert!(e.reading(&reading(30.0, 60)).is_empty());
         assert!(e.reading(&reading(20.0, 70)).is_empty());

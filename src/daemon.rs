@@ -172,13 +172,16 @@ pub fn reload_config<C: crate::config::DaemonConfig>(path: &std::path::Path) -> 
     }
 }
 
-/// The common start of both daemons: load and validate the config (`--check-config`
-/// stops there), set up logging, then run `daemon` on a single-threaded runtime.
-/// One thread is plenty for a handful of sockets; blocking work (fsync) goes to
+/// The common start of both daemons: load and validate the config, check the
+/// files it names (`preflight`: certificates, keys, tokens; `--check-config`
+/// stops after it, so it says `ok` only for what the daemon would start with),
+/// set up logging, then run `daemon` on a single-threaded runtime. One thread is
+/// plenty for a handful of sockets; blocking work (fsync) goes to
 /// `spawn_blocking`. `daemon` gets the config file's path back, for reloads.
 pub fn start<C, F>(
     config_path: &std::path::Path,
     check_only: bool,
+    preflight: impl FnOnce(&C, &std::path::Path) -> anyhow::Result<Vec<String>>,
     daemon: impl FnOnce(C, std::path::PathBuf) -> F,
 ) -> anyhow::Result<()>
 where
@@ -187,7 +190,11 @@ where
 {
     use anyhow::Context;
     let config: C = crate::config::load(config_path)?;
+    let notes = preflight(&config, config_path)?;
     if check_only {
+        for note in notes {
+            println!("note: {note}");
+        }
         println!("{}: ok", config_path.display());
         return Ok(());
     }
@@ -198,6 +205,21 @@ where
         .build()
         .context("starting the async runtime")?
         .block_on(daemon(config, config_path.to_owned()))
+}
+
+/// Checks one TLS identity for [`start`]'s preflight; errors name the config
+/// file and the key (`broker.tls`) they come from, and stay config errors.
+pub fn check_tls(
+    config_path: &std::path::Path,
+    key: &str,
+    files: &crate::config::TlsConfig,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let note = crate::mqtt::check_tls_files(files)
+        .with_context(|| format!("{}: {key}", config_path.display()))?;
+    notes.extend(note.map(|n| format!("{key}.key_file: {n}")));
+    Ok(())
 }
 
 /// Maps a daemon's result to its exit status, printing the error chain.

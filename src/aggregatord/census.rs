@@ -8,25 +8,86 @@
 //! does not reset the count.
 
 use crate::config::IngestConfig;
-use crate::contract::{Rejection, RejectionReason};
-use std::collections::{HashMap, HashSet};
+use crate::contract::{Rejection, RejectionReason, Timestamp};
+use std::collections::HashMap;
 
 #[derive(Default)]
 pub struct Census {
-    /// Room prefix → its sensors' reading topics.
-    rooms: HashMap<String, HashSet<String>>,
+    /// Room prefix → its sensors' reading topics → when each was last heard
+    /// (for `ingest.forget_after`).
+    rooms: HashMap<String, HashMap<String, Timestamp>>,
     sensors: usize,
 }
 
 impl Census {
-    pub fn new(topics: impl IntoIterator<Item = (String, String)>) -> Census {
+    /// `topics`: (room, topic) pairs from storage; taken as heard `now`, so
+    /// `forget_after` counts from the start for them.
+    pub fn new(topics: impl IntoIterator<Item = (String, String)>, now: Timestamp) -> Census {
         let mut census = Census::default();
         for (room, topic) in topics {
-            if census.rooms.entry(room).or_default().insert(topic) {
+            if census
+                .rooms
+                .entry(room)
+                .or_default()
+                .insert(topic, now)
+                .is_none()
+            {
                 census.sensors += 1;
             }
         }
         census
+    }
+
+    /// Known (room, topic) pairs whose topic `wanted` accepts.
+    pub fn matching(&self, wanted: impl Fn(&str) -> bool) -> Vec<(String, String)> {
+        let mut found: Vec<(String, String)> = self
+            .rooms
+            .iter()
+            .flat_map(|(room, topics)| topics.keys().map(move |t| (room, t)))
+            .filter(|(_, t)| wanted(t))
+            .map(|(r, t)| (r.clone(), t.clone()))
+            .collect();
+        found.sort();
+        found
+    }
+
+    /// Topics last heard before `cutoff`.
+    pub fn silent_since(&self, cutoff: Timestamp) -> Vec<(String, String)> {
+        self.matching(|_| true)
+            .into_iter()
+            .filter(|(r, t)| self.rooms[r][t] < cutoff)
+            .collect()
+    }
+
+    /// Forgets a sensor; the room too once it has none left.
+    pub fn forget(&mut self, room: &str, topic: &str) {
+        if let Some(topics) = self.rooms.get_mut(room) {
+            if topics.remove(topic).is_some() {
+                self.sensors -= 1;
+            }
+            if topics.is_empty() {
+                self.rooms.remove(room);
+            }
+        }
+    }
+
+    /// Forgets a room with no sensors left (known only by its status).
+    pub fn forget_room(&mut self, room: &str) {
+        if self.rooms.get(room).is_some_and(HashMap::is_empty) {
+            self.rooms.remove(room);
+        }
+    }
+
+    /// Room prefixes whose last level or whole prefix is `name`.
+    pub fn rooms_named(&self, name: &str) -> Vec<String> {
+        let mut found: Vec<String> = self
+            .rooms
+            .keys()
+            .filter(|r| r.as_str() == name || r.rsplit('/').next() == Some(name))
+            .cloned()
+            .collect();
+        found.sort();
+        found
     }
 
     pub fn sensors(&self) -> usize {
@@ -43,12 +104,14 @@ impl Census {
         room: &str,
         topic: &str,
         limits: &IngestConfig,
+        now: Timestamp,
     ) -> Result<(), Rejection> {
-        if self.rooms.get(room).is_some_and(|s| s.contains(topic)) {
+        if let Some(heard) = self.rooms.get_mut(room).and_then(|s| s.get_mut(topic)) {
+            *heard = now;
             return Ok(());
         }
         self.admit_room(room, limits)?;
-        let in_room = self.rooms.get(room).map_or(0, HashSet::len);
+        let in_room = self.rooms.get(room).map_or(0, HashMap::len);
         if in_room >= limits.max_sensors_per_room {
             return Err(Rejection::new(
                 RejectionReason::TooManySensors,
@@ -70,7 +133,7 @@ impl Census {
         self.rooms
             .entry(room.to_owned())
             .or_default()
-            .insert(topic.to_owned());
+            .insert(topic.to_owned(), now);
         self.sensors += 1;
         Ok(())
     }
@@ -90,7 +153,7 @@ impl Census {
                 ),
             ));
         }
-        self.rooms.insert(room.to_owned(), HashSet::new());
+        self.rooms.insert(room.to_owned(), HashMap::new());
         Ok(())
     }
 }
@@ -111,16 +174,22 @@ mod tests {
     #[test]
     fn caps_refuse_only_what_is_new() {
         let l = limits(3, 2, 2);
-        let mut c = Census::new([("r1".into(), "r1/t/a".into())]);
-        assert!(c.admit_sensor("r1", "r1/t/b", &l).is_ok());
-        let full = c.admit_sensor("r1", "r1/t/c", &l).unwrap_err();
+        let now = Timestamp::now_millis();
+        let mut c = Census::new([("r1".into(), "r1/t/a".into())], now);
+        assert!(c.admit_sensor("r1", "r1/t/b", &l, now).is_ok());
+        let full = c.admit_sensor("r1", "r1/t/c", &l, now).unwrap_err();
         assert_eq!(full.reason, RejectionReason::TooManySensors);
-        assert!(c.admit_sensor("r1", "r1/t/a", &l).is_ok(), "known: kept");
-        assert!(c.admit_sensor("r2", "r2/t/a", &l).is_ok());
-        let total = c.admit_sensor("r2", "r2/t/b", &l).unwrap_err();
+        assert!(c.admit_sensor("r1", "r1/t/a", &l, now).is_ok(), "known: kept");
+        assert!(c.admit_sensor("r2", "r2/t/a", &l, now).is_ok());
+        let total = c.admit_sensor("r2", "r2/t/b", &l, now).unwrap_err();
         assert_eq!(total.reason, RejectionReason::TooManySensors);
         let rooms = c.admit_room("r3", &l).unwrap_err();
         assert_eq!(rooms.reason, RejectionReason::TooManyRooms);
         assert_eq!((c.sensors(), c.rooms()), (3, 2));
+        c.forget("r2", "r2/t/a");
+        assert_eq!((c.sensors(), c.rooms()), (2, 1), "an empty room goes too");
+        assert!(c.admit_sensor("r1", "r1/t/c", &l, now).is_err());
+        c.forget("r1", "r1/t/b");
+        assert!(c.admit_sensor("r1", "r1/t/c", &l, now).is_ok(), "room for it now");
     }
 }

@@ -28,8 +28,21 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// A reader that stops reading (a paused pager) is cut off after this.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Serves dump requests until `stop`. Removes the socket file when done.
-pub async fn serve(path: PathBuf, store: Store, stop: CancellationToken) -> anyhow::Result<()> {
+/// An `aggregatord forget` request, handed to ingest (which owns the alert
+/// engine, the census and the dashboard's state); the reply is the report, or
+/// why nothing was forgotten.
+pub struct Forget {
+    pub query: crate::store::Query,
+    pub reply: tokio::sync::oneshot::Sender<Result<String, String>>,
+}
+
+/// Serves dump (and forget) requests until `stop`. Removes the socket file when done.
+pub async fn serve(
+    path: PathBuf,
+    store: Store,
+    forget: tokio::sync::mpsc::Sender<Forget>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
     // A socket file left by a crash would make bind fail; only a socket is removed.
     if std::fs::symlink_metadata(&path)
         .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
@@ -76,9 +89,9 @@ pub async fn serve(path: PathBuf, store: Store, stop: CancellationToken) -> anyh
                 }
             },
         };
-        let store = store.clone();
+        let (store, forget) = (store.clone(), forget.clone());
         tokio::spawn(async move {
-            if let Err(e) = answer(stream, store).await {
+            if let Err(e) = answer(stream, store, forget).await {
                 debug!(error = %e, "control request ended early");
             }
             drop(slot);
@@ -88,13 +101,35 @@ pub async fn serve(path: PathBuf, store: Store, stop: CancellationToken) -> anyh
     Ok(())
 }
 
-async fn answer(stream: tokio::net::UnixStream, store: Store) -> std::io::Result<()> {
+async fn answer(
+    stream: tokio::net::UnixStream,
+    store: Store,
+    forget: tokio::sync::mpsc::Sender<Forget>,
+) -> std::io::Result<()> {
     let mut reader = tokio::io::BufReader::new(stream);
     let mut line = String::new();
     let mut limited = (&mut reader).take(MAX_REQUEST);
     tokio::time::timeout(REQUEST_TIMEOUT, limited.read_line(&mut line))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no request line"))??;
+    if let Ok(request) = serde_json::from_str::<Request>(&line) {
+        if request.what == dump::What::Forget {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let sent = forget
+                .send(Forget {
+                    query: request.query,
+                    reply,
+                })
+                .await;
+            let text = match (sent, answer.await) {
+                (Ok(()), Ok(Ok(report))) => format!("ok\n{report}"),
+                (Ok(()), Ok(Err(why))) => format!("error: {why}\n"),
+                _ => "error: aggregatord is stopping\n".to_owned(),
+            };
+            let mut stream = reader.into_inner();
+            return tokio::io::AsyncWriteExt::write_all(&mut stream, text.as_bytes()).await;
+        }
+    }
     let stream = reader.into_inner().into_std()?;
     stream.set_nonblocking(false)?;
     // A reader that stops reading (a paused pager) must not hold up shutdown.

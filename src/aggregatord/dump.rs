@@ -25,6 +25,8 @@ pub enum What {
     Rejected,
     Alerts,
     Stats,
+    /// `aggregatord forget`: answered by the running daemon only.
+    Forget,
 }
 
 /// One dump or stats request.
@@ -40,6 +42,7 @@ const TABLE_SAMPLE: usize = 1000;
 
 pub fn answer(store: &Store, request: &Request, out: impl Write) -> io::Result<()> {
     let q = &request.query;
+    q.check().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let f = request.format;
     let storage = |e: crate::store::StoreError| io::Error::other(e.to_string());
     match request.what {
@@ -59,10 +62,16 @@ pub fn answer(store: &Store, request: &Request, out: impl Write) -> io::Result<(
             reading_fields,
             out,
         ),
+        // Every filter applies to every kind of record: rejected messages by
+        // their topic and arrival, alerts by the topic they concern and their time.
         What::Rejected => {
             let rows = store
                 .rejected()
                 .map(|r| r.map_err(storage))
+                .filter(|r| {
+                    r.as_ref()
+                        .map_or(true, |r| q.admits(&r.topic, r.received_at))
+                })
                 .take(q.limit.unwrap_or(usize::MAX));
             write_rows(rows, f, REJECTED_HEADER, rejected_fields, out)
         }
@@ -70,9 +79,14 @@ pub fn answer(store: &Store, request: &Request, out: impl Write) -> io::Result<(
             let rows = store
                 .alerts()
                 .map(|r| r.map_err(storage))
+                .filter(|a| a.as_ref().map_or(true, |a| q.admits(&a.topic, a.time)))
                 .take(q.limit.unwrap_or(usize::MAX));
             write_rows(rows, f, ALERT_HEADER, alert_fields, out)
         }
+        What::Forget => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "forget works on the running aggregatord (it publishes the alert clears); start it, then run forget again",
+        )),
         What::Stats => {
             let stats = stats(store.select(q))?;
             write_rows(
@@ -190,6 +204,10 @@ pub struct SensorStats {
     pub mean: f64,
     pub first: crate::contract::Timestamp,
     pub last: crate::contract::Timestamp,
+    /// The most decimals any of its values has: the table shows the mean with
+    /// one more (an energy meter's 4 decimals are not cut to 3).
+    #[serde(skip)]
+    pub decimals: usize,
 }
 
 const STATS_HEADER: &[&str] = &["topic", "count", "min", "max", "mean", "first", "last"];
@@ -200,7 +218,7 @@ fn stats_fields(s: &SensorStats) -> Vec<String> {
         s.count.to_string(),
         s.min.to_string(),
         s.max.to_string(),
-        format!("{:.3}", s.mean),
+        format!("{:.*}", s.decimals + 1, s.mean),
         s.first.to_string(),
         s.last.to_string(),
     ]
@@ -222,6 +240,7 @@ fn stats(
                 mean: 0.0,
                 first: t,
                 last: t,
+                decimals: 0,
             };
             (s, 0.0)
         });
@@ -230,6 +249,7 @@ fn stats(
         s.max = s.max.max(v);
         s.first = s.first.min(t);
         s.last = s.last.max(t);
+        s.decimals = s.decimals.max(decimals(v));
         *sum += v;
     }
     Ok(by_topic
@@ -239,6 +259,12 @@ fn stats(
             s
         })
         .collect())
+}
+
+/// Decimals in `v`'s shortest exact text (`24435.0316` → 4), at most 9.
+fn decimals(v: f64) -> usize {
+    let text = v.to_string();
+    text.split_once('.').map_or(0, |(_, d)| d.len()).min(9)
 }
 
 fn write_rows<T: Serialize>(

@@ -76,6 +76,16 @@ impl Gaps {
         (before, missing, change)
     }
 
+    /// Forgets a sensor's numbering (`aggregatord forget`); the total stays.
+    pub fn forget(&mut self, topic: &str) {
+        self.topics.remove(topic);
+    }
+
+    /// Forgets a room: whether it had a raised alert (to be cleared), and since when.
+    pub fn forget_room(&mut self, room: &str) -> Option<Timestamp> {
+        self.rooms.remove(room).map(|(raised, _)| raised)
+    }
+
     /// When the room's alert was raised, while it is.
     pub fn raised_at(&self, room: &str) -> Option<Timestamp> {
         self.rooms.get(room).map(|(raised, _)| *raised)

@@ -18,7 +18,9 @@ use crate::contract::{
 };
 use crate::daemon::{RateLimit, Signals};
 use crate::mqtt::{Delivery, Event, Handle};
-use crate::store::{Inserted, ReadingWriter, RejectedMessage, Store, StoreError, StoredReading};
+use crate::store::{
+    Inserted, Query, ReadingWriter, RejectedMessage, Store, StoreError, StoredReading,
+};
 use anyhow::Context;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -48,6 +50,8 @@ pub enum Wake {
 pub const LIMITS_RULE: &str = "limits";
 /// How often `for` durations and stale sensors are checked.
 const ALERT_TICK: Duration = Duration::from_secs(1);
+/// How often sensors are checked against `ingest.forget_after`.
+const FORGET_CHECK: Duration = Duration::from_secs(1);
 
 pub struct Ingest {
     config: IngestConfig,
@@ -71,6 +75,8 @@ pub struct Ingest {
     storage_retry: Duration,
     /// The daemon's stop signal: ends storage retries.
     stop: tokio_util::sync::CancellationToken,
+    /// `aggregatord forget` requests, from the control socket.
+    forget_requests: mpsc::Receiver<super::control::Forget>,
 }
 
 /// What one batch will write.
@@ -112,6 +118,7 @@ impl Ingest {
         census: Census,
         out: Outputs,
         stop: tokio_util::sync::CancellationToken,
+        forget_requests: mpsc::Receiver<super::control::Forget>,
     ) -> Self {
         Ingest {
             config,
@@ -128,6 +135,7 @@ impl Ingest {
             connects: 0,
             storage_retry: Duration::ZERO,
             stop,
+            forget_requests,
         }
     }
 
@@ -186,6 +194,8 @@ impl Ingest {
         let mut tick = tokio::time::interval(ALERT_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut watchdog = crate::daemon::Watchdog::new();
+        let mut forget_check = tokio::time::interval(FORGET_CHECK);
+        forget_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             let first = tokio::select! {
                 _ = signals.shutdown.cancelled() => return Ok(Wake::Shutdown),
@@ -205,6 +215,15 @@ impl Ingest {
                     if !changes.is_empty() {
                         self.commit(Batch { alerts: changes, ..Batch::default() }).await?;
                     }
+                    continue;
+                }
+                Some(request) = self.forget_requests.recv() => {
+                    let answer = self.forget(&request.query, "forgotten by the operator (aggregatord forget)").await?;
+                    let _ = request.reply.send(answer);
+                    continue;
+                }
+                _ = forget_check.tick(), if self.config.forget_after.is_some() => {
+                    self.forget_silent().await?;
                     continue;
                 }
                 event = events.recv() => match event {
@@ -232,6 +251,102 @@ impl Ingest {
             }
             self.commit(batch).await?;
         }
+    }
+
+    /// Forgets the sensors `query` selects (`aggregatord forget`, or
+    /// `forget_after`): their alerts are cleared with `why` and sent, their
+    /// dashboard rows go, they no longer count towards the caps. A query naming
+    /// only a room forgets the room too (its status). Their stored history stays
+    /// (retention deletes it in time). `Err` text when nothing matches.
+    async fn forget(&mut self, query: &Query, why: &str) -> anyhow::Result<Result<String, String>> {
+        let whole_rooms = query.topic.is_none() && query.sensor.is_none() && query.sensor_type.is_none();
+        let Some(room) = query.room.as_deref().filter(|_| whole_rooms) else {
+            if query.topic.is_none() && query.sensor.is_none() && query.sensor_type.is_none() {
+                return Ok(Err("name what to forget: --room, --sensor, --type or --topic".into()));
+            }
+            let sensors = self.census.matching(|t| query.matches_topic(t));
+            if sensors.is_empty() {
+                return Ok(Err("no known sensor matches".into()));
+            }
+            return self.forget_sensors(sensors, Vec::new(), why).await.map(Ok);
+        };
+        let rooms = self.census.rooms_named(room);
+        if rooms.is_empty() {
+            return Ok(Err(format!("no known room is named {room}")));
+        }
+        let sensors = self.census.matching(|t| {
+            rooms
+                .iter()
+                .any(|r| t.strip_prefix(r.as_str()).is_some_and(|rest| rest.starts_with('/')))
+        });
+        self.forget_sensors(sensors, rooms, why).await.map(Ok)
+    }
+
+    /// Forgets sensors silent for `ingest.forget_after`.
+    async fn forget_silent(&mut self) -> anyhow::Result<()> {
+        let Some(after) = self.config.forget_after else {
+            return Ok(());
+        };
+        let Some(cutoff) = chrono::Duration::from_std(after)
+            .ok()
+            .and_then(|d| Timestamp::now_millis().0.checked_sub_signed(d))
+        else {
+            return Ok(());
+        };
+        let silent = self.census.silent_since(Timestamp(cutoff));
+        if silent.is_empty() {
+            return Ok(());
+        }
+        let why = format!(
+            "forgotten: silent for {} (ingest.forget_after)",
+            humantime::format_duration(after)
+        );
+        let report = self.forget_sensors(silent, Vec::new(), &why).await?;
+        info!(forgotten = %report.trim_end(), "forgot silent sensors");
+        Ok(())
+    }
+
+    async fn forget_sensors(
+        &mut self,
+        sensors: Vec<(String, String)>,
+        rooms: Vec<String>,
+        why: &str,
+    ) -> anyhow::Result<String> {
+        let now = Timestamp::now_millis();
+        let mut topics: Vec<String> = sensors.iter().map(|(_, t)| t.clone()).collect();
+        topics.extend(rooms.iter().map(|r| format!("{r}/status")));
+        let mut changes = self.engine.as_mut().map(|e| e.forget(&topics, why, now)).unwrap_or_default();
+        let mut report = String::new();
+        for (room, topic) in &sensors {
+            self.census.forget(room, topic);
+            self.gaps.forget(topic);
+            report.push_str(&format!("forgot sensor {topic}\n"));
+        }
+        for room in &rooms {
+            self.census.forget_room(room);
+            if let Some(raised_at) = self.gaps.forget_room(room) {
+                changes.push(Alert {
+                    rule: super::gaps::RULE.to_owned(),
+                    severity: crate::config::Severity::Warning,
+                    state: AlertState::Cleared,
+                    room: room.clone(),
+                    topic: format!("{room}/status"),
+                    value: None,
+                    message: why.to_owned(),
+                    raised_at,
+                    time: now,
+                });
+            }
+            report.push_str(&format!("forgot room {room}\n"));
+        }
+        self.live.forget(&topics[..sensors.len()], &rooms);
+        for a in &changes {
+            report.push_str(&format!("cleared alert {} in {}\n", a.rule, a.room));
+        }
+        self.metrics.known_sensors.store(self.census.sensors() as i64, Relaxed);
+        self.metrics.known_rooms.store(self.census.rooms() as i64, Relaxed);
+        self.record_alerts(changes).await?;
+        Ok(report)
     }
 
     /// Sorts one event into the batch; nothing is written yet.
@@ -273,8 +388,12 @@ impl Ingest {
                 })
                 .and_then(|reading| {
                     self.too_old(&reading, received_at)?;
-                    self.census
-                        .admit_sensor(prefix, delivery.topic(), &self.config)?;
+                    self.census.admit_sensor(
+                        prefix,
+                        delivery.topic(),
+                        &self.config,
+                        received_at,
+                    )?;
                     batch.readings.push(StoredReading {
                         topic: delivery.topic().to_owned(),
                         reading,

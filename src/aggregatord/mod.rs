@@ -30,7 +30,24 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// `aggregatord` (the daemon).
 pub fn main(config_path: &Path, check_only: bool) -> anyhow::Result<()> {
-    daemon::start(config_path, check_only, run)
+    daemon::start(config_path, check_only, preflight, run)
+}
+
+/// Everything in the config that start-up would refuse, checked up front (and
+/// by `--check-config`): both TLS identities and the dashboard's token.
+fn preflight(config: &AggregatordConfig, path: &Path) -> anyhow::Result<Vec<String>> {
+    let mut notes = Vec::new();
+    let (ingest, alerts) = mqtt_settings(config);
+    if let Some(tls) = &ingest.broker.tls {
+        daemon::check_tls(path, "broker.tls", tls, &mut notes)?;
+    }
+    if let (Some(tls), Some(_)) = (&alerts.broker.tls, &config.alert_identity) {
+        daemon::check_tls(path, "alert_identity", tls, &mut notes)?;
+    }
+    if config.http.enabled {
+        dashboard::load_token(&config.http, path)?;
+    }
+    Ok(notes)
 }
 
 /// `aggregatord dump` / `stats`: opens the database directly when aggregatord is
@@ -104,9 +121,11 @@ pub async fn run(
     // Background work, all stopped by the same token after ingest ends.
     let background = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
+    let (forget_tx, forget_rx) = tokio::sync::mpsc::channel(4);
     tasks.spawn(control::serve(
         config.storage.socket(),
         store.clone(),
+        forget_tx,
         background.clone(),
     ));
     if let Some(keep) = config.storage.retention {
@@ -166,6 +185,7 @@ pub async fn run(
                 }
                 _ => None,
             }),
+        crate::contract::Timestamp::now_millis(),
     );
     let mut ingest = ingest::Ingest::new(
         ingest_config(&config),
@@ -179,6 +199,7 @@ pub async fn run(
             alerts_ready,
         },
         signals.shutdown.clone(),
+        forget_rx,
     );
     // Alerts whose rule was removed while we were stopped: cleared now.
     ingest.record_alerts(orphans).await?;

@@ -1,7 +1,7 @@
 //! `aggregatord`: stores every reading durably and shows the history. The work is
 //! in `roomsense::aggregatord`.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use roomsense::aggregatord::{self, Format, Request, What};
 use roomsense::contract::Timestamp;
 use roomsense::store::Query;
@@ -45,6 +45,23 @@ enum Command {
         #[command(flatten)]
         filter: Filter,
     },
+    /// Forget sensors (by --sensor, --type, --topic, optionally in --room) or a
+    /// whole --room: their alerts are cleared (and the clears published), their
+    /// dashboard rows go. Their stored history stays. Needs the running daemon.
+    Forget {
+        /// Sensor id, e.g. temp_099.
+        #[arg(long)]
+        sensor: Option<String>,
+        /// Room (node id), e.g. room101; alone, the whole room.
+        #[arg(long)]
+        room: Option<String>,
+        /// Sensor type, e.g. temperature.
+        #[arg(long = "type")]
+        sensor_type: Option<String>,
+        /// One reading topic exactly.
+        #[arg(long)]
+        topic: Option<String>,
+    },
     /// Per sensor: count, min, max, mean, first and last reading.
     Stats {
         #[arg(long, value_enum, default_value_t = Format::Table)]
@@ -78,7 +95,7 @@ struct Filter {
 
 impl From<Filter> for Query {
     fn from(f: Filter) -> Query {
-        Query {
+        let query = Query {
             sensor: f.sensor,
             room: f.room,
             sensor_type: f.sensor_type,
@@ -86,7 +103,14 @@ impl From<Filter> for Query {
             until: f.until,
             limit: f.limit,
             topic: None,
+        };
+        // A usage error (exit 2, like clap's own), not an empty table.
+        if let Err(e) = query.check() {
+            Cli::command()
+                .error(clap::error::ErrorKind::ArgumentConflict, e)
+                .exit();
         }
+        query
     }
 }
 
@@ -113,6 +137,35 @@ fn main() -> ExitCode {
                     what,
                     format,
                     query: filter.into(),
+                },
+            )
+        }
+        Command::Forget {
+            sensor,
+            room,
+            sensor_type,
+            topic,
+        } => {
+            if sensor.is_none() && room.is_none() && sensor_type.is_none() && topic.is_none() {
+                Cli::command()
+                    .error(
+                        clap::error::ErrorKind::MissingRequiredArgument,
+                        "name what to forget: --room, --sensor, --type or --topic",
+                    )
+                    .exit();
+            }
+            aggregatord::dump_main(
+                &cli.config,
+                &Request {
+                    what: What::Forget,
+                    format: Format::Table,
+                    query: Query {
+                        sensor,
+                        room,
+                        sensor_type,
+                        topic,
+                        ..Query::default()
+                    },
                 },
             )
         }

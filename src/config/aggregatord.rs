@@ -177,6 +177,12 @@ pub struct IngestConfig {
     /// `storage.retention`, if set (retention would delete them at once).
     #[serde(default, with = "super::duration::option")]
     pub max_age: Option<std::time::Duration>,
+    /// A sensor silent this long is forgotten, as by `aggregatord forget`: its
+    /// alerts are cleared (a one-off sensor's `sensor_stale` would otherwise
+    /// stay forever) and its dashboard row goes. Off by default: a dead sensor
+    /// should stay visible until someone decides.
+    #[serde(default, with = "super::duration::option")]
+    pub forget_after: Option<std::time::Duration>,
 }
 
 impl Default for IngestConfig {
@@ -188,6 +194,7 @@ impl Default for IngestConfig {
             max_sensors_per_room: default_max_sensors_per_room(),
             max_rooms: default_max_rooms(),
             max_age: None,
+            forget_after: None,
         }
     }
 }

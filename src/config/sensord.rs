@@ -21,7 +21,21 @@ pub struct SensordConfig {
     pub homeassistant: HomeAssistantConfig,
     #[serde(default)]
     pub log: super::LogConfig,
+    /// Where the node keeps what must survive a restart (its energy meter).
+    /// Default: `$STATE_DIRECTORY` (systemd's `StateDirectory=`); with neither,
+    /// nothing is kept and a meter starts afresh at every start.
+    #[serde(default)]
+    pub state_dir: Option<std::path::PathBuf>,
     pub sensors: Vec<SensorConfig>,
+}
+
+impl SensordConfig {
+    /// `state_dir`, or systemd's state directory for the unit.
+    pub fn state_dir(&self) -> Option<std::path::PathBuf> {
+        self.state_dir
+            .clone()
+            .or_else(|| std::env::var_os("STATE_DIRECTORY").map(std::path::PathBuf::from))
+    }
 }
 
 fn default_offline_buffer() -> usize {
@@ -288,5 +302,8 @@ impl DaemonConfig for SensordConfig {
 
     fn resolve_paths(&mut self, base: &Path) {
         self.broker.resolve_paths(base);
+        if let Some(dir) = &mut self.state_dir {
+            super::resolve(base, dir);
+        }
     }
 }

@@ -9,7 +9,7 @@
 mod supervisor;
 mod tls;
 
-pub use tls::{client_config as tls_client_config, TlsError};
+pub use tls::{check as check_tls_files, client_config as tls_client_config, TlsError};
 
 use crate::config::BrokerConfig;
 use rumqttc::{AsyncClient, LastWill, MqttOptions, Publish, QoS, Transport};

@@ -63,6 +63,24 @@ pub fn client_config(files: &TlsConfig) -> Result<rustls::ClientConfig, TlsError
     Ok(config)
 }
 
+/// What `--check-config` can check of `files`: everything start-up checks
+/// (each file readable, the key private, the certificates parse, the key
+/// matches the certificate). A key that only systemd supplies
+/// (`${CREDENTIALS_DIRECTORY}`, unset outside the unit) cannot be read here:
+/// the rest is checked, and the returned note says so.
+pub fn check(files: &TlsConfig) -> Result<Option<String>, TlsError> {
+    if files.key_file.starts_with(crate::config::CREDENTIALS_VAR) {
+        read_certs(&files.ca_file)?;
+        read_certs(&files.cert_file)?;
+        return Ok(Some(format!(
+            "{}: supplied by systemd (LoadCredential=) when the unit starts; not checked here",
+            files.key_file.display()
+        )));
+    }
+    client_config(files)?;
+    Ok(None)
+}
+
 /// The three files' contents: a renewed certificate (same path, new bytes) is a
 /// change worth reconnecting for.
 pub(super) fn fingerprint(files: &TlsConfig) -> Result<Vec<u8>, TlsError> {

@@ -6,13 +6,14 @@
 //! restarts). `--dry-run` uses the same loop, printing instead of publishing.
 
 mod discovery;
+mod meter;
 mod outbox;
 mod schedule;
 
 use crate::config::{self, SensorConfig, SensordConfig};
 use crate::contract::{
-    topic, NodeState, Reading, Status, StatusSensor, Timestamp, REASON_CONNECTION_LOST,
-    REASON_SHUTDOWN,
+    topic, NodeState, Reading, SensorType, Status, StatusSensor, Timestamp,
+    REASON_CONNECTION_LOST, REASON_SHUTDOWN,
 };
 use crate::daemon;
 use crate::mqtt::{self, Event, Handle, Message, Qos};
@@ -37,7 +38,27 @@ const OUTBOX_QUEUE: usize = 1024;
 
 /// Entry point for the `sensord` binary.
 pub fn main(config_path: &Path, check_only: bool) -> anyhow::Result<()> {
-    daemon::start(config_path, check_only, run)
+    daemon::start(config_path, check_only, preflight, run)
+}
+
+/// What start-up would refuse, checked up front (and by `--check-config`).
+fn preflight(config: &SensordConfig, path: &Path) -> anyhow::Result<Vec<String>> {
+    let mut notes = Vec::new();
+    if let Some(tls) = &config.broker.tls {
+        daemon::check_tls(path, "broker.tls", tls, &mut notes)?;
+    }
+    if let Some(dir) = &config.state_dir {
+        if !dir.is_dir() {
+            return Err(config::ConfigError::Invalid {
+                file: path.to_owned(),
+                line: None,
+                key: "state_dir".into(),
+                message: format!("{}: not a directory", dir.display()),
+            }
+            .into());
+        }
+    }
+    Ok(notes)
 }
 
 /// `sensord --dry-run`: readings as JSON lines on stdout, no broker. In real time
@@ -289,7 +310,16 @@ pub async fn run(config: SensordConfig, config_path: std::path::PathBuf) -> anyh
     let (outbox_tx, outbox_rx) = mpsc::channel(OUTBOX_QUEUE);
     let mut outbox = tokio::spawn(Outbox::new(mqtt.clone(), config.offline_buffer).run(outbox_rx));
 
+    let meter = config
+        .state_dir()
+        .map(|dir| meter::MeterState::new(&dir, config.node.id.as_str()));
+    let resumed = meter.as_ref().and_then(meter::MeterState::load);
     let mut driver = Driver::new(config, None);
+    if let Some(kwh) = resumed {
+        info!(energy_kwh = kwh, "energy meter resumed from its saved reading");
+        driver.node.room.resume_meter(kwh);
+    }
+    let mut meter_warned = daemon::RateLimit::new(Duration::from_secs(60));
     let mut outbox_full = 0u64;
     let mut made = 0u64;
     let mut watchdog = daemon::Watchdog::new();
@@ -341,6 +371,15 @@ pub async fn run(config: SensordConfig, config_path: std::path::PathBuf) -> anyh
         };
         made += 1;
         let (sensor, topic) = (&driver.config.sensors[i], &driver.topics[i]);
+        // Saved before it is published (see meter.rs); one small fsync per
+        // energy reading, seconds apart, is fine on this thread.
+        if let (Some(meter), SensorType::Energy) = (&meter, sensor.sensor_type) {
+            if let Err(e) = meter.save(reading.value) {
+                if let Some(suppressed) = meter_warned.allow(()) {
+                    warn!(file = %meter.path().display(), error = %e, suppressed, "cannot save the energy meter; a restart will start it afresh");
+                }
+            }
+        }
         debug!(topic = %topic, seq = ?reading.seq, value = reading.value, "reading");
         let message = Message {
             topic: topic.clone(),

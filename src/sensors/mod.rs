@@ -18,15 +18,19 @@ pub struct Node {
 }
 
 impl Node {
-    /// With `room.seed` set, every random choice follows from it: the same seed and
-    /// the same sample times give the same readings.
+    /// With `room.seed` set, every random choice follows from it and the node
+    /// id: the same seed, node and sample times give the same readings, and two
+    /// nodes with one seed still differ.
     pub fn new(config: &SensordConfig, started: DateTime<Utc>) -> Node {
+        let node = stable_hash(config.node.id.as_str());
         let rng = |salt: &str| match config.room.seed {
-            Some(seed) => fastrand::Rng::with_seed(seed ^ stable_hash(salt)),
+            Some(seed) => fastrand::Rng::with_seed(seed ^ node ^ stable_hash(salt)),
             None => fastrand::Rng::new(),
         };
+        // 0.25 to 0.75, fixed per node id.
+        let meter_share = 0.25 + (node % 1000) as f64 / 2000.0;
         Node {
-            room: Room::new(&config.room, rng("room")),
+            room: Room::new(&config.room, rng("room"), meter_share),
             sensors: config
                 .sensors
                 .iter()
@@ -46,7 +50,10 @@ impl Node {
     ) {
         let fresh = Node::new(config, started);
         if room_changed {
+            // A new room model; the meter goes on counting.
+            let kwh = self.room.energy();
             self.room = fresh.room;
+            self.room.resume_meter(kwh);
         }
         let mut old = std::mem::take(&mut self.sensors);
         self.sensors = fresh

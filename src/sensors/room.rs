@@ -33,9 +33,10 @@ const MEAN_GAP_MIN: f64 = 20.0;
 const BASE_POWER: f64 = 35.0;
 const PEOPLE_POWER: f64 = 120.0;
 const HEATER_POWER: f64 = 800.0;
-/// The energy meter starts where it would be had the room drawn its maximum
-/// power since 2024-01-01: a plausible meter reading, and never below one
-/// reported before a restart, so the meter never runs backwards.
+/// A new energy meter starts where it would be had the room drawn a share of
+/// its maximum power since 2024-01-01: a plausible meter reading, different
+/// per node (`meter_share`). A restart resumes from the saved reading instead
+/// (sensord/meter.rs), so the meter neither jumps nor runs backwards.
 const METER_EPOCH_SECS: i64 = 1_704_067_200;
 
 pub struct Room {
@@ -49,10 +50,14 @@ pub struct Room {
     in_use: bool,
     heating: bool,
     energy_kwh: f64,
+    /// The share (0.25 to 0.75) of maximum power a new meter starts from.
+    meter_share: f64,
 }
 
 impl Room {
-    pub fn new(config: &RoomConfig, rng: fastrand::Rng) -> Room {
+    /// `meter_share`: see [`METER_EPOCH_SECS`]; from the node id, so that
+    /// every node's meter starts somewhere else.
+    pub fn new(config: &RoomConfig, rng: fastrand::Rng, meter_share: f64) -> Room {
         Room {
             rng,
             occupancy: config.occupancy.clone(),
@@ -64,7 +69,13 @@ impl Room {
             in_use: false,
             heating: false,
             energy_kwh: 0.0,
+            meter_share,
         }
+    }
+
+    /// Continues a meter from its last saved reading, kWh (before the first reading).
+    pub fn resume_meter(&mut self, kwh: f64) {
+        self.energy_kwh = kwh;
     }
 
     /// Brings the room's state forward to `now` (never backwards).
@@ -97,9 +108,12 @@ impl Room {
         self.in_use = matches!(self.occupancy, Occupancy::Fixed(FixedOccupancy::Always));
         self.temperature = self.setpoint.unwrap_or_else(|| baseline(now));
         self.co2 = OUTDOOR_CO2;
-        let max_watts = BASE_POWER + PEOPLE_POWER + HEATER_POWER;
-        let hours = (now.timestamp() - METER_EPOCH_SECS).max(0) as f64 / 3600.0;
-        self.energy_kwh = max_watts * hours / 1000.0;
+        // A meter that already counts (resumed, or after a long gap) goes on.
+        if self.energy_kwh == 0.0 {
+            let max_watts = BASE_POWER + PEOPLE_POWER + HEATER_POWER;
+            let hours = (now.timestamp() - METER_EPOCH_SECS).max(0) as f64 / 3600.0;
+            self.energy_kwh = self.meter_share * max_watts * hours / 1000.0;
+        }
     }
 
     fn step(&mut self, t: DateTime<Utc>, dt: f64) {

@@ -25,6 +25,44 @@ pub struct Query {
 }
 
 impl Query {
+    /// Refuses what can only be a mistake: a window that ends before it starts.
+    pub fn check(&self) -> Result<(), String> {
+        match (self.since, self.until) {
+            (Some(since), Some(until)) if since > until => Err(format!(
+                "--since ({since}) is after --until ({until}): nothing can match; swap them"
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// For records other than readings (rejected messages, alerts): `topic` is
+    /// the one they concern, `time` when they happened. Room, type and sensor are
+    /// read from the topic's shape; a topic that has none of them (a rejected
+    /// `foo/bar`) matches only a query that asks for none.
+    pub fn admits(&self, t: &str, time: Timestamp) -> bool {
+        let (room, sensor_type, sensor_id) = match topic::parse(t) {
+            topic::Parsed::Reading {
+                prefix,
+                sensor_type,
+                sensor_id,
+            } => (Some(prefix), Some(sensor_type), Some(sensor_id)),
+            topic::Parsed::Status { prefix } | topic::Parsed::Alert { prefix, .. } => {
+                (Some(prefix), None, None)
+            }
+            topic::Parsed::Unrecognized => (None, None, None),
+        };
+        let room = room.map(|p| p.rsplit('/').next().unwrap_or(p));
+        let wants = |want: &Option<String>, have: Option<&str>| {
+            want.as_deref().is_none_or(|w| Some(w) == have)
+        };
+        self.topic.as_deref().is_none_or(|x| x == t)
+            && wants(&self.room, room)
+            && wants(&self.sensor_type, sensor_type)
+            && wants(&self.sensor, sensor_id)
+            && self.since.is_none_or(|s| time >= s)
+            && self.until.is_none_or(|u| time <= u)
+    }
+
     pub fn matches_topic(&self, t: &str) -> bool {
         let topic::Parsed::Reading {
             prefix,

@@ -381,7 +381,13 @@ impl Broker {
             rendered.extend_from_slice(b"log_type all\n");
         }
         std::fs::write(&conf, &rendered).expect("write mosquitto.conf");
-        let mut proc = Proc::spawn("mosquitto", Command::new("mosquitto").arg("-c").arg(&conf));
+        // As installed: through run-broker, which keeps ACL denials in the log.
+        let mut cmd = Command::new(format!("{REPO}/deploy/mosquitto/run-broker"));
+        cmd.arg("-c").arg(&conf);
+        if verbose {
+            cmd.env("ROOMSENSE_BROKER_DEBUG", "1");
+        }
+        let mut proc = Proc::spawn("mosquitto", &mut cmd);
         // Ready means accepting connections: try to connect until it does (or dies).
         let deadline = Instant::now() + PATIENCE;
         while TcpStream::connect(("127.0.0.1", port)).is_err() {

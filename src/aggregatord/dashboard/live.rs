@@ -28,7 +28,10 @@ pub struct SensorView {
     pub sensor_id: String,
     pub sensor_type: String,
     pub unit: String,
+    /// What the node says it publishes at (its `online` status), else as delivered.
     pub qos: u8,
+    /// What the broker delivered to us at: at most the subscription's QoS.
+    pub delivered_qos: u8,
     pub value: f64,
     pub timestamp: Timestamp,
     /// `[milliseconds since the epoch, value]`, oldest first.
@@ -160,6 +163,7 @@ impl Live {
                     sensor_type: r.reading.sensor_type.clone(),
                     unit: r.reading.unit.clone(),
                     qos,
+                    delivered_qos: r.qos,
                     value: r.reading.value,
                     timestamp: r.reading.timestamp,
                     spark: VecDeque::new(),
@@ -184,6 +188,7 @@ impl Live {
                 v.spark.pop_front();
             }
             v.qos = qos;
+            v.delivered_qos = r.qos;
             // What the event needs, not the whole view: this runs for every
             // reading ingest stores, and the sparkline can be hundreds of points.
             (v.value, v.timestamp, v.qos)
@@ -196,6 +201,7 @@ impl Live {
                 &serde_json::json!({
                     "topic": r.topic, "room": prefix, "sensor_id": r.reading.sensor_id,
                     "sensor_type": r.reading.sensor_type, "unit": r.reading.unit, "qos": qos,
+                    "delivered_qos": r.qos,
                     "value": value, "timestamp": timestamp, "point": [ms, r.reading.value],
                 }),
             );
@@ -234,6 +240,26 @@ impl Live {
         }
         self.shape.fetch_add(1, Relaxed);
         self.emit("alert", a);
+    }
+
+    /// Forgotten sensors and rooms (`aggregatord forget`): their rows go, in
+    /// every open browser too.
+    pub fn forget(&self, topics: &[String], rooms: &[String]) {
+        {
+            let mut inner = self.lock();
+            for t in topics {
+                inner.sensors.remove(t);
+            }
+            for r in rooms {
+                inner.nodes.remove(r);
+                inner.declared_qos.retain(|(room, _), _| room != r);
+            }
+        }
+        self.shape.fetch_add(1, Relaxed);
+        self.emit(
+            "forget",
+            &serde_json::json!({ "topics": topics, "rooms": rooms }),
+        );
     }
 
     /// Readings per second over the last few seconds.

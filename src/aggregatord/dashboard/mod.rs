@@ -9,6 +9,7 @@
 //! | `/api/history?sensor=TOPIC&since=1h&until=&points=300` | one sensor, downsampled |
 //! | `/api/alerts` | active alerts and the latest changes |
 //! | `/metrics` | Prometheus text format |
+//! | `/favicon.ico` | the icon (SVG) |
 //! | `/healthz`, `/readyz` | alive; connected to the broker and storage writable |
 
 mod guard;
@@ -105,7 +106,8 @@ async fn authorize(
     let Some(want) = app.token.as_deref() else {
         return next.run(request).await;
     };
-    if request.uri().path() == "/healthz" {
+    // The icon is no secret, and browsers fetch it without the page's query.
+    if matches!(request.uri().path(), "/healthz" | "/favicon.ico") {
         return next.run(request).await;
     }
     let bearer = request
@@ -193,6 +195,7 @@ async fn run(server: Server, stop: CancellationToken) -> anyhow::Result<()> {
         .route("/api/alerts", get(alerts))
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/favicon.ico", get(favicon))
         .route("/readyz", get(ready))
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), authorize))
         .with_state(app);
@@ -210,6 +213,24 @@ async fn run(server: Server, stop: CancellationToken) -> anyhow::Result<()> {
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await
         .context("dashboard server")
+}
+
+/// A small SVG icon (browsers take SVG at this path when the type says so):
+/// without one every page load logs a 404.
+async fn favicon() -> Response {
+    const ICON: &str = concat!(
+        r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16">"##,
+        r##"<rect width="16" height="16" rx="3" fill="#1d2330"/>"##,
+        r##"<path d="M3 12 L6 7 L9 9 L13 4" fill="none" stroke="#60a5fa" stroke-width="2"/></svg>"##
+    );
+    (
+        [
+            (header::CONTENT_TYPE, "image/svg+xml"),
+            (header::CACHE_CONTROL, "max-age=86400"),
+        ],
+        ICON,
+    )
+        .into_response()
 }
 
 async fn state(State(app): State<App>) -> Json<serde_json::Value> {
