@@ -26,8 +26,13 @@ try {
   say("LIVE_OK");
   await page.waitForSelector(`[data-alert="${rule}"][data-room="${room}"]`, { timeout: 20000 });
   say("ALERT_OK");
+  // The row the alert is about is marked too.
+  await page.waitForSelector(`tr[data-topic="${topic}"][data-alert="${rule}"]`, { timeout: 20000 });
+  say("ALERT_ROW_OK");
   say("STOP_NODE");
-  await page.waitForSelector(`[data-room="${room}"] [data-node-status="offline"]`, { timeout: 20000 });
+  // Killed: the Last Will says connection_lost, and its values are marked stale.
+  await page.waitForSelector(`[data-room="${room}"] [data-node-status="offline"][data-reason="connection_lost"]`, { timeout: 20000 });
+  await page.waitForSelector(`tr.stale[data-topic="${topic}"]`, { timeout: 20000 });
   say("OFFLINE_OK");
   await page.click(`tr[data-topic="${topic}"]`);
   // The history chart, drawn from /api/history (server-side downsampled).

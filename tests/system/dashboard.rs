@@ -202,6 +202,7 @@ fn in_a_real_browser_values_change_live_alerts_appear_and_a_lost_node_goes_offli
     };
     verdict("LIVE_OK");
     verdict("ALERT_OK");
+    verdict("ALERT_ROW_OK");
     verdict("STOP_NODE");
     s.sensord.kill9();
     // Its last line, written once the steps after the kill have passed or failed.

@@ -22,7 +22,7 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 /// aggregatord's ingest connection coming up (it also has one for alerts).
 pub const INGEST_CONNECTED: &str = "client_id=aggregatord session_present";
 
-fn require(program: &str, package: &str) {
+pub fn require(program: &str, package: &str) {
     let found = std::env::var_os("PATH")
         .map(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
         .unwrap_or(false);

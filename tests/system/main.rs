@@ -5,6 +5,7 @@ mod harness;
 
 mod aggregatord;
 mod bench;
+mod clients;
 mod config;
 mod dashboard;
 mod demo;
