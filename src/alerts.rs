@@ -496,7 +496,11 @@ mod tests {
         );
         let cleared = e.reading(&reading(24.9, 50));
         assert_eq!(states(cleared.clone()), [AlertState::Cleared]);
-        assert_eq!(cleared[0].value, Some(24.9), "the clearing value, not the raise's");
+        assert_eq!(
+            cleared[0].value,
+            Some(24.9),
+            "the clearing value, not the raise's"
+        );
         assert_eq!(cleared[0].message, "24.9 back below 25");
         assert_eq!(cleared[0].raised_at, raised[0].raised_at);
         // A blip that does not last never raises.

@@ -179,7 +179,10 @@ mod tests {
         assert!(c.admit_sensor("r1", "r1/t/b", &l, now).is_ok());
         let full = c.admit_sensor("r1", "r1/t/c", &l, now).unwrap_err();
         assert_eq!(full.reason, RejectionReason::TooManySensors);
-        assert!(c.admit_sensor("r1", "r1/t/a", &l, now).is_ok(), "known: kept");
+        assert!(
+            c.admit_sensor("r1", "r1/t/a", &l, now).is_ok(),
+            "known: kept"
+        );
         assert!(c.admit_sensor("r2", "r2/t/a", &l, now).is_ok());
         let total = c.admit_sensor("r2", "r2/t/b", &l, now).unwrap_err();
         assert_eq!(total.reason, RejectionReason::TooManySensors);
@@ -190,6 +193,9 @@ mod tests {
         assert_eq!((c.sensors(), c.rooms()), (2, 1), "an empty room goes too");
         assert!(c.admit_sensor("r1", "r1/t/c", &l, now).is_err());
         c.forget("r1", "r1/t/b");
-        assert!(c.admit_sensor("r1", "r1/t/c", &l, now).is_ok(), "room for it now");
+        assert!(
+            c.admit_sensor("r1", "r1/t/c", &l, now).is_ok(),
+            "room for it now"
+        );
     }
 }

@@ -42,7 +42,8 @@ const TABLE_SAMPLE: usize = 1000;
 
 pub fn answer(store: &Store, request: &Request, out: impl Write) -> io::Result<()> {
     let q = &request.query;
-    q.check().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    q.check()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let f = request.format;
     let storage = |e: crate::store::StoreError| io::Error::other(e.to_string());
     match request.what {

@@ -259,10 +259,13 @@ impl Ingest {
     /// only a room forgets the room too (its status). Their stored history stays
     /// (retention deletes it in time). `Err` text when nothing matches.
     async fn forget(&mut self, query: &Query, why: &str) -> anyhow::Result<Result<String, String>> {
-        let whole_rooms = query.topic.is_none() && query.sensor.is_none() && query.sensor_type.is_none();
+        let whole_rooms =
+            query.topic.is_none() && query.sensor.is_none() && query.sensor_type.is_none();
         let Some(room) = query.room.as_deref().filter(|_| whole_rooms) else {
             if query.topic.is_none() && query.sensor.is_none() && query.sensor_type.is_none() {
-                return Ok(Err("name what to forget: --room, --sensor, --type or --topic".into()));
+                return Ok(Err(
+                    "name what to forget: --room, --sensor, --type or --topic".into(),
+                ));
             }
             let sensors = self.census.matching(|t| query.matches_topic(t));
             if sensors.is_empty() {
@@ -275,9 +278,10 @@ impl Ingest {
             return Ok(Err(format!("no known room is named {room}")));
         }
         let sensors = self.census.matching(|t| {
-            rooms
-                .iter()
-                .any(|r| t.strip_prefix(r.as_str()).is_some_and(|rest| rest.starts_with('/')))
+            rooms.iter().any(|r| {
+                t.strip_prefix(r.as_str())
+                    .is_some_and(|rest| rest.starts_with('/'))
+            })
         });
         self.forget_sensors(sensors, rooms, why).await.map(Ok)
     }
@@ -315,7 +319,11 @@ impl Ingest {
         let now = Timestamp::now_millis();
         let mut topics: Vec<String> = sensors.iter().map(|(_, t)| t.clone()).collect();
         topics.extend(rooms.iter().map(|r| format!("{r}/status")));
-        let mut changes = self.engine.as_mut().map(|e| e.forget(&topics, why, now)).unwrap_or_default();
+        let mut changes = self
+            .engine
+            .as_mut()
+            .map(|e| e.forget(&topics, why, now))
+            .unwrap_or_default();
         let mut report = String::new();
         for (room, topic) in &sensors {
             self.census.forget(room, topic);
@@ -343,8 +351,12 @@ impl Ingest {
         for a in &changes {
             report.push_str(&format!("cleared alert {} in {}\n", a.rule, a.room));
         }
-        self.metrics.known_sensors.store(self.census.sensors() as i64, Relaxed);
-        self.metrics.known_rooms.store(self.census.rooms() as i64, Relaxed);
+        self.metrics
+            .known_sensors
+            .store(self.census.sensors() as i64, Relaxed);
+        self.metrics
+            .known_rooms
+            .store(self.census.rooms() as i64, Relaxed);
         self.record_alerts(changes).await?;
         Ok(report)
     }
@@ -888,6 +900,7 @@ fn parse_status(prefix: &str, payload: &[u8]) -> Result<Option<Status>, Rejectio
         node = %status.node,
         status = ?status.status,
         reason = status.reason.as_deref().unwrap_or(""),
+        client_id = status.client_id.as_deref().unwrap_or(""),
         "node status"
     );
     Ok(Some(status))

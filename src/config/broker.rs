@@ -45,7 +45,7 @@ impl Identity {
     pub(crate) fn resolve_paths(&mut self, base: &Path) {
         for path in [&mut self.cert_file, &mut self.key_file] {
             expand_credentials(path);
-            resolve(base, path);
+            resolve_unless_credential(base, path);
         }
     }
 }
@@ -137,7 +137,7 @@ impl BrokerConfig {
         if let Some(tls) = &mut self.tls {
             for path in [&mut tls.ca_file, &mut tls.cert_file, &mut tls.key_file] {
                 expand_credentials(path);
-                resolve(base, path);
+                resolve_unless_credential(base, path);
             }
         }
     }
@@ -157,6 +157,15 @@ pub(crate) fn expand_credentials(path: &mut PathBuf) {
     };
     if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
         *path = Path::new(&dir).join(rest.trim_start_matches('/'));
+    }
+}
+
+/// A `${CREDENTIALS_DIRECTORY}` path left unexpanded (outside the unit) stays
+/// as written, not joined to the config's folder: errors and `--check-config`
+/// then recognise it and say where the key comes from.
+fn resolve_unless_credential(base: &Path, path: &mut PathBuf) {
+    if !path.starts_with(CREDENTIALS_VAR) {
+        resolve(base, path);
     }
 }
 

@@ -15,6 +15,10 @@ pub struct Status {
     pub node: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Informational, as the course brief's Last Will carries it
+    /// (`{"status": "offline", "client_id": "sensor_node_1"}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -49,6 +53,7 @@ impl Status {
             status: NodeState::Offline,
             node: node.to_owned(),
             reason: Some(reason.to_owned()),
+            client_id: None,
             version: None,
             started_at: None,
             sensors: Vec::new(),

@@ -12,8 +12,8 @@ mod schedule;
 
 use crate::config::{self, SensorConfig, SensordConfig};
 use crate::contract::{
-    topic, NodeState, Reading, SensorType, Status, StatusSensor, Timestamp,
-    REASON_CONNECTION_LOST, REASON_SHUTDOWN,
+    topic, NodeState, Reading, SensorType, Status, StatusSensor, Timestamp, REASON_CONNECTION_LOST,
+    REASON_SHUTDOWN,
 };
 use crate::daemon;
 use crate::mqtt::{self, Event, Handle, Message, Qos};
@@ -240,6 +240,7 @@ fn mqtt_settings(config: &SensordConfig, started_at: Timestamp) -> mqtt::Setting
         status: NodeState::Online,
         node: node.clone(),
         reason: None,
+        client_id: None,
         version: Some(env!("CARGO_PKG_VERSION").to_owned()),
         started_at: Some(started_at),
         sensors: config
@@ -316,7 +317,10 @@ pub async fn run(config: SensordConfig, config_path: std::path::PathBuf) -> anyh
     let resumed = meter.as_ref().and_then(meter::MeterState::load);
     let mut driver = Driver::new(config, None);
     if let Some(kwh) = resumed {
-        info!(energy_kwh = kwh, "energy meter resumed from its saved reading");
+        info!(
+            energy_kwh = kwh,
+            "energy meter resumed from its saved reading"
+        );
         driver.node.room.resume_meter(kwh);
     }
     let mut meter_warned = daemon::RateLimit::new(Duration::from_secs(60));

@@ -478,7 +478,9 @@ mod tests {
             tree.insert("garbage", "x").unwrap();
             db.flush().unwrap();
         }
-        let store = Store::open(dir.path()).unwrap();
+        // Even without the flusher, sled's I/O threads can hold the lock a moment
+        // longer (seen again in a full run): wait for it, as model::reopen does.
+        let store = super::model::reopen(dir.path());
         let all: Vec<_> = store
             .select(&Query::default())
             .map(|r| r.unwrap())
@@ -488,7 +490,7 @@ mod tests {
         assert!(!names.iter().any(|n| n == b"readings"));
         assert_eq!(store.insert_reading(&old[9]).unwrap(), Inserted::Duplicate);
         drop(store);
-        let again = Store::open(dir.path()).unwrap();
+        let again = super::model::reopen(dir.path());
         assert_eq!(again.select(&Query::default()).count(), old.len());
     }
 
@@ -651,7 +653,7 @@ mod model {
 
     /// sled's I/O threads may hold the folder's lock for a moment after the
     /// last handle is dropped.
-    fn reopen(path: &std::path::Path) -> Store {
+    pub(super) fn reopen(path: &std::path::Path) -> Store {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
             match Store::open(path) {

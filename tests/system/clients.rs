@@ -142,9 +142,13 @@ fn the_course_briefs_own_client_is_understood_status_will_and_readings() {
     late.wait_for(&format!("{ROOM101}/status"), |m| {
         m.json()["status"] == "offline"
     });
-    s.agg
-        .log
-        .wait_for(&["node status", "room101", "status=Offline"]);
+    // client_id is kept as information, and logged.
+    s.agg.log.wait_for(&[
+        "node status",
+        "room101",
+        "status=Offline",
+        "client_id=\"sensor_node_1\"",
+    ]);
     let state = api_state(&s.addr);
     assert_eq!(node(&state, ROOM101).unwrap()["status"], "offline");
 
@@ -206,12 +210,7 @@ fn two_clients_with_one_rooms_certificate_take_turns_and_the_last_status_wins() 
     let status = format!("{ROOM101}/status");
     let late = Watcher::connect(&s.broker, &s.pki, "observer");
     late.subscribe(&status, 1);
-    let latest = |all: &[Seen]| {
-        all.iter()
-            .rev()
-            .find(|m| m.topic == status)
-            .map(Seen::json)
-    };
+    let latest = |all: &[Seen]| all.iter().rev().find(|m| m.topic == status).map(Seen::json);
     late.wait_until(|all| {
         latest(all).is_some_and(|j| j["status"] == "online" && j.get("started_at").is_none())
     });
@@ -231,7 +230,10 @@ fn two_clients_with_one_rooms_certificate_take_turns_and_the_last_status_wins() 
     s.agg.log.wait_for_nth(&will, before + 1);
     let room = shown();
     assert_eq!(room["status"], "offline", "{room}");
-    assert!(room["reason"].is_null(), "the brief's Will gives no reason: {room}");
+    assert!(
+        room["reason"].is_null(),
+        "the brief's Will gives no reason: {room}"
+    );
 }
 
 /// room101 and room102: readings, refused messages and alerts in each.
@@ -242,8 +244,16 @@ fn two_rooms_with_history() -> (Site, String) {
     let r102 = Watcher::connect(&s.broker, &s.pki, "room102");
     for (w, room) in [(&r101, ROOM101), (&r102, ROOM102)] {
         w.publish(&format!("{room}/temperature/temp_001"), b"not json", 1);
-        w.publish(&format!("{room}/temperature/temp_001"), &temp("temp_001", 30.0), 1);
-        w.publish(&format!("{room}/temperature/temp_002"), &temp("temp_002", 21.0), 1);
+        w.publish(
+            &format!("{room}/temperature/temp_001"),
+            &temp("temp_001", 30.0),
+            1,
+        );
+        w.publish(
+            &format!("{room}/temperature/temp_002"),
+            &temp("temp_002", 21.0),
+            1,
+        );
     }
     stored(&s.agg, &format!("{ROOM101}/temperature/temp_002"), 1);
     stored(&s.agg, &format!("{ROOM102}/temperature/temp_002"), 1);
@@ -263,7 +273,11 @@ fn two_rooms_with_history() -> (Site, String) {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     // Later: one more refused message and one cleared alert, in room102 only.
     r102.publish(&format!("{ROOM102}/temperature/temp_001"), b"{}", 1);
-    r102.publish(&format!("{ROOM102}/temperature/temp_001"), &temp("temp_001", 20.0), 1);
+    r102.publish(
+        &format!("{ROOM102}/temperature/temp_001"),
+        &temp("temp_001", 20.0),
+        1,
+    );
     stored(&s.agg, &format!("{ROOM102}/temperature/temp_001"), 2);
     (s, between)
 }
@@ -281,28 +295,56 @@ fn dump_applies_every_filter_to_rejected_messages_and_alerts_and_refuses_a_rever
     let everything = rows(&dump(c, &["--rejected", "--format", "jsonl"]));
     assert_eq!(everything.len(), 3, "{everything:?}");
 
-    let r101 = rows(&dump(c, &["--rejected", "--format", "jsonl", "--room", "room101"]));
+    let r101 = rows(&dump(
+        c,
+        &["--rejected", "--format", "jsonl", "--room", "room101"],
+    ));
     assert_eq!(r101.len(), 1, "{r101:?}");
     assert!(r101[0]["topic"].as_str().unwrap().starts_with(ROOM101));
-    let later = rows(&dump(c, &["--rejected", "--format", "jsonl", "--since", &between]));
+    let later = rows(&dump(
+        c,
+        &["--rejected", "--format", "jsonl", "--since", &between],
+    ));
     assert_eq!(later.len(), 1, "{later:?}");
     assert_eq!(later[0]["payload"], "{}");
-    let earlier = rows(&dump(c, &["--rejected", "--format", "jsonl", "--until", &between]));
+    let earlier = rows(&dump(
+        c,
+        &["--rejected", "--format", "jsonl", "--until", &between],
+    ));
     assert_eq!(earlier.len(), 2, "{earlier:?}");
-    assert!(rows(&dump(c, &["--rejected", "--format", "jsonl", "--sensor", "temp_002"])).is_empty());
+    assert!(rows(&dump(
+        c,
+        &["--rejected", "--format", "jsonl", "--sensor", "temp_002"]
+    ))
+    .is_empty());
 
     let alerts = rows(&dump(c, &["--alerts", "--format", "jsonl"]));
     assert_eq!(alerts.len(), 3, "two raised, one cleared: {alerts:?}");
-    let in102 = rows(&dump(c, &["--alerts", "--format", "jsonl", "--room", "room102"]));
+    let in102 = rows(&dump(
+        c,
+        &["--alerts", "--format", "jsonl", "--room", "room102"],
+    ));
     assert_eq!(in102.len(), 2, "{in102:?}");
     assert!(in102.iter().all(|a| a["room"] == ROOM102));
-    let cleared = rows(&dump(c, &["--alerts", "--format", "jsonl", "--since", &between]));
+    let cleared = rows(&dump(
+        c,
+        &["--alerts", "--format", "jsonl", "--since", &between],
+    ));
     assert_eq!(cleared.len(), 1, "{cleared:?}");
     assert_eq!(cleared[0]["state"], "cleared");
-    assert!(rows(&dump(c, &["--alerts", "--format", "jsonl", "--type", "humidity"])).is_empty());
+    assert!(rows(&dump(
+        c,
+        &["--alerts", "--format", "jsonl", "--type", "humidity"]
+    ))
+    .is_empty());
 
     // A window that ends before it starts is a mistake, not an empty table.
-    for what in [&["dump"][..], &["dump", "--alerts"], &["dump", "--rejected"], &["stats"]] {
+    for what in [
+        &["dump"][..],
+        &["dump", "--alerts"],
+        &["dump", "--rejected"],
+        &["stats"],
+    ] {
         let mut args = what.to_vec();
         args.extend(["--since", "1h", "--until", "2h"]);
         let out = aggregatord(&s.config, &args);
@@ -347,15 +389,34 @@ fn check_config_refuses_what_start_up_refuses_keys_permissions_certificates() {
     let k = key.display().to_string();
     let cert = pki.path("room101.crt").display().to_string();
     let cases = [
-        (k.clone(), "/nonexistent/room101.key".to_owned(), "No such file"),
-        (k.clone(), open_key.display().to_string(), "readable by group or others"),
-        (k.clone(), pki.path("room102.key").display().to_string(), "does not match the certificate"),
-        (cert.clone(), garbage.display().to_string(), "no PEM certificate"),
+        (
+            k.clone(),
+            "/nonexistent/room101.key".to_owned(),
+            "No such file",
+        ),
+        (
+            k.clone(),
+            open_key.display().to_string(),
+            "readable by group or others",
+        ),
+        (
+            k.clone(),
+            pki.path("room102.key").display().to_string(),
+            "does not match the certificate",
+        ),
+        (
+            cert.clone(),
+            garbage.display().to_string(),
+            "no PEM certificate",
+        ),
     ];
     for (from, to, why) in cases {
         let (code, out) = check_config(SENSORD, &good.replace(&from, &to));
         assert_eq!(code, Some(78), "{to}: {out}");
-        assert!(out.contains(why) && out.contains("broker.tls"), "{to}: {out}");
+        assert!(
+            out.contains(why) && out.contains("broker.tls"),
+            "{to}: {out}"
+        );
         assert!(!out.contains(": ok"), "{out}");
         // And the daemon itself refuses it the same way.
         let file = write_config(&good.replace(&from, &to));
@@ -379,7 +440,10 @@ fn check_config_refuses_what_start_up_refuses_keys_permissions_certificates() {
     );
     let (code, out) = check_config(AGGREGATORD, &agg(&wrong_identity));
     assert_eq!(code, Some(78), "{out}");
-    assert!(out.contains("alert_identity") && out.contains("does not match"), "{out}");
+    assert!(
+        out.contains("alert_identity") && out.contains("does not match"),
+        "{out}"
+    );
     let token = dir.path().join("token");
     std::fs::write(&token, "0123456789abcdef0123\n").unwrap();
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -430,20 +494,30 @@ fn forget_clears_a_one_off_sensors_alert_and_its_dashboard_row() {
     // Nothing to forget, or nothing named: refused, and nothing changes.
     let out = aggregatord(&s.config, &["forget", "--sensor", "temp_404"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("no known sensor matches"), "{}", text(&out));
+    assert!(
+        text(&out).contains("no known sensor matches"),
+        "{}",
+        text(&out)
+    );
     let out = aggregatord(&s.config, &["forget"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 
     let out = aggregatord(&s.config, &["forget", "--sensor", "temp_099"]);
     assert!(out.status.success(), "{}", text(&out));
     let report = text(&out);
-    assert!(report.contains(&format!("forgot sensor {one_off}")), "{report}");
+    assert!(
+        report.contains(&format!("forgot sensor {one_off}")),
+        "{report}"
+    );
     assert!(report.contains("cleared alert sensor_stale"), "{report}");
     let cleared = alerts.wait_for(&alert_topic, |m| {
         !m.payload.is_empty() && m.json()["state"] == "cleared"
     });
     assert!(
-        cleared.json()["message"].as_str().unwrap().contains("forgotten"),
+        cleared.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("forgotten"),
         "{:?}",
         cleared.json()
     );
@@ -461,7 +535,11 @@ fn forget_after_retires_a_silent_sensor_by_itself() {
     let alerts = Watcher::connect(&s.broker, &s.pki, "observer");
     alerts.subscribe("building/+/+/alerts/#", 2);
     let node = Watcher::connect(&s.broker, &s.pki, "room101");
-    node.publish(&format!("{ROOM101}/temperature/temp_099"), &temp("temp_099", 21.0), 1);
+    node.publish(
+        &format!("{ROOM101}/temperature/temp_099"),
+        &temp("temp_099", 21.0),
+        1,
+    );
     let alert_topic = format!("{ROOM101}/alerts/sensor_stale");
     alerts.wait_for(&alert_topic, |m| m.json()["state"] == "raised");
     let cleared = alerts.wait_for(&alert_topic, |m| {
@@ -538,11 +616,18 @@ fn the_energy_meter_continues_across_a_restart_and_differs_per_node() {
 fn the_broker_log_names_every_publish_the_acl_refused() {
     let s = site(&["room101", "room102"], "");
     let room102 = Watcher::connect(&s.broker, &s.pki, "room102");
-    room102.publish(&format!("{ROOM101}/temperature/temp_001"), &temp("temp_001", 20.0), 1);
+    room102.publish(
+        &format!("{ROOM101}/temperature/temp_001"),
+        &temp("temp_001", 20.0),
+        1,
+    );
     let observer = Watcher::connect(&s.broker, &s.pki, "observer");
     observer.publish(&format!("{ROOM101}/alerts/too_hot"), b"{}", 1);
     let log = &s.broker.proc.log;
-    log.wait_for(&["Denied PUBLISH from room102", "building/floor1/room101/temperature/temp_001"]);
+    log.wait_for(&[
+        "Denied PUBLISH from room102",
+        "building/floor1/room101/temperature/temp_001",
+    ]);
     log.wait_for(&["Denied PUBLISH from observer", "alerts/too_hot"]);
     // Readings that get through leave no line each: the log stays readable.
     let node = Watcher::connect(&s.broker, &s.pki, "room101");
@@ -560,7 +645,14 @@ fn a_payload_over_the_brokers_64_kib_limit_is_named_in_the_broker_log_and_readme
     let big = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(big.path(), vec![b'x'; 200 * 1024]).unwrap();
     let out = Command::new("mosquitto_pub")
-        .args(["-h", "localhost", "-p", &s.broker.port.to_string(), "-q", "1"])
+        .args([
+            "-h",
+            "localhost",
+            "-p",
+            &s.broker.port.to_string(),
+            "-q",
+            "1",
+        ])
         .arg("--cafile")
         .arg(s.pki.path("ca.crt"))
         .arg("--cert")
@@ -630,7 +722,12 @@ fn headless(url: &str, what: &str) -> String {
         .arg(url)
         .output()
         .unwrap();
-    assert!(out.status.success(), "chromium ({}): {}", out.status, text(&out));
+    assert!(
+        out.status.success(),
+        "chromium ({}): {}",
+        out.status,
+        text(&out)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -638,8 +735,12 @@ fn headless(url: &str, what: &str) -> String {
 fn a_static_snapshot_finishes_loading_and_shows_a_clean_stop_apart_from_a_crash() {
     let s = site(&["room101", "room102"], "");
     let sensors = [("temp_001", "temperature", "200ms", 1)];
-    let c101 = write_config(&sensord_yaml(&s.broker, &s.pki, "room101", ROOM101, &sensors));
-    let c102 = write_config(&sensord_yaml(&s.broker, &s.pki, "room102", ROOM102, &sensors));
+    let c101 = write_config(&sensord_yaml(
+        &s.broker, &s.pki, "room101", ROOM101, &sensors,
+    ));
+    let c102 = write_config(&sensord_yaml(
+        &s.broker, &s.pki, "room102", ROOM102, &sensors,
+    ));
     let mut n101 = start_daemon(SENSORD, &c101.path);
     let mut n102 = start_daemon(SENSORD, &c102.path);
     stored(&s.agg, &format!("{ROOM101}/temperature/temp_001"), 2);
@@ -658,7 +759,10 @@ fn a_static_snapshot_finishes_loading_and_shows_a_clean_stop_apart_from_a_crash(
     assert!(icon.starts_with("<svg"), "{icon}");
 
     let dom = headless(&format!("http://{}/?static=1", s.addr), "--dump-dom");
-    assert!(dom.contains("data-ready=\"1\""), "the snapshot rendered: {dom}");
+    assert!(
+        dom.contains("data-ready=\"1\""),
+        "the snapshot rendered: {dom}"
+    );
     let badge = |room: &str| {
         let at = dom
             .find(&format!("data-room=\"{room}\""))
@@ -667,9 +771,19 @@ fn a_static_snapshot_finishes_loading_and_shows_a_clean_stop_apart_from_a_crash(
         rest[..rest.find("</h3>").unwrap()].to_owned()
     };
     let (stopped, lost) = (badge(ROOM101), badge(ROOM102));
-    assert!(stopped.contains("data-reason=\"shutdown\"") && stopped.contains(">stopped "), "{stopped}");
-    assert!(lost.contains("data-reason=\"connection_lost\"") && lost.contains(">connection lost "), "{lost}");
-    assert_eq!(dom.matches("<tr class=\"sensor stale\"").count(), 2, "offline rooms' rows are stale: {dom}");
+    assert!(
+        stopped.contains("data-reason=\"shutdown\"") && stopped.contains(">stopped "),
+        "{stopped}"
+    );
+    assert!(
+        lost.contains("data-reason=\"connection_lost\"") && lost.contains(">connection lost "),
+        "{lost}"
+    );
+    assert_eq!(
+        dom.matches("<tr class=\"sensor stale\"").count(),
+        2,
+        "offline rooms' rows are stale: {dom}"
+    );
 
     let shot = tempfile::tempdir().unwrap();
     let png = shot.path().join("dashboard.png");

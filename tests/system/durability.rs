@@ -136,7 +136,18 @@ fn an_ack_leaves_at_once_on_an_idle_connection_and_is_counted() {
         .log
         .count_where(|l| l.ends_with("Received PINGREQ from aggregatord"));
     assert_eq!(pinged, 0, "the ack waited for a keep-alive");
-    let (_, metrics) = http_get(&addr, "/metrics");
+    // The counter moves just after the write the broker has already logged:
+    // read it until it does (bounded), not once.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let metrics = loop {
+        let (_, metrics) = http_get(&addr, "/metrics");
+        if metrics.contains("roomsense_mqtt_acks_sent_total 1\n")
+            || std::time::Instant::now() > deadline
+        {
+            break metrics;
+        }
+        std::thread::yield_now();
+    };
     assert!(
         metrics.contains("roomsense_mqtt_acks_sent_total 1\n"),
         "{metrics}"

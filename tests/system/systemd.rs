@@ -178,6 +178,22 @@ fn installed_units_run_under_a_real_systemd_as_users_run_them() {
         "aggregatord --config /etc/roomsense/aggregatord.yaml dump --format jsonl --room room101";
     m.wait_until("readings stored", dump, |t| t.lines().count() >= 3);
 
+    // The node's state directory (its energy meter), the service user's alone.
+    assert_eq!(
+        m.ok("stat -c '%U %a' /var/lib/roomsense-sensord/room101")
+            .trim(),
+        "roomsense 700"
+    );
+    // A publish the ACL refuses shows in the broker's journal (run-broker keeps
+    // Mosquitto's debug-level denials and drops its line-per-message debug).
+    m.ok("mosquitto_pub -h localhost -p 8883 --cafile /etc/roomsense/pki/ca.crt --cert /root/dev-pki/observer.crt --key /root/dev-pki/observer.key -q 1 -t building/floor1/room101/alerts/forged -m x");
+    let denied = m.wait_until(
+        "the denial in journalctl -u mosquitto",
+        "journalctl --no-pager -u mosquitto",
+        |t| t.contains("Denied PUBLISH from observer"),
+    );
+    assert!(!denied.contains("Received PUBLISH"), "{denied}");
+
     // systemctl status: the STATUS= line of each daemon.
     let status = m.wait_until(
         "aggregatord's STATUS=",
