@@ -39,6 +39,14 @@ pub struct Outputs {
     pub alerts_ready: Arc<Notify>,
 }
 
+/// What ingest takes orders from besides the broker.
+pub struct Inputs {
+    /// The daemon's stop signal: ends storage retries.
+    pub stop: tokio_util::sync::CancellationToken,
+    /// `aggregatord forget` requests, from the control socket.
+    pub forget_requests: mpsc::Receiver<super::control::Forget>,
+}
+
 /// Why [`Ingest::run`] returned.
 pub enum Wake {
     Shutdown,
@@ -117,8 +125,7 @@ impl Ingest {
         engine: Engine,
         census: Census,
         out: Outputs,
-        stop: tokio_util::sync::CancellationToken,
-        forget_requests: mpsc::Receiver<super::control::Forget>,
+        inputs: Inputs,
     ) -> Self {
         Ingest {
             config,
@@ -134,8 +141,8 @@ impl Ingest {
             log_limit: RateLimit::new(Duration::from_secs(10)),
             connects: 0,
             storage_retry: Duration::ZERO,
-            stop,
-            forget_requests,
+            stop: inputs.stop,
+            forget_requests: inputs.forget_requests,
         }
     }
 

@@ -198,8 +198,10 @@ pub async fn run(
             live,
             alerts_ready,
         },
-        signals.shutdown.clone(),
-        forget_rx,
+        ingest::Inputs {
+            stop: signals.shutdown.clone(),
+            forget_requests: forget_rx,
+        },
     );
     // Alerts whose rule was removed while we were stopped: cleared now.
     ingest.record_alerts(orphans).await?;
