@@ -51,12 +51,19 @@ impl Census {
         found
     }
 
-    /// Topics last heard before `cutoff`.
+    /// (room, topic) of the sensors last heard before `cutoff`. Runs every
+    /// second with `forget_after`: it copies only what it finds.
     pub fn silent_since(&self, cutoff: Timestamp) -> Vec<(String, String)> {
-        self.matching(|_| true)
-            .into_iter()
-            .filter(|(r, t)| self.rooms[r][t] < cutoff)
-            .collect()
+        let mut found = Vec::new();
+        for (room, topics) in &self.rooms {
+            for (topic, heard) in topics {
+                if *heard < cutoff {
+                    found.push((room.clone(), topic.clone()));
+                }
+            }
+        }
+        found.sort();
+        found
     }
 
     /// Forgets a sensor; the room too once it has none left.
@@ -169,6 +176,27 @@ mod tests {
             max_rooms: rooms,
             ..IngestConfig::default()
         }
+    }
+
+    #[test]
+    fn silent_sensors_are_those_not_heard_since() {
+        let l = limits(10, 10, 10);
+        let t = |s: i64| Timestamp::from_micros(1_800_000_000_000_000 + s * 1_000_000).unwrap();
+        let mut c = Census::new([("r1".into(), "r1/t/a".into())], t(0));
+        c.admit_sensor("r1", "r1/t/b", &l, t(5)).unwrap();
+        c.admit_sensor("r2", "r2/t/a", &l, t(1)).unwrap();
+        c.admit_sensor("r1", "r1/t/a", &l, t(9)).unwrap();
+        assert_eq!(
+            c.silent_since(t(6)),
+            [
+                ("r1".into(), "r1/t/b".into()),
+                ("r2".into(), "r2/t/a".into())
+            ]
+        );
+        assert!(
+            c.silent_since(t(1)).is_empty(),
+            "heard at 1 is not before 1"
+        );
     }
 
     #[test]

@@ -68,7 +68,11 @@ pub fn dump_main(config_path: &Path, request: &Request) -> anyhow::Result<()> {
         {
             Ok(())
         }
-        other => other.context("dump"),
+        other => other.context(if request.what == What::Forget {
+            "forget"
+        } else {
+            "dump"
+        }),
     }
 }
 
