@@ -266,30 +266,33 @@ impl Ingest {
     /// only a room forgets the room too (its status). Their stored history stays
     /// (retention deletes it in time). `Err` text when nothing matches.
     async fn forget(&mut self, query: &Query, why: &str) -> anyhow::Result<Result<String, String>> {
-        let whole_rooms =
-            query.topic.is_none() && query.sensor.is_none() && query.sensor_type.is_none();
-        let Some(room) = query.room.as_deref().filter(|_| whole_rooms) else {
-            if query.topic.is_none() && query.sensor.is_none() && query.sensor_type.is_none() {
+        let names_sensors =
+            query.topic.is_some() || query.sensor.is_some() || query.sensor_type.is_some();
+        let (sensors, rooms) = match (&query.room, names_sensors) {
+            // Sensors (in a room, if one is named): Query matches them as it does for dump.
+            (_, true) => (self.census.matching(|t| query.matches_topic(t)), Vec::new()),
+            (Some(room), false) => {
+                let rooms = self.census.rooms_named(room);
+                if rooms.is_empty() {
+                    return Ok(Err(format!("no known room is named {room}")));
+                }
+                let in_rooms = |t: &str| {
+                    rooms.iter().any(|r| {
+                        t.strip_prefix(r.as_str())
+                            .is_some_and(|rest| rest.starts_with('/'))
+                    })
+                };
+                (self.census.matching(in_rooms), rooms)
+            }
+            (None, false) => {
                 return Ok(Err(
                     "name what to forget: --room, --sensor, --type or --topic".into(),
-                ));
+                ))
             }
-            let sensors = self.census.matching(|t| query.matches_topic(t));
-            if sensors.is_empty() {
-                return Ok(Err("no known sensor matches".into()));
-            }
-            return self.forget_sensors(sensors, Vec::new(), why).await.map(Ok);
         };
-        let rooms = self.census.rooms_named(room);
-        if rooms.is_empty() {
-            return Ok(Err(format!("no known room is named {room}")));
+        if sensors.is_empty() && rooms.is_empty() {
+            return Ok(Err("no known sensor matches".into()));
         }
-        let sensors = self.census.matching(|t| {
-            rooms.iter().any(|r| {
-                t.strip_prefix(r.as_str())
-                    .is_some_and(|rest| rest.starts_with('/'))
-            })
-        });
         self.forget_sensors(sensors, rooms, why).await.map(Ok)
     }
 

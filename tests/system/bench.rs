@@ -50,6 +50,17 @@ fn sensord_footprint_runs() {
 }
 
 #[test]
+fn broker_log_runs_both_ways() {
+    let text = bench("broker-log", &["500"]);
+    for row in [
+        "| as shipped (debug, filtered by run-broker) |",
+        "| without `log_type debug` |",
+    ] {
+        assert!(text.contains(row), "{row} missing:\n{text}");
+    }
+}
+
+#[test]
 fn latency_runs() {
     // One 1-second step at 500/s, then 2 s at half the rate it sustained.
     let text = bench("latency", &["1", "500"]);

@@ -481,12 +481,12 @@ fn a_clear_carries_the_clearing_value_and_its_own_message() {
 #[test]
 fn forget_clears_a_one_off_sensors_alert_and_its_dashboard_row() {
     let rules = "alerts:\n  - { name: sensor_stale, type: temperature, stale_after: 1s }\n";
-    let s = site(&["room101"], rules);
+    let s = site(&["room101", "room102"], rules);
     let alerts = Watcher::connect(&s.broker, &s.pki, "observer");
     alerts.subscribe("building/+/+/alerts/#", 2);
-    let node = Watcher::connect(&s.broker, &s.pki, "room101");
+    let r101 = Watcher::connect(&s.broker, &s.pki, "room101");
     let one_off = format!("{ROOM101}/temperature/temp_099");
-    node.publish(&one_off, &temp("temp_099", 21.0), 1);
+    r101.publish(&one_off, &temp("temp_099", 21.0), 1);
     let alert_topic = format!("{ROOM101}/alerts/sensor_stale");
     alerts.wait_for(&alert_topic, |m| m.json()["state"] == "raised");
     assert!(sensor_topics(&api_state(&s.addr)).contains(&one_off));
@@ -526,6 +526,25 @@ fn forget_clears_a_one_off_sensors_alert_and_its_dashboard_row() {
     assert!(!sensor_topics(&api_state(&s.addr)).contains(&one_off));
     // Its history stays.
     assert!(dump(&s.config.path, &["--sensor", "temp_099"]).contains("temp_099"));
+
+    // A whole room: its sensors and its status go from the dashboard.
+    let r102 = Watcher::connect(&s.broker, &s.pki, "room102");
+    r102.publish(&format!("{ROOM102}/status"), br#"{"status":"online"}"#, 1);
+    let t102 = format!("{ROOM102}/temperature/temp_001");
+    r102.publish(&t102, &temp("temp_001", 21.0), 1);
+    stored(&s.agg, &t102, 1);
+    assert!(node(&api_state(&s.addr), ROOM102).is_some());
+    let out = aggregatord(&s.config, &["forget", "--room", "room102"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report = text(&out);
+    assert!(
+        report.contains(&format!("forgot sensor {t102}"))
+            && report.contains(&format!("forgot room {ROOM102}")),
+        "{report}"
+    );
+    let state = api_state(&s.addr);
+    assert!(node(&state, ROOM102).is_none(), "{state}");
+    assert!(!sensor_topics(&state).contains(&t102), "{state}");
 }
 
 #[test]
