@@ -8,7 +8,7 @@
 
 use crate::config::{RuleConfig, Schedule};
 use crate::contract::{
-    topic, Alert, AlertState, NodeState, SensorType, Status, Timestamp, REASON_CONNECTION_LOST,
+    topic, Alert, AlertState, NodeState, SensorType, Status, Timestamp, REASON_SHUTDOWN,
 };
 use crate::store::StoredReading;
 use chrono::{Datelike, Local};
@@ -170,8 +170,11 @@ impl Engine {
     /// A node's status changed (`prefix` is the node's topic prefix).
     pub fn status(&mut self, prefix: &str, status: &Status, now: Timestamp) -> Vec<Alert> {
         let status_topic = format!("{prefix}/status");
+        // Only a clean stop says `shutdown`. An `offline` without a reason is
+        // the Last Will of a client like the course brief's, which never says
+        // offline itself: its connection was lost.
         let lost = status.status == NodeState::Offline
-            && status.reason.as_deref() == Some(REASON_CONNECTION_LOST);
+            && status.reason.as_deref() != Some(REASON_SHUTDOWN);
         let mut changes = Vec::new();
         for i in 0..self.rules.len() {
             let rule = &self.rules[i];
@@ -602,17 +605,27 @@ mod tests {
         let now = Timestamp(chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap());
         let shutdown = Status::offline("r1", crate::contract::REASON_SHUTDOWN);
         assert!(e.status("b/f/r1", &shutdown, now).is_empty());
-        let lost = Status::offline("r1", REASON_CONNECTION_LOST);
+        let lost = Status::offline("r1", crate::contract::REASON_CONNECTION_LOST);
         let raised = e.status("b/f/r1", &lost, now);
         assert_eq!(states(raised.clone()), [AlertState::Raised]);
         assert_eq!(raised[0].topic, "b/f/r1/status");
         let online = Status {
             status: NodeState::Online,
-            ..lost
+            ..lost.clone()
         };
         assert_eq!(
             states(e.status("b/f/r1", &online, now)),
             [AlertState::Cleared]
+        );
+        // The course brief's Will gives no reason: a lost connection too.
+        let brief_will = Status {
+            reason: None,
+            client_id: Some("sensor_node_1".into()),
+            ..lost
+        };
+        assert_eq!(
+            states(e.status("b/f/r1", &brief_will, now)),
+            [AlertState::Raised]
         );
     }
 }

@@ -109,7 +109,8 @@ fn sensor_topics(state: &serde_json::Value) -> Vec<String> {
 #[test]
 fn the_course_briefs_own_client_is_understood_status_will_and_readings() {
     require("python3", "python3");
-    let s = site(&["room101"], "");
+    let rules = "alerts:\n  - { name: node_offline, offline: true, severity: critical }\n";
+    let s = site(&["room101"], rules);
     let late = Watcher::connect(&s.broker, &s.pki, "observer");
     let mut brief = Proc::spawn(
         "brief-node",
@@ -151,6 +152,10 @@ fn the_course_briefs_own_client_is_understood_status_will_and_readings() {
     ]);
     let state = api_state(&s.addr);
     assert_eq!(node(&state, ROOM101).unwrap()["status"], "offline");
+    // Its Will has no reason, and is still a lost connection to the alert rules.
+    s.agg
+        .log
+        .wait_for(&["alert", "rule=node_offline", "state=raised"]);
 
     // Nothing it sent was refused; its readings (naive times, no seq) are stored.
     let rejected = dump(&s.config.path, &["--rejected", "--format", "jsonl"]);
