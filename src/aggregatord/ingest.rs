@@ -361,12 +361,7 @@ impl Ingest {
         for a in &changes {
             report.push_str(&format!("cleared alert {} in {}\n", a.rule, a.room));
         }
-        self.metrics
-            .known_sensors
-            .store(self.census.sensors() as i64, Relaxed);
-        self.metrics
-            .known_rooms
-            .store(self.census.rooms() as i64, Relaxed);
+        self.census_gauges();
         self.record_alerts(changes).await?;
         Ok(report)
     }
@@ -447,12 +442,7 @@ impl Ingest {
                 "not a reading, status or alert topic",
             )),
         };
-        self.metrics
-            .known_sensors
-            .store(self.census.sensors() as i64, Relaxed);
-        self.metrics
-            .known_rooms
-            .store(self.census.rooms() as i64, Relaxed);
+        self.census_gauges();
         if let Err(rejection) = outcome {
             if matches!(
                 rejection.reason,
@@ -559,6 +549,13 @@ impl Ingest {
             raised_at: self.gaps.raised_at(prefix).unwrap_or(r.received_at),
             time: r.received_at,
         })
+    }
+
+    /// The known-sensors and known-rooms gauges, from the census.
+    fn census_gauges(&self) {
+        let m = &self.metrics;
+        m.known_sensors.store(self.census.sensors() as i64, Relaxed);
+        m.known_rooms.store(self.census.rooms() as i64, Relaxed);
     }
 
     /// Counts and logs (rate-limited) a refused message.

@@ -49,15 +49,9 @@ enum Command {
     /// whole --room: their alerts are cleared (and the clears published), their
     /// dashboard rows go. Their stored history stays. Needs the running daemon.
     Forget {
-        /// Sensor id, e.g. temp_099.
-        #[arg(long)]
-        sensor: Option<String>,
-        /// Room (node id), e.g. room101; alone, the whole room.
-        #[arg(long)]
-        room: Option<String>,
-        /// Sensor type, e.g. temperature.
-        #[arg(long = "type")]
-        sensor_type: Option<String>,
+        /// With only --room: the whole room.
+        #[command(flatten)]
+        which: Which,
         /// One reading topic exactly.
         #[arg(long)]
         topic: Option<String>,
@@ -71,8 +65,9 @@ enum Command {
     },
 }
 
+/// Which sensors: shared by the history commands and `forget`.
 #[derive(Args)]
-struct Filter {
+struct Which {
     /// Sensor id, e.g. temp_001.
     #[arg(long)]
     sensor: Option<String>,
@@ -82,6 +77,12 @@ struct Filter {
     /// Sensor type, e.g. temperature.
     #[arg(long = "type")]
     sensor_type: Option<String>,
+}
+
+#[derive(Args)]
+struct Filter {
+    #[command(flatten)]
+    which: Which,
     /// From this time: a duration ago (`1h`, `30m`) or RFC 3339.
     #[arg(long, value_parser = Timestamp::parse_ago)]
     since: Option<Timestamp>,
@@ -96,9 +97,9 @@ struct Filter {
 impl From<Filter> for Query {
     fn from(f: Filter) -> Query {
         let query = Query {
-            sensor: f.sensor,
-            room: f.room,
-            sensor_type: f.sensor_type,
+            sensor: f.which.sensor,
+            room: f.which.room,
+            sensor_type: f.which.sensor_type,
             since: f.since,
             until: f.until,
             limit: f.limit,
@@ -140,12 +141,12 @@ fn main() -> ExitCode {
                 },
             )
         }
-        Command::Forget {
-            sensor,
-            room,
-            sensor_type,
-            topic,
-        } => {
+        Command::Forget { which, topic } => {
+            let Which {
+                sensor,
+                room,
+                sensor_type,
+            } = which;
             if sensor.is_none() && room.is_none() && sensor_type.is_none() && topic.is_none() {
                 Cli::command()
                     .error(

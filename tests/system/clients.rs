@@ -9,41 +9,30 @@ use std::process::{Command, Output};
 const ROOM101: &str = "building/floor1/room101";
 const ROOM102: &str = "building/floor1/room102";
 
-struct Site {
-    pki: Pki,
-    broker: Broker,
-    _storage: tempfile::TempDir,
-    config: ConfigFile,
-    agg: Proc,
-    addr: String,
+/// aggregatord (with `extra` config) on a broker with certificates for
+/// `nodes`, aggregatord and an observer.
+fn site(nodes: &[&str], extra: &str) -> Agg {
+    let mut names = nodes.to_vec();
+    names.push("observer");
+    aggregatord_for(&names, extra)
 }
 
-/// A broker with certificates for `nodes`, aggregatord and an observer, and
-/// aggregatord (with `extra` config) subscribed.
-fn site(nodes: &[&str], extra: &str) -> Site {
-    let mut names = nodes.to_vec();
-    names.extend(["aggregatord", "observer"]);
-    let pki = Pki::new(&names);
-    let broker = Broker::start(&pki);
-    let storage = tempfile::tempdir().unwrap();
-    let config = write_config(&aggregatord_yaml_with(
-        &broker,
-        &pki,
-        storage.path(),
-        1,
-        extra,
-    ));
-    let agg = start_daemon(AGGREGATORD, &config.path);
-    let addr = dashboard_addr(&agg.log);
-    agg.log.wait_for(&["subscribed"]);
-    Site {
-        pki,
-        broker,
-        _storage: storage,
-        config,
-        agg,
-        addr,
-    }
+/// The course brief's own node (tests/clients/brief_node.py) with room101's
+/// certificate, once it has published `readings` temperature and motion readings.
+fn brief_node(s: &Agg, readings: u32) -> Proc {
+    require("python3", "python3");
+    let brief = Proc::spawn(
+        "brief-node",
+        Command::new("python3")
+            .arg(format!("{REPO}/tests/clients/brief_node.py"))
+            .arg(s.broker.port.to_string())
+            .arg(s.pki.path("ca.crt"))
+            .arg(s.pki.path("room101.crt"))
+            .arg(s.pki.path("room101.key"))
+            .arg(readings.to_string()),
+    );
+    brief.log.wait_for(&["PUBLISHED"]);
+    brief
 }
 
 fn reading(sensor: &str, kind: &str, unit: &str, value: f64) -> Vec<u8> {
@@ -108,21 +97,10 @@ fn sensor_topics(state: &serde_json::Value) -> Vec<String> {
 
 #[test]
 fn the_course_briefs_own_client_is_understood_status_will_and_readings() {
-    require("python3", "python3");
     let rules = "alerts:\n  - { name: node_offline, offline: true, severity: critical }\n";
     let s = site(&["room101"], rules);
     let late = Watcher::connect(&s.broker, &s.pki, "observer");
-    let mut brief = Proc::spawn(
-        "brief-node",
-        Command::new("python3")
-            .arg(format!("{REPO}/tests/clients/brief_node.py"))
-            .arg(s.broker.port.to_string())
-            .arg(s.pki.path("ca.crt"))
-            .arg(s.pki.path("room101.crt"))
-            .arg(s.pki.path("room101.key"))
-            .arg("5"),
-    );
-    brief.log.wait_for(&["PUBLISHED"]);
+    let mut brief = brief_node(&s, 5);
     let temp_topic = format!("{ROOM101}/temperature/temp_001");
     let motion_topic = format!("{ROOM101}/motion/motion_001");
     stored(&s.agg, &motion_topic, 5);
@@ -174,11 +152,10 @@ fn the_course_briefs_own_client_is_understood_status_will_and_readings() {
 
 #[test]
 fn two_clients_with_one_rooms_certificate_take_turns_and_the_last_status_wins() {
-    // The decision (README, "Node status"): one certificate is one client. The
+    // The decision (README, "One room, one publisher"): one certificate is one client. The
     // broker binds the client id to the certificate, so a second client with
     // room101's certificate takes the first one's place; the room's status is
     // whatever its latest status message says.
-    require("python3", "python3");
     let s = site(&["room101", "room102"], "");
     let config = write_config(&sensord_yaml(
         &s.broker,
@@ -189,17 +166,7 @@ fn two_clients_with_one_rooms_certificate_take_turns_and_the_last_status_wins() 
     ));
     let mut sensord = start_daemon(SENSORD, &config.path);
     s.agg.log.wait_for(&["node status", "room101", "Online"]);
-    let mut brief = Proc::spawn(
-        "brief-node",
-        Command::new("python3")
-            .arg(format!("{REPO}/tests/clients/brief_node.py"))
-            .arg(s.broker.port.to_string())
-            .arg(s.pki.path("ca.crt"))
-            .arg(s.pki.path("room101.crt"))
-            .arg(s.pki.path("room101.key"))
-            .arg("1"),
-    );
-    brief.log.wait_for(&["PUBLISHED"]);
+    let mut brief = brief_node(&s, 1);
     // The newcomer took sensord's place, and the broker said so...
     s.broker
         .proc
@@ -242,7 +209,7 @@ fn two_clients_with_one_rooms_certificate_take_turns_and_the_last_status_wins() 
 }
 
 /// room101 and room102: readings, refused messages and alerts in each.
-fn two_rooms_with_history() -> (Site, String) {
+fn two_rooms_with_history() -> (Agg, String) {
     let rules = "alerts:\n  - { name: too_hot, type: temperature, above: 26 }\n";
     let s = site(&["room101", "room102"], rules);
     let r101 = Watcher::connect(&s.broker, &s.pki, "room101");

@@ -570,6 +570,44 @@ pub fn aggregatord_yaml_with(
     )
 }
 
+/// A running aggregatord on its own broker, and what a test needs to reach it.
+pub struct Agg {
+    pub pki: Pki,
+    pub broker: Broker,
+    pub _storage: tempfile::TempDir,
+    pub config: ConfigFile,
+    pub agg: Proc,
+    pub addr: String,
+}
+
+/// A broker with certificates for aggregatord and `nodes`, and aggregatord
+/// (with `extra` config) subscribed to it.
+pub fn aggregatord_for(nodes: &[&str], extra: &str) -> Agg {
+    let mut names = nodes.to_vec();
+    names.push("aggregatord");
+    let pki = Pki::new(&names);
+    let broker = Broker::start(&pki);
+    let storage = tempfile::tempdir().unwrap();
+    let config = write_config(&aggregatord_yaml_with(
+        &broker,
+        &pki,
+        storage.path(),
+        1,
+        extra,
+    ));
+    let agg = start_daemon(AGGREGATORD, &config.path);
+    let addr = dashboard_addr(&agg.log);
+    agg.log.wait_for(&["subscribed"]);
+    Agg {
+        pki,
+        broker,
+        _storage: storage,
+        config,
+        agg,
+        addr,
+    }
+}
+
 pub fn start_daemon(bin: &str, config: &Path) -> Proc {
     start_daemon_with(bin, config, &[])
 }

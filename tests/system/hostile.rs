@@ -5,43 +5,6 @@
 use crate::harness::*;
 use std::process::Command;
 
-struct Agg {
-    pki: Pki,
-    broker: Broker,
-    _storage: tempfile::TempDir,
-    config: ConfigFile,
-    agg: Proc,
-    addr: String,
-}
-
-/// A broker with certificates for aggregatord and `nodes`, and aggregatord
-/// (with `extra` config) subscribed to it.
-fn aggregatord_for(nodes: &[&str], extra: &str) -> Agg {
-    let mut names = nodes.to_vec();
-    names.push("aggregatord");
-    let pki = Pki::new(&names);
-    let broker = Broker::start(&pki);
-    let storage = tempfile::tempdir().unwrap();
-    let config = write_config(&aggregatord_yaml_with(
-        &broker,
-        &pki,
-        storage.path(),
-        1,
-        extra,
-    ));
-    let agg = start_daemon(AGGREGATORD, &config.path);
-    let addr = dashboard_addr(&agg.log);
-    agg.log.wait_for(&["subscribed"]);
-    Agg {
-        pki,
-        broker,
-        _storage: storage,
-        config,
-        agg,
-        addr,
-    }
-}
-
 fn aggregatord(extra: &str) -> Agg {
     aggregatord_for(&["room101"], extra)
 }
