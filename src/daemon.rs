@@ -1,5 +1,7 @@
 //! Plumbing both daemons share: logging, signals, systemd notifications,
 //! exit codes.
+//! It knows neither rumqttc nor sled, nor either daemon's logic: `start` runs the
+//! future it is handed.
 
 use crate::config::{LogConfig, LogFormat};
 use std::collections::HashMap;
@@ -55,6 +57,7 @@ fn stderr_is_journal() -> bool {
 
 /// What signals ask of a daemon: stop (SIGTERM, SIGINT) or reload (SIGHUP).
 pub struct Signals {
+    /// Cancelled at the first SIGTERM or SIGINT: the one stop token every task ends with.
     pub shutdown: CancellationToken,
     /// Notified once per SIGHUP (a permit is kept if nobody is waiting yet).
     pub reload: Arc<Notify>,
@@ -252,7 +255,10 @@ pub fn exit_status(result: anyhow::Result<()>) -> ExitCode {
 /// Lets a log line through at most once per `every` per key, counting the rest,
 /// so that a flood of bad input cannot flood the journal.
 pub struct RateLimit<K> {
+    /// The least time between two lines for one key.
     every: Duration,
+    /// Per key: when a line last went through, and how many were held back since. Keys
+    /// are never removed, so keep them few (reasons, not topics).
     seen: HashMap<K, (Instant, u64)>,
 }
 

@@ -1,5 +1,7 @@
 //! Fault injection for tests: points in the code where a test can stop a
 //! daemon at the worst moment, to prove a promise instead of hoping for it.
+//! It knows nothing of what it holds: each call site names its point and says what
+//! is at stake.
 //!
 //! Compiled in only with the cargo feature `failpoints` (scripts/test enables
 //! it; release builds and `cargo install` do not), using tikv's `fail` crate.

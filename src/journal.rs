@@ -3,6 +3,7 @@
 //! (`reload failed; still running on the previous configuration error=…:7:
 //! sensors[0].qos: …`), and every field is also kept as its own journal field
 //! (`F_ERROR=…`) for `journalctl -o json` and for filtering.
+//! It knows no config: whether to log here at all is `daemon::init_logging`'s call.
 //!
 //! tracing-journald, which this replaces, puts the fields only into their own
 //! journal fields, and plain `journalctl` shows none of them.
@@ -23,7 +24,9 @@ const SOCKET: &str = "/run/systemd/journal/socket";
 const MAX_VALUE: usize = 48 * 1024;
 
 pub struct Journald {
+    /// Unbound, connected to journald's socket: one datagram per entry.
     socket: UnixDatagram,
+    /// `SYSLOG_IDENTIFIER`: the program's file name (`sensord`), for `journalctl -t`.
     identifier: String,
 }
 
@@ -64,7 +67,9 @@ impl<S: Subscriber> tracing_subscriber::Layer<S> for Journald {
 /// An event's message and its other fields, in the order written.
 #[derive(Default)]
 struct Fields {
+    /// The event's `message` field: the start of MESSAGE.
     message: String,
+    /// Every other field, by name, as text (Debug-formatted unless a string).
     others: Vec<(&'static str, String)>,
 }
 

@@ -1,4 +1,6 @@
 //! Which sensors and rooms aggregatord knows, and the caps on them.
+//! It does no I/O: ingest hands it the stored topics at start, and decides when
+//! to forget.
 //!
 //! Every known sensor costs memory (alert conditions, the dashboard's row and
 //! sparkline), so a node that invents sensor ids or rooms by the thousand (a
@@ -16,6 +18,7 @@ pub struct Census {
     /// Room prefix → its sensors' reading topics → when each was last heard
     /// (for `ingest.forget_after`).
     rooms: HashMap<String, HashMap<String, Timestamp>>,
+    /// Sensors over all rooms, kept so that `max_sensors` is checked without counting.
     sensors: usize,
 }
 

@@ -1,5 +1,7 @@
 //! The local control socket: how `aggregatord dump` and `stats` reach a running
 //! aggregatord (sled lets only one process open the database).
+//! It writes no records itself (dump.rs does) and forgets nothing: a `forget`
+//! goes to ingest as a [`Forget`].
 //!
 //! Protocol: the client sends one JSON [`Request`] line; the daemon answers
 //! `ok` or `error: …` on one line, then the output, then closes. The socket is
@@ -32,7 +34,9 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// engine, the census and the dashboard's state); the reply is the report, or
 /// why nothing was forgotten.
 pub struct Forget {
+    /// What to forget: a room, or sensors by topic, id or type (times are ignored).
     pub query: crate::store::Query,
+    /// Ingest's answer; dropped unanswered if ingest stops, which the client is told.
     pub reply: tokio::sync::oneshot::Sender<Result<String, String>>,
 }
 

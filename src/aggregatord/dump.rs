@@ -1,6 +1,8 @@
 //! `aggregatord dump` and `aggregatord stats`: the stored history as a table,
 //! JSON lines or CSV. [`answer`] is used both by the command itself (database
 //! opened directly) and by a running aggregatord answering over its socket.
+//! It knows nothing of sockets: control.rs carries requests and answers to and
+//! from a running aggregatord.
 
 use crate::store::{Query, RejectedMessage, Store, StoredReading};
 use serde::{Deserialize, Serialize};
@@ -21,9 +23,14 @@ pub enum Format {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum What {
+    /// Stored readings, by topic then time.
     Readings,
+    /// Refused messages (the latest [`REJECTED_KEEP`](crate::store::REJECTED_KEEP)), oldest
+    /// first.
     Rejected,
+    /// Every alert change, oldest first.
     Alerts,
+    /// Per sensor: count, range, mean, first and last (see [`SensorStats`]).
     Stats,
     /// `aggregatord forget`: answered by the running daemon only.
     Forget,
@@ -32,8 +39,11 @@ pub enum What {
 /// One dump or stats request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Request {
+    /// Which records.
     pub what: What,
+    /// How to write them (ignored by `forget`, which answers in plain lines).
     pub format: Format,
+    /// Which of them: every filter applies to every kind of record.
     pub query: Query,
 }
 
@@ -198,12 +208,19 @@ fn alert_fields(a: &crate::contract::Alert) -> Vec<String> {
 /// Per sensor: how many readings, their range and mean, first and last seen.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SensorStats {
+    /// The reading topic.
     pub topic: String,
+    /// Readings selected.
     pub count: u64,
+    /// The lowest value.
     pub min: f64,
+    /// The highest value.
     pub max: f64,
+    /// The arithmetic mean of the values.
     pub mean: f64,
+    /// The oldest reading's own timestamp.
     pub first: crate::contract::Timestamp,
+    /// The newest reading's own timestamp.
     pub last: crate::contract::Timestamp,
     /// The most decimals any of its values has: the table shows the mean with
     /// one more (an energy meter's 4 decimals are not cut to 3).

@@ -1,4 +1,6 @@
 //! Seq gaps: readings a sensor made that never reached aggregatord.
+//! It does no I/O and raises nothing itself: ingest turns a [`Change`] into the
+//! room's alert.
 //!
 //! sensord numbers each sensor's readings (`seq`), so a hole in the numbers is
 //! a reading lost upstream: dropped by the node's full buffer, or by a broker
@@ -20,14 +22,18 @@ pub const QUIET: Duration = Duration::from_secs(600);
 pub enum Change {
     /// Readings went missing (this many, for the sensor).
     Raise(u64),
+    /// No new hole for [`QUIET`]: the room's alert clears.
     Clear,
 }
 
 /// One sensor's numbering since it last started from 1.
 #[derive(Default, Clone, Copy)]
 struct Track {
+    /// The lowest seq seen in this series (a late reading can lower it).
     first: u64,
+    /// The highest seq seen in this series.
     max: u64,
+    /// Readings of this series seen; each counts once, since only new ones get here.
     seen: u64,
     /// Missing from earlier series (before the node restarted its numbering).
     carried: u64,
@@ -41,7 +47,11 @@ impl Track {
 
 #[derive(Default)]
 pub struct Gaps {
+    /// Per reading topic, its numbering; in memory only, so after aggregatord restarts
+    /// every sensor starts afresh, without holes.
     topics: HashMap<String, Track>,
+    /// Readings missing over all sensors, forgotten ones included: a running sum, so
+    /// the gauge never adds up every sensor.
     total: u64,
     /// Rooms with a raised alert: when it was raised, and the last new hole.
     rooms: HashMap<String, (Timestamp, Timestamp)>,

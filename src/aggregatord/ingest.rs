@@ -16,8 +16,8 @@ use crate::contract::{
     topic, validate_reading, Alert, AlertState, Rejection, RejectionReason, SensorType, Status,
     Timestamp,
 };
-use crate::daemon::{RateLimit, Signals};
-use crate::mqtt::{Delivery, Event, Handle};
+use crate::daemon::RateLimit;
+use crate::mqtt::{Acker, Delivery, Event};
 use crate::store::{
     Inserted, Query, ReadingWriter, RejectedMessage, Store, StoreError, StoredReading,
 };
@@ -27,9 +27,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 use tracing::{debug, error, info, warn};
-
-const SUMMARY_EVERY: Duration = Duration::from_secs(60);
-const STATUS_EVERY: Duration = Duration::from_secs(10);
 
 /// Where ingest's results go besides storage: counters, the dashboard, and a
 /// nudge for the alert publisher.
@@ -47,12 +44,18 @@ pub struct Inputs {
     pub forget_requests: mpsc::Receiver<super::control::Forget>,
 }
 
-/// Why [`Ingest::run`] returned.
-pub enum Wake {
-    Shutdown,
-    Reload,
-    /// The MQTT connection task ended.
+/// What ingest has to do next: see [`Ingest::next`].
+pub enum Work {
+    /// The first event of a batch.
+    Event(Event),
+    /// The MQTT connection task ended: nothing more will arrive.
     Closed,
+    /// Time to look at `for` durations and stale sensors.
+    AlertTick,
+    /// An `aggregatord forget` request.
+    Forget(super::control::Forget),
+    /// Time to look for sensors silent for `ingest.forget_after`.
+    ForgetSilent,
 }
 /// The alert raised once when a cap on sensors or rooms first refuses one.
 pub const LIMITS_RULE: &str = "limits";
@@ -62,11 +65,14 @@ const ALERT_TICK: Duration = Duration::from_secs(1);
 const FORGET_CHECK: Duration = Duration::from_secs(1);
 
 pub struct Ingest {
+    /// The `ingest:` settings (batching, caps, max_age, forget_after).
     config: IngestConfig,
+    /// Where readings, rejections and alert changes go.
     store: Store,
-    mqtt: Handle,
-    /// Lent to the storage thread during a commit, hence the Option.
-    engine: Option<Engine>,
+    /// Acknowledges on the ingest connection (which `aggregatord::run` owns).
+    acker: Acker,
+    /// Alert rules and their state; pure logic, fed every new reading.
+    engine: Engine,
     /// Known sensors and rooms, and the caps on new ones.
     census: Census,
     /// Whether this run has raised its one `limits` alert yet.
@@ -77,7 +83,9 @@ pub struct Ingest {
     alerts_ready: Arc<Notify>,
     metrics: Arc<Metrics>,
     live: Arc<Live>,
+    /// Rejections are logged at most once per reason per period.
     log_limit: RateLimit<RejectionReason>,
+    /// Connections made so far: a lost session matters only after the first.
     connects: u64,
     /// Current wait between attempts while storage fails.
     storage_retry: Duration,
@@ -85,13 +93,21 @@ pub struct Ingest {
     stop: tokio_util::sync::CancellationToken,
     /// `aggregatord forget` requests, from the control socket.
     forget_requests: mpsc::Receiver<super::control::Forget>,
+    /// When to look at alert durations and stale sensors.
+    alert_tick: tokio::time::Interval,
+    /// When to look for sensors silent for `forget_after`.
+    forget_check: tokio::time::Interval,
 }
 
 /// What one batch will write.
 struct Batch {
+    /// Valid readings, to be stored (or found stored already).
     readings: Vec<StoredReading>,
+    /// Refused messages, kept for `dump --rejected`.
     rejected: Vec<RejectedMessage>,
+    /// Alert changes the batch caused (status messages, caps), before storage.
     alerts: Vec<Alert>,
+    /// Every message of the batch, acknowledged once it is all on disk.
     acks: Vec<Delivery>,
     /// When its first message arrived (for the ack-lag histogram).
     started: std::time::Instant,
@@ -121,17 +137,21 @@ impl Ingest {
     pub fn new(
         config: IngestConfig,
         store: Store,
-        mqtt: Handle,
+        acker: Acker,
         engine: Engine,
         census: Census,
         out: Outputs,
         inputs: Inputs,
     ) -> Self {
+        let mut alert_tick = tokio::time::interval(ALERT_TICK);
+        alert_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut forget_check = tokio::time::interval(FORGET_CHECK);
+        forget_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         Ingest {
             config,
             store,
-            mqtt,
-            engine: Some(engine),
+            acker,
+            engine,
             census,
             limit_alerted: false,
             gaps: super::gaps::Gaps::default(),
@@ -143,15 +163,9 @@ impl Ingest {
             storage_retry: Duration::ZERO,
             stop: inputs.stop,
             forget_requests: inputs.forget_requests,
+            alert_tick,
+            forget_check,
         }
-    }
-
-    pub fn into_mqtt(self) -> Handle {
-        self.mqtt
-    }
-
-    pub fn mqtt(&self) -> &Handle {
-        &self.mqtt
     }
 
     /// Stores and publishes alert changes that no message caused.
@@ -173,11 +187,7 @@ impl Ingest {
         rules: Vec<crate::config::RuleConfig>,
     ) -> anyhow::Result<()> {
         self.config = config;
-        let changes = self
-            .engine
-            .as_mut()
-            .map(|e| e.set_rules(rules))
-            .unwrap_or_default();
+        let changes = self.engine.set_rules(rules);
         if !changes.is_empty() {
             self.commit(Batch {
                 alerts: changes,
@@ -188,76 +198,74 @@ impl Ingest {
         Ok(())
     }
 
-    /// The ingest loop, which is also the daemon's main loop: returns to let the
-    /// caller stop (`Shutdown`, `Closed`) or reload (`Reload`, then call again).
-    pub async fn run(
+    /// Waits for work: a message, a timer, a request. Cancel-safe (it only
+    /// waits), so the daemon's main loop can select on it next to its signals;
+    /// the work itself is done by [`Ingest::handle`], which is never cancelled.
+    pub async fn next(&mut self, events: &mut mpsc::Receiver<Event>) -> Work {
+        let has_rules = self.engine.has_rules();
+        let forgets = self.config.forget_after.is_some();
+        tokio::select! {
+            event = events.recv() => event.map_or(Work::Closed, Work::Event),
+            _ = self.alert_tick.tick(), if has_rules => Work::AlertTick,
+            Some(request) = self.forget_requests.recv() => Work::Forget(request),
+            _ = self.forget_check.tick(), if forgets => Work::ForgetSilent,
+        }
+    }
+
+    /// Does one piece of work to the end. A message starts a batch: every
+    /// event already waiting, and whatever arrives within `batch_window`, up
+    /// to `batch_max`; then it is stored, flushed and acknowledged.
+    pub async fn handle(
         &mut self,
+        work: Work,
         events: &mut mpsc::Receiver<Event>,
-        signals: &Signals,
-    ) -> anyhow::Result<Wake> {
-        let mut summary = tokio::time::interval(SUMMARY_EVERY);
-        summary.tick().await;
-        let mut status = tokio::time::interval(STATUS_EVERY);
-        let mut tick = tokio::time::interval(ALERT_TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let mut watchdog = crate::daemon::Watchdog::new();
-        let mut forget_check = tokio::time::interval(FORGET_CHECK);
-        forget_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
-            let first = tokio::select! {
-                _ = signals.shutdown.cancelled() => return Ok(Wake::Shutdown),
-                _ = signals.reload.notified() => return Ok(Wake::Reload),
-                // Only this loop pets the watchdog: if ingest stalls, systemd restarts us.
-                _ = watchdog.tick() => continue,
-                _ = status.tick() => {
-                    crate::daemon::notify_status(&self.status_line());
-                    continue;
-                }
-                _ = summary.tick() => {
-                    self.log_totals("ingest totals");
-                    continue;
-                }
-                _ = tick.tick(), if self.engine.as_ref().is_some_and(Engine::has_rules) => {
-                    let changes = self.engine.as_mut().map(|e| e.tick(Timestamp::now_millis())).unwrap_or_default();
-                    if !changes.is_empty() {
-                        self.commit(Batch { alerts: changes, ..Batch::default() }).await?;
-                    }
-                    continue;
-                }
-                Some(request) = self.forget_requests.recv() => {
-                    let answer = self.forget(&request.query, "forgotten by the operator (aggregatord forget)").await?;
-                    let _ = request.reply.send(answer);
-                    continue;
-                }
-                _ = forget_check.tick(), if self.config.forget_after.is_some() => {
-                    self.forget_silent().await?;
-                    continue;
-                }
-                event = events.recv() => match event {
-                    Some(event) => event,
-                    None => return Ok(Wake::Closed),
+    ) -> anyhow::Result<()> {
+        match work {
+            Work::Event(first) => {
+                let batch = self.gather(first, events).await;
+                self.commit(batch).await
+            }
+            Work::AlertTick => {
+                let changes = self.engine.tick(Timestamp::now_millis());
+                self.record_alerts(changes).await
+            }
+            Work::Forget(request) => {
+                let answer = self
+                    .forget(
+                        &request.query,
+                        "forgotten by the operator (aggregatord forget)",
+                    )
+                    .await?;
+                let _ = request.reply.send(answer);
+                Ok(())
+            }
+            Work::ForgetSilent => self.forget_silent().await,
+            Work::Closed => Ok(()),
+        }
+    }
+
+    /// A batch: `first`, what is already waiting, then what arrives within the
+    /// window. Not cancel-safe (it holds deliveries), hence not in a select.
+    async fn gather(&mut self, first: Event, events: &mut mpsc::Receiver<Event>) -> Batch {
+        let mut batch = Batch::default();
+        self.sort(first, &mut batch);
+        let deadline = tokio::time::Instant::now() + self.config.batch_window;
+        while batch.acks.len() < self.config.batch_max {
+            // Take what is already waiting; then wait for more, up to the window.
+            let event = match events.try_recv() {
+                Ok(event) => event,
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => tokio::select! {
+                    event = events.recv() => match event {
+                        Some(event) => event,
+                        None => break,
+                    },
+                    _ = tokio::time::sleep_until(deadline) => break,
                 },
             };
-            let mut batch = Batch::default();
-            self.take(first, &mut batch);
-            let deadline = tokio::time::Instant::now() + self.config.batch_window;
-            while batch.acks.len() < self.config.batch_max {
-                // Take what is already waiting; then wait for more, up to the window.
-                let event = match events.try_recv() {
-                    Ok(event) => event,
-                    Err(mpsc::error::TryRecvError::Disconnected) => break,
-                    Err(mpsc::error::TryRecvError::Empty) => tokio::select! {
-                        event = events.recv() => match event {
-                            Some(event) => event,
-                            None => break,
-                        },
-                        _ = tokio::time::sleep_until(deadline) => break,
-                    },
-                };
-                self.take(event, &mut batch);
-            }
-            self.commit(batch).await?;
+            self.sort(event, &mut batch);
         }
+        batch
     }
 
     /// Forgets the sensors `query` selects (`aggregatord forget`, or
@@ -329,11 +337,7 @@ impl Ingest {
         let now = Timestamp::now_millis();
         let mut topics: Vec<String> = sensors.iter().map(|(_, t)| t.clone()).collect();
         topics.extend(rooms.iter().map(|r| format!("{r}/status")));
-        let mut changes = self
-            .engine
-            .as_mut()
-            .map(|e| e.forget(&topics, why, now))
-            .unwrap_or_default();
+        let mut changes = self.engine.forget(&topics, why, now);
         let mut report = String::new();
         for (room, topic) in &sensors {
             self.census.forget(room, topic);
@@ -367,7 +371,7 @@ impl Ingest {
     }
 
     /// Sorts one event into the batch; nothing is written yet.
-    fn take(&mut self, event: Event, batch: &mut Batch) {
+    fn sort(&mut self, event: Event, batch: &mut Batch) {
         let delivery = match event {
             Event::Message(d) => d,
             Event::Connected { session_present } => {
@@ -425,11 +429,9 @@ impl Ingest {
             {
                 Ok(Some(status)) => {
                     self.live.status(prefix, &status, received_at);
-                    if let Some(engine) = &mut self.engine {
-                        batch
-                            .alerts
-                            .extend(engine.status(prefix, &status, received_at));
-                    }
+                    batch
+                        .alerts
+                        .extend(self.engine.status(prefix, &status, received_at));
                     Ok(())
                 }
                 Ok(None) => Ok(()),
@@ -611,9 +613,7 @@ impl Ingest {
                 match outcome {
                     Outcome::Stored(..) if seen_new[i] => {
                         if !std::mem::replace(&mut evaluated[i], true) {
-                            if let Some(engine) = &mut self.engine {
-                                changes.extend(engine.reading(r));
-                            }
+                            changes.extend(self.engine.reading(r));
                             changes.extend(self.gaps_seen(r));
                         }
                     }
@@ -682,7 +682,7 @@ impl Ingest {
         if !changes.is_empty() {
             self.alerts_ready.notify_one();
         }
-        self.mqtt.ack(&acks);
+        self.acker.ack(&acks);
         self.metrics
             .ack_lag_seconds
             .observe_n(started.elapsed(), acks.len() as u64);
@@ -739,7 +739,7 @@ impl Ingest {
         let m = &self.metrics;
         format!(
             "{}; {:.1} readings/s; stored {}, duplicates {}, rejected {}",
-            if self.mqtt.is_connected() {
+            if self.metrics.connected.load(Relaxed) {
                 "connected"
             } else {
                 "not connected"

@@ -1,5 +1,7 @@
 //! aggregatord's counters, shared by ingest (which counts), the log lines and
 //! systemd status (which summarise), and `/metrics` (Prometheus text format).
+//! It does no I/O and judges nothing: ingest counts into it, the dashboard serves
+//! it.
 
 use crate::contract::RejectionReason;
 use std::collections::BTreeMap;
@@ -10,27 +12,38 @@ use std::time::Duration;
 
 #[derive(Default)]
 pub struct Metrics {
+    /// Every message the broker delivered (readings, statuses, anything), before checks.
     pub received: AtomicU64,
+    /// Readings stored for the first time.
     pub stored: AtomicU64,
+    /// Readings already stored (redeliveries), not written again.
     pub duplicates: AtomicU64,
+    /// Messages refused, per reason (a handful of keys, so a map under a lock is cheap).
     rejected: Mutex<BTreeMap<RejectionReason, u64>>,
+    /// Connections after the first.
     pub reconnects: AtomicU64,
     /// Reconnects on which the broker had lost our session (and queue).
     pub sessions_lost: AtomicU64,
+    /// Alerts raised, counted once the change is stored with its batch.
     pub alerts_raised: AtomicU64,
+    /// Alerts cleared, counted likewise.
     pub alerts_cleared: AtomicU64,
     /// Energy meters that dropped to a new series (see ingest::meter_check).
     pub meter_resets: AtomicU64,
     /// Readings missing from each sensor's seq numbering (gaps.rs), only
     /// sensors with some missing; and the sum.
     missing: Mutex<BTreeMap<String, u64>>,
+    /// Readings missing over all sensors (`Gaps::total`), forgotten ones included.
     pub missing_total: AtomicU64,
+    /// True from CONNACK to the link dropping; `/readyz` needs it.
     pub connected: AtomicBool,
     /// False after a failed write or flush, until one succeeds again.
     pub storage_ok: AtomicBool,
+    /// Browsers following `/events` now (up on connect, down when the stream ends).
     pub dashboard_clients: AtomicI64,
     /// Sensors and rooms known (see census.rs for the caps).
     pub known_sensors: AtomicI64,
+    /// Rooms known; both set by ingest from the census.
     pub known_rooms: AtomicI64,
     /// One fsync per batch.
     pub flush_seconds: Histogram,
@@ -203,6 +216,7 @@ const BUCKETS: [f64; 16] = [
 pub struct Histogram {
     /// Cumulative is computed on render; each slot counts its own bucket (+Inf last).
     counts: [AtomicU64; BUCKETS.len() + 1],
+    /// Sum of every observation, microseconds (rendered as seconds).
     sum_micros: AtomicU64,
 }
 

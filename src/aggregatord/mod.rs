@@ -27,6 +27,13 @@ use tracing::info;
 
 /// How long a clean stop may take to send the last acknowledgements.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// How long a clean stop waits for the background tasks (dashboard, control
+/// socket, retention, alert publisher, which has its own `CLOSE_GRACE`).
+const BACKGROUND_GRACE: Duration = Duration::from_secs(8);
+/// How often systemd's `STATUS=` line is refreshed.
+const STATUS_EVERY: Duration = Duration::from_secs(10);
+/// How often the totals are logged.
+const SUMMARY_EVERY: Duration = Duration::from_secs(60);
 
 /// `aggregatord` (the daemon).
 pub fn main(config_path: &Path, check_only: bool) -> anyhow::Result<()> {
@@ -194,7 +201,7 @@ pub async fn run(
     let mut ingest = ingest::Ingest::new(
         ingest_config(&config),
         store.clone(),
-        mqtt,
+        mqtt.acker(),
         engine,
         census,
         ingest::Outputs {
@@ -210,11 +217,20 @@ pub async fn run(
     // Alerts whose rule was removed while we were stopped: cleared now.
     ingest.record_alerts(orphans).await?;
     daemon::notify_ready(&ingest.status_line());
+
+    // The main loop: the one place that waits on signals and timers. Ingest's
+    // work is done in the loop's body, never cancelled, so a stop or a reload
+    // lands between batches, never inside one.
+    let mut status = tokio::time::interval(STATUS_EVERY);
+    let mut summary = tokio::time::interval(SUMMARY_EVERY);
+    summary.tick().await;
+    let mut watchdog = daemon::Watchdog::new();
     let result = loop {
-        match ingest.run(&mut events, &signals).await {
-            Ok(ingest::Wake::Reload) => {
+        tokio::select! {
+            _ = signals.shutdown.cancelled() => break Ok(()),
+            _ = signals.reload.notified() => {
                 if let Some(new) = daemon::reload_config::<AggregatordConfig>(&config_path) {
-                    match reload(&mut ingest, &config, &new, &alert_settings_tx).await {
+                    match reload(&mut ingest, &mqtt, &config, &new, &alert_settings_tx).await {
                         Ok(()) => config = new,
                         Err(e) => {
                             tracing::error!(error = %format!("{e:#}"), "reload failed; still running on the previous configuration")
@@ -223,23 +239,39 @@ pub async fn run(
                 }
                 daemon::notify_ready(&ingest.status_line());
             }
-            Ok(_) => break Ok(()),
-            Err(e) => break Err(e),
+            // Ingest runs in this loop too: if it stalls, so does the watchdog,
+            // and systemd restarts us.
+            _ = watchdog.tick() => {}
+            _ = status.tick() => daemon::notify_status(&ingest.status_line()),
+            _ = summary.tick() => ingest.log_totals("ingest totals"),
+            work = ingest.next(&mut events) => match work {
+                ingest::Work::Closed => break Ok(()),
+                work => if let Err(e) = ingest.handle(work, &mut events).await {
+                    break Err(e);
+                }
+            },
         }
     };
     ingest.log_totals("aggregatord stopped");
     background.cancel();
-    while let Some(done) = tasks.join_next().await {
-        if let Ok(Err(e)) = done {
-            tracing::warn!(error = %format!("{e:#}"), "background task failed");
+    let stopped = tokio::time::timeout(BACKGROUND_GRACE, async {
+        while let Some(done) = tasks.join_next().await {
+            if let Ok(Err(e)) = done {
+                tracing::warn!(error = %format!("{e:#}"), "background task failed");
+            }
         }
+    })
+    .await;
+    if stopped.is_err() {
+        tracing::warn!(grace = ?BACKGROUND_GRACE, "background tasks did not stop in time; abandoning them");
+        tasks.abort_all();
     }
     // Everything acknowledged was flushed before its ack; this leaves sled tidy.
     store.flush().context("final flush")?;
     // Unread events are redelivered next time; dropping them now means the
     // connection task never waits on us while it sends the last acks.
     drop(events);
-    ingest.into_mqtt().close(CLOSE_GRACE).await;
+    mqtt.close(CLOSE_GRACE).await;
     result
 }
 
@@ -297,13 +329,14 @@ async fn publish_alerts(
 /// changes by reconnecting; storage settings only at the next start.
 async fn reload(
     ingest: &mut ingest::Ingest,
+    mqtt: &mqtt::Handle,
     old: &AggregatordConfig,
     new: &AggregatordConfig,
     alert_settings: &tokio::sync::watch::Sender<mqtt::Settings>,
 ) -> anyhow::Result<()> {
     let changed = config::changed_keys(old, new);
     let (ingest_settings, alerts) = mqtt_settings(new);
-    let reconnecting = ingest.mqtt().reconfigure(ingest_settings)?;
+    let reconnecting = mqtt.reconfigure(ingest_settings)?;
     alert_settings.send_replace(alerts);
     ingest
         .reconfigure(ingest_config(new), new.alerts.clone())

@@ -1,6 +1,8 @@
 //! Publishes alert changes, on a connection of its own (client id
 //! `<client_id>-alerts`): a QoS 2 flow waiting on its handshakes must not hold
 //! up, or be held up by, ingest's connection and its backlog.
+//! It knows no rumqttc (only `mqtt::Handle`) and decides no alert: it sends what
+//! the outbox holds.
 //!
 //! Changes come from the store's alert outbox, written in the same flush as the
 //! change itself; an entry leaves the outbox only after the broker confirmed it

@@ -1,5 +1,7 @@
 //! Deletes readings older than `storage.retention`, a bounded number at a time,
 //! so that a first run over a large history never stalls ingest.
+//! It knows nothing of the layout and never touches alerts or rejected messages:
+//! `Store::expire` picks which readings go.
 
 use crate::contract::Timestamp;
 use crate::store::Store;

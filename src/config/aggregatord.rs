@@ -1,3 +1,6 @@
+//! aggregatord's config schema and its checks. It opens none of the files it names:
+//! aggregatord's `preflight` checks the certificates and the dashboard token.
+
 use super::{resolve, BrokerConfig, DaemonConfig, Invalid};
 use crate::contract::{Ident, SensorType};
 use crate::mqtt::Qos;
@@ -10,21 +13,30 @@ use std::path::{Path, PathBuf};
 pub struct AggregatordConfig {
     /// Fixed client id: the broker keeps our session (and queues readings) under it.
     pub client_id: Ident,
+    /// `broker`: the broker; its `tls` certificate is the ingest connection's (and the
+    /// alert connection's too, without `alert_identity`).
     pub broker: BrokerConfig,
+    /// `subscriptions`: the topic filters ingest subscribes to; at least one.
     pub subscriptions: Vec<SubscriptionConfig>,
+    /// `storage`: where the database lives; required.
     pub storage: StorageConfig,
+    /// `ingest`: batching and caps; every key has a default.
     #[serde(default)]
     pub ingest: IngestConfig,
     /// The certificate and key of the connection that publishes alerts: an
     /// identity of its own, because a broker that binds client ids to
     /// certificates (deploy/mosquitto: `use_username_as_clientid`) would
     /// otherwise let the two connections take each other's place.
+    /// Default: none, the ingest certificate is shared (and warned about at start).
     #[serde(default)]
     pub alert_identity: Option<super::Identity>,
+    /// `alerts`: the alert rules; none by default.
     #[serde(default)]
     pub alerts: Vec<RuleConfig>,
+    /// `http`: the dashboard; on, at 127.0.0.1:8080, by default.
     #[serde(default)]
     pub http: HttpConfig,
+    /// `log`: level and format; `info`, as text, by default.
     #[serde(default)]
     pub log: super::LogConfig,
 }
@@ -33,30 +45,37 @@ pub struct AggregatordConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
+    /// `enabled`, default true: serve the dashboard, its API, `/metrics` and health checks.
     #[serde(default = "yes")]
     pub enabled: bool,
     /// Loopback by default; any other address is an explicit choice (and logged).
+    /// Default `127.0.0.1:8080`.
     #[serde(default = "default_listen")]
     pub listen: std::net::SocketAddr,
     /// Open HTTP connections at most; more are closed at once. Bounds memory
     /// and file descriptors whatever clients do.
+    /// Default 256.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
     /// Browsers following `/events` at most; more get 503.
+    /// Default 32.
     #[serde(default = "default_max_clients")]
     pub max_clients: usize,
     /// A connection that neither sends nor takes a byte for this long is closed:
     /// a client that never finishes its request, or a browser tab that stopped
     /// reading its event stream (which gets a keep-alive every 15 s).
+    /// Default 30s; at least 1s.
     #[serde(default = "default_idle_timeout", with = "super::duration")]
     pub idle_timeout: std::time::Duration,
     /// A file holding the access token (16+ letters and digits, mode 0600):
-    /// then every request but `/healthz` needs `Authorization: Bearer TOKEN`
+    /// then every request but `/healthz` and `/favicon.ico` needs `Authorization: Bearer TOKEN`
     /// (or `?token=TOKEN`, which the page passes on to its own requests).
+    /// Default: none, no token asked for (off loopback only with `insecure_public`).
     #[serde(default)]
     pub token_file: Option<PathBuf>,
     /// Serve a non-loopback address without a token: anyone who can reach it
     /// sees everything. Refused unless set, like `broker.insecure_plaintext`.
+    /// Default false.
     #[serde(default)]
     pub insecure_public: bool,
 }
@@ -100,12 +119,14 @@ fn default_listen() -> std::net::SocketAddr {
 pub struct RuleConfig {
     /// Also the last topic level: `{prefix}/alerts/{name}`.
     pub name: Ident,
+    /// `severity`: `info`, `warning` (default) or `critical`; carried in the alert.
     #[serde(default)]
     pub severity: Severity,
     /// Only readings of this sensor type (required except for `offline`).
     #[serde(default, rename = "type")]
     pub sensor_type: Option<SensorType>,
     /// Only topics matching this MQTT filter (e.g. `building/floor2/#`).
+    /// Default: every topic.
     #[serde(default)]
     pub filter: Option<String>,
     /// Threshold: raise above this…
@@ -114,11 +135,14 @@ pub struct RuleConfig {
     /// …and clear only below this (hysteresis; default: `above`).
     #[serde(default)]
     pub clear_below: Option<f64>,
+    /// Threshold the other way (not with `above`): raise below this…
     #[serde(default)]
     pub below: Option<f64>,
+    /// …and clear only above this (hysteresis; default: `below`).
     #[serde(default)]
     pub clear_above: Option<f64>,
     /// The condition must hold this long before the alert is raised.
+    /// Default: at once.
     #[serde(default, rename = "for", with = "super::duration::option")]
     pub lasting: Option<std::time::Duration>,
     /// Stale sensor: no reading for this long.
@@ -135,9 +159,12 @@ pub struct RuleConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
+    /// For information; nothing to do.
     Info,
+    /// Needs a look (the default; also the built-in alerts' severity).
     #[default]
     Warning,
+    /// Needs action now.
     Critical,
 }
 
@@ -156,21 +183,26 @@ impl std::fmt::Display for Severity {
 #[serde(deny_unknown_fields)]
 pub struct IngestConfig {
     /// At most this many messages per batch.
+    /// Default 500; 1 to 1000 (the broker's in-flight window).
     #[serde(default = "default_batch_max")]
     pub batch_max: usize,
     /// After the first message of a batch, wait at most this long for more.
+    /// Default 5ms; at most 1s (acknowledgements wait for it).
     #[serde(default = "default_batch_window", with = "super::duration")]
     pub batch_window: std::time::Duration,
     /// Sensors (reading topics) aggregatord keeps track of, in all; past it a new
     /// one is refused (`too_many_sensors`). Every known sensor costs memory in
     /// alert state and on the dashboard, so one node inventing ids must not
     /// grow them without bound.
+    /// Default 100000.
     #[serde(default = "default_max_sensors")]
     pub max_sensors: usize,
     /// Sensors in one room (one node's prefix).
+    /// Default 256; past it `too_many_sensors`.
     #[serde(default = "default_max_sensors_per_room")]
     pub max_sensors_per_room: usize,
     /// Rooms (topic prefixes with readings or a status); past it `too_many_rooms`.
+    /// Default 10000.
     #[serde(default = "default_max_rooms")]
     pub max_rooms: usize,
     /// Readings dated further back than this are refused (`too_old`). Unset:
@@ -218,7 +250,9 @@ fn default_max_rooms() -> usize {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionConfig {
+    /// `filter`: an MQTT topic filter (`building/#`); wildcards only as whole levels.
     pub filter: String,
+    /// `qos`: the most the broker may deliver at: 0 or 1 (2 is refused, see `validate`).
     pub qos: Qos,
 }
 
@@ -226,11 +260,13 @@ pub struct SubscriptionConfig {
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     /// Folder of the sled database.
+    /// Required; a relative path is taken from the config file's folder.
     pub path: PathBuf,
     /// Control socket for `aggregatord dump` while running; default `<path>.sock`.
     #[serde(default)]
     pub socket: Option<PathBuf>,
     /// Readings older than this are deleted (in small steps, in the background).
+    /// Default: none, keep everything; at most 100 years.
     #[serde(default, with = "super::duration::option")]
     pub retention: Option<std::time::Duration>,
 }

@@ -1,3 +1,6 @@
+//! The `broker:` block both daemons share, and where credentials come from. It only
+//! describes the connection: `mqtt` reads the certificates and connects.
+
 use super::{duration, resolve, Invalid};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -7,9 +10,12 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrokerConfig {
+    /// `host`: the broker's name or address; with TLS its certificate must name it.
     pub host: String,
+    /// `port`, default 8883 (MQTT over TLS).
     #[serde(default = "default_port")]
     pub port: u16,
+    /// `keep_alive`, default 30s: the MQTT keep-alive, 1s to 18h (whole seconds on the wire).
     #[serde(default = "default_keep_alive", with = "duration")]
     pub keep_alive: Duration,
     /// Required, unless `insecure_plaintext` is set.
@@ -18,8 +24,10 @@ pub struct BrokerConfig {
     /// Plain MQTT, no TLS: for a broker on this machine only (a local test or a
     /// broker that terminates TLS elsewhere). Refused for any other host, and
     /// warned about at every start.
+    /// Default false.
     #[serde(default)]
     pub insecure_plaintext: bool,
+    /// `reconnect`: the backoff between attempts; default 1s, doubling up to 60s.
     #[serde(default)]
     pub reconnect: ReconnectConfig,
 }
@@ -28,8 +36,13 @@ pub struct BrokerConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
+    /// `ca_file`: PEM CA certificate(s) the broker's certificate must chain to.
     pub ca_file: PathBuf,
+    /// `cert_file`: this client's PEM certificate; its CN must be the client id (the
+    /// broker's ACL).
     pub cert_file: PathBuf,
+    /// `key_file`: its private key, readable by its owner only; may be
+    /// `${CREDENTIALS_DIRECTORY}/…` (see [`CREDENTIALS_VAR`]).
     pub key_file: PathBuf,
 }
 
@@ -37,7 +50,11 @@ pub struct TlsConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Identity {
+    /// `cert_file`: this identity's PEM certificate; its CN must be the client id of the
+    /// connection that uses it.
     pub cert_file: PathBuf,
+    /// `key_file`: its private key, readable by its owner only; may be
+    /// `${CREDENTIALS_DIRECTORY}/…`.
     pub key_file: PathBuf,
 }
 
@@ -54,8 +71,11 @@ impl Identity {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReconnectConfig {
+    /// `initial_delay`, default 1s: the first wait (a random half to all of it); each
+    /// failure doubles it, and a connection that lasted starts over. Above zero.
     #[serde(with = "duration", default = "default_initial_delay")]
     pub initial_delay: Duration,
+    /// `max_delay`, default 60s: where the doubling stops; not below `initial_delay`.
     #[serde(with = "duration", default = "default_max_delay")]
     pub max_delay: Duration,
 }

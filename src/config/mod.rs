@@ -3,6 +3,8 @@
 //! Every config error names the file, the key and (when it can be found) the line,
 //! so an operator can fix it without reading source code. Binaries map
 //! [`ConfigError`] to exit status 78 (`EX_CONFIG`).
+//! It never opens the files a config names: each daemon's `preflight` checks those
+//! (certificates, keys, the dashboard token, the state directory).
 
 mod aggregatord;
 mod broker;
@@ -26,26 +28,39 @@ use std::path::{Path, PathBuf};
 /// A config file that cannot be used, and where the problem is.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file cannot be read (missing, not permitted, not UTF-8).
     #[error("{}: cannot read config", file.display())]
     Read {
+        /// The config file, as named on the command line.
         file: PathBuf,
+        /// Why it cannot be read.
         source: std::io::Error,
     },
+    /// The file was read but is no usable config: YAML, types, a check on its values, or
+    /// a file it names (found by `preflight`).
     #[error("{}", Located { file, line: *line, key, message })]
     Invalid {
+        /// The config file, as named on the command line.
         file: PathBuf,
         /// One-based line number, when the key could be located.
         line: Option<usize>,
         /// Dotted path of the offending key, e.g. `sensors[1].qos`.
         key: String,
+        /// What is wrong, in an operator's words.
         message: String,
     },
 }
 
+/// The parts of a [`ConfigError::Invalid`], borrowed, for its one-line message:
+/// `file:line: key: message`.
 struct Located<'a> {
+    /// The config file.
     file: &'a Path,
+    /// One-based; left out of the text when unknown.
     line: Option<usize>,
+    /// Dotted path of the key.
     key: &'a str,
+    /// What is wrong.
     message: &'a str,
 }
 
@@ -62,7 +77,9 @@ impl fmt::Display for Located<'_> {
 /// A semantic problem found after parsing: which key, and what is wrong with it.
 #[derive(Debug)]
 pub struct Invalid {
+    /// Dotted path of the key (`sensors[1].qos`), by which spans.rs finds its line.
     pub key: String,
+    /// What is wrong, in an operator's words.
     pub message: String,
 }
 
@@ -80,9 +97,11 @@ impl Invalid {
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// A `tracing` filter: `info`, `debug`, `info,roomsense=debug`… `RUST_LOG` wins.
+    /// Default `info`.
     #[serde(default = "default_level")]
     pub level: String,
     /// Outside journald: `text` (for people) or `json` (for log shippers).
+    /// Default `text`; under journald neither applies (fields go to the journal).
     #[serde(default)]
     pub format: LogFormat,
 }
@@ -103,8 +122,10 @@ fn default_level() -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// Lines for people: `message key=value…`, coloured on a terminal.
     #[default]
     Text,
+    /// One JSON object per line, fields flattened, for log shippers.
     Json,
 }
 

@@ -1,3 +1,7 @@
+//! sensord's config schema and its checks. It only describes the simulation (the
+//! model is sensors/) and opens none of the files it names: sensord's `preflight`
+//! checks the certificates and `state_dir`.
+
 use super::{duration, BrokerConfig, DaemonConfig, Invalid};
 use crate::contract::{Ident, SensorType, TopicPrefix};
 use crate::mqtt::Qos;
@@ -10,15 +14,21 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SensordConfig {
+    /// `node`: who this node is and where it publishes; required.
     pub node: NodeConfig,
+    /// `broker`: the broker, and this node's certificate; required.
     pub broker: BrokerConfig,
+    /// `room`: the simulated room; default office hours, no thermostat, unseeded.
     #[serde(default)]
     pub room: RoomConfig,
     /// QoS 1/2 readings kept while disconnected; the oldest go first when full.
+    /// Default 10000; at most 1000000; a change applies at the next start.
     #[serde(default = "default_offline_buffer")]
     pub offline_buffer: usize,
+    /// `homeassistant`: MQTT discovery; off by default.
     #[serde(default)]
     pub homeassistant: HomeAssistantConfig,
+    /// `log`: level and format; `info`, as text, by default.
     #[serde(default)]
     pub log: super::LogConfig,
     /// Where the node keeps what must survive a restart (its energy meter).
@@ -26,6 +36,7 @@ pub struct SensordConfig {
     /// nothing is kept and a meter starts afresh at every start.
     #[serde(default)]
     pub state_dir: Option<std::path::PathBuf>,
+    /// `sensors`: at least one; ids unique within the node.
     pub sensors: Vec<SensorConfig>,
 }
 
@@ -47,6 +58,8 @@ fn default_offline_buffer() -> usize {
 pub struct NodeConfig {
     /// MQTT client id; must equal the certificate's CN for the broker's ACL.
     pub id: Ident,
+    /// `topic_prefix`: everything the node publishes goes under it
+    /// (`building/floor1/room101`); to aggregatord it is the room.
     pub topic_prefix: TopicPrefix,
 }
 
@@ -55,8 +68,11 @@ pub struct NodeConfig {
 #[serde(deny_unknown_fields)]
 pub struct RoomConfig {
     /// Makes every value model deterministic (for a given sequence of sample times).
+    /// Default: none, different values every run.
     #[serde(default)]
     pub seed: Option<u64>,
+    /// `occupancy`: when people may be in: `always`, `never` or a weekly schedule; default
+    /// office hours.
     #[serde(default)]
     pub occupancy: Occupancy,
     /// Heating set point, °C; without one the room just follows the day.
@@ -67,6 +83,7 @@ pub struct RoomConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Thermostat {
+    /// `setpoint`: °C below which the heater comes on (±0.3 dead band); 5 to 35.
     pub setpoint: f64,
 }
 
@@ -74,14 +91,18 @@ pub struct Thermostat {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Occupancy {
+    /// `always` or `never`.
     Fixed(FixedOccupancy),
+    /// `{ days, from, to }`: people come and go at random within these hours only.
     Schedule(Schedule),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FixedOccupancy {
+    /// Always in use: people all the time.
     Always,
+    /// Never in use: no motion, and CO₂ stays at the outdoor level.
     Never,
 }
 
@@ -89,10 +110,13 @@ pub enum FixedOccupancy {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Schedule {
+    /// `days`, default Monday to Friday (`mon` … `fri`).
     #[serde(default = "weekdays")]
     pub days: Vec<chrono::Weekday>,
+    /// `from`, default 08:00 local time, inclusive.
     #[serde(default = "eight")]
     pub from: chrono::NaiveTime,
+    /// `to`, default 18:00 local time, exclusive; a `to` before `from` never matches.
     #[serde(default = "eighteen")]
     pub to: chrono::NaiveTime,
 }
@@ -148,8 +172,11 @@ fn eighteen() -> chrono::NaiveTime {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HomeAssistantConfig {
+    /// `enabled`, default false: publish a retained discovery config for Home Assistant.
     #[serde(default)]
     pub enabled: bool,
+    /// `prefix`, default `homeassistant`: its discovery prefix; sensord also follows
+    /// `{prefix}/status` to republish when Home Assistant restarts.
     #[serde(default = "default_ha_prefix")]
     pub prefix: String,
 }
@@ -170,20 +197,28 @@ fn default_ha_prefix() -> String {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SensorConfig {
+    /// `id`: the reading topic's last level; unique within the node.
     pub id: Ident,
+    /// `type`: what it measures; sets the unit and, by default, the QoS.
     #[serde(rename = "type")]
     pub sensor_type: SensorType,
+    /// `interval`: how often a reading is taken and published; at least 10ms.
     /// For motion: how often to look for movement; readings are sent on change.
     #[serde(with = "duration")]
     pub interval: Duration,
     /// Default by type: see [`default_qos`].
     #[serde(default)]
     pub qos: Option<Qos>,
+    /// `retain`, default false: publish readings retained, so a new subscriber gets the
+    /// latest at once.
     #[serde(default)]
     pub retain: bool,
     /// Motion only: how long without movement before `0` is sent.
+    /// Default 30s.
     #[serde(default, with = "duration::option")]
     pub clear_after: Option<Duration>,
+    /// `faults`: deliberate faults, none by default; when several are active, the first
+    /// listed wins.
     #[serde(default)]
     pub faults: Vec<FaultConfig>,
 }
@@ -208,8 +243,10 @@ pub fn default_qos(t: SensorType) -> Qos {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FaultConfig {
+    /// `kind`: what goes wrong.
     pub kind: FaultKind,
     /// Starts this long after sensord starts.
+    /// Default 0s: from the start.
     #[serde(default, with = "duration")]
     pub after: Duration,
     /// Lasts this long; forever if absent.
@@ -226,9 +263,14 @@ pub struct FaultConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FaultKind {
+    /// Reports one value throughout: `value`, or the one measured when the fault
+    /// began (motion: the state last sent, whatever `value` says).
     Stuck,
+    /// Reports `value` instead of the measurement.
     Spike,
+    /// Adds `rate` units per minute since the fault began.
     Drift,
+    /// Publishes nothing.
     Dropout,
 }
 

@@ -1,6 +1,8 @@
 //! Where each key of a YAML config is written, by the same dotted path that
 //! errors carry (`sensors[2].id`, `broker.port`), so every config error can
 //! name its line.
+//! It knows neither daemon's schema: it records where keys are, not whether they
+//! are valid.
 //!
 //! The serde YAML deserializer reports a position only for some errors, and
 //! often that of the enclosing mapping; validation errors found after parsing
@@ -18,6 +20,7 @@ pub(crate) struct Spans(HashMap<String, usize>);
 /// Text that is not YAML, and the line where the parser found out.
 #[derive(Debug)]
 pub(crate) struct SyntaxError {
+    /// One-based.
     pub line: usize,
 }
 
@@ -32,7 +35,10 @@ impl From<ScanError> for SyntaxError {
 /// Where the walk is: inside a mapping (waiting for a key, or for the value of
 /// `key`) or inside a sequence (at item `next`).
 enum Frame {
+    /// A mapping at `path`: `key` is the key whose value comes next, `None` while a key
+    /// is awaited.
     Mapping { path: String, key: Option<String> },
+    /// A sequence at `path`: `next` is the index of the next item.
     Sequence { path: String, next: usize },
 }
 

@@ -1,3 +1,6 @@
+//! The alert payload, as published and stored. It decides nothing: raising and
+//! clearing are `alerts::Engine`'s, storing is ingest's, and sending the publisher's.
+
 use super::Timestamp;
 use crate::config::Severity;
 use serde::{Deserialize, Serialize};
@@ -11,16 +14,23 @@ use std::fmt;
 /// message removes the retained `raised` one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
+    /// The rule's `name` (or a built-in: `readings_missing`, `limits`); the topic's last level.
     pub rule: String,
+    /// Copied from the rule: a label for people (dashboard, dump); nothing acts on it.
     pub severity: Severity,
+    /// Raised or cleared: one alert's life is two changes.
     pub state: AlertState,
     /// The room's topic prefix, e.g. `building/floor1/room101`.
     pub room: String,
     /// The reading (or status) topic that triggered it.
     pub topic: String,
+    /// The value behind the change (a reading's, or how many readings are missing), when
+    /// there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<f64>,
+    /// For people: what happened, e.g. `30.5 above 26` or `24.9 back below 25`.
     pub message: String,
+    /// When the alert was raised; a clear keeps it, so it tells how long the alert lasted.
     pub raised_at: Timestamp,
     /// When this state began (equal to `raised_at` for `raised`).
     pub time: Timestamp,
@@ -29,7 +39,9 @@ pub struct Alert {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AlertState {
+    /// The condition held (for the rule's `for`): published retained until cleared.
     Raised,
+    /// No longer holds (or was forgotten): published once, then the retained raise removed.
     Cleared,
 }
 

@@ -1,4 +1,5 @@
 //! Validated names that become topic levels.
+//! It only validates names; topic.rs builds topics from them.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

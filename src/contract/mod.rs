@@ -2,6 +2,8 @@
 //! other MQTT client. Topics, reading payloads, status payloads and the rules for
 //! validating what arrives. README.md ("Message contract") documents the same
 //! thing for people; keep the two in step.
+//! It knows neither the MQTT client nor storage: only types and checks, shared
+//! by both daemons and their tools.
 
 mod alert;
 mod ident;

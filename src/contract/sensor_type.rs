@@ -1,4 +1,5 @@
 //! The kinds of sensor the contract knows, with their units and physical ranges.
+//! It validates no payload itself: validate.rs applies `unit` and `accepts`.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -7,11 +8,17 @@ use std::str::FromStr;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SensorType {
+    /// Air temperature, in `celsius`.
     Temperature,
+    /// Relative humidity, in `percent`.
     Humidity,
+    /// Movement: `1` when it starts, `0` once it stops (`boolean`); sent on change only.
     Motion,
+    /// CO₂ concentration, in `ppm`.
     Co2,
+    /// Power drawn now, in `W`.
     Power,
+    /// An energy meter's count, in `kWh`: it only goes up (ingest checks against storage).
     Energy,
 }
 

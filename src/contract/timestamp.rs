@@ -1,4 +1,5 @@
 //! Reading timestamps: RFC 3339 UTC on the wire from us; lenient on the way in.
+//! It judges no time: how far ahead of the clock is too far is validate.rs's.
 
 use chrono::{DateTime, Local, NaiveDateTime, SecondsFormat, TimeZone, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};

@@ -5,6 +5,9 @@
 //! {prefix}/status                      retained online/offline (and Last Will)
 //! {prefix}/alerts/{rule}               alerts raised by aggregatord
 //! ```
+//!
+//! It judges shapes only: whether a level is a valid id is ident.rs's (ingest
+//! checks), and payloads are validate.rs's.
 
 use super::{Ident, SensorType, TopicPrefix};
 
@@ -37,18 +40,28 @@ pub fn matches(filter: &str, topic: &str) -> bool {
 /// What an incoming topic is, by its shape alone (the payload is checked elsewhere).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Parsed<'a> {
+    /// `{prefix}/{sensor_type}/{sensor_id}`, none of the three empty.
     Reading {
+        /// The node's topic prefix: the room.
         prefix: &'a str,
+        /// As written: not checked against the known types here.
         sensor_type: &'a str,
+        /// The last level.
         sensor_id: &'a str,
     },
+    /// `{prefix}/status`: a node's retained online/offline.
     Status {
+        /// The node's topic prefix.
         prefix: &'a str,
     },
+    /// `{prefix}/alerts/{rule}`: an alert (ours too, when a subscription covers them).
     Alert {
+        /// The room the alert is about.
         prefix: &'a str,
+        /// The rule's name.
         rule: &'a str,
     },
+    /// Anything else: too few levels, or an empty one.
     Unrecognized,
 }
 

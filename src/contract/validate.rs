@@ -1,6 +1,9 @@
 //! Checking a reading that arrived from the broker. Anything can arrive here:
 //! other clients, old firmware, an attacker with a valid certificate. Nothing in
 //! this file may panic, whatever the bytes.
+//!
+//! It knows nothing of what is stored: checks that need history (a meter running
+//! backwards, duplicates, the census caps, `max_age`) are ingest's.
 
 use super::{Reading, SensorType, Timestamp};
 use chrono::{DateTime, Utc};
@@ -14,13 +17,22 @@ const MAX_FUTURE: chrono::Duration = chrono::Duration::minutes(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RejectionReason {
+    /// Over [`MAX_PAYLOAD_BYTES`] (a reading or a status): refused before parsing.
     PayloadTooLarge,
+    /// Not JSON, or not a reading's (or status's) fields and types, an unreadable
+    /// timestamp included.
     Malformed,
+    /// `sensor_id` or `sensor_type` differs from the topic's levels.
     TopicMismatch,
+    /// A type the contract does not know.
     UnknownSensorType,
+    /// Not the type's one unit.
     UnitMismatch,
+    /// Outside the type's physical range (motion: not 0 or 1).
     OutOfRange,
+    /// More than five minutes ahead of aggregatord's clock.
     FutureTimestamp,
+    /// Not a reading, status or alert topic, or a level that is not a valid id.
     UnrecognizedTopic,
     /// An energy meter reading lower than an earlier one (checked against storage).
     MeterDecreased,
@@ -65,7 +77,9 @@ impl fmt::Display for RejectionReason {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
+    /// Why, by a stable name (logs, counters, the `rejected` tree).
     pub reason: RejectionReason,
+    /// What exactly, in words, for the operator.
     pub detail: String,
 }
 

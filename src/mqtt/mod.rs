@@ -6,15 +6,20 @@
 //! the broker lost our session, and hands incoming messages to the daemon as
 //! [`Event`]s. The daemon talks back through [`Handle`].
 
+mod acks;
+mod eventloop;
+mod session;
 mod supervisor;
 mod tls;
+
+use acks::{Acks, Unconfirmed};
 
 pub use tls::{check as check_tls_files, client_config as tls_client_config, TlsError};
 
 use crate::config::BrokerConfig;
 use rumqttc::{AsyncClient, LastWill, MqttOptions, Publish, QoS, Transport};
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -140,30 +145,6 @@ pub enum MqttError {
     Full(usize),
 }
 
-/// Counts QoS 1/2 publishes that the broker has yet to confirm, so that a clean
-/// stop can wait for them (a QoS 2 reading dropped at exit would break the promise).
-#[derive(Debug, Default)]
-struct Unconfirmed {
-    enqueued: AtomicU64,
-    confirmed: AtomicU64,
-    /// Woken whenever the count drops to zero.
-    all_confirmed: tokio::sync::Notify,
-}
-
-impl Unconfirmed {
-    fn count(&self) -> u64 {
-        let done = self.confirmed.load(Ordering::Acquire);
-        self.enqueued.load(Ordering::Acquire).saturating_sub(done)
-    }
-
-    fn confirm(&self, n: u64) {
-        self.confirmed.fetch_add(n, Ordering::AcqRel);
-        if self.count() == 0 {
-            self.all_confirmed.notify_waiters();
-        }
-    }
-}
-
 /// Size of rumqttc's request queue for publishers: when full, `try_publish`
 /// says so and the caller decides (sensord buffers or counts a drop).
 const REQUEST_QUEUE: usize = 4096;
@@ -175,53 +156,73 @@ const MAX_PACKET: usize = 128 * 1024;
 /// The daemon's side of the connection.
 #[derive(Debug)]
 pub struct Handle {
+    /// rumqttc's request queue: our publishes go through it.
     client: AsyncClient,
+    /// The connection state, as the supervisor last saw it.
     link: watch::Receiver<Link>,
+    /// Our QoS 1/2 publishes not yet confirmed: what a clean stop waits for.
     unconfirmed: Arc<Unconfirmed>,
+    /// Tells the supervisor to leave cleanly and end.
     closing: CancellationToken,
+    /// The supervisor task, awaited (with a deadline) by `close`.
     task: JoinHandle<()>,
+    /// Settings changes for the supervisor.
     updates: mpsc::UnboundedSender<Update>,
-    /// The settings in use, and the TLS files' contents they were built from.
+    /// The settings in use, and the TLS files' contents they were built from:
+    /// what `reconfigure` compares a reload with.
     current: std::sync::Mutex<(Settings, Vec<u8>)>,
+    /// The current connection's number (shared with the supervisor).
     generation: Arc<AtomicU64>,
+    /// Acks waiting for the supervisor (shared with every `Acker`).
     acks: Arc<Acks>,
+    /// Whether acks are the daemon's to send (shared with every `Acker`).
+    manual_acks: Arc<AtomicBool>,
 }
 
-/// Acknowledgements waiting for the supervisor, which writes them straight to
-/// the connection, many per write. (Through rumqttc's request queue each ack
-/// costs one poll and one TLS write, and its event loop takes ten incoming
-/// messages per ack: during a backlog, acks then piled up in that queue by the
-/// hundred thousand, at 64 bytes each, and lagged seconds behind storage.)
-#[derive(Debug, Default)]
-pub(crate) struct Acks {
-    queue: std::sync::Mutex<AckQueue>,
-    sent: Arc<AtomicU64>,
-    /// The last wake could not be queued (rumqttc's request queue was full).
-    wake_failed: std::sync::atomic::AtomicBool,
+/// Acknowledges deliveries: the part of [`Handle`] that ingest needs, so that
+/// the daemon's main loop keeps the handle (reconfigure, close) to itself.
+#[derive(Debug, Clone)]
+pub struct Acker {
+    /// Only to wake the supervisor (see eventloop.rs).
+    client: AsyncClient,
+    /// Where acks wait for the supervisor.
+    acks: Arc<Acks>,
+    /// The current connection: acks of an earlier one are dropped.
+    generation: Arc<AtomicU64>,
+    /// Whether acks are ours to send (else rumqttc sent them already).
+    manual_acks: Arc<AtomicBool>,
 }
 
-/// (connection generation, packet id, QoS 2?), in the order given.
-pub(crate) type AckQueue = std::collections::VecDeque<(u64, u16, bool)>;
-
-impl Acks {
-    fn lock(&self) -> std::sync::MutexGuard<'_, AckQueue> {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Everything queued so far.
-    pub(crate) fn take(&self) -> AckQueue {
-        std::mem::take(&mut *self.lock())
-    }
-
-    pub(crate) fn count_sent(&self, n: u64) {
-        self.sent.fetch_add(n, Ordering::Relaxed);
+impl Acker {
+    /// Acknowledges incoming messages (PUBACK, or PUBREC for QoS 2), in order.
+    /// QoS 0 messages need none.
+    /// A message that arrived on an earlier connection is not acknowledged: its
+    /// packet id may now name another message (after a broker restart that lost
+    /// our session), and a resumed session redelivers it anyway.
+    pub fn ack<'d>(&self, deliveries: impl IntoIterator<Item = &'d Delivery>) {
+        if !self.manual_acks.load(Ordering::Acquire) {
+            return; // rumqttc has acknowledged them already.
+        }
+        let generation = self.generation.load(Ordering::Acquire);
+        let wake = self.acks.push(
+            deliveries
+                .into_iter()
+                .filter(|d| d.generation == generation && d.publish.qos != QoS::AtMostOnce)
+                .map(|d| {
+                    (
+                        d.generation,
+                        d.publish.pkid,
+                        d.publish.qos == QoS::ExactlyOnce,
+                    )
+                }),
+        );
+        // The supervisor looks at the queue before every poll; if it is parked
+        // in one (nothing arriving), a harmless request wakes it.
+        if wake {
+            self.acks.woke(eventloop::wake(&self.client));
+        }
     }
 }
-
-/// Unsubscribing from a filter nobody subscribes to: a request with no effect,
-/// sent only to wake the supervisor's poll (never cancelled while connected)
-/// when there is a stop or a settings change to act on.
-const WAKE_FILTER: &str = "roomsense/wake";
 
 /// Builds the client and starts the supervisor. Fails only on local problems
 /// (unreadable certificates); broker trouble is retried, never returned.
@@ -236,22 +237,17 @@ pub fn connect(settings: Settings) -> Result<(Handle, mpsc::Receiver<Event>), Mq
     let unconfirmed = Arc::new(Unconfirmed::default());
     let acks = Arc::new(Acks::default());
     let closing = CancellationToken::new();
+    let manual_acks = Arc::new(AtomicBool::new(settings.manual_acks));
     let task = tokio::spawn(
         supervisor::Supervisor {
-            eventloop,
+            conn: eventloop::Conn::new(eventloop),
             client: client.clone(),
-            settings: settings.clone(),
+            session: session::Session::new(settings.clone(), generation.clone()),
             events: events_tx,
             link: link_tx,
             unconfirmed: unconfirmed.clone(),
             closing: closing.clone(),
             updates: updates_rx,
-            dropped_filters: Vec::new(),
-            backlog: std::collections::VecDeque::new(),
-            reconnect_to: None,
-            disconnect_queued: false,
-            older_than_backlog: 0,
-            generation: generation.clone(),
             acks: acks.clone(),
         }
         .run(),
@@ -266,6 +262,7 @@ pub fn connect(settings: Settings) -> Result<(Handle, mpsc::Receiver<Event>), Mq
         current: std::sync::Mutex::new((settings, tls_files)),
         acks,
         generation,
+        manual_acks,
     };
     Ok((handle, events_rx))
 }
@@ -354,7 +351,7 @@ impl Handle {
 
     fn note_enqueued(&self, qos: Qos) {
         if qos != Qos::AtMostOnce {
-            self.unconfirmed.enqueued.fetch_add(1, Ordering::AcqRel);
+            self.unconfirmed.enqueue(1);
         }
     }
 
@@ -371,52 +368,19 @@ impl Handle {
         }
     }
 
-    /// Acknowledges incoming messages (PUBACK, or PUBREC for QoS 2), in order.
-    /// QoS 0 messages need none.
-    /// A message that arrived on an earlier connection is not acknowledged: its
-    /// packet id may now name another message (after a broker restart that lost
-    /// our session), and a resumed session redelivers it anyway.
-    pub fn ack<'d>(&self, deliveries: impl IntoIterator<Item = &'d Delivery>) {
-        if !self
-            .current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .0
-            .manual_acks
-        {
-            return; // rumqttc has acknowledged them already.
-        }
-        let generation = self.generation.load(Ordering::Acquire);
-        let mut queue = self.acks.lock();
-        let was_empty = queue.is_empty();
-        queue.extend(
-            deliveries
-                .into_iter()
-                .filter(|d| d.generation == generation && d.publish.qos != QoS::AtMostOnce)
-                .map(|d| {
-                    (
-                        d.generation,
-                        d.publish.pkid,
-                        d.publish.qos == QoS::ExactlyOnce,
-                    )
-                }),
-        );
-        let wake =
-            (was_empty && !queue.is_empty()) || self.acks.wake_failed.load(Ordering::Acquire);
-        drop(queue);
-        // The supervisor looks at the queue before every poll; if it is parked
-        // in one (nothing arriving), a harmless request wakes it. Under load it
-        // is rarely parked, and one wake serves a whole batch. A wake that could
-        // not be queued is tried again with the next acks.
-        if wake {
-            let queued = self.client.try_unsubscribe(WAKE_FILTER).is_ok();
-            self.acks.wake_failed.store(!queued, Ordering::Release);
+    /// What ingest needs to acknowledge deliveries, without the handle itself.
+    pub fn acker(&self) -> Acker {
+        Acker {
+            client: self.client.clone(),
+            acks: self.acks.clone(),
+            generation: self.generation.clone(),
+            manual_acks: self.manual_acks.clone(),
         }
     }
 
     /// Counts acknowledgements written to the connection.
     pub fn acks_sent(&self) -> Arc<AtomicU64> {
-        self.acks.sent.clone()
+        self.acks.sent()
     }
 
     /// Applies new settings (a config reload). If only the birth messages differ,
@@ -444,7 +408,8 @@ impl Handle {
             Update::Reconnect(Box::new(new.clone()), Box::new(options(&new)?))
         };
         self.updates.send(update).map_err(|_| MqttError::Closed)?;
-        let _ = self.client.try_unsubscribe(WAKE_FILTER);
+        self.manual_acks.store(new.manual_acks, Ordering::Release);
+        let _ = eventloop::wake(&self.client);
         *current = (new, files);
         Ok(!same_connection)
     }
@@ -454,7 +419,7 @@ impl Handle {
     /// Will and keeps our session. Returns the number of publishes left unconfirmed.
     pub async fn close(self, grace: Duration) -> u64 {
         self.closing.cancel();
-        let _ = self.client.try_unsubscribe(WAKE_FILTER);
+        let _ = eventloop::wake(&self.client);
         let abort = self.task.abort_handle();
         if tokio::time::timeout(grace, self.task).await.is_err() {
             abort.abort();

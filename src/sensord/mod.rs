@@ -295,19 +295,10 @@ pub async fn run(config: SensordConfig, config_path: std::path::PathBuf) -> anyh
     let mqtt = Arc::new(mqtt);
     info!(node = %config.node.id, sensors = config.sensors.len(), "sensord started");
 
-    // Which discovery config to republish when Home Assistant restarts; follows reloads.
-    let (discovery_tx, discovery_rx) = tokio::sync::watch::channel(
-        config
-            .homeassistant
-            .enabled
-            .then(|| discovery::message(&config)),
-    );
-    let events = tokio::spawn(answer_events(
-        events,
-        mqtt.clone(),
-        discovery_rx,
-        discovery::ha_status_topic(&config),
-    ));
+    // Which discovery config to republish when Home Assistant restarts, and
+    // where it says so; both follow reloads.
+    let (discovery_tx, discovery_rx) = tokio::sync::watch::channel(Discovery::of(&config));
+    let events = tokio::spawn(answer_events(events, mqtt.clone(), discovery_rx));
     let (outbox_tx, outbox_rx) = mpsc::channel(OUTBOX_QUEUE);
     let mut outbox = tokio::spawn(Outbox::new(mqtt.clone(), config.offline_buffer).run(outbox_rx));
 
@@ -351,7 +342,7 @@ pub async fn run(config: SensordConfig, config_path: std::path::PathBuf) -> anyh
                     match mqtt.reconfigure(mqtt_settings(&new, started_at)) {
                         Ok(reconnecting) => {
                             info!(changed = ?changed, reconnecting, "configuration reloaded");
-                            let _ = discovery_tx.send(new.homeassistant.enabled.then(|| discovery::message(&new)));
+                            discovery_tx.send_replace(Discovery::of(&new));
                             if new.offline_buffer != driver.config.offline_buffer {
                                 warn!("offline_buffer takes effect at the next start");
                             }
@@ -437,20 +428,39 @@ pub async fn run(config: SensordConfig, config_path: std::path::PathBuf) -> anyh
     Ok(())
 }
 
+/// What sensord answers Home Assistant's restarts with.
+#[derive(Debug, Clone)]
+struct Discovery {
+    /// The retained discovery config, published again.
+    config: Message,
+    /// Where Home Assistant says `online` when it (re)starts.
+    ha_status: String,
+}
+
+impl Discovery {
+    /// None when discovery is off.
+    fn of(config: &SensordConfig) -> Option<Discovery> {
+        config.homeassistant.enabled.then(|| Discovery {
+            config: discovery::message(config),
+            ha_status: discovery::ha_status_topic(config),
+        })
+    }
+}
+
 /// Republishes the discovery config when Home Assistant says it (re)started.
 async fn answer_events(
     mut events: mpsc::Receiver<Event>,
     mqtt: Arc<Handle>,
-    discovery: tokio::sync::watch::Receiver<Option<Message>>,
-    ha_status: String,
+    discovery: tokio::sync::watch::Receiver<Option<Discovery>>,
 ) {
     while let Some(event) = events.recv().await {
         let Event::Message(d) = &event else { continue };
+        // The current config's, not start-up's: a reload may move the topic.
         let current = discovery.borrow().clone();
         if let Some(discovery) = current {
-            if d.topic() == ha_status && d.payload() == b"online" {
+            if d.topic() == discovery.ha_status && d.payload() == b"online" {
                 info!("Home Assistant started; republishing discovery config");
-                if let Err(e) = mqtt.try_publish(&discovery) {
+                if let Err(e) = mqtt.try_publish(&discovery.config) {
                     warn!(error = %e, "could not queue discovery config");
                 }
             }

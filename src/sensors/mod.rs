@@ -1,6 +1,7 @@
 //! Simulated sensors. A [`Room`] holds the physical state (temperature, people,
 //! CO₂, heater, energy used); each [`Sensor`] observes it with its own noise,
 //! faults and sequence numbers. A [`Node`] is the room plus its sensors.
+//! It knows no MQTT and sends nothing: sensord decides when to read, and publishes.
 
 mod room;
 mod sensor;
@@ -13,7 +14,9 @@ use crate::contract::Reading;
 use chrono::{DateTime, Utc};
 
 pub struct Node {
+    /// The physical state every sensor reads; advanced to a reading's time first.
     pub room: Room,
+    /// In config order: [`Node::read`] takes an index into it.
     pub sensors: Vec<Sensor>,
 }
 

@@ -1,6 +1,7 @@
 //! The simulated room: one physical state that all of a node's sensors observe,
 //! so that humidity falls when the heating warms the air, CO₂ climbs during a
 //! meeting, and motion, CO₂ and power agree about whether anyone is there.
+//! It knows no sensors: noise, faults and numbering are sensor.rs's.
 
 use crate::config::{FixedOccupancy, Occupancy, RoomConfig};
 use chrono::{DateTime, Datelike, Local, Timelike, Utc};
@@ -40,15 +41,27 @@ const HEATER_POWER: f64 = 800.0;
 const METER_EPOCH_SECS: i64 = 1_704_067_200;
 
 pub struct Room {
+    /// Presence changes and temperature drift; seeded from `room.seed` when set.
     rng: fastrand::Rng,
+    /// When people may be in (`room.occupancy`).
     occupancy: Occupancy,
+    /// Thermostat set point, °C; `None`: no heating at all.
     setpoint: Option<f64>,
+    /// The instant the state describes; `None` until the first `advance`, which starts
+    /// from equilibrium.
     now: Option<DateTime<Utc>>,
+    /// Air temperature, °C.
     temperature: f64,
+    /// A slow random walk added to the daily baseline, °C, within ±0.8.
     drift: f64,
+    /// CO₂, ppm: from the outdoor 420 up to at most 5000.
     co2: f64,
+    /// Whether people are in now: drives motion, CO₂, their heat and power.
     in_use: bool,
+    /// Whether the heater is on (thermostat with a ±0.3 °C dead band).
     heating: bool,
+    /// The meter, kWh: only goes up. 0 means not started yet: `settle` then starts it
+    /// (see [`METER_EPOCH_SECS`]); a resumed meter carries on instead.
     energy_kwh: f64,
     /// The share (0.25 to 0.75) of maximum power a new meter starts from.
     meter_share: f64,

@@ -1,5 +1,7 @@
 //! One simulated sensor: reads the room, adds its own measurement noise, applies
 //! any configured faults, and numbers its readings.
+//! It keeps no schedule and publishes nothing: sensord asks for a reading when one
+//! is due.
 
 use super::Room;
 use crate::config::{FaultConfig, FaultKind, SensorConfig};
@@ -13,12 +15,17 @@ const DETECT_PROBABILITY: f64 = 0.3;
 pub const DEFAULT_CLEAR_AFTER: Duration = Duration::from_secs(30);
 
 pub struct Sensor {
+    /// Its config; a reload replaces it while `seq` and the state below carry on.
     pub config: SensorConfig,
+    /// Measurement noise and motion detection; seeded from `room.seed` when set.
     rng: fastrand::Rng,
+    /// When the run started (a dry run's `from`): faults' `after` and drift count from it.
     started: DateTime<Utc>,
+    /// The last seq given out: 0 before the first reading, so the first is 1.
     seq: u64,
     /// Motion: what was last reported, and when movement was last seen.
     motion: Option<f64>,
+    /// When movement was last seen; `None` until then.
     last_movement: Option<DateTime<Utc>>,
     /// `stuck` faults freeze at the value they first see.
     frozen: Option<f64>,

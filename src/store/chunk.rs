@@ -4,6 +4,7 @@
 //! key plus value plus sled's per-key overhead, and ingest writes one sled key
 //! per topic per batch instead of one per reading (sled copies a whole leaf on
 //! every write: that copy was most of ingest's CPU time).
+//! It does no I/O: readings.rs decides which chunk to read, append to or split.
 //!
 //! ```text
 //! key:    topic id u32 BE | time (8, big-endian, sign flipped) | seq u64 BE
@@ -38,15 +39,23 @@ pub(super) const SENSOR_TYPE: u8 = 32;
 /// One reading within a chunk: what the topic does not already say.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct Entry {
+    /// The reading's own timestamp, microseconds since the epoch.
     pub time: i64,
+    /// The reading's seq; `None` is keyed and ordered as 0.
     pub seq: Option<u64>,
+    /// The reading's value, kept bit for bit (f64 LE).
     pub value: f64,
+    /// When aggregatord received it, microseconds since the epoch (stored as a delta from
+    /// `time`).
     pub received_at: i64,
+    /// The delivery QoS, 0 to 2 (the flags' two low bits).
     pub qos: u8,
     /// Unit, sensor id and sensor type, each only when it differs from what the
     /// topic implies.
     pub unit: Option<String>,
+    /// Only when it differs from the topic's last level.
     pub sensor_id: Option<String>,
+    /// Only when it differs from the topic's type level.
     pub sensor_type: Option<String>,
 }
 
@@ -56,6 +65,7 @@ impl Entry {
     }
 }
 
+/// A chunk or key that cannot be decoded, and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub(super) struct ChunkError(&'static str);
@@ -212,6 +222,7 @@ fn unzigzag(v: u64) -> i64 {
     ((v >> 1) as i64) ^ -((v & 1) as i64)
 }
 
+/// A cursor over a chunk's entries: the bytes not read yet.
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {

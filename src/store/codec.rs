@@ -1,6 +1,8 @@
 //! The one-key-per-reading layout of earlier versions, kept to read old
 //! databases: `Trees::migrate` moves them into chunks (`chunk.rs`) on open.
 //! (Writing it is kept for the tests that build such a database.)
+//! It does no I/O: `Trees::migrate` reads the old tree and stores through a
+//! `ReadingWriter`.
 //!
 //! ```text
 //! key:   topic 0x00 | timestamp µs (8, big-endian, sign flipped) | seq (8, big-endian)
@@ -129,6 +131,7 @@ pub(super) fn decode(key: &[u8], value: &[u8]) -> Result<StoredReading, StoredRe
     })
 }
 
+/// An old record that cannot be read, and why: the migration logs it and leaves it out.
 #[derive(Debug)]
 pub(super) struct StoredReadingError(pub String);
 

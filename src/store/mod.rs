@@ -1,4 +1,6 @@
 //! Durable storage of readings. This is the only module that knows sled.
+//! It knows nothing of MQTT or of alert rules: ingest validates readings, and
+//! `alerts::Engine` decides alert changes, before anything reaches it.
 //!
 //! Layout (one sled tree each):
 //! - `topic_ids`, `topic_names`, `chunks`: the readings, each topic's history in
@@ -31,17 +33,23 @@ pub const REJECTED_KEEP: u64 = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// Another process (a running aggregatord, or a dump) holds sled's lock on the folder.
     #[error(
         "{}: the database is in use by another process (is aggregatord running?)",
         path.display()
     )]
     Locked { path: PathBuf },
+    /// Any other failure to open the database (a folder it may not write, damaged files).
     #[error("{}: {source}", path.display())]
     Open { path: PathBuf, source: sled::Error },
+    /// A sled operation failed; after an I/O error sled refuses writes until [`Store::reopen`].
     #[error("storage: {0}")]
     Sled(#[from] sled::Error),
+    /// The database is closed for a reopen, or the last reopen failed: try again later.
     #[error("{}: storage is being reopened", path.display())]
     Reopening { path: PathBuf },
+    /// A record that cannot be decoded (or encoded); `key` is its sled key as text (the
+    /// topic, or empty, when encoding failed).
     #[error("corrupt record under key {key:?}: {message}")]
     Corrupt { key: String, message: String },
 }
@@ -49,19 +57,30 @@ pub enum StoreError {
 /// A reading as stored: the payload's fields plus where and how it arrived.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredReading {
+    /// The topic it arrived on; with the reading's timestamp and seq, its identity in storage.
     pub topic: String,
+    /// The payload as validated; flattened, so its JSON (`dump`, the old layout) is the
+    /// payload plus the fields here.
     #[serde(flatten)]
     pub reading: Reading,
+    /// When aggregatord received it, by its own clock (milliseconds); alert rules time by
+    /// this, not by the sensor's timestamp.
     pub received_at: Timestamp,
+    /// The QoS the broker delivered it at (at most the subscription's), not the node's own.
     pub qos: u8,
 }
 
 /// A message that failed validation, kept as it arrived.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RejectedMessage {
+    /// The topic it arrived on (any topic: refusals include unrecognized ones).
     pub topic: String,
+    /// The [`RejectionReason`](crate::contract::RejectionReason)'s stable snake_case name
+    /// (`malformed`, `too_old`), for filtering and counting.
     pub reason: String,
+    /// What exactly was wrong, in words (which unit was expected, how large it was).
     pub detail: String,
+    /// When aggregatord received it, by its own clock.
     pub received_at: Timestamp,
     /// The payload, lossily decoded and cut to 1 KiB: enough to see what was sent.
     pub payload: String,
@@ -69,7 +88,10 @@ pub struct RejectedMessage {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Inserted {
+    /// Not stored before: stored now (on disk after `finish` and [`Store::flush`]).
     New,
+    /// The same reading (value and seq) is already stored or pending: a redelivery;
+    /// nothing is written.
     Duplicate,
     /// Same identity (topic, timestamp, seq) as a stored reading but not the
     /// same reading (another value, or seq where there was none): the first
@@ -82,15 +104,24 @@ pub enum Inserted {
 /// until it is opened again).
 #[derive(Clone)]
 pub struct Store {
+    /// The database folder: [`Store::reopen`] opens it again, and errors name it.
     path: PathBuf,
+    /// `None` from closing to reopening, or after a failed reopen: every call then fails
+    /// with [`StoreError::Reopening`]. Shared by all clones.
     trees: Arc<RwLock<Option<Trees>>>,
+    /// Entries in the `rejected` tree, so that inserting can trim it to [`REJECTED_KEEP`]
+    /// without counting (sled's `len` scans the whole tree).
     rejected_len: Arc<AtomicU64>,
 }
 
 #[derive(Clone)]
 struct Trees {
+    /// The sled instance: flush, id generation, and the tree list (for the migration).
     db: sled::Db,
+    /// `topic_ids`, `topic_names` and `chunks`: the readings (`readings.rs`).
     readings: readings::Readings,
+    /// Id (big-endian, so oldest first) → [`RejectedMessage`] as JSON; at most
+    /// [`REJECTED_KEEP`] entries.
     rejected: sled::Tree,
     /// room 0x00 rule → the active (raised) alert.
     alerts_active: sled::Tree,
@@ -579,14 +610,23 @@ mod model {
 
     #[derive(Debug, Clone)]
     enum Op {
+        /// One reading into the current batch's writer.
         Insert {
+            /// Index into `TOPICS`.
             topic: usize,
+            /// Seconds after `T0`; ascending, except those drawn as multiples of 5 (see `ops`),
+            /// which keep their random time and so arrive late or early.
             time: i64,
+            /// The reading's seq; `None` one time in ten (a client that sends none).
             seq: Option<u64>,
+            /// A unit other than the type's (one in twenty), which a chunk stores as a string.
             odd_unit: bool,
         },
+        /// Finish the writer and start another: a batch boundary.
         EndBatch,
+        /// Expire readings older than `T0` plus this many seconds, in steps as retention does.
         Expire(i64),
+        /// Finish, flush, close and open the store again.
         Reopen,
     }
 

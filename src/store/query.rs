@@ -1,6 +1,7 @@
 //! What to select from the stored readings: by sensor, room, type and time. The
 //! store visits topics in name order, skips those that do not match, and within
 //! a matching topic seeks straight to the time window (`readings.rs`).
+//! It knows neither sled nor the layout: it only says what matches.
 
 use crate::contract::{topic, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -16,9 +17,11 @@ pub struct Query {
     pub sensor: Option<String>,
     /// Room: the level before the sensor type (`room101`).
     pub room: Option<String>,
+    /// Sensor type, the level before the sensor id (`temperature`).
     pub sensor_type: Option<String>,
     /// Inclusive bounds on the reading's timestamp.
     pub since: Option<Timestamp>,
+    /// The window's end, inclusive like `since`.
     pub until: Option<Timestamp>,
     /// At most this many rows.
     pub limit: Option<usize>,

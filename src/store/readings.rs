@@ -1,5 +1,7 @@
 //! The readings: each topic interned as a small id, each topic's history kept in
 //! chunks (layout in `chunk.rs`).
+//! It knows nothing of alerts or rejected messages (mod.rs keeps those trees) and
+//! validates nothing: a reading's identity is all it judges.
 //!
 //! Trees: `topic_ids` (topic → id u32 BE), `topic_names` (id → topic), and
 //! `chunks`. Ingest writes through a [`ReadingWriter`]: readings newer than
@@ -18,8 +20,11 @@ const FIRST: Pos = (i64::MIN, 0);
 
 #[derive(Clone)]
 pub(super) struct Readings {
+    /// `topic_ids`: topic → id (u32 BE).
     ids: sled::Tree,
+    /// `topic_names`: id → topic; its last key gives the next id at open.
     names: sled::Tree,
+    /// `chunks`: key of a chunk's first reading (topic id, time, seq) → the chunk.
     chunks: sled::Tree,
     /// Also serializes writers (ingest, retention): appending to a chunk is a
     /// read-modify-write.
@@ -27,12 +32,16 @@ pub(super) struct Readings {
 }
 
 struct State {
+    /// Topics written since open (read from disk on first write), so a reading newer
+    /// than its topic's last needs no lookup.
     topics: HashMap<String, TopicState>,
+    /// The id the next new topic gets; ids are never reused.
     next_id: u32,
 }
 
 #[derive(Clone, Copy)]
 struct TopicState {
+    /// Its id: the prefix of all its keys in `chunks`.
     id: u32,
     /// The last stored reading's position. Never below what is on disk (it may
     /// be above, after retention or a lost unflushed write: that only sends a
@@ -294,6 +303,7 @@ fn same_or_conflict(stored: &Entry, new: &Entry) -> Inserted {
 
 /// Writes one batch of readings; nothing is durable until the store's flush.
 pub struct ReadingWriter {
+    /// The trees it writes to (a cheap clone).
     r: Readings,
     /// Per topic id: the topic, and its new readings newer than anything stored,
     /// in order.
@@ -403,20 +413,30 @@ impl ReadingWriter {
 
 /// Readings selected by a [`Query`], by topic then time.
 pub(super) struct Select<'a> {
+    /// The trees it reads (a cheap clone).
     r: Readings,
+    /// What to select.
     query: &'a Query,
     /// Topics still to visit, in name order; `None` once finished.
     topics: Option<sled::Iter>,
+    /// The topic being read; `None` between topics.
     run: Option<Run>,
+    /// The current chunk's selected readings not yet returned.
     buf: std::vec::IntoIter<StoredReading>,
+    /// Readings returned so far, for `query.limit`.
     taken: usize,
 }
 
 /// One topic's chunks within the query's time window.
 struct Run {
+    /// Its name, for the readings it yields (and what the topic implies).
     topic: String,
+    /// Its chunks, from the one covering `since` to the last starting at or before `until`.
     chunks: sled::Iter,
+    /// The query's window, microseconds (an open side is `i64::MIN` or `i64::MAX`); a
+    /// chunk can straddle either end, so its entries are filtered too.
     since: i64,
+    /// The window's end, inclusive.
     until: i64,
 }
 
@@ -510,8 +530,11 @@ impl Iterator for Select<'_> {
 /// the type's unit. Entries (and the old layout, `codec.rs`) store these only
 /// where a reading differs.
 pub(super) struct Implied<'t> {
+    /// The topic's last level; `None` for a topic not shaped like a reading's.
     pub sensor_id: Option<&'t str>,
+    /// The topic's type level; `None` likewise.
     pub sensor_type: Option<&'t str>,
+    /// The type's one unit; `None` for a type the contract does not know.
     pub unit: Option<&'static str>,
 }
 

@@ -253,3 +253,79 @@ fn a_qos_2_subscription_is_refused_with_the_reason() {
     );
     assert!(err.contains(&at) && err.contains("rumqtt#664"), "{err}");
 }
+
+/// A clean stop in the middle of a backlog. Everything aggregatord stored was
+/// acknowledged, and those acknowledgements must reach the broker before the
+/// connection closes: its DISCONNECT goes out behind them, and the socket is
+/// closed only after the broker has closed its side. (Dropping the socket with
+/// the broker's sends still unread made the kernel reset the connection, and
+/// the broker lost our last acks and the DISCONNECT: "disconnected: Protocol
+/// error", and the stored tail redelivered at every start.) So the next start
+/// gets back exactly what was not stored: no duplicates.
+#[test]
+fn a_clean_stop_mid_backlog_loses_no_acknowledgement() {
+    require_failpoints();
+    const N: u64 = 6000;
+    let pki = Pki::new(&["room101", "aggregatord"]);
+    let broker = Broker::start(&pki);
+    let storage = tempfile::tempdir().unwrap();
+    let config = write_config(&aggregatord_yaml_with(
+        &broker,
+        &pki,
+        storage.path(),
+        1,
+        "ingest: { batch_max: 50 }\n",
+    ));
+    // A slow disk, so that the stop lands while most of the backlog is queued.
+    let mut agg = start_daemon_with(
+        AGGREGATORD,
+        &config.path,
+        &[("FAILPOINTS", "ingest::before_flush=sleep(10)")],
+    );
+    agg.log.wait_for(&["subscribed"]);
+    let node = Watcher::connect(&broker, &pki, "room101");
+    for seq in 1..=N {
+        node.publish(TOPIC, &reading_payload(seq), 1);
+    }
+    node.wait_confirmed(N as usize);
+    agg.log.wait_for_nth(&["stored reading"], 500);
+    assert!(agg.terminate().success());
+    let first = agg.log.wait_for(&["aggregatord stopped"]);
+    let stored_first = field(&first, "stored");
+    let said = broker
+        .proc
+        .log
+        .wait_for(&["Client aggregatord ", "disconnect"]);
+
+    let mut agg = start_daemon(AGGREGATORD, &config.path);
+    agg.log
+        .wait_for(&["stored reading", &format!("seq=Some({N})")]);
+    assert!(agg.terminate().success());
+    let second = agg.log.wait_for(&["aggregatord stopped"]);
+    let rows = stored_seqs(&config.path);
+    let seqs: BTreeSet<u64> = rows.iter().copied().collect();
+    let missing = (1..=N).filter(|s| !seqs.contains(s)).count();
+    assert!(
+        stored_first > 0 && stored_first < N,
+        "the stop did not land mid-backlog: {first}"
+    );
+    assert!(
+        said.ends_with("Client aggregatord disconnected."),
+        "the broker did not see a clean DISCONNECT: {said}"
+    );
+    assert_eq!(missing, 0, "readings lost");
+    assert_eq!(rows.len(), seqs.len(), "a reading was stored twice");
+    assert_eq!(
+        field(&second, "duplicates"),
+        0,
+        "acknowledged readings were redelivered after a clean stop: {second}"
+    );
+}
+
+/// A numeric `key=value` field of a log line.
+fn field(line: &str, key: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.trim_matches('"').parse().ok())
+        .unwrap_or_else(|| panic!("no {key}= in {line}"))
+}

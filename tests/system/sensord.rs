@@ -447,3 +447,39 @@ fn dry_run_prints_readings_without_a_broker_the_same_for_the_same_seed() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
 }
+
+/// A reload that moves Home Assistant's status topic: sensord subscribes to the
+/// new one and answers it (it once kept comparing against start-up's topic).
+/// The shipped ACL lets a node read only `homeassistant/status`, so the node
+/// starts on another prefix (Mosquitto grants the subscription but never
+/// delivers on it) and reloads to that one.
+#[test]
+fn a_reload_that_moves_the_home_assistant_status_topic_is_answered_there() {
+    let pki = Pki::new(&["room101", "homeassistant"]);
+    let broker = Broker::start(&pki);
+    let sensors = [("temp_001", "temperature", "1s", 0)];
+    let yaml = |prefix: &str| {
+        sensord_yaml_on(
+            broker.port,
+            &pki,
+            "room101",
+            PREFIX,
+            &sensors,
+            &format!("homeassistant: {{ enabled: true, prefix: {prefix} }}\n"),
+        )
+    };
+    let config = write_config(&yaml("ha_old"));
+    let sensord = start_daemon(SENSORD, &config.path);
+    sensord.log.wait_for(&["subscribed", "Success"]);
+    std::fs::write(&config.path, yaml("homeassistant")).unwrap();
+    sensord.hup();
+    sensord
+        .log
+        .wait_for(&["configuration reloaded", "reconnecting=true"]);
+    sensord.log.wait_for_nth(&["subscribed", "Success"], 2);
+    let ha = Watcher::connect(&broker, &pki, "homeassistant");
+    ha.subscribe("homeassistant/#", 1);
+    ha.publish("homeassistant/status", b"online", 1);
+    sensord.log.wait_for(&["republishing discovery config"]);
+    ha.wait_for("homeassistant/device/room101/config", |_| true);
+}

@@ -1,6 +1,7 @@
 //! The dashboard's listener: a cap on open connections and an idle timeout on
 //! each, so that half-open or stalled clients cannot use up file descriptors
 //! or memory (issue 18: 1,100 idle connections reached the open-files limit).
+//! It knows nothing of HTTP: it counts connections and watches bytes, not requests.
 
 use axum::serve::Listener;
 use std::future::Future;
@@ -17,9 +18,13 @@ use tokio::time::{Instant, Sleep};
 /// Accepts connections while fewer than its cap are open; closes the rest at
 /// once (the client sees a reset rather than a hang).
 pub struct Guarded {
+    /// The bound socket; axum's own accept (with its backoff on errors) runs on it.
     listener: TcpListener,
+    /// One permit per open connection: `http.max_connections`.
     open: Arc<Semaphore>,
+    /// `http.idle_timeout`, given to each connection.
     idle: Duration,
+    /// Connections closed at the cap so far; warned about at each power of two.
     refused: u64,
 }
 
@@ -65,9 +70,13 @@ impl Listener for Guarded {
 /// A connection that fails with `TimedOut` once it has moved no byte either
 /// way for `idle`, and gives its slot back when dropped.
 pub struct Conn {
+    /// The client's socket.
     stream: TcpStream,
+    /// Its place under the cap, given back on drop.
     _slot: OwnedSemaphorePermit,
+    /// How long it may move no byte either way.
     idle: Duration,
+    /// When it times out unless a byte moves first; pushed back on every read or write.
     deadline: Pin<Box<Sleep>>,
 }
 

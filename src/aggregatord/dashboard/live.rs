@@ -2,6 +2,7 @@
 //! latest value and last hour (thinned for sparklines), each node's status, the
 //! active alerts, the message rate. Changes go out as small events; a browser
 //! that (re)connects gets one snapshot and then only those events.
+//! It does no I/O: ingest pushes every change in, and HTTP handlers read it.
 
 use crate::contract::{topic, Alert, AlertState, NodeState, Status, Timestamp};
 use crate::store::StoredReading;
@@ -23,16 +24,23 @@ const RATE_WINDOW: usize = 10;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SensorView {
+    /// The reading topic: the row's key.
     pub topic: String,
+    /// Its room's topic prefix.
     pub room: String,
+    /// The topic's last level.
     pub sensor_id: String,
+    /// The topic's type level.
     pub sensor_type: String,
+    /// The type's unit.
     pub unit: String,
     /// What the node says it publishes at (its `online` status), else as delivered.
     pub qos: u8,
     /// What the broker delivered to us at: at most the subscription's QoS.
     pub delivered_qos: u8,
+    /// The newest reading's value, by its own timestamp: a late one does not replace it.
     pub value: f64,
+    /// That reading's own timestamp.
     pub timestamp: Timestamp,
     /// `[milliseconds since the epoch, value]`, oldest first.
     pub spark: VecDeque<(i64, f64)>,
@@ -40,10 +48,15 @@ pub struct SensorView {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeView {
+    /// The node's topic prefix: the row's key.
     pub room: String,
+    /// The prefix's last level (ingest takes it from the topic, not the payload).
     pub node: String,
+    /// Online or offline, as last announced.
     pub status: NodeState,
+    /// `shutdown` or `connection_lost` (or none): the page's stopped or lost badge.
     pub reason: Option<String>,
+    /// When aggregatord received that status.
     pub since: Timestamp,
 }
 
@@ -52,8 +65,11 @@ struct Inner {
     /// The QoS each node says it publishes each sensor at (its `online` status).
     /// Shown instead of the delivery QoS, which the subscription caps at 1.
     declared_qos: BTreeMap<(String, String), u8>,
+    /// By reading topic.
     sensors: BTreeMap<String, SensorView>,
+    /// By room prefix: one node per prefix.
     nodes: BTreeMap<String, NodeView>,
+    /// Active alerts by (room, rule).
     alerts: BTreeMap<(String, String), Alert>,
     /// Readings per second, newest last: (unix second, count).
     rate: VecDeque<(i64, u64)>,
@@ -64,6 +80,7 @@ struct Inner {
 const SNAPSHOT_REUSE: Duration = Duration::from_secs(1);
 
 pub struct Live {
+    /// Everything shown; locked briefly by ingest (writes) and handlers (reads).
     inner: Mutex<Inner>,
     /// Changes, each framed once as an SSE event and shared by every client.
     events: broadcast::Sender<Bytes>,

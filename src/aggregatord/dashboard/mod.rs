@@ -1,5 +1,6 @@
 //! The HTTP side of aggregatord: a live dashboard page, its JSON API and event
 //! stream, Prometheus metrics, and health checks. Loopback by default.
+//! It never writes what it shows: ingest updates [`Live`], and the store is only read.
 //!
 //! | Path | What |
 //! |---|---|
@@ -39,9 +40,13 @@ const MAX_POINTS: usize = 2000;
 
 #[derive(Clone)]
 struct App {
+    /// What the page shows; ingest writes it, handlers only read.
     live: Arc<Live>,
+    /// For `/metrics` and `/readyz`, and the count of event-stream clients.
     metrics: Arc<Metrics>,
+    /// Read only: history queries and recent alert changes.
     store: Store,
+    /// Ends every event stream at shutdown, which would otherwise wait for them.
     stop: CancellationToken,
     /// One permit per browser following `/events` (`http.max_clients`).
     clients: Arc<tokio::sync::Semaphore>,
@@ -138,20 +143,24 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
+/// What the HTTP server serves from.
+pub struct Server {
+    /// `http:` from the config: address, caps and timeout.
+    pub config: crate::config::HttpConfig,
+    /// From `http.token_file` ([`load_token`]).
+    pub token: Option<Arc<str>>,
+    /// What the page shows; shared with ingest, which writes it.
+    pub live: Arc<Live>,
+    /// The counters; shared with ingest.
+    pub metrics: Arc<Metrics>,
+    /// For history and recent alerts; only read.
+    pub store: Store,
+}
+
 /// Runs the HTTP server on a thread and runtime of its own until `stop`:
 /// however many browsers or history queries there are, they never share a
 /// thread with ingest and its MQTT connection (whose keep-alive once lapsed
 /// under a crowd of event streams).
-/// What the HTTP server serves from.
-pub struct Server {
-    pub config: crate::config::HttpConfig,
-    /// From `http.token_file` ([`load_token`]).
-    pub token: Option<Arc<str>>,
-    pub live: Arc<Live>,
-    pub metrics: Arc<Metrics>,
-    pub store: Store,
-}
-
 pub async fn serve(server: Server, stop: CancellationToken) -> anyhow::Result<()> {
     use anyhow::Context;
     let (done, result) = tokio::sync::oneshot::channel();
@@ -271,9 +280,14 @@ fn bad_request(message: impl Into<String>) -> Response {
 
 #[derive(Deserialize)]
 struct HistoryParams {
+    /// `sensor`: the reading topic; required.
     sensor: Option<String>,
+    /// `since`: a time or a duration ago (`1h`); default an hour ago.
     since: Option<String>,
+    /// `until`: likewise; default now.
     until: Option<String>,
+    /// `points`: buckets, 1 to `MAX_POINTS`, default 300; checked by the handler, with
+    /// its own error message.
     points: Option<String>,
 }
 
@@ -395,7 +409,9 @@ async fn alerts(State(app): State<App>) -> Response {
 
 /// Counts a connected browser, and holds its place, for as long as its stream lives.
 struct Client {
+    /// To count the browser out again when its stream ends.
     metrics: Arc<Metrics>,
+    /// Its `http.max_clients` place, given back on drop.
     _place: tokio::sync::OwnedSemaphorePermit,
 }
 
