@@ -37,7 +37,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
-    let tls = roomsense::mqtt::tls_client_config(&roomsense::config::TlsConfig {
+    let tls = roomsense::mqtt::tls_client_config(&roomsense::mqtt::TlsFiles {
         ca_file: a.pki.join("ca.crt"),
         cert_file: a.pki.join(format!("{}.crt", a.node)),
         key_file: a.pki.join(format!("{}.key", a.node)),

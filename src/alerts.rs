@@ -643,7 +643,7 @@ mod reload_tests {
         let t = Timestamp::now_millis();
         let a = Alert {
             rule: "gone".into(),
-            severity: crate::config::Severity::Warning,
+            severity: crate::contract::Severity::Warning,
             state: AlertState::Raised,
             room: "b/f/r".into(),
             topic: "b/f/r/temperature/t".into(),

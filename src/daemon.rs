@@ -215,7 +215,7 @@ where
 pub fn check_tls(
     config_path: &std::path::Path,
     key: &str,
-    files: &crate::config::TlsConfig,
+    files: &crate::mqtt::TlsFiles,
     notes: &mut Vec<String>,
 ) -> anyhow::Result<()> {
     use anyhow::Context;

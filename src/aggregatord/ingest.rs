@@ -349,7 +349,7 @@ impl Ingest {
             if let Some(raised_at) = self.gaps.forget_room(room) {
                 changes.push(Alert {
                     rule: super::gaps::RULE.to_owned(),
-                    severity: crate::config::Severity::Warning,
+                    severity: crate::contract::Severity::Warning,
                     state: AlertState::Cleared,
                     room: room.clone(),
                     topic: format!("{room}/status"),
@@ -478,7 +478,7 @@ impl Ingest {
         };
         Some(Alert {
             rule: LIMITS_RULE.to_owned(),
-            severity: crate::config::Severity::Warning,
+            severity: crate::contract::Severity::Warning,
             state: AlertState::Raised,
             room: room.to_owned(),
             topic: topic.to_owned(),
@@ -542,7 +542,7 @@ impl Ingest {
         };
         Some(Alert {
             rule: super::gaps::RULE.to_owned(),
-            severity: crate::config::Severity::Warning,
+            severity: crate::contract::Severity::Warning,
             state,
             room: prefix.to_owned(),
             topic: r.topic.clone(),

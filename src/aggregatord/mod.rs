@@ -94,7 +94,7 @@ fn ingest_config(config: &AggregatordConfig) -> config::IngestConfig {
 fn mqtt_settings(config: &AggregatordConfig) -> (mqtt::Settings, mqtt::Settings) {
     let settings = |client_id: String, subscriptions, manual_acks| mqtt::Settings {
         client_id,
-        broker: config.broker.clone(),
+        broker: config.broker.to_mqtt(),
         last_will: None,
         birth: Vec::new(),
         subscriptions,

@@ -9,8 +9,9 @@
 //! (PUBCOMP). A crash in between means it is sent again: QoS 2 on the wire,
 //! at-least-once end to end, and subscribers can tell repeats by `time`.
 
+use crate::contract::Qos;
 use crate::contract::{Alert, AlertState};
-use crate::mqtt::{Handle, Link, Message, Qos};
+use crate::mqtt::{Handle, Link, Message};
 use crate::store::Store;
 use std::sync::Arc;
 use tokio::sync::Notify;

@@ -3,7 +3,7 @@
 
 use super::{resolve, BrokerConfig, DaemonConfig, Invalid};
 use crate::contract::{Ident, SensorType};
-use crate::mqtt::Qos;
+use crate::contract::{Qos, Severity};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -154,28 +154,6 @@ pub struct RuleConfig {
     /// Motion outside these hours (local time).
     #[serde(default)]
     pub outside: Option<super::Schedule>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    /// For information; nothing to do.
-    Info,
-    /// Needs a look (the default; also the built-in alerts' severity).
-    #[default]
-    Warning,
-    /// Needs action now.
-    Critical,
-}
-
-impl std::fmt::Display for Severity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Severity::Info => "info",
-            Severity::Warning => "warning",
-            Severity::Critical => "critical",
-        })
-    }
 }
 
 /// Group commit: one fsync covers a batch of readings, acknowledged together.

@@ -58,6 +58,31 @@ pub struct Identity {
     pub key_file: PathBuf,
 }
 
+impl BrokerConfig {
+    /// What `mqtt` connects with.
+    pub fn to_mqtt(&self) -> crate::mqtt::Broker {
+        crate::mqtt::Broker {
+            host: self.host.clone(),
+            port: self.port,
+            keep_alive: self.keep_alive,
+            tls: self.tls.as_ref().map(TlsConfig::to_mqtt),
+            initial_delay: self.reconnect.initial_delay,
+            max_delay: self.reconnect.max_delay,
+        }
+    }
+}
+
+impl TlsConfig {
+    /// The files, as `mqtt` takes them.
+    pub fn to_mqtt(&self) -> crate::mqtt::TlsFiles {
+        crate::mqtt::TlsFiles {
+            ca_file: self.ca_file.clone(),
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+        }
+    }
+}
+
 impl Identity {
     pub(crate) fn resolve_paths(&mut self, base: &Path) {
         for path in [&mut self.cert_file, &mut self.key_file] {
@@ -169,7 +194,7 @@ impl BrokerConfig {
 /// `${CREDENTIALS_DIRECTORY}/room101.key` points there. Without the variable
 /// the path is left as written, and reading it fails with a hint (mqtt/tls.rs):
 /// `dump` and `--check-config` run outside the unit never need the key.
-pub const CREDENTIALS_VAR: &str = "${CREDENTIALS_DIRECTORY}";
+pub use crate::mqtt::CREDENTIALS_VAR;
 
 pub(crate) fn expand_credentials(path: &mut PathBuf) {
     let Some(rest) = path.to_str().and_then(|p| p.strip_prefix(CREDENTIALS_VAR)) else {

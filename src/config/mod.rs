@@ -12,8 +12,7 @@ mod sensord;
 mod spans;
 
 pub use aggregatord::{
-    AggregatordConfig, HttpConfig, IngestConfig, RuleConfig, Severity, StorageConfig,
-    SubscriptionConfig,
+    AggregatordConfig, HttpConfig, IngestConfig, RuleConfig, StorageConfig, SubscriptionConfig,
 };
 pub use broker::{BrokerConfig, Identity, ReconnectConfig, TlsConfig, CREDENTIALS_VAR};
 pub use sensord::{

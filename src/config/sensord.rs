@@ -3,8 +3,8 @@
 //! checks the certificates and `state_dir`.
 
 use super::{duration, BrokerConfig, DaemonConfig, Invalid};
+use crate::contract::Qos;
 use crate::contract::{Ident, SensorType, TopicPrefix};
-use crate::mqtt::Qos;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::path::Path;

@@ -2,7 +2,6 @@
 //! clearing are `alerts::Engine`'s, storing is ingest's, and sending the publisher's.
 
 use super::Timestamp;
-use crate::config::Severity;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -57,5 +56,27 @@ impl fmt::Display for AlertState {
 impl Alert {
     pub fn topic(&self) -> String {
         super::topic::alert(&self.room, &self.rule)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// For information; nothing to do.
+    Info,
+    /// Needs a look (the default; also the built-in alerts' severity).
+    #[default]
+    Warning,
+    /// Needs action now.
+    Critical,
+}
+
+impl std::fmt::Display for Severity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        })
     }
 }

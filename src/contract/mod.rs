@@ -7,6 +7,7 @@
 
 mod alert;
 mod ident;
+mod qos;
 mod reading;
 mod sensor_type;
 mod status;
@@ -14,8 +15,9 @@ mod timestamp;
 pub mod topic;
 mod validate;
 
-pub use alert::{Alert, AlertState};
+pub use alert::{Alert, AlertState, Severity};
 pub use ident::{Ident, TopicPrefix};
+pub use qos::Qos;
 pub use reading::Reading;
 pub use sensor_type::SensorType;
 pub use status::{NodeState, Status, StatusSensor, REASON_CONNECTION_LOST, REASON_SHUTDOWN};

@@ -14,11 +14,13 @@ mod tls;
 
 use acks::{Acks, Unconfirmed};
 
-pub use tls::{check as check_tls_files, client_config as tls_client_config, TlsError};
+pub use tls::{
+    check as check_tls_files, client_config as tls_client_config, TlsError, TlsFiles,
+    CREDENTIALS_VAR,
+};
 
-use crate::config::BrokerConfig;
+use crate::contract::Qos;
 use rumqttc::{AsyncClient, LastWill, MqttOptions, Publish, QoS, Transport};
-use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,33 +28,6 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
-
-/// MQTT quality of service, written 0, 1 or 2 in configs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "u8", into = "u8")]
-pub enum Qos {
-    AtMostOnce = 0,
-    AtLeastOnce = 1,
-    ExactlyOnce = 2,
-}
-
-impl TryFrom<u8> for Qos {
-    type Error = String;
-    fn try_from(n: u8) -> Result<Self, String> {
-        match n {
-            0 => Ok(Qos::AtMostOnce),
-            1 => Ok(Qos::AtLeastOnce),
-            2 => Ok(Qos::ExactlyOnce),
-            _ => Err(format!("QoS is 0, 1 or 2, not {n}")),
-        }
-    }
-}
-
-impl From<Qos> for u8 {
-    fn from(q: Qos) -> u8 {
-        q as u8
-    }
-}
 
 impl From<Qos> for QoS {
     fn from(q: Qos) -> QoS {
@@ -83,11 +58,31 @@ pub struct Message {
     pub retain: bool,
 }
 
+/// Where the broker is and how to reach it: plain values, which the daemons
+/// build from their config (this module reads no config file).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Broker {
+    /// Name or address; with TLS the broker's certificate must name it.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// The MQTT keep-alive.
+    pub keep_alive: Duration,
+    /// Mutual TLS; `None` is plaintext (the config allows it only on loopback).
+    pub tls: Option<TlsFiles>,
+    /// The first wait before reconnecting (a random half to all of it).
+    pub initial_delay: Duration,
+    /// Where the doubling of that wait stops.
+    pub max_delay: Duration,
+}
+
 /// Everything needed to open (and keep reopening) one MQTT session.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// The MQTT client id (the broker makes it the certificate's CN).
     pub client_id: String,
-    pub broker: BrokerConfig,
+    /// Where to connect, and how.
+    pub broker: Broker,
     /// Published by the broker if the connection dies without a DISCONNECT.
     pub last_will: Option<Message>,
     /// Published on every successful connect, ahead of queued messages.

@@ -443,12 +443,19 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mqtt::{Message, Qos};
+    use crate::contract::Qos;
+    use crate::mqtt::Message;
     use rumqttc::{Disconnect, PubRel, Publish, QoS};
 
     fn settings(filters: &[&str]) -> Settings {
-        let broker: crate::config::BrokerConfig =
-            yaml_serde::from_str("host: localhost\ninsecure_plaintext: true").expect("broker");
+        let broker = crate::mqtt::Broker {
+            host: "localhost".into(),
+            port: 1883,
+            keep_alive: Duration::from_secs(5),
+            tls: None,
+            initial_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(8),
+        };
         Settings {
             client_id: "node".into(),
             broker,

@@ -43,8 +43,8 @@ pub(super) struct Supervisor {
 
 impl Supervisor {
     pub async fn run(mut self) {
-        let reconnect = &self.session.settings().broker.reconnect;
-        let mut backoff = Backoff::new(reconnect.initial_delay, reconnect.max_delay);
+        let broker = &self.session.settings().broker;
+        let mut backoff = Backoff::new(broker.initial_delay, broker.max_delay);
         // The last failure we logged at warn level, so a broker that stays down
         // (or keeps dropping us right after CONNACK) produces one line, not one
         // per attempt.
@@ -246,7 +246,7 @@ impl Supervisor {
             .settings()
             .birth
             .iter()
-            .filter(|m| m.qos != super::Qos::AtMostOnce)
+            .filter(|m| m.qos != crate::contract::Qos::AtMostOnce)
             .count();
         self.unconfirmed.enqueue(confirmable as u64);
     }
@@ -271,7 +271,7 @@ impl Supervisor {
             let published =
                 self.client
                     .try_publish(m.topic.clone(), m.qos.into(), m.retain, m.payload.clone());
-            if published.is_ok() && m.qos != super::Qos::AtMostOnce {
+            if published.is_ok() && m.qos != crate::contract::Qos::AtMostOnce {
                 self.unconfirmed.enqueue(1);
             }
         }

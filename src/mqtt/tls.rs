@@ -1,11 +1,25 @@
 //! Mutual TLS: trust only our CA, present this node's certificate.
 
-use crate::config::TlsConfig;
 use rumqttc::tokio_rustls::rustls;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// Mutual TLS: our CA (to check the broker) and this client's certificate and key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsFiles {
+    /// PEM CA certificate(s) the broker's certificate must chain to.
+    pub ca_file: PathBuf,
+    /// This client's PEM certificate; its CN is the client id (the broker's ACL).
+    pub cert_file: PathBuf,
+    /// Its private key, readable by its owner only.
+    pub key_file: PathBuf,
+}
+
+/// A path that starts with this is a systemd credential (`LoadCredential=`),
+/// readable only inside the unit.
+pub const CREDENTIALS_VAR: &str = "${CREDENTIALS_DIRECTORY}";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -22,7 +36,7 @@ pub enum TlsError {
 
 fn file_error(file: &Path, message: impl ToString) -> TlsError {
     let mut message = message.to_string();
-    if file.starts_with(crate::config::CREDENTIALS_VAR) {
+    if file.starts_with(CREDENTIALS_VAR) {
         message.push_str(
             " (CREDENTIALS_DIRECTORY is set by systemd for a unit with LoadCredential=; \
              it is not set here)",
@@ -36,7 +50,7 @@ fn file_error(file: &Path, message: impl ToString) -> TlsError {
 
 /// The rustls client config for `files`; public so tests and tools can connect the
 /// same way the daemons do.
-pub fn client_config(files: &TlsConfig) -> Result<rustls::ClientConfig, TlsError> {
+pub fn client_config(files: &TlsFiles) -> Result<rustls::ClientConfig, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in read_certs(&files.ca_file)? {
         roots
@@ -68,8 +82,8 @@ pub fn client_config(files: &TlsConfig) -> Result<rustls::ClientConfig, TlsError
 /// matches the certificate). A key that only systemd supplies
 /// (`${CREDENTIALS_DIRECTORY}`, unset outside the unit) cannot be read here:
 /// the rest is checked, and the returned note says so.
-pub fn check(files: &TlsConfig) -> Result<Option<String>, TlsError> {
-    if files.key_file.starts_with(crate::config::CREDENTIALS_VAR) {
+pub fn check(files: &TlsFiles) -> Result<Option<String>, TlsError> {
+    if files.key_file.starts_with(CREDENTIALS_VAR) {
         read_certs(&files.ca_file)?;
         read_certs(&files.cert_file)?;
         return Ok(Some(format!(
@@ -83,7 +97,7 @@ pub fn check(files: &TlsConfig) -> Result<Option<String>, TlsError> {
 
 /// The three files' contents: a renewed certificate (same path, new bytes) is a
 /// change worth reconnecting for.
-pub(super) fn fingerprint(files: &TlsConfig) -> Result<Vec<u8>, TlsError> {
+pub(super) fn fingerprint(files: &TlsFiles) -> Result<Vec<u8>, TlsError> {
     let mut all = Vec::new();
     for f in [&files.ca_file, &files.cert_file, &files.key_file] {
         all.extend(std::fs::read(f).map_err(|e| file_error(f, e))?);

@@ -4,8 +4,9 @@
 //! Format: <https://www.home-assistant.io/integrations/mqtt/#device-discovery-payload>
 
 use crate::config::SensordConfig;
+use crate::contract::Qos;
 use crate::contract::{topic, SensorType};
-use crate::mqtt::{Message, Qos};
+use crate::mqtt::Message;
 use serde_json::{json, Map, Value};
 
 /// Where Home Assistant announces its own restarts (`online`), so we republish.

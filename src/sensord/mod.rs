@@ -11,12 +11,13 @@ mod outbox;
 mod schedule;
 
 use crate::config::{self, SensorConfig, SensordConfig};
+use crate::contract::Qos;
 use crate::contract::{
     topic, NodeState, Reading, SensorType, Status, StatusSensor, Timestamp, REASON_CONNECTION_LOST,
     REASON_SHUTDOWN,
 };
 use crate::daemon;
-use crate::mqtt::{self, Event, Handle, Message, Qos};
+use crate::mqtt::{self, Event, Handle, Message};
 use crate::sensors::Node;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -45,7 +46,7 @@ pub fn main(config_path: &Path, check_only: bool) -> anyhow::Result<()> {
 fn preflight(config: &SensordConfig, path: &Path) -> anyhow::Result<Vec<String>> {
     let mut notes = Vec::new();
     if let Some(tls) = &config.broker.tls {
-        daemon::check_tls(path, "broker.tls", tls, &mut notes)?;
+        daemon::check_tls(path, "broker.tls", &tls.to_mqtt(), &mut notes)?;
     }
     if let Some(dir) = &config.state_dir {
         if !dir.is_dir() {
@@ -260,7 +261,7 @@ fn mqtt_settings(config: &SensordConfig, started_at: Timestamp) -> mqtt::Setting
         .then(|| discovery::message(config));
     mqtt::Settings {
         client_id: node.clone(),
-        broker: config.broker.clone(),
+        broker: config.broker.to_mqtt(),
         last_will: Some(status_message(
             config,
             &Status::offline(&node, REASON_CONNECTION_LOST),

@@ -5,7 +5,8 @@
 //! buffer (oldest dropped first, counted) and go out in order, with their
 //! original timestamps and seq, once the connection is back.
 
-use crate::mqtt::{Handle, Link, Message, MqttError, Qos};
+use crate::contract::Qos;
+use crate::mqtt::{Handle, Link, Message, MqttError};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;

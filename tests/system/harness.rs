@@ -744,7 +744,7 @@ pub struct Watcher {
 }
 
 pub fn tls(pki: &Pki, name: &str) -> rustls::ClientConfig {
-    roomsense::mqtt::tls_client_config(&roomsense::config::TlsConfig {
+    roomsense::mqtt::tls_client_config(&roomsense::mqtt::TlsFiles {
         ca_file: pki.path("ca.crt"),
         cert_file: pki.path(&format!("{name}.crt")),
         key_file: pki.path(&format!("{name}.key")),

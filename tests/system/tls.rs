@@ -54,7 +54,7 @@ fn a_certificate_from_another_ca_is_refused() {
     let other = Pki::new(&["observer"]);
     let broker = Broker::start(&pki);
     // Trusts our broker, but presents a certificate signed by a stranger.
-    let stranger = roomsense::config::TlsConfig {
+    let stranger = roomsense::mqtt::TlsFiles {
         ca_file: pki.path("ca.crt"),
         cert_file: other.path("observer.crt"),
         key_file: other.path("observer.key"),
