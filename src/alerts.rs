@@ -8,13 +8,123 @@
 
 use crate::config::{RuleConfig, Schedule};
 use crate::contract::{
-    topic, Alert, AlertState, NodeState, SensorType, Status, Timestamp, REASON_SHUTDOWN,
+    topic, Alert, AlertState, NodeState, SensorType, Severity, Status, Timestamp, REASON_SHUTDOWN,
 };
 use crate::store::StoredReading;
 use chrono::{Datelike, Local};
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::time::Duration;
+
+/// An alert rule, typed: an `alerts:` entry of the config, decided once when
+/// the config loads (the config's "whichever key is set" becomes a [`Kind`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    /// Its name: the alert's topic level, and its identity across reloads.
+    pub name: String,
+    /// Carried on its alerts.
+    pub severity: Severity,
+    /// Only sensors (or status topics) whose topic matches this MQTT filter.
+    pub filter: Option<String>,
+    /// How long a condition must hold before the alert is raised (`for`).
+    pub lasting: Duration,
+    /// What it watches for.
+    pub kind: Kind,
+}
+
+/// What a rule watches for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Kind {
+    /// A value above `above`; it clears only below `clear_below` (hysteresis).
+    Above {
+        sensor_type: SensorType,
+        above: f64,
+        clear_below: f64,
+    },
+    /// A value below `below`; it clears only above `clear_above`.
+    Below {
+        sensor_type: SensorType,
+        below: f64,
+        clear_above: f64,
+    },
+    /// No reading for `after`.
+    Stale {
+        sensor_type: SensorType,
+        after: Duration,
+    },
+    /// A node's connection lost: an `offline` status that is not a clean stop.
+    Offline,
+    /// A reading of 1 (motion) outside the `allowed` hours.
+    Outside {
+        sensor_type: SensorType,
+        allowed: Schedule,
+    },
+}
+
+impl Kind {
+    /// The sensor type it watches; `None` for the status-based `Offline`.
+    fn sensor_type(&self) -> Option<SensorType> {
+        match self {
+            Kind::Above { sensor_type, .. }
+            | Kind::Below { sensor_type, .. }
+            | Kind::Stale { sensor_type, .. }
+            | Kind::Outside { sensor_type, .. } => Some(*sensor_type),
+            Kind::Offline => None,
+        }
+    }
+}
+
+impl TryFrom<&RuleConfig> for Rule {
+    type Error = String;
+
+    /// The config's validation has checked that exactly one kind is given;
+    /// this only reads which.
+    fn try_from(c: &RuleConfig) -> Result<Rule, String> {
+        let needs_type = || {
+            c.sensor_type
+                .ok_or_else(|| format!("alert rule {}: give its sensor `type`", c.name))
+        };
+        let kind = match (c.above, c.below, c.stale_after, c.offline, &c.outside) {
+            (Some(above), None, None, false, None) => Kind::Above {
+                sensor_type: needs_type()?,
+                above,
+                clear_below: c.clear_below.unwrap_or(above),
+            },
+            (None, Some(below), None, false, None) => Kind::Below {
+                sensor_type: needs_type()?,
+                below,
+                clear_above: c.clear_above.unwrap_or(below),
+            },
+            (None, None, Some(after), false, None) => Kind::Stale {
+                sensor_type: needs_type()?,
+                after,
+            },
+            (None, None, None, true, None) => Kind::Offline,
+            (None, None, None, false, Some(allowed)) => Kind::Outside {
+                sensor_type: needs_type()?,
+                allowed: allowed.clone(),
+            },
+            _ => {
+                return Err(format!(
+                    "alert rule {}: give exactly one of above/below, stale_after, offline, outside",
+                    c.name
+                ))
+            }
+        };
+        Ok(Rule {
+            name: c.name.to_string(),
+            severity: c.severity,
+            filter: c.filter.clone(),
+            lasting: c.lasting.unwrap_or_default(),
+            kind,
+        })
+    }
+}
+
+/// The typed rules of a (validated) config.
+pub fn rules(configs: &[RuleConfig]) -> Result<Vec<Rule>, String> {
+    configs.iter().map(Rule::try_from).collect()
+}
 
 #[derive(Debug)]
 struct Condition {
@@ -47,7 +157,8 @@ impl Condition {
 /// down everyone else's readings (issue 18: `settle` used to scan every
 /// condition, on every reading and every tick).
 pub struct Engine {
-    rules: Vec<RuleConfig>,
+    /// The rules; a condition names its rule by index here.
+    rules: Vec<Rule>,
     /// (rule index, sensor or status topic) → its condition.
     conditions: HashMap<(usize, String), Condition>,
     /// (rule index, room) → the topics whose condition holds: all `settle`
@@ -66,7 +177,7 @@ impl Engine {
     /// condition is taken as holding since it was raised, so only a reading past
     /// the clear threshold clears it, as before the restart. Alerts of rules that
     /// no longer exist are returned as `cleared` changes, to be stored and sent.
-    pub fn new(rules: Vec<RuleConfig>, active: Vec<Alert>) -> (Engine, Vec<Alert>) {
+    pub fn new(rules: Vec<Rule>, active: Vec<Alert>) -> (Engine, Vec<Alert>) {
         let mut engine = Engine {
             rules,
             conditions: HashMap::new(),
@@ -82,7 +193,7 @@ impl Engine {
     fn adopt(&mut self, active: Vec<Alert>, now: Timestamp) -> Vec<Alert> {
         let mut orphans = Vec::new();
         for a in active {
-            match self.rules.iter().position(|r| r.name.as_str() == a.rule) {
+            match self.rules.iter().position(|r| r.name == a.rule) {
                 Some(i) => {
                     let c = self.condition(i, &a.topic);
                     let since = c.since.or(Some(a.raised_at));
@@ -104,7 +215,7 @@ impl Engine {
     /// New rules (a reload). Rules that did not change keep their state; alerts
     /// of changed rules are re-evaluated from their next readings; alerts of
     /// rules that are gone are cleared (returned as changes).
-    pub fn set_rules(&mut self, rules: Vec<RuleConfig>) -> Vec<Alert> {
+    pub fn set_rules(&mut self, rules: Vec<Rule>) -> Vec<Alert> {
         let old_rules = std::mem::replace(&mut self.rules, rules);
         let conditions = std::mem::take(&mut self.conditions);
         self.holding.clear();
@@ -135,8 +246,8 @@ impl Engine {
         let mut changes = Vec::new();
         for i in 0..self.rules.len() {
             let rule = &self.rules[i];
-            if rule.offline
-                || rule.sensor_type.map(SensorType::as_str) != Some(r.reading.sensor_type.as_str())
+            if rule.kind.sensor_type().map(SensorType::as_str)
+                != Some(r.reading.sensor_type.as_str())
                 || !rule
                     .filter
                     .as_deref()
@@ -144,18 +255,26 @@ impl Engine {
             {
                 continue;
             }
-            let holds = match (rule.above, rule.below, &rule.outside) {
-                (Some(above), _, _) => {
+            let holds = match &rule.kind {
+                Kind::Above {
+                    above, clear_below, ..
+                } => {
+                    let (above, clear_below) = (*above, *clear_below);
                     let was = self.held(i, &r.topic);
-                    value > above || (was && value >= rule.clear_below.unwrap_or(above))
+                    value > above || (was && value >= clear_below)
                 }
-                (_, Some(below), _) => {
+                Kind::Below {
+                    below, clear_above, ..
+                } => {
+                    let (below, clear_above) = (*below, *clear_above);
                     let was = self.held(i, &r.topic);
-                    value < below || (was && value <= rule.clear_above.unwrap_or(below))
+                    value < below || (was && value <= clear_above)
                 }
-                (_, _, Some(allowed)) => value == 1.0 && !within(allowed, r.reading.timestamp),
+                Kind::Outside { allowed, .. } => {
+                    value == 1.0 && !within(allowed, r.reading.timestamp)
+                }
                 // Stale: a reading is the opposite of stale.
-                _ => {
+                Kind::Stale { .. } | Kind::Offline => {
                     self.condition(i, &r.topic).last_seen = Some(now);
                     false
                 }
@@ -178,7 +297,7 @@ impl Engine {
         let mut changes = Vec::new();
         for i in 0..self.rules.len() {
             let rule = &self.rules[i];
-            if !rule.offline
+            if rule.kind != Kind::Offline
                 || !rule
                     .filter
                     .as_deref()
@@ -211,7 +330,7 @@ impl Engine {
         // An alert adopted at start may have no condition left for its topic.
         for ((room, rule), a) in &self.active {
             if topics.contains(&a.topic) {
-                if let Some(i) = self.rules.iter().position(|r| r.name.as_str() == rule) {
+                if let Some(i) = self.rules.iter().position(|r| r.name == *rule) {
                     touched.insert((i, room.clone()));
                 }
             }
@@ -246,7 +365,14 @@ impl Engine {
                 continue; // Superseded by a later plan.
             }
             c.due = None;
-            if let (Some(stale_after), Some(seen)) = (self.rules[i].stale_after, c.last_seen) {
+            if let (
+                Kind::Stale {
+                    after: stale_after, ..
+                },
+                Some(seen),
+            ) = (&self.rules[i].kind, c.last_seen)
+            {
+                let stale_after = *stale_after;
                 if elapsed(seen, now) >= stale_after && c.since.is_none() {
                     let since = seen
                         .0
@@ -321,18 +447,25 @@ impl Engine {
                 .map(Timestamp)
         };
         // Only a holding condition with a `for` asks whether its alert is up.
-        let lasting = match (c.since, rule.lasting) {
-            (Some(since), Some(lasting))
-                if !self
-                    .active
-                    .contains_key(&(c.room.clone(), rule.name.to_string())) =>
+        let lasting = match c.since {
+            Some(since)
+                if !rule.lasting.is_zero()
+                    && !self
+                        .active
+                        .contains_key(&(c.room.clone(), rule.name.clone())) =>
             {
-                after(since, lasting)
+                after(since, rule.lasting)
             }
             _ => None,
         };
-        let stale = match (rule.stale_after, c.last_seen, c.since) {
-            (Some(stale_after), Some(seen), None) => after(seen, stale_after),
+        let stale = match (&rule.kind, c.last_seen, c.since) {
+            (
+                Kind::Stale {
+                    after: stale_after, ..
+                },
+                Some(seen),
+                None,
+            ) => after(seen, *stale_after),
             _ => None,
         };
         let Some(at) = lasting.into_iter().chain(stale).min() else {
@@ -357,8 +490,8 @@ impl Engine {
         cause: Option<(&str, Option<f64>)>,
     ) -> Option<Alert> {
         let rule = &self.rules[i];
-        let lasting = rule.lasting.unwrap_or_default();
-        let key = (room.to_owned(), rule.name.to_string());
+        let lasting = rule.lasting;
+        let key = (room.to_owned(), rule.name.clone());
         let holding = self.holding.get(&(i, room.to_owned()));
         match self.active.get(&key) {
             // Active: stays while any sensor's condition holds (hysteresis), even
@@ -386,7 +519,7 @@ impl Engine {
                     .filter_map(|t| Some((t, self.conditions.get(&(i, t.clone()))?)))
                     .find(|(_, c)| c.since.is_some_and(|s| elapsed(s, now) >= lasting))?;
                 let alert = Alert {
-                    rule: rule.name.to_string(),
+                    rule: rule.name.clone(),
                     severity: rule.severity,
                     state: AlertState::Raised,
                     room: room.to_owned(),
@@ -422,26 +555,26 @@ fn within(s: &Schedule, t: Timestamp) -> bool {
     s.days.contains(&local.weekday()) && local.time() >= s.from && local.time() < s.to
 }
 
-fn describe(rule: &RuleConfig, value: Option<f64>) -> String {
+fn describe(rule: &Rule, value: Option<f64>) -> String {
     let v = value.map(|v| v.to_string()).unwrap_or_default();
-    match (rule.above, rule.below) {
-        (Some(a), _) => format!("{v} above {a}"),
-        (_, Some(b)) => format!("{v} below {b}"),
-        _ if rule.offline => "node lost its connection".into(),
-        _ if rule.stale_after.is_some() => "no reading".into(),
-        _ => "motion outside allowed hours".into(),
+    match &rule.kind {
+        Kind::Above { above, .. } => format!("{v} above {above}"),
+        Kind::Below { below, .. } => format!("{v} below {below}"),
+        Kind::Offline => "node lost its connection".into(),
+        Kind::Stale { .. } => "no reading".into(),
+        Kind::Outside { .. } => "motion outside allowed hours".into(),
     }
 }
 
 /// What made an alert clear, in the words of its rule.
-fn describe_clear(rule: &RuleConfig, value: Option<f64>) -> String {
+fn describe_clear(rule: &Rule, value: Option<f64>) -> String {
     let v = value.map(|v| v.to_string()).unwrap_or_default();
-    match (rule.above, rule.below) {
-        (Some(a), _) => format!("{v} back below {}", rule.clear_below.unwrap_or(a)),
-        (_, Some(b)) => format!("{v} back above {}", rule.clear_above.unwrap_or(b)),
-        _ if rule.offline => "node back online, or stopped cleanly".into(),
-        _ if rule.stale_after.is_some() => "reporting again".into(),
-        _ => "no motion outside allowed hours".into(),
+    match &rule.kind {
+        Kind::Above { clear_below, .. } => format!("{v} back below {clear_below}"),
+        Kind::Below { clear_above, .. } => format!("{v} back above {clear_above}"),
+        Kind::Offline => "node back online, or stopped cleanly".into(),
+        Kind::Stale { .. } => "reporting again".into(),
+        Kind::Outside { .. } => "no motion outside allowed hours".into(),
     }
 }
 
@@ -450,8 +583,30 @@ mod tests {
     use super::*;
     use crate::contract::Reading;
 
-    fn rule(yaml: &str) -> RuleConfig {
-        yaml_serde::from_str(yaml).unwrap()
+    fn rule(yaml: &str) -> Rule {
+        let config: RuleConfig = yaml_serde::from_str(yaml).unwrap();
+        Rule::try_from(&config).unwrap()
+    }
+
+    #[test]
+    fn a_rule_config_becomes_one_kind_with_its_defaults() {
+        let hot = rule("{ name: hot, type: temperature, above: 26 }");
+        assert_eq!(
+            hot.kind,
+            Kind::Above {
+                sensor_type: SensorType::Temperature,
+                above: 26.0,
+                clear_below: 26.0
+            }
+        );
+        assert_eq!(hot.lasting, Duration::ZERO);
+        assert_eq!(rule("{ name: down, offline: true }").kind, Kind::Offline);
+        let two: RuleConfig =
+            yaml_serde::from_str("{ name: x, type: temperature, above: 1, stale_after: 1m }")
+                .unwrap();
+        assert!(Rule::try_from(&two).is_err());
+        let untyped: RuleConfig = yaml_serde::from_str("{ name: x, above: 1 }").unwrap();
+        assert!(Rule::try_from(&untyped).is_err());
     }
 
     fn reading(value: f64, secs: i64) -> StoredReading {
@@ -634,8 +789,30 @@ mod tests {
 mod reload_tests {
     use super::*;
 
-    fn rule(yaml: &str) -> RuleConfig {
-        yaml_serde::from_str(yaml).unwrap()
+    fn rule(yaml: &str) -> Rule {
+        let config: RuleConfig = yaml_serde::from_str(yaml).unwrap();
+        Rule::try_from(&config).unwrap()
+    }
+
+    #[test]
+    fn a_rule_config_becomes_one_kind_with_its_defaults() {
+        let hot = rule("{ name: hot, type: temperature, above: 26 }");
+        assert_eq!(
+            hot.kind,
+            Kind::Above {
+                sensor_type: SensorType::Temperature,
+                above: 26.0,
+                clear_below: 26.0
+            }
+        );
+        assert_eq!(hot.lasting, Duration::ZERO);
+        assert_eq!(rule("{ name: down, offline: true }").kind, Kind::Offline);
+        let two: RuleConfig =
+            yaml_serde::from_str("{ name: x, type: temperature, above: 1, stale_after: 1m }")
+                .unwrap();
+        assert!(Rule::try_from(&two).is_err());
+        let untyped: RuleConfig = yaml_serde::from_str("{ name: x, above: 1 }").unwrap();
+        assert!(Rule::try_from(&untyped).is_err());
     }
 
     #[test]

@@ -184,7 +184,7 @@ impl Ingest {
     pub async fn reconfigure(
         &mut self,
         config: IngestConfig,
-        rules: Vec<crate::config::RuleConfig>,
+        rules: Vec<crate::alerts::Rule>,
     ) -> anyhow::Result<()> {
         self.config = config;
         let changes = self.engine.set_rules(rules);

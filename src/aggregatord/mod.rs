@@ -163,7 +163,8 @@ pub async fn run(
             "alerts still active from before the restart"
         );
     }
-    let (engine, orphans) = Engine::new(config.alerts.clone(), active.clone());
+    let rules = crate::alerts::rules(&config.alerts).map_err(anyhow::Error::msg)?;
+    let (engine, orphans) = Engine::new(rules, active.clone());
 
     let metrics = Arc::new(metrics::Metrics::default());
     let _ = metrics.acks_sent.set(mqtt.acks_sent());
@@ -335,12 +336,12 @@ async fn reload(
     alert_settings: &tokio::sync::watch::Sender<mqtt::Settings>,
 ) -> anyhow::Result<()> {
     let changed = config::changed_keys(old, new);
+    // Everything that can refuse the new config first, so a refusal changes nothing.
+    let rules = crate::alerts::rules(&new.alerts).map_err(anyhow::Error::msg)?;
     let (ingest_settings, alerts) = mqtt_settings(new);
     let reconnecting = mqtt.reconfigure(ingest_settings)?;
     alert_settings.send_replace(alerts);
-    ingest
-        .reconfigure(ingest_config(new), new.alerts.clone())
-        .await?;
+    ingest.reconfigure(ingest_config(new), rules).await?;
     if changed.iter().any(|k| k.starts_with("storage")) {
         tracing::warn!("storage settings take effect at the next start");
     }

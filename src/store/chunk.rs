@@ -36,6 +36,23 @@ pub(super) const UNIT: u8 = 8;
 pub(super) const SENSOR_ID: u8 = 16;
 pub(super) const SENSOR_TYPE: u8 = 32;
 
+/// The unit an entry without the UNIT flag has, by its topic's type level: the
+/// contract's units as they were when this format (version 2) was made. Never
+/// change this table: history written under it must read back the same. A unit
+/// the contract adopts later is simply stored with each reading (the flag),
+/// until a new format version brings a new table.
+pub(super) fn implied_unit(sensor_type: &str) -> Option<&'static str> {
+    Some(match sensor_type {
+        "temperature" => "celsius",
+        "humidity" => "percent",
+        "motion" => "boolean",
+        "co2" => "ppm",
+        "power" => "W",
+        "energy" => "kWh",
+        _ => return None,
+    })
+}
+
 /// One reading within a chunk: what the topic does not already say.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct Entry {
@@ -104,17 +121,24 @@ pub(super) fn encode(entries: &[Entry]) -> Vec<u8> {
     v.extend_from_slice(&0u16.to_le_bytes());
     v.extend_from_slice(&first.0.to_le_bytes());
     v.extend_from_slice(&first.1.to_le_bytes());
-    append(&mut v, entries);
+    extend(&mut v, 0, first, entries);
     v
 }
 
 /// Adds entries (sorted, all after the chunk's last) to an encoded chunk.
 /// Writers keep chunks within [`CHUNK_MAX`] entries (a merge may reach it, then
 /// splits), far inside the u16 count.
-pub(super) fn append(chunk: &mut Vec<u8>, entries: &[Entry]) {
-    let Ok((count, (mut time, mut seq))) = header(chunk) else {
-        return;
-    };
+/// A chunk whose header cannot be read is refused, not extended.
+pub(super) fn append(chunk: &mut Vec<u8>, entries: &[Entry]) -> Result<(), ChunkError> {
+    let (count, last) = header(chunk)?;
+    extend(chunk, count, last, entries);
+    Ok(())
+}
+
+/// Writes `entries` after a chunk's `count` entries, the last at `last`, and
+/// updates its header.
+fn extend(chunk: &mut Vec<u8>, count: usize, last: Pos, entries: &[Entry]) {
+    let (mut time, mut seq) = last;
     for e in entries {
         let (t, s) = e.pos();
         let mut flags = e.qos & 3;
@@ -282,12 +306,20 @@ mod tests {
         es[7].qos = 2;
         let k = key(7, es[0].pos());
         let mut v = encode(&es[..25]);
-        append(&mut v, &es[25..]);
+        append(&mut v, &es[25..]).unwrap();
         assert_eq!(decode(&k, &v).unwrap(), es);
         assert_eq!(header(&v).unwrap(), (40, es[39].pos()));
         // flags 1 + time 4 + seq 1 + value 8 + received 2, and a few strings.
         assert!(v.len() < 19 + 40 * 17 + 16, "{} bytes", v.len());
         assert_eq!(parse_key(&k).unwrap(), (7, es[0].pos()));
+    }
+
+    #[test]
+    fn appending_to_a_chunk_with_an_unreadable_header_is_refused() {
+        let e = entry(1_790_000_000_000_000, Some(1));
+        let mut v = vec![0x7f, 0, 0];
+        assert!(append(&mut v, std::slice::from_ref(&e)).is_err());
+        assert_eq!(v, vec![0x7f, 0, 0], "left as it was");
     }
 
     #[test]

@@ -12,7 +12,7 @@
 
 use super::chunk::{self, Entry, Pos, CHUNK_MAX};
 use super::{Inserted, Query, StoreError, StoredReading};
-use crate::contract::{topic, Reading, SensorType, Timestamp};
+use crate::contract::{topic, Reading, Timestamp};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -395,7 +395,7 @@ impl ReadingWriter {
                 } else if count < CHUNK_MAX {
                     let n = (CHUNK_MAX - count).min(rest.len());
                     let mut v = v.to_vec();
-                    chunk::append(&mut v, &rest[..n]);
+                    chunk::append(&mut v, &rest[..n]).map_err(|e| corrupt(&k, e))?;
                     chunks.insert(k, v)?;
                     rest = &rest[n..];
                 }
@@ -548,7 +548,8 @@ impl<'t> Implied<'t> {
             } => Implied {
                 sensor_id: Some(sensor_id),
                 sensor_type: Some(sensor_type),
-                unit: sensor_type.parse::<SensorType>().ok().map(SensorType::unit),
+                // The disk format's own table, not the contract's (see chunk.rs).
+                unit: chunk::implied_unit(sensor_type),
             },
             _ => Implied {
                 sensor_id: None,
