@@ -251,7 +251,7 @@ impl Engine {
                 || !rule
                     .filter
                     .as_deref()
-                    .is_none_or(|f| topic::matches(f, &r.topic))
+                    .is_none_or(|f| crate::mqtt::filter_matches(f, &r.topic))
             {
                 continue;
             }
@@ -301,7 +301,7 @@ impl Engine {
                 || !rule
                     .filter
                     .as_deref()
-                    .is_none_or(|f| topic::matches(f, &status_topic))
+                    .is_none_or(|f| crate::mqtt::filter_matches(f, &status_topic))
             {
                 continue;
             }

@@ -117,7 +117,7 @@ async fn answer(
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no request line"))??;
     if let Ok(request) = serde_json::from_str::<Request>(&line) {
-        if request.what == dump::What::Forget {
+        if request.what == dump::RequestKind::Forget {
             let (reply, answer) = tokio::sync::oneshot::channel();
             let sent = forget
                 .send(Forget {

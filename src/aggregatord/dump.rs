@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::{self, BufWriter, Write};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+/// How `dump` and `stats` write (the binary maps its `--format` onto this).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     /// Aligned columns, for people.
@@ -22,7 +23,7 @@ pub enum Format {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum What {
+pub enum RequestKind {
     /// Stored readings, by topic then time.
     Readings,
     /// Refused messages (the latest [`REJECTED_KEEP`](crate::store::REJECTED_KEEP)), oldest
@@ -40,7 +41,7 @@ pub enum What {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Request {
     /// Which records.
-    pub what: What,
+    pub what: RequestKind,
     /// How to write them (ignored by `forget`, which answers in plain lines).
     pub format: Format,
     /// Which of them: every filter applies to every kind of record.
@@ -59,14 +60,14 @@ pub fn answer(store: &Store, request: &Request, out: impl Write) -> io::Result<(
     match request.what {
         // The bulk export: written field by field, several times faster than
         // serde's generic path through the flattened struct.
-        What::Readings if f == Format::Jsonl => {
+        RequestKind::Readings if f == Format::Jsonl => {
             let mut out = BufWriter::new(out);
             for r in store.select(q) {
                 write_reading_json(&mut out, &r.map_err(storage)?)?;
             }
             out.flush()
         }
-        What::Readings => write_rows(
+        RequestKind::Readings => write_rows(
             store.select(q).map(|r| r.map_err(storage)),
             f,
             READING_HEADER,
@@ -75,7 +76,7 @@ pub fn answer(store: &Store, request: &Request, out: impl Write) -> io::Result<(
         ),
         // Every filter applies to every kind of record: rejected messages by
         // their topic and arrival, alerts by the topic they concern and their time.
-        What::Rejected => {
+        RequestKind::Rejected => {
             let rows = store
                 .rejected()
                 .map(|r| r.map_err(storage))
@@ -86,7 +87,7 @@ pub fn answer(store: &Store, request: &Request, out: impl Write) -> io::Result<(
                 .take(q.limit.unwrap_or(usize::MAX));
             write_rows(rows, f, REJECTED_HEADER, rejected_fields, out)
         }
-        What::Alerts => {
+        RequestKind::Alerts => {
             let rows = store
                 .alerts()
                 .map(|r| r.map_err(storage))
@@ -94,11 +95,11 @@ pub fn answer(store: &Store, request: &Request, out: impl Write) -> io::Result<(
                 .take(q.limit.unwrap_or(usize::MAX));
             write_rows(rows, f, ALERT_HEADER, alert_fields, out)
         }
-        What::Forget => Err(io::Error::new(
+        RequestKind::Forget => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "forget works on the running aggregatord (it publishes the alert clears); start it, then run forget again",
         )),
-        What::Stats => {
+        RequestKind::Stats => {
             let stats = stats(store.select(q))?;
             write_rows(
                 stats.into_iter().map(Ok),

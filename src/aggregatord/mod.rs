@@ -10,7 +10,7 @@ mod metrics;
 mod publisher;
 mod retention;
 
-pub use dump::{Format, Request, What};
+pub use dump::{Format, Request, RequestKind};
 
 use crate::alerts::Engine;
 use crate::config::{self, AggregatordConfig};
@@ -75,7 +75,7 @@ pub fn dump_main(config_path: &Path, request: &Request) -> anyhow::Result<()> {
         {
             Ok(())
         }
-        other => other.context(if request.what == What::Forget {
+        other => other.context(if request.what == RequestKind::Forget {
             "forget"
         } else {
             "dump"

@@ -2,7 +2,8 @@
 //! in `roomsense::aggregatord`.
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
-use roomsense::aggregatord::{self, Format, Request, What};
+use roomsense::aggregatord::{self, Format, Request, RequestKind};
+
 use roomsense::contract::Timestamp;
 use roomsense::store::Query;
 use std::path::PathBuf;
@@ -27,6 +28,28 @@ struct Cli {
     command: Option<Command>,
 }
 
+/// `--format`: the library's [`Format`], as a command-line choice (clap stays
+/// in the binaries).
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum FormatArg {
+    /// Aligned columns, for people.
+    Table,
+    /// One JSON object per line.
+    Jsonl,
+    /// Comma-separated, with a header line.
+    Csv,
+}
+
+impl From<FormatArg> for Format {
+    fn from(f: FormatArg) -> Format {
+        match f {
+            FormatArg::Table => Format::Table,
+            FormatArg::Jsonl => Format::Jsonl,
+            FormatArg::Csv => Format::Csv,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon (the default).
@@ -34,8 +57,8 @@ enum Command {
     /// Print stored readings (or rejected messages, or alerts). Works whether
     /// aggregatord is running (through its control socket) or not.
     Dump {
-        #[arg(long, value_enum, default_value_t = Format::Table)]
-        format: Format,
+        #[arg(long, value_enum, default_value_t = FormatArg::Table)]
+        format: FormatArg,
         /// Rejected messages instead of readings.
         #[arg(long, conflicts_with = "alerts")]
         rejected: bool,
@@ -58,8 +81,8 @@ enum Command {
     },
     /// Per sensor: count, min, max, mean, first and last reading.
     Stats {
-        #[arg(long, value_enum, default_value_t = Format::Table)]
-        format: Format,
+        #[arg(long, value_enum, default_value_t = FormatArg::Table)]
+        format: FormatArg,
         #[command(flatten)]
         filter: Filter,
     },
@@ -126,17 +149,17 @@ fn main() -> ExitCode {
             filter,
         } => {
             let what = if rejected {
-                What::Rejected
+                RequestKind::Rejected
             } else if alerts {
-                What::Alerts
+                RequestKind::Alerts
             } else {
-                What::Readings
+                RequestKind::Readings
             };
             aggregatord::dump_main(
                 &cli.config,
                 &Request {
                     what,
-                    format,
+                    format: format.into(),
                     query: filter.into(),
                 },
             )
@@ -158,7 +181,7 @@ fn main() -> ExitCode {
             aggregatord::dump_main(
                 &cli.config,
                 &Request {
-                    what: What::Forget,
+                    what: RequestKind::Forget,
                     format: Format::Table,
                     query: Query {
                         sensor,
@@ -173,8 +196,8 @@ fn main() -> ExitCode {
         Command::Stats { format, filter } => aggregatord::dump_main(
             &cli.config,
             &Request {
-                what: What::Stats,
-                format,
+                what: RequestKind::Stats,
+                format: format.into(),
                 query: filter.into(),
             },
         ),

@@ -427,19 +427,15 @@ impl DaemonConfig for AggregatordConfig {
     }
 }
 
-/// MQTT 3.1.1 §4.7: `#` only as the whole last level, `+` only as a whole level.
+/// MQTT 3.1.1 §4.7, as the MQTT client checks it.
 fn check_filter(filter: &str) -> Result<(), String> {
     if filter.is_empty() {
         return Err("must not be empty".into());
     }
-    let levels: Vec<&str> = filter.split('/').collect();
-    for (i, level) in levels.iter().enumerate() {
-        if level.contains('#') && (*level != "#" || i + 1 != levels.len()) {
-            return Err(format!("{filter:?}: '#' must be a whole last level"));
-        }
-        if level.contains('+') && *level != "+" {
-            return Err(format!("{filter:?}: '+' must be a whole level"));
-        }
+    if !crate::mqtt::valid_filter(filter) {
+        return Err(format!(
+            "{filter:?}: '#' may only be the whole last level, '+' only a whole level"
+        ));
     }
     Ok(())
 }

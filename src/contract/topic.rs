@@ -23,20 +23,6 @@ pub fn alert(prefix: &str, rule: &str) -> String {
     format!("{prefix}/alerts/{rule}")
 }
 
-/// Whether `topic` matches the MQTT subscription `filter` (`+` one level, `#` the rest).
-pub fn matches(filter: &str, topic: &str) -> bool {
-    let mut t = topic.split('/');
-    for f in filter.split('/') {
-        match (f, t.next()) {
-            ("#", _) => return true,
-            ("+", Some(_)) => {}
-            (f, Some(level)) if f == level => {}
-            _ => return false,
-        }
-    }
-    t.next().is_none()
-}
-
 /// What an incoming topic is, by its shape alone (the payload is checked elsewhere).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Parsed<'a> {
@@ -101,20 +87,6 @@ mod tests {
             "building/floor1/room101/temperature/temp_001"
         );
         assert_eq!(status(&prefix), "building/floor1/room101/status");
-    }
-
-    #[test]
-    fn filter_matching() {
-        assert!(matches("building/#", "building/f/r/temperature/t"));
-        assert!(matches(
-            "building/+/+/temperature/#",
-            "building/f/r/temperature/t"
-        ));
-        assert!(matches("#", "a"));
-        assert!(!matches("building/+/r2/#", "building/f/r/temperature/t"));
-        assert!(!matches("a/b", "a/b/c"));
-        assert!(!matches("a/b/c", "a/b"));
-        assert!(matches("a/+", "a/b"));
     }
 
     #[test]

@@ -49,6 +49,18 @@ impl From<QoS> for Qos {
     }
 }
 
+/// Whether `topic` matches the MQTT `filter` (`+`, `#`): rumqttc's matching,
+/// so there is one implementation of the spec's rules.
+pub fn filter_matches(filter: &str, topic: &str) -> bool {
+    rumqttc::matches(topic, filter)
+}
+
+/// Whether `filter` is a valid MQTT filter (MQTT 3.1.1 §4.7: `#` only as the
+/// whole last level, `+` only as a whole level): rumqttc's check.
+pub fn valid_filter(filter: &str) -> bool {
+    rumqttc::valid_filter(filter)
+}
+
 /// A message we publish.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Message {
@@ -420,5 +432,28 @@ impl Handle {
             abort.abort();
         }
         self.unconfirmed.count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_matching() {
+        assert!(filter_matches("building/#", "building/f/r/temperature/t"));
+        assert!(filter_matches(
+            "building/+/+/temperature/#",
+            "building/f/r/temperature/t"
+        ));
+        assert!(filter_matches("#", "a"));
+        assert!(filter_matches("a/b/#", "a/b"));
+        assert!(!filter_matches(
+            "building/+/r2/#",
+            "building/f/r/temperature/t"
+        ));
+        assert!(!filter_matches("a/b", "a/b/c"));
+        assert!(!filter_matches("a/b/c", "a/b"));
+        assert!(filter_matches("a/+", "a/b"));
     }
 }

@@ -228,7 +228,7 @@ impl Store {
         })
     }
 
-    fn t(&self) -> Result<Trees, StoreError> {
+    fn trees(&self) -> Result<Trees, StoreError> {
         self.trees
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -254,17 +254,19 @@ impl Store {
 
     /// Every reading topic in storage.
     pub fn topics(&self) -> Result<Vec<String>, StoreError> {
-        self.t()?.readings.topics()
+        self.trees()?.readings.topics()
     }
 
     /// Stores a batch of readings: [`ReadingWriter::insert`] each, then
     /// [`ReadingWriter::finish`]. Not durable until [`Store::flush`].
     pub fn reading_writer(&self) -> Result<ReadingWriter, StoreError> {
-        Ok(self.t()?.readings.writer())
+        Ok(self.trees()?.readings.writer())
     }
 
-    /// Stores one reading unless the same one is already there (a batch of one).
-    pub fn insert_reading(&self, r: &StoredReading) -> Result<Inserted, StoreError> {
+    /// Stores one reading unless the same one is already there (a batch of one):
+    /// for tests; ingest writes batches through a [`ReadingWriter`].
+    #[cfg(test)]
+    pub(crate) fn insert_reading(&self, r: &StoredReading) -> Result<Inserted, StoreError> {
         let mut w = self.reading_writer()?;
         let inserted = w.insert(r)?;
         w.finish()?;
@@ -272,7 +274,7 @@ impl Store {
     }
 
     pub fn insert_rejected(&self, r: &RejectedMessage) -> Result<(), StoreError> {
-        let t = self.t()?;
+        let t = self.trees()?;
         let id = t.db.generate_id()?;
         let value = serde_json::to_vec(r).map_err(|e| StoreError::Corrupt {
             key: r.topic.clone(),
@@ -288,13 +290,13 @@ impl Store {
 
     /// Deletes about `max` readings timestamped before `cutoff`; returns how many.
     pub fn expire(&self, cutoff: Timestamp, max: usize) -> Result<usize, StoreError> {
-        self.t()?.readings.expire(cutoff, max)
+        self.trees()?.readings.expire(cutoff, max)
     }
 
     /// Records alert changes: history, active set, and the publish outbox, all in
     /// the next flush, so a change is never stored without being queued to send.
     pub fn record_alerts(&self, changes: &[Alert]) -> Result<(), StoreError> {
-        let t = self.t()?;
+        let t = self.trees()?;
         for a in changes {
             let value = encode(a)?;
             let id = t.db.generate_id()?;
@@ -312,7 +314,7 @@ impl Store {
     }
 
     pub fn active_alerts(&self) -> Result<Vec<Alert>, StoreError> {
-        let t = self.t()?;
+        let t = self.trees()?;
         t.alerts_active
             .iter()
             .map(|kv| {
@@ -332,7 +334,7 @@ impl Store {
         &self,
         tree: impl Fn(&Trees) -> &sled::Tree,
     ) -> Box<dyn Iterator<Item = Result<T, StoreError>>> {
-        match self.t() {
+        match self.trees() {
             Ok(t) => Box::new(tree(&t).iter().map(|kv| {
                 let (k, v) = kv?;
                 decode(&k, &v)
@@ -343,7 +345,7 @@ impl Store {
 
     /// Alert changes waiting to be published, in order, with their outbox ids.
     pub fn alert_outbox(&self) -> Result<Vec<(u64, Alert)>, StoreError> {
-        let t = self.t()?;
+        let t = self.trees()?;
         t.alerts_outbox
             .iter()
             .map(|kv| {
@@ -360,7 +362,7 @@ impl Store {
 
     /// Forgets published alert changes (durable at the next flush).
     pub fn remove_from_outbox(&self, ids: &[u64]) -> Result<(), StoreError> {
-        let t = self.t()?;
+        let t = self.trees()?;
         for id in ids {
             t.alerts_outbox.remove(id.to_be_bytes())?;
         }
@@ -369,7 +371,7 @@ impl Store {
 
     /// Writes everything inserted so far to disk (fsync). Returns bytes flushed.
     pub fn flush(&self) -> Result<usize, StoreError> {
-        let t = self.t()?;
+        let t = self.trees()?;
         Ok(t.db.flush()?)
     }
 
@@ -378,7 +380,7 @@ impl Store {
         &self,
         query: &'a Query,
     ) -> Box<dyn Iterator<Item = Result<StoredReading, StoreError>> + 'a> {
-        match self.t() {
+        match self.trees() {
             Ok(t) => Box::new(t.readings.select(query)),
             Err(e) => Box::new(std::iter::once(Err(e))),
         }
@@ -392,7 +394,7 @@ impl Store {
         step: std::time::Duration,
     ) -> Box<dyn Iterator<Item = Result<StoredReading, StoreError>>> {
         let step = i64::try_from(step.as_micros()).unwrap_or(i64::MAX);
-        match self.t() {
+        match self.trees() {
             Ok(t) => Box::new(t.readings.thinned(since.micros(), step)),
             Err(e) => Box::new(std::iter::once(Err(e))),
         }
@@ -517,7 +519,7 @@ mod tests {
             .map(|r| r.unwrap())
             .collect();
         assert_eq!(all, old);
-        let names = store.t().unwrap().db.tree_names();
+        let names = store.trees().unwrap().db.tree_names();
         assert!(!names.iter().any(|n| n == b"readings"));
         assert_eq!(store.insert_reading(&old[9]).unwrap(), Inserted::Duplicate);
         drop(store);
@@ -550,7 +552,7 @@ mod tests {
             .map(|r| r.unwrap())
             .collect();
         assert_eq!(all, (0..400).map(at).collect::<Vec<_>>());
-        let chunks = store.t().unwrap().db.open_tree("chunks").unwrap();
+        let chunks = store.trees().unwrap().db.open_tree("chunks").unwrap();
         for kv in chunks.iter() {
             let (_, v) = kv.unwrap();
             let (count, _) = chunk::header(&v).unwrap();

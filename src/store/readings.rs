@@ -84,7 +84,7 @@ impl Readings {
 
     pub(super) fn writer(&self) -> ReadingWriter {
         ReadingWriter {
-            r: self.clone(),
+            readings: self.clone(),
             pending: HashMap::new(),
         }
     }
@@ -202,7 +202,7 @@ impl Readings {
 
     pub(super) fn select<'a>(&self, query: &'a Query) -> Select<'a> {
         Select {
-            r: self.clone(),
+            readings: self.clone(),
             query,
             topics: Some(self.ids.iter()),
             run: None,
@@ -304,7 +304,7 @@ fn same_or_conflict(stored: &Entry, new: &Entry) -> Inserted {
 /// Writes one batch of readings; nothing is durable until the store's flush.
 pub struct ReadingWriter {
     /// The trees it writes to (a cheap clone).
-    r: Readings,
+    readings: Readings,
     /// Per topic id: the topic, and its new readings newer than anything stored,
     /// in order.
     pending: HashMap<u32, (String, Vec<Entry>)>,
@@ -317,10 +317,10 @@ impl ReadingWriter {
         let implied = Implied::of(&r.topic);
         let e = implied.entry(r);
         let pos = e.pos();
-        let mut state = self.r.lock();
-        let t = self.r.topic(&mut state, &r.topic)?;
+        let mut state = self.readings.lock();
+        let t = self.readings.topic(&mut state, &r.topic)?;
         if t.max.is_some_and(|max| pos <= max) {
-            return self.r.insert_old(t.id, e);
+            return self.readings.insert_old(t.id, e);
         }
         let (_, pending) = self
             .pending
@@ -347,11 +347,17 @@ impl ReadingWriter {
     ) -> Result<(Option<StoredReading>, Option<StoredReading>), StoreError> {
         let implied = Implied::of(&r.topic);
         let pos = implied.entry(r).pos();
-        let Some(id) = self.r.ids.get(&r.topic)?.map(|v| id_of(&v)).transpose()? else {
+        let Some(id) = self
+            .readings
+            .ids
+            .get(&r.topic)?
+            .map(|v| id_of(&v))
+            .transpose()?
+        else {
             return Ok((None, None));
         };
-        let mut before = self.r.before(id, pos)?;
-        let mut after = self.r.first_from(id, pos)?;
+        let mut before = self.readings.before(id, pos)?;
+        let mut after = self.readings.first_from(id, pos)?;
         if let Some((_, pending)) = self.pending.get(&id) {
             let i = pending.partition_point(|e| e.pos() < pos);
             if let Some(p) = i.checked_sub(1).and_then(|i| pending.get(i)) {
@@ -372,8 +378,8 @@ impl ReadingWriter {
     /// Writes the pending readings: appended to each topic's last chunk while
     /// it has room, then in new chunks.
     pub fn finish(self) -> Result<(), StoreError> {
-        let chunks = &self.r.chunks;
-        let mut state = self.r.lock();
+        let chunks = &self.readings.chunks;
+        let mut state = self.readings.lock();
         for (id, (name, entries)) in self.pending {
             let Some(newest) = entries.last().map(Entry::pos) else {
                 continue;
@@ -389,7 +395,7 @@ impl ReadingWriter {
                     // Retention or a reopen moved things under us: take the
                     // exact path for each.
                     for e in rest {
-                        self.r.insert_old(id, e.clone())?;
+                        self.readings.insert_old(id, e.clone())?;
                     }
                     rest = &[];
                 } else if count < CHUNK_MAX {
@@ -414,7 +420,7 @@ impl ReadingWriter {
 /// Readings selected by a [`Query`], by topic then time.
 pub(super) struct Select<'a> {
     /// The trees it reads (a cheap clone).
-    r: Readings,
+    readings: Readings,
     /// What to select.
     query: &'a Query,
     /// Topics still to visit, in name order; `None` once finished.
@@ -449,14 +455,14 @@ impl Select<'_> {
         let id = id_of(id)?;
         let since = self.query.since.map_or(i64::MIN, |t| t.micros());
         let until = self.query.until.map_or(i64::MAX, |t| t.micros());
-        let start = match self.r.chunk_at(id, (since, 0))? {
+        let start = match self.readings.chunk_at(id, (since, 0))? {
             Some((k, _)) => k.to_vec(),
             None => chunk::key(id, (since, 0)).to_vec(),
         };
         let end = chunk::key(id, (until, u64::MAX));
         self.run = Some(Run {
             topic,
-            chunks: self.r.chunks.range(start..=end.to_vec()),
+            chunks: self.readings.chunks.range(start..=end.to_vec()),
             since,
             until,
         });
