@@ -8,7 +8,8 @@
 
 use crate::config::{RuleConfig, Schedule};
 use crate::contract::{
-    topic, Alert, AlertState, NodeState, SensorType, Severity, Status, Timestamp, REASON_SHUTDOWN,
+    Alert, AlertState, NodeState, SensorTopic, SensorType, Severity, Status, Timestamp,
+    REASON_SHUTDOWN,
 };
 use crate::store::StoredReading;
 use chrono::{Datelike, Local};
@@ -141,9 +142,9 @@ struct Condition {
 }
 
 impl Condition {
-    fn new(topic: &str) -> Self {
+    fn new(room: &str) -> Self {
         Condition {
-            room: room_of(topic),
+            room: room.to_owned(),
             since: None,
             value: None,
             last_seen: None,
@@ -195,7 +196,7 @@ impl Engine {
         for a in active {
             match self.rules.iter().position(|r| r.name == a.rule) {
                 Some(i) => {
-                    let c = self.condition(i, &a.topic);
+                    let c = self.condition(i, &a.topic, &a.room);
                     let since = c.since.or(Some(a.raised_at));
                     c.value = c.value.or(a.value);
                     self.mark(i, &a.topic, since);
@@ -237,17 +238,14 @@ impl Engine {
         !self.rules.is_empty()
     }
 
-    /// A stored (new, not duplicate) reading.
-    pub fn reading(&mut self, r: &StoredReading) -> Vec<Alert> {
-        let topic::Parsed::Reading { prefix, .. } = topic::parse(&r.topic) else {
-            return Vec::new();
-        };
+    /// A stored (new, not duplicate) reading, from `sensor`.
+    pub fn reading(&mut self, sensor: &SensorTopic, r: &StoredReading) -> Vec<Alert> {
+        let prefix = sensor.room();
         let (value, now) = (r.reading.value, r.received_at);
         let mut changes = Vec::new();
         for i in 0..self.rules.len() {
             let rule = &self.rules[i];
-            if rule.kind.sensor_type().map(SensorType::as_str)
-                != Some(r.reading.sensor_type.as_str())
+            if rule.kind.sensor_type() != Some(sensor.sensor_type())
                 || !rule
                     .filter
                     .as_deref()
@@ -275,11 +273,11 @@ impl Engine {
                 }
                 // Stale: a reading is the opposite of stale.
                 Kind::Stale { .. } | Kind::Offline => {
-                    self.condition(i, &r.topic).last_seen = Some(now);
+                    self.condition(i, &r.topic, prefix).last_seen = Some(now);
                     false
                 }
             };
-            self.set(i, &r.topic, holds, Some(value), now);
+            self.set(i, (&r.topic, prefix), holds, Some(value), now);
             changes.extend(self.settle(i, prefix, now, Some((&r.topic, Some(value)))));
             self.plan(i, &r.topic);
         }
@@ -305,7 +303,7 @@ impl Engine {
             {
                 continue;
             }
-            self.set(i, &status_topic, lost, None, now);
+            self.set(i, (&status_topic, prefix), lost, None, now);
             changes.extend(self.settle(i, prefix, now, Some((&status_topic, None))));
             self.plan(i, &status_topic);
         }
@@ -390,10 +388,11 @@ impl Engine {
         changes
     }
 
-    fn condition(&mut self, i: usize, t: &str) -> &mut Condition {
+    /// Rule `i`'s condition for topic `t` (in `room`), made if new.
+    fn condition(&mut self, i: usize, t: &str, room: &str) -> &mut Condition {
         self.conditions
             .entry((i, t.to_owned()))
-            .or_insert_with(|| Condition::new(t))
+            .or_insert_with(|| Condition::new(room))
     }
 
     fn held(&self, i: usize, t: &str) -> bool {
@@ -402,8 +401,16 @@ impl Engine {
             .is_some_and(|c| c.since.is_some())
     }
 
-    fn set(&mut self, i: usize, t: &str, holds: bool, value: Option<f64>, now: Timestamp) {
-        let c = self.condition(i, t);
+    /// `(t, room)`: the topic and its room.
+    fn set(
+        &mut self,
+        i: usize,
+        (t, room): (&str, &str),
+        holds: bool,
+        value: Option<f64>,
+        now: Timestamp,
+    ) {
+        let c = self.condition(i, t, room);
         match (holds, c.since) {
             (true, None) => {
                 c.value = value;
@@ -415,8 +422,11 @@ impl Engine {
     }
 
     /// Sets since when a condition holds, keeping `holding` in step.
+    /// Only for a condition that exists (`condition` makes it).
     fn mark(&mut self, i: usize, t: &str, since: Option<Timestamp>) {
-        let c = self.condition(i, t);
+        let Some(c) = self.conditions.get_mut(&(i, t.to_owned())) else {
+            return;
+        };
         let was = std::mem::replace(&mut c.since, since).is_some();
         // Most readings leave a condition as it was: no index work for them.
         if was == since.is_some() {
@@ -540,16 +550,6 @@ fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
     (now.0 - since.0).to_std().unwrap_or_default()
 }
 
-/// The room prefix of a reading topic or a status topic.
-fn room_of(t: &str) -> String {
-    match topic::parse(t) {
-        topic::Parsed::Reading { prefix, .. } | topic::Parsed::Status { prefix } => {
-            prefix.to_owned()
-        }
-        _ => t.to_owned(),
-    }
-}
-
 fn within(s: &Schedule, t: Timestamp) -> bool {
     let local = t.0.with_timezone(&Local);
     s.days.contains(&local.weekday()) && local.time() >= s.from && local.time() < s.to
@@ -582,6 +582,12 @@ fn describe_clear(rule: &Rule, value: Option<f64>) -> String {
 mod tests {
     use super::*;
     use crate::contract::Reading;
+
+    /// A stored reading, as ingest hands it over: with its typed topic.
+    fn feed(e: &mut Engine, r: &StoredReading) -> Vec<Alert> {
+        let sensor = SensorTopic::parse(&r.topic).unwrap().unwrap();
+        e.reading(&sensor, r)
+    }
 
     fn rule(yaml: &str) -> Rule {
         let config: RuleConfig = yaml_serde::from_str(yaml).unwrap();
@@ -638,9 +644,12 @@ mod tests {
             )],
             vec![],
         );
-        assert!(e.reading(&reading(27.0, 0)).is_empty(), "not for 30 s yet");
-        assert!(e.reading(&reading(27.0, 20)).is_empty());
-        let raised = e.reading(&reading(25.5, 31));
+        assert!(
+            feed(&mut e, &reading(27.0, 0)).is_empty(),
+            "not for 30 s yet"
+        );
+        assert!(feed(&mut e, &reading(27.0, 20)).is_empty());
+        let raised = feed(&mut e, &reading(25.5, 31));
         assert_eq!(
             states(raised.clone()),
             [AlertState::Raised],
@@ -649,10 +658,10 @@ mod tests {
         assert_eq!(raised[0].value, Some(25.5), "the value when it was raised");
         assert_eq!(raised[0].topic(), "b/f/r1/alerts/hot");
         assert!(
-            e.reading(&reading(25.2, 40)).is_empty(),
+            feed(&mut e, &reading(25.2, 40)).is_empty(),
             "hysteresis: not cleared above 25"
         );
-        let cleared = e.reading(&reading(24.9, 50));
+        let cleared = feed(&mut e, &reading(24.9, 50));
         assert_eq!(states(cleared.clone()), [AlertState::Cleared]);
         assert_eq!(
             cleared[0].value,
@@ -662,8 +671,8 @@ mod tests {
         assert_eq!(cleared[0].message, "24.9 back below 25");
         assert_eq!(cleared[0].raised_at, raised[0].raised_at);
         // A blip that does not last never raises.
-        assert!(e.reading(&reading(30.0, 60)).is_empty());
-        assert!(e.reading(&reading(20.0, 70)).is_empty());
+        assert!(feed(&mut e, &reading(30.0, 60)).is_empty());
+        assert!(feed(&mut e, &reading(20.0, 70)).is_empty());
     }
 
     #[test]
@@ -674,7 +683,7 @@ mod tests {
             )],
             vec![],
         );
-        assert!(e.reading(&reading(27.0, 0)).is_empty());
+        assert!(feed(&mut e, &reading(27.0, 0)).is_empty());
         let at =
             |s: i64| Timestamp(chrono::DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap());
         assert!(e.tick(at(29)).is_empty());
@@ -688,12 +697,15 @@ mod tests {
             vec![rule("{ name: stale, type: temperature, stale_after: 1m }")],
             vec![],
         );
-        assert!(e.reading(&reading(20.0, 0)).is_empty());
+        assert!(feed(&mut e, &reading(20.0, 0)).is_empty());
         let at =
             |s: i64| Timestamp(chrono::DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap());
         assert!(e.tick(at(59)).is_empty());
         assert_eq!(states(e.tick(at(61))), [AlertState::Raised]);
-        assert_eq!(states(e.reading(&reading(20.0, 70))), [AlertState::Cleared]);
+        assert_eq!(
+            states(feed(&mut e, &reading(20.0, 70))),
+            [AlertState::Cleared]
+        );
     }
 
     /// 5,000 rooms, each with a sensor that goes stale: each raises once, when
@@ -711,7 +723,7 @@ mod tests {
             for room in 0..5_000 {
                 let mut r = reading(20.0, round);
                 r.topic = format!("b/f/r{room}/temperature/t1");
-                assert!(e.reading(&r).is_empty());
+                assert!(feed(&mut e, &r).is_empty());
             }
         }
         assert_eq!(e.conditions.len(), 5_000);
@@ -736,17 +748,17 @@ mod tests {
             "{ name: hot, type: temperature, above: 26, clear_below: 25, for: 30s }",
         )];
         let (mut before, _) = Engine::new(rules.clone(), vec![]);
-        before.reading(&reading(27.0, 0));
-        let raised = before.reading(&reading(27.0, 40));
+        feed(&mut before, &reading(27.0, 0));
+        let raised = feed(&mut before, &reading(27.0, 40));
         assert_eq!(states(raised.clone()), [AlertState::Raised]);
         let (mut after, orphans) = Engine::new(rules, raised);
         assert!(orphans.is_empty());
         assert!(
-            after.reading(&reading(27.0, 50)).is_empty(),
+            feed(&mut after, &reading(27.0, 50)).is_empty(),
             "still hot: no second raise"
         );
         assert_eq!(
-            states(after.reading(&reading(24.0, 60))),
+            states(feed(&mut after, &reading(24.0, 60))),
             [AlertState::Cleared]
         );
     }

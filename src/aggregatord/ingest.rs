@@ -13,8 +13,8 @@ use super::metrics::Metrics;
 use crate::alerts::Engine;
 use crate::config::IngestConfig;
 use crate::contract::{
-    topic, validate_reading, Alert, AlertState, Rejection, RejectionReason, SensorType, Status,
-    Timestamp,
+    topic, unknown_sensor_type, validate_reading, Alert, AlertState, Rejection, RejectionReason,
+    SensorTopic, SensorType, Status, Timestamp,
 };
 use crate::daemon::RateLimit;
 use crate::mqtt::{Acker, Delivery, Event};
@@ -102,7 +102,7 @@ pub struct Ingest {
 /// What one batch will write.
 struct Batch {
     /// Valid readings, to be stored (or found stored already).
-    readings: Vec<StoredReading>,
+    readings: Vec<Arrival>,
     /// Refused messages, kept for `dump --rejected`.
     rejected: Vec<RejectedMessage>,
     /// Alert changes the batch caused (status messages, caps), before storage.
@@ -123,6 +123,15 @@ impl Default for Batch {
             started: std::time::Instant::now(),
         }
     }
+}
+
+/// A valid reading of a batch: its topic split once into typed parts (what
+/// alerts, gaps and the meter check go by), and the record to store.
+struct Arrival {
+    /// Room, type and id, from the topic.
+    sensor: SensorTopic,
+    /// What storage keeps.
+    record: StoredReading,
 }
 
 /// What became of a reading in storage.
@@ -399,30 +408,33 @@ impl Ingest {
         self.metrics.received.fetch_add(1, Relaxed);
         let received_at = Timestamp::now_millis();
         let outcome = match topic::parse(delivery.topic()) {
-            topic::Parsed::Reading {
-                prefix,
-                sensor_type,
-                sensor_id,
-            } => contract_levels(prefix, Some(sensor_id))
-                .and_then(|()| {
-                    validate_reading(sensor_type, sensor_id, delivery.payload(), received_at.0)
-                })
-                .and_then(|reading| {
-                    self.too_old(&reading, received_at)?;
-                    self.census.admit_sensor(
-                        prefix,
-                        delivery.topic(),
-                        &self.config,
-                        received_at,
-                    )?;
-                    batch.readings.push(StoredReading {
-                        topic: delivery.topic().to_owned(),
-                        reading,
-                        received_at,
-                        qos: delivery.qos().into(),
-                    });
-                    Ok(())
-                }),
+            // The topic is split into typed parts once, here.
+            topic::Parsed::Reading { .. } => match SensorTopic::parse(delivery.topic()) {
+                Some(Ok(sensor)) => contract_levels(sensor.room(), Some(sensor.sensor_id()))
+                    .and_then(|()| validate_reading(&sensor, delivery.payload(), received_at.0))
+                    .and_then(|reading| {
+                        self.too_old(&reading, received_at)?;
+                        self.census.admit_sensor(
+                            sensor.room(),
+                            sensor.as_str(),
+                            &self.config,
+                            received_at,
+                        )?;
+                        let record = StoredReading {
+                            topic: sensor.as_str().to_owned(),
+                            reading,
+                            received_at,
+                            qos: delivery.qos().into(),
+                        };
+                        batch.readings.push(Arrival { sensor, record });
+                        Ok(())
+                    }),
+                Some(Err(level)) => Err(unknown_sensor_type(&level)),
+                None => Err(Rejection::new(
+                    RejectionReason::UnrecognizedTopic,
+                    "not a reading topic",
+                )),
+            },
             topic::Parsed::Status { prefix } => match contract_levels(prefix, None)
                 .and_then(|()| self.census.admit_room(prefix, &self.config))
                 .and_then(|()| parse_status(prefix, delivery.payload()))
@@ -513,11 +525,9 @@ impl Ingest {
 
     /// A new reading's seq: counts holes (loss upstream), and raises or clears
     /// the room's `readings_missing` alert (see gaps.rs).
-    fn gaps_seen(&mut self, r: &StoredReading) -> Option<Alert> {
+    fn gaps_seen(&mut self, a: &Arrival) -> Option<Alert> {
+        let (r, prefix) = (&a.record, a.sensor.room());
         let seq = r.reading.seq?;
-        let topic::Parsed::Reading { prefix, .. } = topic::parse(&r.topic) else {
-            return None;
-        };
         let (before, missing, change) = self.gaps.seen(prefix, &r.topic, seq, r.received_at);
         // The shared map is touched only when the count moves, not per reading.
         if missing != before {
@@ -609,12 +619,13 @@ impl Ingest {
                 continue;
             }
             let mut refused = rejected.clone();
-            for (i, (r, outcome)) in readings.iter().zip(&outcomes).enumerate() {
+            for (i, (a, outcome)) in readings.iter().zip(&outcomes).enumerate() {
+                let r = &a.record;
                 match outcome {
                     Outcome::Stored(..) if seen_new[i] => {
                         if !std::mem::replace(&mut evaluated[i], true) {
-                            changes.extend(self.engine.reading(r));
-                            changes.extend(self.gaps_seen(r));
+                            changes.extend(self.engine.reading(&a.sensor, r));
+                            changes.extend(self.gaps_seen(a));
                         }
                     }
                     Outcome::Refused(why) => {
@@ -657,7 +668,8 @@ impl Ingest {
             }
         };
         let stored_at = chrono::Utc::now().timestamp_micros();
-        for (i, (r, outcome)) in readings.iter().zip(outcomes).enumerate() {
+        for (i, (a, outcome)) in readings.iter().zip(outcomes).enumerate() {
+            let r = &a.record;
             if seen_new[i] {
                 let age = stored_at.saturating_sub(r.reading.timestamp.micros());
                 let age = Duration::from_micros(u64::try_from(age).unwrap_or(0));
@@ -794,12 +806,13 @@ fn rejected_message(
 /// is decided (so a caller sees them even when a later write fails).
 fn insert_all(
     store: &Store,
-    batch: &[StoredReading],
+    batch: &[Arrival],
     outcomes: &mut Vec<Outcome>,
 ) -> Result<(), StoreError> {
     let mut writer = store.reading_writer()?;
-    for r in batch {
-        outcomes.push(match meter_check(&writer, r)? {
+    for a in batch {
+        let r = &a.record;
+        outcomes.push(match meter_check(&writer, a)? {
             Meter::Refused(refusal) => Outcome::Refused(refusal),
             Meter::Counts => stored(r, writer.insert(r)?, None),
             Meter::Reset { from } => stored(r, writer.insert(r)?, Some(from)),
@@ -841,10 +854,11 @@ enum Meter {
 /// (or above the one after it) is refused as `meter_decreased`. A drop to less
 /// than half is a reset and starts a new series, so that one bogus reading (or
 /// a replaced meter) cannot lock the meter out for good, as it once did.
-fn meter_check(store: &ReadingWriter, r: &StoredReading) -> Result<Meter, StoreError> {
-    if r.reading.sensor_type != SensorType::Energy.as_str() {
+fn meter_check(store: &ReadingWriter, a: &Arrival) -> Result<Meter, StoreError> {
+    if a.sensor.sensor_type() != SensorType::Energy {
         return Ok(Meter::Counts);
     }
+    let r = &a.record;
     let (before, after) = store.neighbours(r)?;
     let v = r.reading.value;
     let refusal = |other: &StoredReading, relation: &str| {

@@ -1,4 +1,6 @@
 //! aggregatord: subscribes, validates, stores durably, and shows the history.
+//! It knows no rumqttc or sled (only `mqtt::Handle` and `store::Store`), and this
+//! file handles no message itself: ingest.rs does.
 
 mod census;
 mod control;
@@ -342,7 +344,7 @@ async fn reload(
     let reconnecting = mqtt.reconfigure(ingest_settings)?;
     alert_settings.send_replace(alerts);
     ingest.reconfigure(ingest_config(new), rules).await?;
-    if changed.iter().any(|k| k.starts_with("storage")) {
+    if new.storage != old.storage {
         tracing::warn!("storage settings take effect at the next start");
     }
     info!(changed = ?changed, reconnecting, "configuration reloaded");

@@ -287,7 +287,9 @@ pub mod duration {
 }
 
 /// The keys whose values differ between two configs, two levels deep
-/// (`broker.tls`, `sensors`), for "reloaded: changed …" log lines.
+/// (`broker.tls`, `sensors`), for "reloaded: changed …" log lines only: it
+/// compares the serialized form, generically. Decisions (reconnect, what to
+/// apply) compare typed values.
 pub fn changed_keys<C: serde::Serialize>(old: &C, new: &C) -> Vec<String> {
     use serde_json::Value;
     let (Ok(Value::Object(a)), Ok(Value::Object(b))) =

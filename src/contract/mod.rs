@@ -22,4 +22,8 @@ pub use reading::Reading;
 pub use sensor_type::SensorType;
 pub use status::{NodeState, Status, StatusSensor, REASON_CONNECTION_LOST, REASON_SHUTDOWN};
 pub use timestamp::Timestamp;
-pub use validate::{check_size, validate_reading, Rejection, RejectionReason, MAX_PAYLOAD_BYTES};
+pub use topic::SensorTopic;
+pub use validate::{
+    check_size, unknown_sensor_type, validate_reading, Rejection, RejectionReason,
+    MAX_PAYLOAD_BYTES,
+};

@@ -10,6 +10,7 @@
 //! checks), and payloads are validate.rs's.
 
 use super::{Ident, SensorType, TopicPrefix};
+use std::fmt;
 
 pub fn reading(prefix: &TopicPrefix, sensor_type: SensorType, sensor_id: &Ident) -> String {
     format!("{prefix}/{sensor_type}/{sensor_id}")
@@ -24,6 +25,69 @@ pub fn alert(prefix: &str, rule: &str) -> String {
 }
 
 /// What an incoming topic is, by its shape alone (the payload is checked elsewhere).
+/// A reading's topic, split into typed parts once, where it arrives: the room
+/// prefix, a sensor type the contract knows, and the sensor id. Everything
+/// after ingest takes these from here instead of splitting the topic again.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SensorTopic {
+    /// The whole topic, as it arrived.
+    topic: String,
+    /// Where the room prefix ends: `topic[..room_end]`.
+    room_end: usize,
+    /// Where the sensor id begins: `topic[id_start..]`.
+    id_start: usize,
+    /// The type level.
+    sensor_type: SensorType,
+}
+
+impl SensorTopic {
+    /// The topic of a reading (`{prefix}/{type}/{id}`); `Err` with the type
+    /// level if the contract does not know that type. `None` for any other
+    /// shape (see [`parse`]).
+    pub fn parse(topic: &str) -> Option<Result<SensorTopic, String>> {
+        let Parsed::Reading {
+            prefix,
+            sensor_type,
+            sensor_id,
+        } = parse(topic)
+        else {
+            return None;
+        };
+        Some(match sensor_type.parse::<SensorType>() {
+            Ok(kind) => Ok(SensorTopic {
+                topic: topic.to_owned(),
+                room_end: prefix.len(),
+                id_start: topic.len() - sensor_id.len(),
+                sensor_type: kind,
+            }),
+            Err(_) => Err(sensor_type.to_owned()),
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.topic
+    }
+
+    /// The room prefix (`building/floor1/room101`).
+    pub fn room(&self) -> &str {
+        &self.topic[..self.room_end]
+    }
+
+    pub fn sensor_type(&self) -> SensorType {
+        self.sensor_type
+    }
+
+    pub fn sensor_id(&self) -> &str {
+        &self.topic[self.id_start..]
+    }
+}
+
+impl fmt::Display for SensorTopic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.topic)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Parsed<'a> {
     /// `{prefix}/{sensor_type}/{sensor_id}`, none of the three empty.
@@ -87,6 +151,22 @@ mod tests {
             "building/floor1/room101/temperature/temp_001"
         );
         assert_eq!(status(&prefix), "building/floor1/room101/status");
+    }
+
+    #[test]
+    fn a_sensor_topic_is_split_once_into_typed_parts() {
+        let t = SensorTopic::parse("building/floor1/room101/co2/co2_001")
+            .unwrap()
+            .unwrap();
+        assert_eq!(t.room(), "building/floor1/room101");
+        assert_eq!(t.sensor_type(), SensorType::Co2);
+        assert_eq!(t.sensor_id(), "co2_001");
+        assert_eq!(t.as_str(), "building/floor1/room101/co2/co2_001");
+        assert_eq!(
+            SensorTopic::parse("b/f/r/light/l1"),
+            Some(Err("light".to_owned()))
+        );
+        assert_eq!(SensorTopic::parse("b/f/r/status"), None);
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! It knows nothing of what is stored: checks that need history (a meter running
 //! backwards, duplicates, the census caps, `max_age`) are ingest's.
 
-use super::{Reading, SensorType, Timestamp};
+use super::topic::SensorTopic;
+use super::{Reading, Timestamp};
 use chrono::{DateTime, Utc};
 use std::fmt;
 
@@ -104,11 +105,12 @@ pub fn check_size(payload: &[u8]) -> Result<(), Rejection> {
     Ok(())
 }
 
-/// Parses and checks a payload that arrived on a reading topic
-/// (`.../{sensor_type}/{sensor_id}`).
+/// Checks a payload that arrived on a reading topic, already split into typed
+/// parts (an unknown sensor type is refused there, by ingest): it must parse,
+/// name that topic's sensor, use the type's unit, be physically plausible and
+/// not be from the future. Returns the payload as sent.
 pub fn validate_reading(
-    topic_type: &str,
-    topic_id: &str,
+    topic: &SensorTopic,
     payload: &[u8],
     now: DateTime<Utc>,
 ) -> Result<Reading, Rejection> {
@@ -116,21 +118,18 @@ pub fn validate_reading(
     check_size(payload)?;
     let reading: Reading =
         serde_json::from_slice(payload).map_err(|e| Rejection::new(Malformed, e.to_string()))?;
-    if reading.sensor_type != topic_type || reading.sensor_id != topic_id {
+    let kind = topic.sensor_type();
+    if reading.sensor_type != kind.as_str() || reading.sensor_id != topic.sensor_id() {
         return Err(Rejection::new(
             TopicMismatch,
             format!(
-                "payload says {}/{}, topic says {topic_type}/{topic_id}",
-                reading.sensor_type, reading.sensor_id
+                "payload says {}/{}, topic says {kind}/{}",
+                reading.sensor_type,
+                reading.sensor_id,
+                topic.sensor_id()
             ),
         ));
     }
-    let Ok(kind) = reading.sensor_type.parse::<SensorType>() else {
-        return Err(Rejection::new(
-            UnknownSensorType,
-            format!("{:?}", reading.sensor_type),
-        ));
-    };
     if reading.unit != kind.unit() {
         return Err(Rejection::new(
             UnitMismatch,
@@ -160,14 +159,24 @@ pub fn validate_reading(
     Ok(reading)
 }
 
+/// A reading topic whose type level the contract does not know.
+pub fn unknown_sensor_type(level: &str) -> Rejection {
+    Rejection::new(RejectionReason::UnknownSensorType, format!("{level:?}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use RejectionReason::*;
 
+    fn temp_001() -> SensorTopic {
+        SensorTopic::parse("b/f/r/temperature/temp_001")
+            .unwrap()
+            .unwrap()
+    }
+
     fn check(payload: &str) -> Result<Reading, RejectionReason> {
-        validate_reading("temperature", "temp_001", payload.as_bytes(), Utc::now())
-            .map_err(|r| r.reason)
+        validate_reading(&temp_001(), payload.as_bytes(), Utc::now()).map_err(|r| r.reason)
     }
 
     #[test]
@@ -224,18 +233,15 @@ mod tests {
             check(&r("temp_001", "temperature", "20", "celsius", "soon")),
             Err(Malformed)
         );
-        let unknown = r#"{"sensor_id":"x","sensor_type":"light","value":1,"unit":"lux","timestamp":"2026-01-24T10:00:00Z"}"#;
-        assert_eq!(
-            validate_reading("light", "x", unknown.as_bytes(), Utc::now()).map_err(|r| r.reason),
-            Err(UnknownSensorType)
-        );
+        // An unknown type is refused with the topic, before any payload.
+        let unknown = SensorTopic::parse("b/f/r/light/x").unwrap().unwrap_err();
+        assert_eq!(unknown_sensor_type(&unknown).reason, UnknownSensorType);
     }
 
     #[test]
     fn invalid_utf8_is_malformed_not_a_panic() {
         assert_eq!(
-            validate_reading("temperature", "t", &[0xff, 0xfe, b'{'], Utc::now())
-                .map_err(|r| r.reason),
+            validate_reading(&temp_001(), &[0xff, 0xfe, b'{'], Utc::now()).map_err(|r| r.reason),
             Err(Malformed)
         );
     }

@@ -12,7 +12,7 @@
 
 use super::chunk::{self, Entry, Pos, CHUNK_MAX};
 use super::{Inserted, Query, StoreError, StoredReading};
-use crate::contract::{topic, Reading, Timestamp};
+use crate::contract::{Reading, Timestamp};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -540,23 +540,35 @@ pub(super) struct Implied<'t> {
     pub sensor_id: Option<&'t str>,
     /// The topic's type level; `None` likewise.
     pub sensor_type: Option<&'t str>,
-    /// The type's one unit; `None` for a type the contract does not know.
+    /// The type's unit by the format's table (`chunk::implied_unit`); `None` for
+    /// a type that table does not know.
     pub unit: Option<&'static str>,
 }
 
 impl<'t> Implied<'t> {
+    /// By the disk format's own rule (version 2), not the contract's parser, so
+    /// that a change to the contract's topic layout cannot change what stored
+    /// history decodes to: a topic `{prefix}/{type}/{id}` (three or more
+    /// levels, none of the last three empty) implies its last two levels,
+    /// unless it ends in `/status` or its type level is `alerts`. Never change
+    /// it; it is the contract's layout as it was when the format was made.
     pub fn of(t: &'t str) -> Implied<'t> {
-        match topic::parse(t) {
-            topic::Parsed::Reading {
-                sensor_type,
-                sensor_id,
-                ..
-            } => Implied {
-                sensor_id: Some(sensor_id),
-                sensor_type: Some(sensor_type),
-                // The disk format's own table, not the contract's (see chunk.rs).
-                unit: chunk::implied_unit(sensor_type),
-            },
+        let mut levels = t.rsplitn(3, '/');
+        let (id, kind, prefix) = (levels.next(), levels.next(), levels.next());
+        match (id, kind, prefix) {
+            (Some(id), Some(kind), Some(prefix))
+                if id != "status"
+                    && kind != "alerts"
+                    && !id.is_empty()
+                    && !kind.is_empty()
+                    && !prefix.is_empty() =>
+            {
+                Implied {
+                    sensor_id: Some(id),
+                    sensor_type: Some(kind),
+                    unit: chunk::implied_unit(kind),
+                }
+            }
             _ => Implied {
                 sensor_id: None,
                 sensor_type: None,
