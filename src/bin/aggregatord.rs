@@ -1,5 +1,7 @@
 //! `aggregatord`: stores every reading durably and shows the history. The work is
 //! in `roomsense::aggregatord`.
+//! This file only parses arguments (refusing bad combinations) and turns the
+//! result into an exit status.
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use roomsense::aggregatord::{self, Format, Request, RequestKind};
@@ -24,6 +26,7 @@ struct Cli {
     /// Validate the config and exit (0 if valid, 78 if not).
     #[arg(long)]
     check_config: bool,
+    /// What to do; none means `run`. (clap shows no doc of a subcommand field.)
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -57,6 +60,7 @@ enum Command {
     /// Print stored readings (or rejected messages, or alerts). Works whether
     /// aggregatord is running (through its control socket) or not.
     Dump {
+        /// Output format.
         #[arg(long, value_enum, default_value_t = FormatArg::Table)]
         format: FormatArg,
         /// Rejected messages instead of readings.
@@ -65,6 +69,7 @@ enum Command {
         /// Alert history instead of readings.
         #[arg(long)]
         alerts: bool,
+        /// Which rows: sensors, time range, at most how many.
         #[command(flatten)]
         filter: Filter,
     },
@@ -81,8 +86,10 @@ enum Command {
     },
     /// Per sensor: count, min, max, mean, first and last reading.
     Stats {
+        /// Output format.
         #[arg(long, value_enum, default_value_t = FormatArg::Table)]
         format: FormatArg,
+        /// Which readings the statistics cover: sensors, time range, limit.
         #[command(flatten)]
         filter: Filter,
     },
@@ -104,6 +111,7 @@ struct Which {
 
 #[derive(Args)]
 struct Filter {
+    /// Which sensors: --sensor, --room, --type.
     #[command(flatten)]
     which: Which,
     /// From this time: a duration ago (`1h`, `30m`) or RFC 3339.

@@ -1,4 +1,5 @@
 //! `sensord`: publishes one node's sensor readings. The work is in `roomsense::sensord`.
+//! This file only parses arguments and turns the result into an exit status.
 
 use clap::Parser;
 use std::path::PathBuf;

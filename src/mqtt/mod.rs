@@ -5,6 +5,7 @@
 //! with backoff, republishes the birth message on every connect, resubscribes when
 //! the broker lost our session, and hands incoming messages to the daemon as
 //! [`Event`]s. The daemon talks back through [`Handle`].
+//! It knows nothing of readings, alerts or storage: messages are bytes on topics.
 
 mod acks;
 mod eventloop;
@@ -64,9 +65,15 @@ pub fn valid_filter(filter: &str) -> bool {
 /// A message we publish.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Message {
+    /// Where it is published.
     pub topic: String,
+    /// Sent as is: this module never looks inside (JSON is the caller's business).
     pub payload: Vec<u8>,
+    /// QoS 1/2 publishes are counted until the broker confirms them: what
+    /// [`Handle::close`] waits for.
     pub qos: Qos,
+    /// The broker keeps it as the topic's last value for later subscribers
+    /// (e.g. status, discovery).
     pub retain: bool,
 }
 
@@ -108,8 +115,19 @@ pub struct Settings {
 /// What the supervisor tells the daemon.
 #[derive(Debug)]
 pub enum Event {
-    Connected { session_present: bool },
-    Disconnected { reason: String },
+    /// The broker accepted us (CONNACK), on the first connect and every reconnect.
+    Connected {
+        /// The broker still had our session; if not, what was published for us
+        /// while we were away is gone (subscriptions are renewed).
+        session_present: bool,
+    },
+    /// A connection that was up has broken (never sent for our own DISCONNECT);
+    /// the supervisor retries with backoff.
+    Disconnected {
+        /// What went wrong, described for the log.
+        reason: String,
+    },
+    /// A message on one of our subscriptions.
     Message(Delivery),
 }
 
@@ -117,6 +135,7 @@ pub enum Event {
 /// has been dealt with (stored, or rejected for good).
 #[derive(Debug, Clone)]
 pub struct Delivery {
+    /// rumqttc's packet: topic, payload, QoS, and the packet id an ack needs.
     publish: Publish,
     /// The connection it arrived on: its packet id means nothing on another.
     generation: u64,
@@ -137,17 +156,25 @@ impl Delivery {
 /// Connection state, as last seen by the supervisor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Link {
+    /// Only the initial state: no connection has succeeded or failed yet.
     Connecting,
+    /// Connected (CONNACK received): publishes go out now.
     Up,
+    /// A connect failed, the connection broke, or we closed it; retried unless
+    /// stopping.
     Down,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum MqttError {
+    /// The TLS files cannot be used: a config problem (exit 78 at start-up), not retried.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The supervisor task has ended: nothing more can be sent.
     #[error("the MQTT connection task has stopped")]
     Closed,
+    /// `try_publish` found rumqttc's request queue full; holds the queue's size.
+    /// The caller still has the message.
     #[error("the outgoing queue is full ({0} messages)")]
     Full(usize),
 }

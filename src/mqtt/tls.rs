@@ -1,4 +1,5 @@
 //! Mutual TLS: trust only our CA, present this node's certificate.
+//! It opens no connection and reads no config: three paths in, a rustls config out.
 
 use rumqttc::tokio_rustls::rustls;
 use rustls::pki_types::pem::PemObject;
@@ -23,13 +24,27 @@ pub const CREDENTIALS_VAR: &str = "${CREDENTIALS_DIRECTORY}";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// A file cannot be used: missing, unreadable, no PEM in it, not a usable CA,
+    /// or a key that does not match the certificate.
     #[error("{}: {message}", file.display())]
-    File { file: PathBuf, message: String },
+    File {
+        /// The file at fault, as its path was given.
+        file: PathBuf,
+        /// What is wrong, with a hint when a systemd credential is used outside its unit.
+        message: String,
+    },
+    /// Like ssh, a private key that group or others can read is refused.
     #[error(
         "{}: private key is readable by group or others (mode {mode:04o}); run: chmod 600 {}",
         file.display(), file.display()
     )]
-    KeyPermissions { file: PathBuf, mode: u32 },
+    KeyPermissions {
+        /// The key file.
+        file: PathBuf,
+        /// Its permission bits (`mode & 0o777`), shown in octal.
+        mode: u32,
+    },
+    /// rustls could not build the client config (no usable protocol version).
     #[error("TLS setup: {0}")]
     Rustls(#[from] rustls::Error),
 }

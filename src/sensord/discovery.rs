@@ -2,6 +2,8 @@
 //! and each of its sensors appear in Home Assistant, available while the node's
 //! status says `online`.
 //! Format: <https://www.home-assistant.io/integrations/mqtt/#device-discovery-payload>
+//! It only builds the message: when to publish it (birth, Home Assistant's
+//! restarts) is sensord's mod.rs's call.
 
 use crate::config::SensordConfig;
 use crate::contract::Qos;

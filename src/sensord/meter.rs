@@ -5,18 +5,24 @@
 //! backwards (aggregatord refuses that as `meter_decreased`). So the value is
 //! saved, durably, *before* each energy reading is handed to MQTT: whatever
 //! was published is never above what a restart resumes from.
+//! It knows nothing of MQTT or the simulation: it keeps one number, and sensord
+//! decides when to save it.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Where one node keeps its meter: `{state_dir}/{node}.meter.json`.
 pub struct MeterState {
+    /// The meter file; `save` writes `{node}.meter.json.tmp` beside it, then renames.
     path: PathBuf,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Saved {
+    /// The meter's value, kWh; `load` refuses a negative or non-finite one.
     energy_kwh: f64,
+    /// When it was saved, for people reading the file; `load` needs it present
+    /// but does not use its value.
     at: crate::contract::Timestamp,
 }
 

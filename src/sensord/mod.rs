@@ -4,6 +4,8 @@
 //! [`Node`] for the value; the [`Outbox`] task gets each reading to the broker or
 //! buffers it while offline; a small task answers MQTT events (Home Assistant
 //! restarts). `--dry-run` uses the same loop, printing instead of publishing.
+//! It simulates nothing itself (values come from `sensors::Node`) and keeps no
+//! reading across a restart: only the energy meter's value is saved.
 
 mod discovery;
 mod meter;
@@ -128,17 +130,29 @@ pub fn dry_run(
 }
 
 enum Clock {
+    /// Sleeps until each reading is due: the daemon, and `--dry-run` without `--simulate`.
     Realtime,
-    Simulated { span: Duration },
+    /// Never sleeps: readings are stamped `--from` (or now) + offset (`--simulate`).
+    Simulated {
+        /// Simulated time to cover; the run ends at the first reading due after it.
+        span: Duration,
+    },
 }
 
 /// Decides when each sensor reads and asks the simulated node for the value.
 struct Driver {
+    /// The config in force; a sensor's index is its place in `config.sensors`.
     config: SensordConfig,
+    /// The simulated room and sensors: makes each reading (value, seq).
     node: Node,
+    /// When each sensor reads next; rebuilt by `plan` on a reload.
     timetable: Timetable,
+    /// Each sensor's reading topic, by index: built per plan, not per reading.
     topics: Vec<String>,
+    /// Origin of the timetable's offsets (monotonic); reset when `plan` runs.
     started: tokio::time::Instant,
+    /// Wall-clock start (or `--from`): simulated time, and sensors' faults and
+    /// drift, count from it. Kept across reloads.
     started_at: DateTime<Utc>,
 }
 

@@ -4,6 +4,7 @@
 //! dropped (as QoS 0 allows) and counted; QoS 1/2 readings wait in a bounded
 //! buffer (oldest dropped first, counted) and go out in order, with their
 //! original timestamps and seq, once the connection is back.
+//! It knows nothing of sensors or readings: it sees only messages and their QoS.
 
 use crate::contract::Qos;
 use crate::mqtt::{Handle, Link, Message, MqttError};
@@ -15,6 +16,7 @@ use tracing::{debug, info, warn};
 
 #[derive(Debug, Default, Clone)]
 pub struct Counts {
+    /// Readings handed to the MQTT queue (not yet confirmed by the broker).
     pub published: u64,
     /// QoS 0 readings made while disconnected.
     pub dropped_offline: u64,
@@ -27,9 +29,13 @@ pub struct Counts {
 }
 
 pub struct Outbox {
+    /// The connection: its link state decides between sending and buffering.
     mqtt: Arc<Handle>,
+    /// QoS 1/2 messages waiting for the link (or for queue room), oldest first.
     buffer: VecDeque<Message>,
+    /// The config's `offline_buffer`: once `buffer` holds this many, the oldest goes.
     capacity: usize,
+    /// What became of each message, logged when sensord stops.
     pub counts: Counts,
 }
 

@@ -2,15 +2,20 @@
 //! there is no drift over hours; a tick missed while the process was stalled is
 //! skipped, not made up in a burst; a little jitter per tick keeps sensors with
 //! equal intervals from publishing in lockstep.
+//! It keeps no clock and knows nothing of what sensors read: a sensor is an index
+//! with an interval, and times are offsets from a start the caller keeps.
 
 use std::time::Duration;
 
 pub struct Timetable {
+    /// Each sensor's reading interval, indexed like the sensors; also bounds its jitter.
     intervals: Vec<Duration>,
     /// Next grid point of each sensor, as an offset from the start.
     grid: Vec<Duration>,
     /// When each sensor actually fires next: grid point plus jitter.
     due: Vec<Duration>,
+    /// Draws the start phases and each tick's jitter; the caller seeds it for a
+    /// repeatable run.
     rng: fastrand::Rng,
 }
 
