@@ -3,6 +3,7 @@
 //! Two daemons share this library: `sensord` (a node's simulated sensors) and
 //! `aggregatord` (durable ingest and history). See ARCHITECTURE.md for the map.
 //! It parses no command line: clap stays in the thin binaries in src/bin.
+#![forbid(unsafe_code)]
 
 pub mod aggregatord;
 pub mod alerts;

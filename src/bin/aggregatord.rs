@@ -2,6 +2,7 @@
 //! in `roomsense::aggregatord`.
 //! This file only parses arguments (refusing bad combinations) and turns the
 //! result into an exit status.
+#![forbid(unsafe_code)]
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use roomsense::aggregatord::{self, Format, Request, RequestKind};

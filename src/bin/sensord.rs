@@ -1,5 +1,6 @@
 //! `sensord`: publishes one node's sensor readings. The work is in `roomsense::sensord`.
 //! This file only parses arguments and turns the result into an exit status.
+#![forbid(unsafe_code)]
 
 use clap::Parser;
 use std::path::PathBuf;
