@@ -1,7 +1,7 @@
 //! Fills a roomsense database with N readings (and writes the same rows as CSV
 //! for loading into SQLite), for the dump and storage benchmarks (bench/storage).
 //!
-//!   cargo run --release --example fill_store -- DB_DIR N CSV_OUT
+//!   cargo run --release --example `fill_store` -- `DB_DIR` N `CSV_OUT`
 
 use roomsense::contract::{Reading, Timestamp};
 use roomsense::store::{Store, StoredReading};
@@ -27,7 +27,7 @@ fn main() -> anyhow::Result<()> {
         let room = i % 30;
         let (kind, unit) = kinds[(i / 30 % 6) as usize];
         let seq = i / 180 + 1;
-        let ts = Timestamp::from_micros((t0 + (i as i64) * 5) * 1000)
+        let ts = Timestamp::from_micros((t0 + i.cast_signed() * 5) * 1000)
             .ok_or_else(|| anyhow::anyhow!("time"))?;
         let r = StoredReading {
             topic: format!(

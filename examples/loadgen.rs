@@ -30,7 +30,7 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     rate: u64,
     /// Spread the readings over this many distinct sensor ids (t00000, t00001,
-    /// …), round robin; 1 means temp_001 only.
+    /// …), round robin; 1 means `temp_001` only.
     #[arg(long, default_value_t = 1)]
     sensors: u64,
 }

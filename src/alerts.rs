@@ -337,7 +337,7 @@ impl Engine {
         for (i, room) in touched {
             if let Some(mut cleared) = self.settle(i, &room, now, None) {
                 if cleared.state == AlertState::Cleared {
-                    cleared.message = why.to_owned();
+                    why.clone_into(&mut cleared.message);
                 }
                 changes.push(cleared);
             }
@@ -625,7 +625,7 @@ mod tests {
                 value,
                 unit: "celsius".into(),
                 timestamp: t,
-                seq: Some(secs as u64),
+                seq: Some(secs.cast_unsigned()),
             },
             received_at: t,
             qos: 1,

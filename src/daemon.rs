@@ -104,7 +104,7 @@ pub fn signals() -> std::io::Result<Signals> {
 }
 
 /// Tells systemd (if it started us with `Type=notify`); a no-op otherwise.
-pub fn notify(state: &[sd_notify::NotifyState]) {
+pub fn notify(state: &[sd_notify::NotifyState<'_>]) {
     if std::env::var_os("NOTIFY_SOCKET").is_some() {
         if let Err(e) = sd_notify::notify(state) {
             tracing::debug!(error = %e, "sd_notify failed");

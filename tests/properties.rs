@@ -79,7 +79,7 @@ proptest! {
                 // Whatever passed is consistent with its topic and physically plausible.
                 prop_assert_eq!(r.sensor_type.as_str(), t.sensor_type().as_str());
                 prop_assert_eq!(r.sensor_id.as_str(), t.sensor_id());
-                let kind: SensorType = r.sensor_type.parse().map_err(|_| TestCaseError::fail("unknown type accepted"))?;
+                let kind: SensorType = r.sensor_type.parse().map_err(|()| TestCaseError::fail("unknown type accepted"))?;
                 prop_assert!(kind.accepts(r.value) && r.value.is_finite());
                 prop_assert_eq!(r.unit.as_str(), kind.unit());
             }

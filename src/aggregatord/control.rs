@@ -65,14 +65,14 @@ pub async fn serve(
         // A free slot first: at the cap, further clients wait in the backlog
         // instead of each holding a task and a file descriptor here.
         let slot = tokio::select! {
-            _ = stop.cancelled() => break,
+            () = stop.cancelled() => break,
             slot = slots.clone().acquire_owned() => match slot {
                 Ok(slot) => slot,
                 Err(_) => break,
             },
         };
         let stream = tokio::select! {
-            _ = stop.cancelled() => break,
+            () = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     failures = 0;
@@ -87,8 +87,8 @@ pub async fn serve(
                     }
                     let pause = Duration::from_millis(10 << failures.min(7));
                     tokio::select! {
-                        _ = stop.cancelled() => break,
-                        _ = tokio::time::sleep(pause) => continue,
+                        () = stop.cancelled() => break,
+                        () = tokio::time::sleep(pause) => continue,
                     }
                 }
             },

@@ -137,7 +137,7 @@ fn write_reading_json(out: &mut impl Write, r: &StoredReading) -> io::Result<()>
     )
 }
 
-/// serde_json's escaping and number formatting, for a few concrete types.
+/// `serde_json`'s escaping and number formatting, for a few concrete types.
 mod erased {
     use std::io::{self, Write};
 
@@ -339,7 +339,7 @@ fn write_aligned(out: &mut impl Write, row: &[String], widths: &[usize]) -> io::
         if i + 1 == row.len() {
             line.push_str(f);
         } else {
-            line.push_str(&format!("{f:<w$}  "));
+            let _ = std::fmt::Write::write_fmt(&mut line, format_args!("{f:<w$}  "));
         }
     }
     writeln!(out, "{}", line.trim_end())

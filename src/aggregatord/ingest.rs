@@ -22,6 +22,7 @@ use crate::store::{
     Inserted, Query, ReadingWriter, RejectedMessage, Store, StoreError, StoredReading,
 };
 use anyhow::Context;
+use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,7 +66,7 @@ const ALERT_TICK: Duration = Duration::from_secs(1);
 const FORGET_CHECK: Duration = Duration::from_secs(1);
 
 pub struct Ingest {
-    /// The `ingest:` settings (batching, caps, max_age, forget_after).
+    /// The `ingest:` settings (batching, caps, `max_age`, `forget_after`).
     config: IngestConfig,
     /// Where readings, rejections and alert changes go.
     store: Store,
@@ -269,7 +270,7 @@ impl Ingest {
                         Some(event) => event,
                         None => break,
                     },
-                    _ = tokio::time::sleep_until(deadline) => break,
+                    () = tokio::time::sleep_until(deadline) => break,
                 },
             };
             self.sort(event, &mut batch);
@@ -351,7 +352,7 @@ impl Ingest {
         for (room, topic) in &sensors {
             self.census.forget(room, topic);
             self.gaps.forget(topic);
-            report.push_str(&format!("forgot sensor {topic}\n"));
+            let _ = writeln!(report, "forgot sensor {topic}");
         }
         for room in &rooms {
             self.census.forget_room(room);
@@ -368,11 +369,11 @@ impl Ingest {
                     time: now,
                 });
             }
-            report.push_str(&format!("forgot room {room}\n"));
+            let _ = writeln!(report, "forgot room {room}");
         }
         self.live.forget(&topics[..sensors.len()], &rooms);
         for a in &changes {
-            report.push_str(&format!("cleared alert {} in {}\n", a.rule, a.room));
+            let _ = writeln!(report, "cleared alert {} in {}", a.rule, a.room);
         }
         self.census_gauges();
         self.record_alerts(changes).await?;
@@ -566,8 +567,14 @@ impl Ingest {
     /// The known-sensors and known-rooms gauges, from the census.
     fn census_gauges(&self) {
         let m = &self.metrics;
-        m.known_sensors.store(self.census.sensors() as i64, Relaxed);
-        m.known_rooms.store(self.census.rooms() as i64, Relaxed);
+        m.known_sensors.store(
+            i64::try_from(self.census.sensors()).unwrap_or(i64::MAX),
+            Relaxed,
+        );
+        m.known_rooms.store(
+            i64::try_from(self.census.rooms()).unwrap_or(i64::MAX),
+            Relaxed,
+        );
     }
 
     /// Counts and logs (rate-limited) a refused message.
@@ -733,8 +740,8 @@ impl Ingest {
         self.storage_retry =
             (self.storage_retry * 2).clamp(Duration::from_millis(200), Duration::from_secs(5));
         tokio::select! {
-            _ = self.stop.cancelled() => anyhow::bail!("stopping while storage fails: {e} (unacknowledged readings stay with the broker)"),
-            _ = tokio::time::sleep(self.storage_retry) => {}
+            () = self.stop.cancelled() => anyhow::bail!("stopping while storage fails: {e} (unacknowledged readings stay with the broker)"),
+            () = tokio::time::sleep(self.storage_retry) => {}
         }
         // sled refuses every write after an I/O error until it is opened again.
         let store = self.store.clone();
@@ -889,10 +896,10 @@ fn meter_check(store: &ReadingWriter, a: &Arrival) -> Result<Meter, StoreError> 
 /// else (`a b`, markup, 3,000 characters) is refused before it is stored or
 /// shown on the dashboard.
 fn contract_levels(prefix: &str, sensor_id: Option<&str>) -> Result<(), Rejection> {
+    use crate::contract::Ident;
     let refuse = |what: &str, e: String| {
         Rejection::new(RejectionReason::UnrecognizedTopic, format!("{what}: {e}"))
     };
-    use crate::contract::Ident;
     for level in prefix.split('/') {
         // Reserved words are fine as room levels; only the id is a topic word.
         Ident::check_level(level).map_err(|e| refuse("room", e))?;
@@ -915,7 +922,11 @@ fn parse_status(prefix: &str, payload: &[u8]) -> Result<Option<Status>, Rejectio
         .map_err(|e| Rejection::new(RejectionReason::Malformed, e.to_string()))?;
     // The node is the topic's, whatever the payload claims: a node can only
     // publish under its own room (the ACL), so the topic is the authority.
-    status.node = prefix.rsplit('/').next().unwrap_or(prefix).to_owned();
+    prefix
+        .rsplit('/')
+        .next()
+        .unwrap_or(prefix)
+        .clone_into(&mut status.node);
     info!(
         prefix,
         node = %status.node,

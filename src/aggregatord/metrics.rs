@@ -28,7 +28,7 @@ pub struct Metrics {
     pub alerts_raised: AtomicU64,
     /// Alerts cleared, counted likewise.
     pub alerts_cleared: AtomicU64,
-    /// Energy meters that dropped to a new series (see ingest::meter_check).
+    /// Energy meters that dropped to a new series (see `ingest::meter_check`).
     pub meter_resets: AtomicU64,
     /// Readings missing from each sensor's seq numbering (gaps.rs), only
     /// sensors with some missing; and the sum.
@@ -58,7 +58,10 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn reject(&self, reason: RejectionReason) -> u64 {
-        let mut map = self.rejected.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self
+            .rejected
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let n = map.entry(reason).or_default();
         *n += 1;
         *n
@@ -67,12 +70,15 @@ impl Metrics {
     pub fn rejected(&self) -> BTreeMap<RejectionReason, u64> {
         self.rejected
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
 
     pub fn set_missing(&self, topic: &str, n: u64, total: u64) {
-        let mut map = self.missing.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self
+            .missing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if n == 0 {
             map.remove(topic);
         } else {
@@ -147,7 +153,7 @@ impl Metrics {
         for (topic, n) in self
             .missing
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter()
         {
             let _ = writeln!(
@@ -176,7 +182,7 @@ impl Metrics {
         gauge(
             "readings_missing",
             "Readings missing from all sensors' seq numbering (sum of roomsense_sensor_readings_missing).",
-            self.missing_total.load(Relaxed) as i64,
+            self.missing_total.load(Relaxed).cast_signed(),
         );
         gauge(
             "known_sensors",
@@ -233,8 +239,12 @@ impl Histogram {
             .position(|b| secs <= *b)
             .unwrap_or(BUCKETS.len());
         self.counts[slot].fetch_add(n, Relaxed);
-        self.sum_micros
-            .fetch_add((d.as_micros() as u64).saturating_mul(n), Relaxed);
+        self.sum_micros.fetch_add(
+            u64::try_from(d.as_micros())
+                .unwrap_or(u64::MAX)
+                .saturating_mul(n),
+            Relaxed,
+        );
     }
 
     fn render(&self, out: &mut String, name: &str, help: &str) {
@@ -245,7 +255,9 @@ impl Histogram {
         let mut cumulative = 0;
         for (i, c) in self.counts.iter().enumerate() {
             cumulative += c.load(Relaxed);
-            let le = BUCKETS.get(i).map_or("+Inf".to_owned(), |b| b.to_string());
+            let le = BUCKETS
+                .get(i)
+                .map_or("+Inf".to_owned(), std::string::ToString::to_string);
             let _ = writeln!(out, "roomsense_{name}_bucket{{le=\"{le}\"}} {cumulative}");
         }
         let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;

@@ -109,8 +109,8 @@ fn mqtt_settings(config: &AggregatordConfig) -> (mqtt::Settings, mqtt::Settings)
         .collect();
     let mut alerts = settings(format!("{}-alerts", config.client_id), Vec::new(), false);
     if let (Some(id), Some(tls)) = (&config.alert_identity, &mut alerts.broker.tls) {
-        tls.cert_file = id.cert_file.clone();
-        tls.key_file = id.key_file.clone();
+        tls.cert_file.clone_from(&id.cert_file);
+        tls.key_file.clone_from(&id.key_file);
     }
     (
         settings(config.client_id.to_string(), subscriptions, true),
@@ -230,13 +230,13 @@ pub async fn run(
     let mut watchdog = daemon::Watchdog::new();
     let result = loop {
         tokio::select! {
-            _ = signals.shutdown.cancelled() => break Ok(()),
-            _ = signals.reload.notified() => {
+            () = signals.shutdown.cancelled() => break Ok(()),
+            () = signals.reload.notified() => {
                 if let Some(new) = daemon::reload_config::<AggregatordConfig>(&config_path) {
                     match reload(&mut ingest, &mqtt, &config, &new, &alert_settings_tx).await {
                         Ok(()) => config = new,
                         Err(e) => {
-                            tracing::error!(error = %format!("{e:#}"), "reload failed; still running on the previous configuration")
+                            tracing::error!(error = %format!("{e:#}"), "reload failed; still running on the previous configuration");
                         }
                     }
                 }
@@ -244,7 +244,7 @@ pub async fn run(
             }
             // Ingest runs in this loop too: if it stalls, so does the watchdog,
             // and systemd restarts us.
-            _ = watchdog.tick() => {}
+            () = watchdog.tick() => {}
             _ = status.tick() => daemon::notify_status(&ingest.status_line()),
             _ = summary.tick() => ingest.log_totals("ingest totals"),
             work = ingest.next(&mut events) => match work {

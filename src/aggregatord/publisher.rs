@@ -37,14 +37,14 @@ pub async fn run(store: Store, mqtt: &Handle, wake: Arc<Notify>, stop: Cancellat
                 for m in messages(alert) {
                     tokio::select! {
                         sent = mqtt.publish(m) => if sent.is_err() { return },
-                        _ = stop.cancelled() => return,
+                        () = stop.cancelled() => return,
                     }
                 }
                 info!(rule = %alert.rule, room = %alert.room, state = %alert.state, "alert published");
             }
             tokio::select! {
-                _ = mqtt.wait_confirmed() => {}
-                _ = stop.cancelled() => return,
+                () = mqtt.wait_confirmed() => {}
+                () = stop.cancelled() => return,
             }
             let ids: Vec<u64> = pending.iter().map(|(id, _)| *id).collect();
             let store = store.clone();
@@ -61,9 +61,9 @@ pub async fn run(store: Store, mqtt: &Handle, wake: Arc<Notify>, stop: Cancellat
             continue;
         }
         tokio::select! {
-            _ = wake.notified() => {}
+            () = wake.notified() => {}
             _ = link.changed() => {}
-            _ = stop.cancelled() => return,
+            () = stop.cancelled() => return,
         }
         // Mark the current link state seen, so `changed` waits for the next one.
         link.borrow_and_update();

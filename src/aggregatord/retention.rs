@@ -56,8 +56,8 @@ pub async fn run(store: Store, keep: Duration, stop: CancellationToken) -> anyho
             info!(deleted = total, before = %cutoff, "retention: old readings deleted");
         }
         tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(EVERY) => {}
+            () = stop.cancelled() => return Ok(()),
+            () = tokio::time::sleep(EVERY) => {}
         }
     }
 }

@@ -99,7 +99,7 @@ enum Command {
 /// Which sensors: shared by the history commands and `forget`.
 #[derive(Args)]
 struct Which {
-    /// Sensor id, e.g. temp_001.
+    /// Sensor id, e.g. `temp_001`.
     #[arg(long)]
     sensor: Option<String>,
     /// Room (node id), e.g. room101.

@@ -138,7 +138,7 @@ impl BrokerConfig {
         }
         // MQTT carries keep-alive as whole seconds in 16 bits.
         let ka = self.keep_alive;
-        if ka < Duration::from_secs(1) || ka > Duration::from_secs(u16::MAX as u64) {
+        if ka < Duration::from_secs(1) || ka > Duration::from_secs(u64::from(u16::MAX)) {
             return Err(Invalid::new(
                 format!("{key}.keep_alive"),
                 "must be between 1s and 18h (65535s)",

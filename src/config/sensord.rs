@@ -128,7 +128,7 @@ impl<'de> Deserialize<'de> for Occupancy {
         struct Visitor;
         impl<'de> serde::de::Visitor<'de> for Visitor {
             type Value = Occupancy;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("`always`, `never`, or { days, from, to }")
             }
             fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Occupancy, E> {
@@ -158,7 +158,7 @@ impl Default for Occupancy {
 }
 
 fn weekdays() -> Vec<chrono::Weekday> {
-    use chrono::Weekday::*;
+    use chrono::Weekday::{Fri, Mon, Thu, Tue, Wed};
     vec![Mon, Tue, Wed, Thu, Fri]
 }
 fn eight() -> chrono::NaiveTime {

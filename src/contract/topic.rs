@@ -60,7 +60,7 @@ impl SensorTopic {
                 id_start: topic.len() - sensor_id.len(),
                 sensor_type: kind,
             }),
-            Err(_) => Err(sensor_type.to_owned()),
+            Err(()) => Err(sensor_type.to_owned()),
         })
     }
 

@@ -50,7 +50,7 @@ pub enum RejectionReason {
 }
 
 impl RejectionReason {
-    /// Stable snake_case name, used in logs, counters and the `rejected` tree.
+    /// Stable `snake_case` name, used in logs, counters and the `rejected` tree.
     pub fn as_str(self) -> &'static str {
         match self {
             RejectionReason::PayloadTooLarge => "payload_too_large",
@@ -114,7 +114,7 @@ pub fn validate_reading(
     payload: &[u8],
     now: DateTime<Utc>,
 ) -> Result<Reading, Rejection> {
-    use RejectionReason::*;
+    use RejectionReason::{FutureTimestamp, Malformed, OutOfRange, TopicMismatch, UnitMismatch};
     check_size(payload)?;
     let reading: Reading =
         serde_json::from_slice(payload).map_err(|e| Rejection::new(Malformed, e.to_string()))?;

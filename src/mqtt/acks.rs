@@ -59,7 +59,9 @@ pub(crate) struct Acks {
 
 impl Acks {
     fn lock(&self) -> std::sync::MutexGuard<'_, AckQueue> {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Queues acks; true if the supervisor needs waking to write them (the

@@ -98,7 +98,7 @@ impl Conn {
     /// connection when a PINGRESP has not been read a keep-alive after its
     /// ping, but we read only as fast as ingest stores, and Mosquitto 2.0.11
     /// queues the PINGRESP behind everything it is sending us (far past
-    /// max_inflight_messages): under a backlog, healthy connections were
+    /// `max_inflight_messages)`: under a backlog, healthy connections were
     /// dropped (issue 18). A dead link still fails: nothing arrives, and the
     /// next ping finds the flag set.
     pub async fn poll(&mut self) -> Result<Event, ConnectionError> {

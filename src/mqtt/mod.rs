@@ -310,18 +310,15 @@ fn options(settings: &Settings) -> Result<MqttOptions, MqttError> {
         .set_clean_session(false)
         .set_manual_acks(settings.manual_acks)
         .set_max_packet_size(MAX_PACKET, MAX_PACKET);
-    match &b.tls {
-        Some(files) => {
-            let tls = tls::client_config(files)?;
-            options.set_transport(Transport::tls_with_config(
-                rumqttc::TlsConfiguration::Rustls(Arc::new(tls)),
-            ));
-        }
+    if let Some(files) = &b.tls {
+        let tls = tls::client_config(files)?;
+        options.set_transport(Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(Arc::new(tls)),
+        ));
+    } else {
         // Config validation allows this only for a loopback host.
-        None => {
-            warn!(host = %b.host, "insecure_plaintext: MQTT WITHOUT TLS; readings and identities travel in clear");
-            options.set_transport(Transport::Tcp);
-        }
+        warn!(host = %b.host, "insecure_plaintext: MQTT WITHOUT TLS; readings and identities travel in clear");
+        options.set_transport(Transport::Tcp);
     }
     if let Some(will) = &settings.last_will {
         options.set_last_will(LastWill::new(
@@ -425,7 +422,10 @@ impl Handle {
     /// reconnects; errors (unreadable new certificates) leave everything as it was.
     pub fn reconfigure(&self, new: Settings) -> Result<bool, MqttError> {
         let files = tls_fingerprint(&new)?;
-        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (old, old_files) = &*current;
         let same_connection = old.client_id == new.client_id
             && old.broker == new.broker

@@ -245,21 +245,18 @@ impl Session {
     pub fn disconnect_sent(&mut self) -> AfterDisconnect {
         self.next_generation();
         self.connected_at = None;
-        match std::mem::replace(&mut self.phase, Phase::Down) {
-            Phase::Leaving {
-                then: Then::Reconnect(next),
-                ..
-            } => {
-                let (settings, options) = *next;
-                self.apply(settings);
-                AfterDisconnect::Reconnect(Box::new(options))
-            }
+        let Phase::Leaving {
+            then: Then::Reconnect(next),
+            ..
+        } = std::mem::replace(&mut self.phase, Phase::Down)
+        else {
             // Only a stop or a reconnect sends DISCONNECT; anything else stops.
-            _ => {
-                self.phase = Phase::Stopped;
-                AfterDisconnect::Stop
-            }
-        }
+            self.phase = Phase::Stopped;
+            return AfterDisconnect::Stop;
+        };
+        let (settings, options) = *next;
+        self.apply(settings);
+        AfterDisconnect::Reconnect(Box::new(options))
     }
 
     /// The connection failed (or could not be made).
@@ -483,7 +480,7 @@ mod tests {
     }
 
     fn publish(pkid: u16, qos: QoS) -> Request {
-        let mut p = Publish::new("t", qos, vec![pkid as u8]);
+        let mut p = Publish::new("t", qos, vec![pkid.to_le_bytes()[0]]);
         p.pkid = pkid;
         Request::Publish(p)
     }

@@ -93,7 +93,7 @@ impl Supervisor {
                 // Connecting (or about to): cancelling this is harmless.
                 tokio::select! {
                     biased;
-                    _ = self.closing.cancelled() => continue,
+                    () = self.closing.cancelled() => continue,
                     Some(update) = self.updates.recv() => {
                         self.update(update, &mut backoff);
                         continue;
@@ -181,8 +181,8 @@ impl Supervisor {
                     let delay = backoff.next();
                     debug!(?delay, "waiting before reconnecting");
                     tokio::select! {
-                        _ = self.closing.cancelled() => {}
-                        _ = tokio::time::sleep(delay) => {}
+                        () = self.closing.cancelled() => {}
+                        () = tokio::time::sleep(delay) => {}
                     }
                 }
             }

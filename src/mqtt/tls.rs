@@ -49,7 +49,7 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
-fn file_error(file: &Path, message: impl ToString) -> TlsError {
+fn file_error(file: &Path, message: impl std::fmt::Display) -> TlsError {
     let mut message = message.to_string();
     if file.starts_with(CREDENTIALS_VAR) {
         message.push_str(

@@ -232,7 +232,7 @@ async fn drive(
     let mut driver = Driver::new(config.clone(), from);
     loop {
         let next = tokio::select! {
-            _ = stop.cancelled() => return,
+            () = stop.cancelled() => return,
             next = driver.next(&clock) => next,
         };
         match next {
@@ -350,8 +350,8 @@ pub async fn run(config: SensordConfig, config_path: std::path::PathBuf) -> anyh
     daemon::notify_ready(&status_line(&mqtt, made));
     loop {
         let next = tokio::select! {
-            _ = signals.shutdown.cancelled() => break,
-            _ = signals.reload.notified() => {
+            () = signals.shutdown.cancelled() => break,
+            () = signals.reload.notified() => {
                 if let Some(new) = daemon::reload_config::<SensordConfig>(&config_path) {
                     let changed = config::changed_keys(&driver.config, &new);
                     match mqtt.reconfigure(mqtt_settings(&new, started_at)) {
@@ -369,7 +369,7 @@ pub async fn run(config: SensordConfig, config_path: std::path::PathBuf) -> anyh
                 daemon::notify_ready(&status_line(&mqtt, made));
                 continue;
             }
-            _ = watchdog.tick() => continue,
+            () = watchdog.tick() => continue,
             _ = status_every.tick() => {
                 daemon::notify_status(&status_line(&mqtt, made));
                 continue;
@@ -405,14 +405,13 @@ pub async fn run(config: SensordConfig, config_path: std::path::PathBuf) -> anyh
 
     // Stop: let the outbox send what it holds, say goodbye, disconnect.
     drop(outbox_tx);
-    let counts = match tokio::time::timeout(CLOSE_GRACE, &mut outbox).await {
-        Ok(done) => done.context("outbox task failed")?.counts,
-        Err(_) => {
-            outbox.abort();
-            let _ = outbox.await;
-            warn!("stopped before every buffered reading was sent");
-            outbox::Counts::default()
-        }
+    let counts = if let Ok(done) = tokio::time::timeout(CLOSE_GRACE, &mut outbox).await {
+        done.context("outbox task failed")?.counts
+    } else {
+        outbox.abort();
+        let _ = outbox.await;
+        warn!("stopped before every buffered reading was sent");
+        outbox::Counts::default()
     };
     events.abort();
     let _ = events.await;

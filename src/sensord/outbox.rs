@@ -64,7 +64,7 @@ impl Outbox {
                 },
                 _ = link.changed() => {}
                 // Only when the MQTT queue was full during a drain: try again shortly.
-                _ = tokio::time::sleep(Duration::from_millis(100)), if up && !self.buffer.is_empty() => {}
+                () = tokio::time::sleep(Duration::from_millis(100)), if up && !self.buffer.is_empty() => {}
             }
         }
         self.finish().await;

@@ -108,7 +108,10 @@ impl Room {
         let mut t = last;
         while left > 0.0 {
             let dt = left.min(STEP_SECS);
-            t += chrono::Duration::milliseconds((dt * 1000.0) as i64);
+            // dt is at most STEP_SECS: far inside i64 milliseconds.
+            #[allow(clippy::cast_possible_truncation)]
+            let step = (dt * 1000.0) as i64;
+            t += chrono::Duration::milliseconds(step);
             self.step(t, dt);
             left -= dt;
         }
@@ -212,6 +215,6 @@ impl Room {
 /// Baseline indoor temperature without heating: follows the day, peak at 15:00.
 fn baseline(t: DateTime<Utc>) -> f64 {
     let local = t.with_timezone(&Local);
-    let hours = local.hour() as f64 + local.minute() as f64 / 60.0;
+    let hours = f64::from(local.hour()) + f64::from(local.minute()) / 60.0;
     BASE_TEMP + DAILY_SWING * (TAU * (hours - 9.0) / 24.0).sin()
 }

@@ -98,7 +98,7 @@ pub(super) fn key(topic_id: u32, (time, seq): Pos) -> [u8; KEY_LEN] {
 pub(super) fn parse_key(key: &[u8]) -> Result<(u32, Pos), ChunkError> {
     let key: &[u8; KEY_LEN] = key.try_into().map_err(|_| ChunkError("bad key length"))?;
     let id = u32::from_be_bytes([key[0], key[1], key[2], key[3]]);
-    let time = (u64::from_be_bytes(arr(&key[4..12])) ^ (1 << 63)) as i64;
+    let time = (u64::from_be_bytes(arr(&key[4..12])) ^ (1 << 63)).cast_signed();
     Ok((id, (time, u64::from_be_bytes(arr(&key[12..])))))
 }
 
@@ -155,7 +155,7 @@ fn extend(chunk: &mut Vec<u8>, count: usize, last: Pos, entries: &[Entry]) {
             }
         }
         chunk.push(flags);
-        varint(chunk, t.wrapping_sub(time) as u64);
+        varint(chunk, t.wrapping_sub(time).cast_unsigned());
         if e.seq.is_some() {
             varint(chunk, s.wrapping_sub(seq));
         }
@@ -170,7 +170,7 @@ fn extend(chunk: &mut Vec<u8>, count: usize, last: Pos, entries: &[Entry]) {
         }
         (time, seq) = (t, s);
     }
-    let count = (count + entries.len()).min(usize::from(u16::MAX)) as u16;
+    let count = u16::try_from(count + entries.len()).unwrap_or(u16::MAX);
     chunk[1..3].copy_from_slice(&count.to_le_bytes());
     chunk[3..11].copy_from_slice(&time.to_le_bytes());
     chunk[11..19].copy_from_slice(&seq.to_le_bytes());
@@ -184,7 +184,7 @@ pub(super) fn decode(key: &[u8], value: &[u8]) -> Result<Vec<Entry>, ChunkError>
     let mut r = Reader(&value[HEADER..]);
     while !r.0.is_empty() {
         let flags = r.byte()?;
-        time = time.wrapping_add(r.varint()? as i64);
+        time = time.wrapping_add(r.varint()?.cast_signed());
         let has_seq = flags & HAS_SEQ != 0;
         if has_seq {
             seq = seq.wrapping_add(r.varint()?);
@@ -231,19 +231,20 @@ fn arr<const N: usize>(b: &[u8]) -> [u8; N] {
 }
 
 fn varint(out: &mut Vec<u8>, mut v: u64) {
+    // LEB128: seven bits at a time, low first; the casts keep the low byte.
     while v >= 0x80 {
-        out.push((v as u8) | 0x80);
+        out.push((v & 0x7f).to_le_bytes()[0] | 0x80);
         v >>= 7;
     }
-    out.push(v as u8);
+    out.push(v.to_le_bytes()[0]);
 }
 
 fn zigzag(v: i64) -> u64 {
-    ((v << 1) ^ (v >> 63)) as u64
+    ((v << 1) ^ (v >> 63)).cast_unsigned()
 }
 
 fn unzigzag(v: u64) -> i64 {
-    ((v >> 1) as i64) ^ -((v & 1) as i64)
+    (v >> 1).cast_signed() ^ -(v & 1).cast_signed()
 }
 
 /// A cursor over a chunk's entries: the bytes not read yet.
@@ -297,7 +298,12 @@ mod tests {
     #[test]
     fn round_trips_compactly_including_appends() {
         let mut es: Vec<Entry> = (0..40)
-            .map(|i| entry(1_790_000_000_000_000 + i * 5_000_000, Some(100 + i as u64)))
+            .map(|i| {
+                entry(
+                    1_790_000_000_000_000 + i * 5_000_000,
+                    Some(100 + i.cast_unsigned()),
+                )
+            })
             .collect();
         es[3].seq = None;
         es[5].received_at = es[5].time - 3_000_000;

@@ -37,7 +37,7 @@ pub(super) fn key(topic: &str, ts: Timestamp, seq: Option<u64>) -> Vec<u8> {
 
 /// Big-endian with the sign bit flipped, so that byte order is time order.
 pub(super) fn time_key(micros: i64) -> [u8; 8] {
-    ((micros as u64) ^ (1 << 63)).to_be_bytes()
+    (micros.cast_unsigned() ^ (1 << 63)).to_be_bytes()
 }
 
 #[cfg(test)]
@@ -85,7 +85,7 @@ pub(super) fn decode(key: &[u8], value: &[u8]) -> Result<StoredReading, StoredRe
         .ok_or_else(|| err("key too short"))?;
     let topic = std::str::from_utf8(&key[..split]).map_err(|_| err("topic is not UTF-8"))?;
     let tail = &key[split + 1..];
-    let micros = (u64::from_be_bytes(array(&tail[..8])?) ^ (1 << 63)) as i64;
+    let micros = (u64::from_be_bytes(array(&tail[..8])?) ^ (1 << 63)).cast_signed();
     let seq = u64::from_be_bytes(array(&tail[8..])?);
     if value.len() < 19 || value[0] != VERSION {
         return Err(err("unknown value layout"));

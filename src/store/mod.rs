@@ -75,7 +75,7 @@ pub struct StoredReading {
 pub struct RejectedMessage {
     /// The topic it arrived on (any topic: refusals include unrecognized ones).
     pub topic: String,
-    /// The [`RejectionReason`](crate::contract::RejectionReason)'s stable snake_case name
+    /// The [`RejectionReason`](crate::contract::RejectionReason)'s stable `snake_case` name
     /// (`malformed`, `too_old`), for filtering and counting.
     pub reason: String,
     /// What exactly was wrong, in words (which unit was expected, how large it was).
@@ -188,7 +188,7 @@ impl Trees {
         let old = self.db.open_tree(OLD)?;
         let (mut moved, mut unreadable) = (0u64, 0u64);
         let mut writer = self.readings.writer();
-        for kv in old.iter() {
+        for kv in &old {
             let (k, v) = kv?;
             match codec::decode(&k, &v) {
                 Ok(r) => {
@@ -231,7 +231,7 @@ impl Store {
     fn trees(&self) -> Result<Trees, StoreError> {
         self.trees
             .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
             .ok_or_else(|| StoreError::Reopening {
                 path: self.path.clone(),
@@ -242,7 +242,10 @@ impl Store {
     /// writes after an I/O error (a full disk) once the cause is gone. Fails
     /// while something else still holds the old instance (a running dump).
     pub fn reopen(&self) -> Result<(), StoreError> {
-        let mut trees = self.trees.write().unwrap_or_else(|p| p.into_inner());
+        let mut trees = self
+            .trees
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Drop ours first: sled's lock on the folder goes with the last handle.
         *trees = None;
         let fresh = Trees::open(&self.path)?;
@@ -484,7 +487,7 @@ mod tests {
                 let mut r = reading(t, "2026-01-01T00:00:00Z", i);
                 r.reading.sensor_id = "temp_001".into();
                 r.reading.timestamp =
-                    Timestamp::from_micros(1_767_225_600_000_000 + i as i64 * 1000).unwrap();
+                    Timestamp::from_micros(1_767_225_600_000_000 + i.cast_signed() * 1000).unwrap();
                 r
             })
             .collect();
@@ -533,7 +536,7 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let t = "building/floor1/room101/temperature/temp_001";
         let at = |i: i64| {
-            let mut r = reading(t, "2026-01-01T00:00:00Z", i as u64);
+            let mut r = reading(t, "2026-01-01T00:00:00Z", i.cast_unsigned());
             r.reading.timestamp = Timestamp::from_micros(1_767_225_600_000_000 + i).unwrap();
             r
         };
@@ -553,7 +556,7 @@ mod tests {
             .collect();
         assert_eq!(all, (0..400).map(at).collect::<Vec<_>>());
         let chunks = store.trees().unwrap().db.open_tree("chunks").unwrap();
-        for kv in chunks.iter() {
+        for kv in &chunks {
             let (_, v) = kv.unwrap();
             let (count, _) = chunk::header(&v).unwrap();
             assert!(count <= chunk::CHUNK_MAX, "a chunk of {count}");
@@ -687,7 +690,7 @@ mod model {
                 seq,
             },
             received_at: Timestamp::from_micros(T0 + time * SECOND + 1234).unwrap(),
-            qos: (time % 3) as u8,
+            qos: u8::try_from(time.rem_euclid(3)).unwrap_or(0),
         }
     }
 
@@ -700,7 +703,7 @@ mod model {
         loop {
             match Store::open(path) {
                 Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
-                    std::thread::yield_now()
+                    std::thread::yield_now();
                 }
                 other => return other.unwrap(),
             }

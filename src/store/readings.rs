@@ -70,7 +70,9 @@ impl Readings {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Every topic with readings (or that had some: ids are never reused).
@@ -94,26 +96,23 @@ impl Readings {
         if let Some(t) = state.topics.get(name) {
             return Ok(*t);
         }
-        let t = match self.ids.get(name)? {
-            Some(v) => {
-                let id = id_of(&v)?;
-                let max = match self.chunks.scan_prefix(id.to_be_bytes()).next_back() {
-                    Some(kv) => Some(chunk::header(&kv?.1).map_err(|e| corrupt(name, e))?.1),
-                    None => None,
-                };
-                TopicState { id, max }
-            }
-            None => {
-                let id = state.next_id;
-                state.next_id = id
-                    .checked_add(1)
-                    .ok_or_else(|| corrupt(name, "topic ids exhausted"))?;
-                // Name first: a crash may keep a name without its chunks, never
-                // a chunk without its name.
-                self.names.insert(id.to_be_bytes(), name.as_bytes())?;
-                self.ids.insert(name, &id.to_be_bytes())?;
-                TopicState { id, max: None }
-            }
+        let t = if let Some(v) = self.ids.get(name)? {
+            let id = id_of(&v)?;
+            let max = match self.chunks.scan_prefix(id.to_be_bytes()).next_back() {
+                Some(kv) => Some(chunk::header(&kv?.1).map_err(|e| corrupt(name, e))?.1),
+                None => None,
+            };
+            TopicState { id, max }
+        } else {
+            let id = state.next_id;
+            state.next_id = id
+                .checked_add(1)
+                .ok_or_else(|| corrupt(name, "topic ids exhausted"))?;
+            // Name first: a crash may keep a name without its chunks, never
+            // a chunk without its name.
+            self.names.insert(id.to_be_bytes(), name.as_bytes())?;
+            self.ids.insert(name, &id.to_be_bytes())?;
+            TopicState { id, max: None }
         };
         state.topics.insert(name.to_owned(), t);
         Ok(t)
@@ -166,7 +165,7 @@ impl Readings {
     pub(super) fn expire(&self, cutoff: Timestamp, max: usize) -> Result<usize, StoreError> {
         let cutoff = cutoff.micros();
         let mut deleted = 0;
-        for kv in self.names.iter() {
+        for kv in &self.names {
             let id = id_of(&kv?.0)?;
             let _writers = self.lock();
             for kv in self.chunks.scan_prefix(id.to_be_bytes()) {
@@ -453,8 +452,8 @@ impl Select<'_> {
             return Ok(false);
         }
         let id = id_of(id)?;
-        let since = self.query.since.map_or(i64::MIN, |t| t.micros());
-        let until = self.query.until.map_or(i64::MAX, |t| t.micros());
+        let since = self.query.since.map_or(i64::MIN, Timestamp::micros);
+        let until = self.query.until.map_or(i64::MAX, Timestamp::micros);
         let start = match self.readings.chunk_at(id, (since, 0))? {
             Some((k, _)) => k.to_vec(),
             None => chunk::key(id, (since, 0)).to_vec(),
@@ -492,15 +491,12 @@ impl Select<'_> {
             let Some(topics) = &mut self.topics else {
                 return Ok(false);
             };
-            match topics.next() {
-                Some(kv) => {
-                    let (name, id) = kv?;
-                    self.start_run(&name, &id)?;
-                }
-                None => {
-                    self.topics = None;
-                    return Ok(false);
-                }
+            if let Some(kv) = topics.next() {
+                let (name, id) = kv?;
+                self.start_run(&name, &id)?;
+            } else {
+                self.topics = None;
+                return Ok(false);
             }
         }
     }
@@ -623,7 +619,7 @@ fn id_of(bytes: &[u8]) -> Result<u32, StoreError> {
         .map_err(|_| corrupt(bytes, "bad topic id"))
 }
 
-fn corrupt(key: impl AsRef<[u8]>, message: impl ToString) -> StoreError {
+fn corrupt(key: impl AsRef<[u8]>, message: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt {
         key: String::from_utf8_lossy(key.as_ref()).into_owned(),
         message: message.to_string(),
@@ -642,8 +638,10 @@ mod tests {
                 sensor_type: "temperature".into(),
                 value: 20.0 + seq as f64 / 100.0,
                 unit: "celsius".into(),
-                timestamp: Timestamp::from_micros(1_790_000_000_000_000 + seq as i64 * 1_000_000)
-                    .unwrap(),
+                timestamp: Timestamp::from_micros(
+                    1_790_000_000_000_000 + seq.cast_signed() * 1_000_000,
+                )
+                .unwrap(),
                 seq: Some(seq),
             },
             received_at: Timestamp::from_micros(1_790_000_000_000_000).unwrap(),
@@ -652,7 +650,7 @@ mod tests {
     }
 
     /// Live ingest writes small batches that top up the newest chunk: it must
-    /// never grow past CHUNK_MAX (each top-up rewrites the whole chunk).
+    /// never grow past `CHUNK_MAX` (each top-up rewrites the whole chunk).
     #[test]
     fn batches_top_up_chunks_to_at_most_chunk_max() {
         let dir = tempfile::tempdir().unwrap();
@@ -668,7 +666,7 @@ mod tests {
             writer.finish().unwrap();
         }
         let mut stored = 0;
-        for kv in readings.chunks.iter() {
+        for kv in &readings.chunks {
             let (k, v) = kv.unwrap();
             let (count, _) = chunk::header(&v).unwrap();
             assert!(count <= CHUNK_MAX, "chunk {k:?} holds {count}");

@@ -17,7 +17,7 @@ fn site(nodes: &[&str], extra: &str) -> Agg {
     aggregatord_for(&names, extra)
 }
 
-/// The course brief's own node (tests/clients/brief_node.py) with room101's
+/// The course brief's own node (`tests/clients/brief_node.py`) with room101's
 /// certificate, once it has published `readings` temperature and motion readings.
 fn brief_node(s: &Agg, readings: u32) -> Proc {
     require("python3", "python3");

@@ -1,5 +1,5 @@
 //! scripts/demo, stopped the ways people stop it: whatever ends it, every
-//! process it started (Mosquitto, aggregatord, three sensord, mosquitto_sub)
+//! process it started (Mosquitto, aggregatord, three sensord, `mosquitto_sub`)
 //! is gone afterwards. The demo uses the fixed port 8883 and ./var, so the
 //! cases run one after another in one test.
 

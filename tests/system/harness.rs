@@ -24,8 +24,7 @@ pub const INGEST_CONNECTED: &str = "client_id=aggregatord session_present";
 
 pub fn require(program: &str, package: &str) {
     let found = std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
-        .unwrap_or(false);
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()));
     assert!(
         found,
         "`{program}` is not on PATH. Install it with: sudo apt-get install -y {package}\n\
@@ -61,7 +60,7 @@ impl<T> Shared<T> {
         self.0
              .0
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Waits up to [`PATIENCE`] for `done`; returns the guard and whether it held.
@@ -78,7 +77,7 @@ impl<T> Shared<T> {
             .0
              .1
             .wait_timeout_while(self.lock(), patience, |v| !done(v))
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         (guard, !timeout.timed_out())
     }
 }
@@ -857,7 +856,7 @@ impl Watcher {
 
     /// The outcome of the first connection attempt.
     pub fn wait_connected(&self) -> Result<(), String> {
-        let (outcome, _) = self.connected.wait(|c| c.is_some());
+        let (outcome, _) = self.connected.wait(std::option::Option::is_some);
         outcome
             .clone()
             .unwrap_or_else(|| Err(format!("no CONNACK or error within {PATIENCE:?}")))
@@ -1046,7 +1045,7 @@ impl Drop for Blackhole {
 pub fn cpu_seconds(pid: i32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
     // Fields after the command name (which may hold spaces) start after ") ".
-    let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
     // SAFETY: sysconf has no preconditions.

@@ -365,7 +365,7 @@ fn browser_tabs_that_never_read_are_capped_and_cut_off_and_cost_no_readings() {
         let closed = loop {
             match std::io::Read::read(&mut r, &mut buf) {
                 Ok(0) => break true,
-                Ok(_) => continue,
+                Ok(_) => {}
                 Err(e) => {
                     break !matches!(
                         e.kind(),
@@ -599,7 +599,7 @@ fn payloads_and_ids_outside_the_contract_are_refused_with_a_reason_and_storage_i
     let same_time = t(6);
     let claim = |value: &str, seq: &str| {
         let (topic, payload) = reading("temperature", "celsius", "temp_002", value, &same_time);
-        (topic, payload.replace("}", &format!("{seq}}}")))
+        (topic, payload.replace('}', &format!("{seq}}}")))
     };
     for (value, seq) in [
         ("20.5", ",\"seq\":7"),
@@ -633,7 +633,7 @@ fn payloads_and_ids_outside_the_contract_are_refused_with_a_reason_and_storage_i
             .and_then(|n| n.parse().ok())
             .unwrap_or(0)
     };
-    let mut want: std::collections::BTreeMap<&str, usize> = Default::default();
+    let mut want: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::default();
     for (_, reason) in &refused {
         *want.entry(reason).or_default() += 1;
     }

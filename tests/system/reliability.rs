@@ -128,7 +128,7 @@ fn ten_kill_9s_during_20000_qos1_readings_lose_nothing_and_store_nothing_twice()
         serde_json::json!({
             "readings": N, "kills": KILLS, "lost": lost, "duplicated_rows": duplicated_rows,
             "redelivered_and_dropped_as_duplicates": redelivered,
-            "restart_to_first_store_s_max": recoveries.iter().cloned().fold(0.0, f64::max),
+            "restart_to_first_store_s_max": recoveries.iter().copied().fold(0.0, f64::max),
             "total_s": started.elapsed().as_secs_f64(),
         }),
     );

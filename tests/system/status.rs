@@ -31,13 +31,13 @@ fn online() -> Online {
     let broker = Broker::start(&pki);
     let watcher = Watcher::connect(&broker, &pki, "observer");
     watcher.subscribe("building/+/+/status", 1);
-    let (_config, sensord) = start_sensord(&broker, &pki);
+    let (config, sensord) = start_sensord(&broker, &pki);
     watcher.wait_for(STATUS, |s| status_is(s, "online"));
     Online {
         pki,
         broker,
         watcher,
-        _config,
+        _config: config,
         sensord,
     }
 }

@@ -111,7 +111,9 @@ pub fn sse_frame(json: &str) -> Bytes {
 
 impl Live {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn emit(&self, kind: &str, data: &impl Serialize) {
@@ -130,7 +132,10 @@ impl Live {
     /// The snapshot as an SSE event: the shared one if it is recent enough.
     pub fn snapshot_event(&self, now: Timestamp) -> Bytes {
         let shape = self.shape.load(Relaxed);
-        let mut cached = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cached = self
+            .snapshot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some((at, s, event)) = cached.as_ref() {
             if *s == shape && at.elapsed() < SNAPSHOT_REUSE {
                 return event.clone();
@@ -192,7 +197,7 @@ impl Live {
             }
             match v.spark.back_mut() {
                 Some((t, value)) if ms / SPARK_STEP_MS == *t / SPARK_STEP_MS => {
-                    *value = r.reading.value
+                    *value = r.reading.value;
                 }
                 Some((t, _)) if ms < *t => {}
                 _ => v.spark.push_back((ms, r.reading.value)),
@@ -282,7 +287,7 @@ impl Live {
     /// Readings per second over the last few seconds.
     pub fn rate(&self, now: Timestamp) -> f64 {
         let inner = self.lock();
-        let since = now.0.timestamp() - RATE_WINDOW as i64;
+        let since = now.0.timestamp() - i64::try_from(RATE_WINDOW).unwrap_or(i64::MAX);
         let n: u64 = inner
             .rate
             .iter()

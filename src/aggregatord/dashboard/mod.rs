@@ -80,9 +80,7 @@ pub fn load_token(
     };
     let text =
         std::fs::read_to_string(path).map_err(|e| invalid(format!("{}: {e}", path.display())))?;
-    let mode = std::fs::metadata(path)
-        .map(|m| m.permissions().mode())
-        .unwrap_or(0);
+    let mode = std::fs::metadata(path).map_or(0, |m| m.permissions().mode());
     if mode & 0o077 != 0 {
         return Err(invalid(format!(
             "{} is readable by group or others (mode {:04o}); chmod 600 it",
@@ -462,7 +460,7 @@ async fn events(State(app): State<App>) -> Response {
                 ));
             }
             let event = tokio::select! {
-                _ = app.stop.cancelled() => return None,
+                () = app.stop.cancelled() => return None,
                 _ = keep_alive.tick() => axum::body::Bytes::from_static(b":\n\n"),
                 _ = rate.tick() => {
                     let r = app.live.rate(Timestamp::now_millis());
@@ -510,7 +508,7 @@ mod tests {
                     value: 20.0,
                     unit: "celsius".into(),
                     timestamp: at(s),
-                    seq: Some(s as u64 + 1),
+                    seq: Some(s.cast_unsigned() + 1),
                 },
                 received_at: at(s),
                 qos: 1,
