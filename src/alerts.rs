@@ -5,6 +5,7 @@
 //! room and rule there is one alert: raised when some sensor's condition has
 //! held for `for`, cleared when no sensor's condition holds any more. The engine
 //! only computes changes; ingest stores them and the publisher sends them.
+//! It does no I/O: readings, statuses and ticks bring their time with them.
 
 use crate::config::{RuleConfig, Schedule};
 use crate::contract::{

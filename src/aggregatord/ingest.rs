@@ -6,6 +6,10 @@
 //! (readings, rejections and any alert changes they caused), then every message
 //! in it is acknowledged. Under load one fsync covers many readings; when idle a
 //! reading waits at most `batch_window`.
+//!
+//! It waits on no signal or timer of the daemon's (aggregatord's main loop
+//! does, and calls `next`/`handle`), and knows no rumqttc or sled: it acks
+//! through `mqtt::Acker` and writes through `store::Store`.
 
 use super::census::Census;
 use super::dashboard::Live;
@@ -32,8 +36,11 @@ use tracing::{debug, error, info, warn};
 /// Where ingest's results go besides storage: counters, the dashboard, and a
 /// nudge for the alert publisher.
 pub struct Outputs {
+    /// The counters `/metrics` and the status line show.
     pub metrics: Arc<Metrics>,
+    /// What the dashboard shows, fed after each commit.
     pub live: Arc<Live>,
+    /// Nudges the alert publisher when the outbox has something new.
     pub alerts_ready: Arc<Notify>,
 }
 
@@ -82,7 +89,9 @@ pub struct Ingest {
     gaps: super::gaps::Gaps,
     /// Tells the alert publisher there is something in the outbox.
     alerts_ready: Arc<Notify>,
+    /// Counters, shared with the dashboard's `/metrics`.
     metrics: Arc<Metrics>,
+    /// The dashboard's state, fed only after a commit (it shows what is stored).
     live: Arc<Live>,
     /// Rejections are logged at most once per reason per period.
     log_limit: RateLimit<RejectionReason>,

@@ -23,6 +23,7 @@ struct Cli {
         global = true,
         default_value = "/etc/roomsense/aggregatord.yaml"
     )]
+    /// The config file.
     config: PathBuf,
     /// Validate the config and exit (0 if valid, 78 if not).
     #[arg(long)]
