@@ -17,7 +17,7 @@ use super::metrics::Metrics;
 use crate::alerts::Engine;
 use crate::config::IngestConfig;
 use crate::contract::{
-    topic, unknown_sensor_type, validate_reading, Alert, AlertState, Rejection, RejectionReason,
+    refuse_unknown_type, topic, validate_reading, Alert, AlertState, Rejection, RejectionReason,
     SensorTopic, SensorType, Status, Timestamp,
 };
 use crate::daemon::RateLimit;
@@ -418,33 +418,37 @@ impl Ingest {
         self.metrics.received.fetch_add(1, Relaxed);
         let received_at = Timestamp::now_millis();
         let outcome = match topic::parse(delivery.topic()) {
-            // The topic is split into typed parts once, here.
-            topic::Parsed::Reading { .. } => match SensorTopic::parse(delivery.topic()) {
-                Some(Ok(sensor)) => contract_levels(sensor.room(), Some(sensor.sensor_id()))
-                    .and_then(|()| validate_reading(&sensor, delivery.payload(), received_at.0))
-                    .and_then(|reading| {
-                        self.too_old(&reading, received_at)?;
-                        self.census.admit_sensor(
-                            sensor.room(),
-                            sensor.as_str(),
-                            &self.config,
-                            received_at,
-                        )?;
-                        let record = StoredReading {
-                            topic: sensor.as_str().to_owned(),
-                            reading,
-                            received_at,
-                            qos: delivery.qos().into(),
-                        };
-                        batch.readings.push(Arrival { sensor, record });
-                        Ok(())
-                    }),
-                Some(Err(level)) => Err(unknown_sensor_type(&level)),
-                None => Err(Rejection::new(
-                    RejectionReason::UnrecognizedTopic,
-                    "not a reading topic",
-                )),
-            },
+            // The topic is split into typed parts once, here (after the levels
+            // are checked, as before).
+            topic::Parsed::Reading {
+                prefix,
+                sensor_type,
+                sensor_id,
+            } => contract_levels(prefix, Some(sensor_id)).and_then(|()| {
+                let Some(Ok(sensor)) = SensorTopic::parse(delivery.topic()) else {
+                    return Err(refuse_unknown_type(
+                        sensor_type,
+                        sensor_id,
+                        delivery.payload(),
+                    ));
+                };
+                let reading = validate_reading(&sensor, delivery.payload(), received_at.0)?;
+                self.too_old(&reading, received_at)?;
+                self.census.admit_sensor(
+                    sensor.room(),
+                    sensor.as_str(),
+                    &self.config,
+                    received_at,
+                )?;
+                let record = StoredReading {
+                    topic: sensor.as_str().to_owned(),
+                    reading,
+                    received_at,
+                    qos: delivery.qos().into(),
+                };
+                batch.readings.push(Arrival { sensor, record });
+                Ok(())
+            }),
             topic::Parsed::Status { prefix } => match contract_levels(prefix, None)
                 .and_then(|()| self.census.admit_room(prefix, &self.config))
                 .and_then(|()| parse_status(prefix, delivery.payload()))

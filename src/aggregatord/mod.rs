@@ -324,6 +324,8 @@ async fn publish_alerts(
             }
         }
     }
+    // Nobody reads events any more; dropped, so the connection task never waits on them.
+    drop(events);
     mqtt.close(CLOSE_GRACE).await;
     Ok(())
 }

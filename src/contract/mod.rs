@@ -24,6 +24,6 @@ pub use status::{NodeState, Status, StatusSensor, REASON_CONNECTION_LOST, REASON
 pub use timestamp::Timestamp;
 pub use topic::SensorTopic;
 pub use validate::{
-    check_size, unknown_sensor_type, validate_reading, Rejection, RejectionReason,
+    check_size, refuse_unknown_type, validate_reading, Rejection, RejectionReason,
     MAX_PAYLOAD_BYTES,
 };

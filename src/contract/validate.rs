@@ -106,30 +106,16 @@ pub fn check_size(payload: &[u8]) -> Result<(), Rejection> {
 }
 
 /// Checks a payload that arrived on a reading topic, already split into typed
-/// parts (an unknown sensor type is refused there, by ingest): it must parse,
-/// name that topic's sensor, use the type's unit, be physically plausible and
-/// not be from the future. Returns the payload as sent.
+/// parts: it must parse, name that topic's sensor, use the type's unit, be
+/// physically plausible and not be from the future. Returns the payload as sent.
 pub fn validate_reading(
     topic: &SensorTopic,
     payload: &[u8],
     now: DateTime<Utc>,
 ) -> Result<Reading, Rejection> {
-    use RejectionReason::{FutureTimestamp, Malformed, OutOfRange, TopicMismatch, UnitMismatch};
-    check_size(payload)?;
-    let reading: Reading =
-        serde_json::from_slice(payload).map_err(|e| Rejection::new(Malformed, e.to_string()))?;
+    use RejectionReason::{FutureTimestamp, OutOfRange, UnitMismatch};
     let kind = topic.sensor_type();
-    if reading.sensor_type != kind.as_str() || reading.sensor_id != topic.sensor_id() {
-        return Err(Rejection::new(
-            TopicMismatch,
-            format!(
-                "payload says {}/{}, topic says {kind}/{}",
-                reading.sensor_type,
-                reading.sensor_id,
-                topic.sensor_id()
-            ),
-        ));
-    }
+    let reading = payload_of(kind.as_str(), topic.sensor_id(), payload)?;
     if reading.unit != kind.unit() {
         return Err(Rejection::new(
             UnitMismatch,
@@ -159,9 +145,35 @@ pub fn validate_reading(
     Ok(reading)
 }
 
-/// A reading topic whose type level the contract does not know.
-pub fn unknown_sensor_type(level: &str) -> Rejection {
-    Rejection::new(RejectionReason::UnknownSensorType, format!("{level:?}"))
+/// Why a payload on a reading topic whose type level the contract does not
+/// know is refused: the same checks, in the same order, as for a known type
+/// (size, JSON, the topic's sensor), and then the unknown type.
+pub fn refuse_unknown_type(type_level: &str, sensor_id: &str, payload: &[u8]) -> Rejection {
+    match payload_of(type_level, sensor_id, payload) {
+        Err(refused) => refused,
+        Ok(_) => Rejection::new(
+            RejectionReason::UnknownSensorType,
+            format!("{type_level:?}"),
+        ),
+    }
+}
+
+/// The payload parsed, if it fits and names the topic's sensor.
+fn payload_of(topic_type: &str, topic_id: &str, payload: &[u8]) -> Result<Reading, Rejection> {
+    use RejectionReason::{Malformed, TopicMismatch};
+    check_size(payload)?;
+    let reading: Reading =
+        serde_json::from_slice(payload).map_err(|e| Rejection::new(Malformed, e.to_string()))?;
+    if reading.sensor_type != topic_type || reading.sensor_id != topic_id {
+        return Err(Rejection::new(
+            TopicMismatch,
+            format!(
+                "payload says {}/{}, topic says {topic_type}/{topic_id}",
+                reading.sensor_type, reading.sensor_id
+            ),
+        ));
+    }
+    Ok(reading)
 }
 
 #[cfg(test)]
@@ -233,9 +245,13 @@ mod tests {
             check(&r("temp_001", "temperature", "20", "celsius", "soon")),
             Err(Malformed)
         );
-        // An unknown type is refused with the topic, before any payload.
-        let unknown = SensorTopic::parse("b/f/r/light/x").unwrap().unwrap_err();
-        assert_eq!(unknown_sensor_type(&unknown).reason, UnknownSensorType);
+        let unknown = r#"{"sensor_id":"x","sensor_type":"light","value":1,"unit":"lux","timestamp":"2026-01-24T10:00:00Z"}"#;
+        assert_eq!(
+            refuse_unknown_type("light", "x", unknown.as_bytes()).reason,
+            UnknownSensorType
+        );
+        // The payload's own faults come first, as for a known type.
+        assert_eq!(refuse_unknown_type("light", "x", b"{").reason, Malformed);
     }
 
     #[test]

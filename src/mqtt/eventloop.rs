@@ -16,6 +16,10 @@
 //!   through writing a packet it has recorded as sent. It returns after any
 //!   request it takes from its queue, so a request wakes it.
 //! - `EventLoop::mqtt_options` is read at each connect.
+//! - `MqttState::events` (what `poll` returns next, before any I/O) survives
+//!   `clean()`: after a failure it can still hold the dead connection's
+//!   deliveries and an `Outgoing::Disconnect` whose write failed. We empty it
+//!   at every failure ([`Conn::forget_connection`]).
 //!
 //! The rest of the crate sees only [`Conn`]; it knows nothing of sessions or
 //! phases (`session.rs`) nor of the daemon (`mod.rs`).
@@ -103,10 +107,23 @@ impl Conn {
     /// next ping finds the flag set.
     pub async fn poll(&mut self) -> Result<Event, ConnectionError> {
         let polled = self.eventloop.poll().await;
-        if matches!(polled, Ok(Event::Incoming(_))) {
-            self.eventloop.state.await_pingresp = false;
+        match polled {
+            Ok(Event::Incoming(_)) => self.eventloop.state.await_pingresp = false,
+            // rumqttc has already cleaned up (`clean()`), but not its events.
+            Err(_) => self.eventloop.state.events.clear(),
+            Ok(_) => {}
         }
         polled
+    }
+
+    /// Ends the connection on our side: what was in flight goes back to
+    /// `pending` (for the next connection), and what rumqttc had read or
+    /// queued as events of this connection is dropped. Its deliveries were not
+    /// acknowledged, so the broker sends them again; one of them acked on the
+    /// next connection would name another message.
+    fn forget_connection(&mut self) {
+        self.eventloop.clean();
+        self.eventloop.state.events.clear();
     }
 
     /// Writes acknowledgements straight to the socket, all in one flush,
@@ -151,7 +168,7 @@ impl Conn {
             Ok(Err(e)) => ConnectionError::MqttState(e),
             Err(_) => ConnectionError::FlushTimeout,
         };
-        self.eventloop.clean();
+        self.forget_connection();
         Err(result)
     }
 
@@ -168,6 +185,37 @@ impl Conn {
                 tokio::time::timeout(limit, async { while network.read().await.is_ok() {} }).await;
         }
         // What was in flight stays with us (pending) for the next connection.
-        self.eventloop.clean();
+        self.forget_connection();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stale_event() -> Event {
+        Event::Outgoing(rumqttc::Outgoing::Disconnect)
+    }
+
+    #[test]
+    fn a_failure_leaves_no_event_of_the_dead_connection() {
+        // A port nothing listens on: the poll fails at once.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let (_client, eventloop) = AsyncClient::new(MqttOptions::new("t", "127.0.0.1", port), 10);
+        let mut conn = Conn::new(eventloop);
+        conn.eventloop.state.events.push_back(stale_event());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        assert!(runtime.block_on(conn.poll()).is_err());
+        assert!(conn.eventloop.state.events.is_empty());
+
+        conn.eventloop.state.events.push_back(stale_event());
+        conn.forget_connection();
+        assert!(conn.eventloop.state.events.is_empty());
     }
 }

@@ -43,6 +43,8 @@ pub(super) enum Then {
 /// What the supervisor does after our DISCONNECT went out.
 #[derive(Debug)]
 pub(super) enum AfterDisconnect {
+    /// Nothing: we were not leaving (a stale event of an earlier connection).
+    Ignore,
     /// Read until the broker closes, then end.
     Stop,
     /// Read until the broker closes, then connect with these options.
@@ -157,7 +159,16 @@ impl Session {
     }
 
     /// New birth messages: used from now on.
+    /// (A reconnect still waiting for our DISCONNECT gets them too: its
+    /// settings replace the current ones when it applies.)
     pub fn set_birth(&mut self, birth: Vec<super::Message>) {
+        if let Phase::Leaving {
+            then: Then::Reconnect(next),
+            ..
+        } = &mut self.phase
+        {
+            next.0.birth.clone_from(&birth);
+        }
         self.settings.birth = birth;
     }
 
@@ -243,6 +254,9 @@ impl Session {
 
     /// Our DISCONNECT went out.
     pub fn disconnect_sent(&mut self) -> AfterDisconnect {
+        if !matches!(self.phase, Phase::Leaving { .. }) {
+            return AfterDisconnect::Ignore;
+        }
         self.next_generation();
         self.connected_at = None;
         let Phase::Leaving {
@@ -250,7 +264,6 @@ impl Session {
             ..
         } = std::mem::replace(&mut self.phase, Phase::Down)
         else {
-            // Only a stop or a reconnect sends DISCONNECT; anything else stops.
             self.phase = Phase::Stopped;
             return AfterDisconnect::Stop;
         };
@@ -389,6 +402,8 @@ impl Session {
 
     fn apply(&mut self, settings: Settings) {
         let kept: Vec<&String> = settings.subscriptions.iter().map(|(f, _)| f).collect();
+        // A filter dropped by an earlier reload and wanted again stays subscribed.
+        self.dropped_filters.retain(|f| !kept.contains(&f));
         self.dropped_filters.extend(
             self.settings
                 .subscriptions
@@ -575,6 +590,47 @@ mod tests {
         );
         assert_eq!(out.len(), 2);
         assert!(s.connected(true, Instant::now()).subscribe);
+    }
+
+    #[test]
+    fn a_disconnect_we_did_not_ask_for_changes_nothing() {
+        let mut s = session(&[]);
+        s.connected(false, Instant::now());
+        let g = s.generation();
+        assert!(matches!(s.disconnect_sent(), AfterDisconnect::Ignore));
+        assert!(matches!(s.phase(), Phase::Up));
+        assert_eq!(s.generation(), g);
+    }
+
+    #[test]
+    fn new_birth_messages_during_a_reload_survive_it() {
+        let mut s = session(&[]);
+        s.connected(false, Instant::now());
+        s.reconfigure(settings(&["x/#"]), options());
+        let birth = vec![Message {
+            topic: "b/status".into(),
+            payload: b"online, v2".to_vec(),
+            qos: Qos::AtLeastOnce,
+            retain: true,
+        }];
+        s.set_birth(birth.clone());
+        s.disconnect_queued();
+        s.disconnect_sent();
+        assert_eq!(s.settings().birth, birth);
+    }
+
+    #[test]
+    fn a_filter_dropped_then_wanted_again_is_not_unsubscribed() {
+        let mut s = session(&["a/#", "b/#"]);
+        s.connected(false, Instant::now());
+        s.link_lost(Instant::now());
+        assert!(s.reconfigure(settings(&["a/#"]), options()).is_some());
+        assert!(s
+            .reconfigure(settings(&["a/#", "b/#"]), options())
+            .is_some());
+        let on = s.connected(true, Instant::now());
+        assert!(on.subscribe);
+        assert!(on.unsubscribe.is_empty(), "{:?}", on.unsubscribe);
     }
 
     #[test]

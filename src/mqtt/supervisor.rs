@@ -139,18 +139,26 @@ impl Supervisor {
                     }
                 }
                 Ok(rumqttc::Event::Outgoing(Outgoing::Disconnect)) => {
-                    debug!("sent DISCONNECT");
                     let after = self.session.disconnect_sent();
+                    if matches!(after, AfterDisconnect::Ignore) {
+                        continue;
+                    }
+                    debug!("sent DISCONNECT");
                     self.link.send_replace(Link::Down);
                     // Both ways, so that the broker reads our last acks and the
                     // DISCONNECT itself (see eventloop.rs).
                     self.conn.close_after_disconnect(CLOSE_WAIT).await;
+                    // The daemon sees the link go down (readiness, STATUS=);
+                    // at a stop nobody listens any more, which is fine.
+                    let reason = "disconnected cleanly".to_owned();
+                    emit(&self.events, Event::Disconnected { reason }).await;
                     match after {
                         AfterDisconnect::Stop => break,
                         AfterDisconnect::Reconnect(options) => {
                             self.conn.set_options(*options);
                             backoff.reset();
                         }
+                        AfterDisconnect::Ignore => {} // handled above
                     }
                 }
                 Ok(_) => {}
@@ -161,7 +169,9 @@ impl Supervisor {
                         break;
                     }
                     if let Some(options) = lost.apply {
+                        // New settings: a fresh start for the backoff too.
                         self.conn.set_options(*options);
+                        backoff.reset();
                     }
                     // A connection that lasted is a recovery: start backoff and
                     // logging afresh. One dropped right after CONNACK is not (a
