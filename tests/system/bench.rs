@@ -50,6 +50,19 @@ fn sensord_footprint_runs() {
 }
 
 #[test]
+fn live_runs_and_reports_both_stores() {
+    let text = bench("live", &["20", "3"]);
+    for row in [
+        "| bytes written to disk |",
+        "| bytes kept on disk after the run |",
+        "| CPU (µs) |",
+        "(SQLite stored 60 readings;",
+    ] {
+        assert!(text.contains(row), "{row} missing:\n{text}");
+    }
+}
+
+#[test]
 fn broker_log_runs_both_ways() {
     let text = bench("broker-log", &["500"]);
     for row in [
