@@ -18,9 +18,9 @@
 use super::chunk::{self, Entry, Pos, CHUNK_MAX};
 use super::{Inserted, Query, StoreError, StoredReading};
 use crate::contract::{Reading, Timestamp};
+use sled::Transactional;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use sled::Transactional;
 use std::time::{Duration, Instant};
 
 const FIRST: Pos = (i64::MIN, 0);
@@ -46,6 +46,9 @@ pub(super) struct Readings {
     /// Also serializes writers (ingest, retention): appending to a chunk is a
     /// read-modify-write.
     state: Arc<Mutex<State>>,
+    /// How long a tail may wait before it is folded whatever its size
+    /// (`FOLD_AFTER`; tests shorten it).
+    fold_after: Duration,
 }
 
 struct State {
@@ -114,6 +117,7 @@ impl Readings {
                 spent: Vec::new(),
                 started: VecDeque::new(),
             })),
+            fold_after: FOLD_AFTER,
         };
         readings.replay()?;
         Ok(readings)
@@ -136,9 +140,7 @@ impl Readings {
                 let max = if let Some(max) = folded.get(&id) {
                     *max
                 } else {
-                    let max = self
-                        .folded_to(id, &k)?
-                        .max(self.last_chunk_max(id, &k)?);
+                    let max = self.folded_to(id, &k)?.max(self.last_chunk_max(id, &k)?);
                     folded.insert(id, max);
                     max
                 };
@@ -658,7 +660,7 @@ impl ReadingWriter {
             readings.fold(&mut state, id)?;
         }
         while let Some(&(since, id)) = state.started.front() {
-            if now.duration_since(since) < FOLD_AFTER {
+            if now.duration_since(since) < readings.fold_after {
                 break;
             }
             state.started.pop_front();
@@ -708,7 +710,11 @@ fn encode_record(topics: &[(u32, Vec<Entry>)]) -> Vec<u8> {
         };
         let encoded = chunk::encode(entries);
         v.extend_from_slice(&chunk::key(*id, first.pos()));
-        v.extend_from_slice(&u32::try_from(encoded.len()).unwrap_or(u32::MAX).to_le_bytes());
+        v.extend_from_slice(
+            &u32::try_from(encoded.len())
+                .unwrap_or(u32::MAX)
+                .to_le_bytes(),
+        );
         v.extend_from_slice(&encoded);
     }
     v
@@ -1031,9 +1037,69 @@ mod tests {
             stored += count;
         }
         // The rest waits in the tail, journaled, for a chunk's worth.
-        let tail: usize = readings.lock().tails.values().map(|t| t.entries.len()).sum();
+        let tail: usize = readings
+            .lock()
+            .tails
+            .values()
+            .map(|t| t.entries.len())
+            .sum();
         assert!(tail < CHUNK_MAX, "{tail} readings left unfolded");
         assert_eq!((stored + tail) as u64, seq);
+    }
+
+    /// A tail that waits `fold_after` is folded however small it is, and the
+    /// journal records it pinned go (after the next batch); a restart then
+    /// finds the readings in chunks, once.
+    #[test]
+    fn a_small_tail_is_folded_after_a_while_and_its_record_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let mut readings = Readings::open(&db).unwrap();
+        readings.fold_after = Duration::ZERO;
+        let mut writer = readings.writer();
+        for seq in 1..=3 {
+            writer.insert(&reading(seq)).unwrap();
+        }
+        writer.finish().unwrap();
+        assert!(readings.lock().tails.is_empty(), "folded at once");
+        assert_eq!(readings.chunks.len(), 1);
+        assert_eq!(readings.journal.len(), 1, "kept until the fold is flushed");
+        readings.writer().finish().unwrap();
+        assert_eq!(readings.journal.len(), 0);
+        drop(readings);
+        let again = Readings::open(&db).unwrap();
+        assert!(again.lock().tails.is_empty());
+        let seqs: Vec<u64> = again
+            .select(&Query::default())
+            .map(|r| r.unwrap().reading.seq.unwrap())
+            .collect();
+        assert_eq!(seqs, vec![1, 2, 3]);
+    }
+
+    /// Readings in a tail are journaled: a restart (here: reopening the trees
+    /// without any fold) finds them, in order, and dedups against them.
+    #[test]
+    fn a_restart_rebuilds_tails_from_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let readings = Readings::open(&db).unwrap();
+        let mut writer = readings.writer();
+        for seq in [2, 1, 3] {
+            writer.insert(&reading(seq)).unwrap();
+        }
+        writer.finish().unwrap();
+        assert_eq!(readings.chunks.len(), 0, "nothing folded yet");
+        drop(readings);
+        let again = Readings::open(&db).unwrap();
+        let mut writer = again.writer();
+        assert_eq!(writer.insert(&reading(2)).unwrap(), Inserted::Duplicate);
+        assert_eq!(writer.insert(&reading(4)).unwrap(), Inserted::New);
+        writer.finish().unwrap();
+        let seqs: Vec<u64> = again
+            .select(&Query::default())
+            .map(|r| r.unwrap().reading.seq.unwrap())
+            .collect();
+        assert_eq!(seqs, vec![1, 2, 3, 4]);
     }
 
     /// When the newest chunk moved on under a writer (here: another writer
