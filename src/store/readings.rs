@@ -87,7 +87,8 @@ struct Tail {
 struct TopicState {
     /// Its id: the prefix of all its keys in `chunks`.
     id: u32,
-    /// The position of the newest reading in its chunks (not its tail). Never
+    /// The newest folded position: its chunks' newest, or its fold mark if
+    /// higher (retention may have deleted what the mark covers). Never
     /// below what is on disk (it may be above, after retention or a lost
     /// unflushed write: that only sends a reading down the slower exact path).
     max: Option<Pos>,
@@ -417,14 +418,16 @@ impl Readings {
     /// The first reading of topic `id` at or after `pos`: in its chunks, or
     /// else in its tail (which is newer than all of them).
     fn first_from(&self, id: u32, pos: Pos) -> Result<Option<Entry>, StoreError> {
-        if let Some(e) = self.first_in_chunks(id, pos)? {
-            return Ok(Some(e));
-        }
-        let state = self.lock();
-        Ok(state.tails.get(&id).and_then(|tail| {
+        // The tail first: a fold after this moves it into the chunks read
+        // next, so the reading is found in one or the other.
+        let in_tail = self.lock().tails.get(&id).and_then(|tail| {
             let i = tail.entries.partition_point(|(_, e)| e.pos() < pos);
             tail.entries.get(i).map(|(_, e)| e.clone())
-        }))
+        });
+        match self.first_in_chunks(id, pos)? {
+            Some(e) => Ok(Some(e)),
+            None => Ok(in_tail),
+        }
     }
 
     fn first_in_chunks(&self, id: u32, pos: Pos) -> Result<Option<Entry>, StoreError> {
@@ -775,12 +778,12 @@ struct Run {
     since: i64,
     /// The window's end, inclusive.
     until: i64,
-    /// Its tail as the run started (read after the chunks), and the newest
-    /// position yielded from chunks: a fold during the run may put tail
-    /// readings in a chunk as well, and they must come once.
+    /// Its tail (within the window) as the run started, read after the
+    /// chunks. A fold during the run may put those readings in a chunk too:
+    /// chunks give only what lies below `tail_first`, the tail the rest.
     tail: Option<Vec<Entry>>,
-    /// See `tail`.
-    last: Option<Pos>,
+    /// The first position of the tail as the run started (window or not).
+    tail_first: Option<Pos>,
 }
 
 impl Select<'_> {
@@ -797,20 +800,26 @@ impl Select<'_> {
             None => chunk::key(id, (since, 0)).to_vec(),
         };
         let end = chunk::key(id, (until, u64::MAX));
-        let tail = self.readings.lock().tails.get(&id).map(|t| {
-            t.entries
-                .iter()
-                .filter(|(_, e)| (since..=until).contains(&e.time))
-                .map(|(_, e)| e.clone())
-                .collect()
-        });
+        let (tail, tail_first) = match self.readings.lock().tails.get(&id) {
+            Some(t) => (
+                Some(
+                    t.entries
+                        .iter()
+                        .filter(|(_, e)| (since..=until).contains(&e.time))
+                        .map(|(_, e)| e.clone())
+                        .collect(),
+                ),
+                t.entries.first().map(|(_, e)| e.pos()),
+            ),
+            None => (None, None),
+        };
         self.run = Some(Run {
             topic,
             chunks: self.readings.chunks.range(start..=end.to_vec()),
             since,
             until,
             tail,
-            last: None,
+            tail_first,
         });
         Ok(true)
     }
@@ -824,11 +833,12 @@ impl Select<'_> {
                         let (k, v) = kv?;
                         let entries = chunk::decode(&k, &v).map_err(|e| corrupt(&k, e))?;
                         let implied = Implied::of(&run.topic);
+                        let first = run.tail_first;
                         let entries: Vec<Entry> = entries
                             .into_iter()
                             .filter(|e| (run.since..=run.until).contains(&e.time))
+                            .filter(|e| first.is_none_or(|first| e.pos() < first))
                             .collect();
-                        run.last = run.last.max(entries.last().map(Entry::pos));
                         let readings = entries
                             .into_iter()
                             .map(|e| implied.reading(&run.topic, e))
@@ -839,10 +849,8 @@ impl Select<'_> {
                     None => match run.tail.take() {
                         Some(tail) => {
                             let implied = Implied::of(&run.topic);
-                            let last = run.last;
                             let readings = tail
                                 .into_iter()
-                                .filter(|e| last.is_none_or(|last| e.pos() > last))
                                 .map(|e| implied.reading(&run.topic, e))
                                 .collect::<Result<Vec<_>, _>>()?;
                             self.buf = readings.into_iter();
