@@ -2,10 +2,12 @@
 //! evaluate alert rules, flush, and only then acknowledge it.
 //!
 //! Group commit: a batch is every event already waiting plus whatever arrives
-//! within `batch_window` of the first, up to `batch_max`; one fsync covers it
+//! within `batch_window` of the first (or, while it holds fewer than
+//! `batch_fill`, within `batch_linger`), up to `batch_max`; one fsync covers it
 //! (readings, rejections and any alert changes they caused), then every message
 //! in it is acknowledged. Under load one fsync covers many readings; when idle a
-//! reading waits at most `batch_window`.
+//! reading waits at most the linger (flash wear: an fsync per reading or two
+//! writes a page each time).
 //!
 //! It waits on no signal or timer of the daemon's (aggregatord's main loop
 //! does, and calls `next`/`handle`), and knows no rumqttc or sled: it acks
@@ -268,9 +270,21 @@ impl Ingest {
     async fn gather(&mut self, first: Event, events: &mut mpsc::Receiver<Event>) -> Batch {
         let mut batch = Batch::default();
         self.sort(first, &mut batch);
-        let deadline = tokio::time::Instant::now() + self.config.batch_window;
+        let start = tokio::time::Instant::now();
+        let window = start + self.config.batch_window;
+        // Lingering only makes a batch longer, never shorter than the window.
+        let linger = self
+            .config
+            .batch_linger
+            .map_or(window, |l| (start + l).max(window));
         while batch.acks.len() < self.config.batch_max {
-            // Take what is already waiting; then wait for more, up to the window.
+            // The window, or the linger while the batch is short of batch_fill.
+            let deadline = if batch.acks.len() < self.config.batch_fill {
+                linger
+            } else {
+                window
+            };
+            // Take what is already waiting; then wait for more, up to the deadline.
             let event = match events.try_recv() {
                 Ok(event) => event,
                 Err(mpsc::error::TryRecvError::Disconnected) => break,

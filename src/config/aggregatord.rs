@@ -168,6 +168,20 @@ pub struct IngestConfig {
     /// Default 5ms; at most 1s (acknowledgements wait for it).
     #[serde(default = "default_batch_window", with = "super::duration")]
     pub batch_window: std::time::Duration,
+    /// A batch still holding fewer than `batch_fill` messages when `batch_window`
+    /// ends waits on for more, up to this long after its first. Each fsync
+    /// writes at least a 4 KiB page however little it carries, so at a few
+    /// hundred readings a second a 5 ms batch of two or three readings costs
+    /// ~2 KB of flash wear per reading (BENCHMARKS, issue 15). Unset: no
+    /// lingering. At most 1s (acknowledgements wait for it). The broker must let
+    /// at least `batch_fill` messages be in flight to us
+    /// (`max_inflight_messages`; Mosquitto's default is 20), or every batch
+    /// waits the whole linger.
+    #[serde(default, with = "super::duration::option")]
+    pub batch_linger: Option<std::time::Duration>,
+    /// See `batch_linger`. Default 128.
+    #[serde(default = "default_batch_fill")]
+    pub batch_fill: usize,
     /// Sensors (reading topics) aggregatord keeps track of, in all; past it a new
     /// one is refused (`too_many_sensors`). Every known sensor costs memory in
     /// alert state and on the dashboard, so one node inventing ids must not
@@ -200,6 +214,8 @@ impl Default for IngestConfig {
         IngestConfig {
             batch_max: default_batch_max(),
             batch_window: default_batch_window(),
+            batch_linger: None,
+            batch_fill: default_batch_fill(),
             max_sensors: default_max_sensors(),
             max_sensors_per_room: default_max_sensors_per_room(),
             max_rooms: default_max_rooms(),
@@ -214,6 +230,9 @@ fn default_batch_max() -> usize {
 }
 fn default_batch_window() -> std::time::Duration {
     std::time::Duration::from_millis(5)
+}
+fn default_batch_fill() -> usize {
+    128
 }
 fn default_max_sensors() -> usize {
     100_000
@@ -324,6 +343,25 @@ impl DaemonConfig for AggregatordConfig {
             return Err(Invalid::new(
                 "ingest.batch_window",
                 "at most 1s: acknowledgements wait for it",
+            ));
+        }
+        if self
+            .ingest
+            .batch_linger
+            .is_some_and(|l| l > std::time::Duration::from_secs(1))
+        {
+            return Err(Invalid::new(
+                "ingest.batch_linger",
+                "at most 1s: acknowledgements wait for it",
+            ));
+        }
+        if self.ingest.batch_fill > self.ingest.batch_max {
+            return Err(Invalid::new(
+                "ingest.batch_fill",
+                format!(
+                    "at most batch_max ({}): a batch never holds more",
+                    self.ingest.batch_max
+                ),
             ));
         }
         if self

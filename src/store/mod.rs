@@ -6,6 +6,8 @@
 //! - `topic_ids`, `topic_names`, `chunks`: the readings, each topic's history in
 //!   time order, many readings per sled value (`readings.rs`, `chunk.rs`). A
 //!   reading's identity is (topic, timestamp, seq): storing is idempotent.
+//! - `journal`, `folded`: readings not yet in chunks, one record per batch,
+//!   and each topic's fold mark (`readings.rs`).
 //! - `rejected`: the latest [`REJECTED_KEEP`] refused messages, for inspection.
 //! - `alerts_*`: active alerts, their history, and the publish outbox.
 //! - `readings`: the one-key-per-reading layout of earlier versions (`codec.rs`),
@@ -118,7 +120,8 @@ pub struct Store {
 struct Trees {
     /// The sled instance: flush, id generation, and the tree list (for the migration).
     db: sled::Db,
-    /// `topic_ids`, `topic_names` and `chunks`: the readings (`readings.rs`).
+    /// `topic_ids`, `topic_names`, `chunks`, `journal` and `folded`: the
+    /// readings (`readings.rs`).
     readings: readings::Readings,
     /// Id (big-endian, so oldest first) → [`RejectedMessage`] as JSON; at most
     /// [`REJECTED_KEEP`] entries.

@@ -83,6 +83,14 @@ struct Tail {
     since: Instant,
 }
 
+impl Tail {
+    fn has(&self, pos: Pos) -> bool {
+        self.entries
+            .binary_search_by_key(&pos, |(_, e)| e.pos())
+            .is_ok()
+    }
+}
+
 #[derive(Clone, Copy)]
 struct TopicState {
     /// Its id: the prefix of all its keys in `chunks`.
@@ -124,10 +132,10 @@ impl Readings {
         Ok(readings)
     }
 
-    /// Rebuilds the tails from the journal: a record's readings newer than
-    /// their topic's chunks are its tail again; those at or below were folded
-    /// before the restart (a fold writes a topic's whole tail in one batch), so
-    /// a record with none left goes.
+    /// Rebuilds the tails from the journal and folds them: a record's
+    /// readings newer than their topic's chunks are its tail again; those at
+    /// or below were folded before the restart (a fold writes a topic's whole
+    /// tail in one batch), so a record with none left goes.
     fn replay(&self) -> Result<(), StoreError> {
         let mut state = self.lock();
         let now = Instant::now();
@@ -164,6 +172,13 @@ impl Readings {
                 state.records.insert(record, left);
             }
         }
+        // Folded now, not when they would have waited FOLD_AFTER: their
+        // clocks restart at open, so in a restart loop slow sensors' tails
+        // would never come due and the journal would grow.
+        let ids: Vec<u32> = state.tails.keys().copied().collect();
+        for id in ids {
+            self.fold(&mut state, id)?;
+        }
         Ok(())
     }
 
@@ -195,7 +210,9 @@ impl Readings {
     /// Writes topic `id`'s tail into its chunks, in one atomic sled batch:
     /// topped up into its last chunk while that has room, then new chunks.
     fn fold(&self, state: &mut State, id: u32) -> Result<(), StoreError> {
-        let Some(tail) = state.tails.remove(&id) else {
+        // The tail stays in memory until its readings are written: a failed
+        // write leaves everything as it was (the journal still holds them).
+        let Some(tail) = state.tails.get(&id) else {
             return Ok(());
         };
         let entries: Vec<Entry> = tail.entries.iter().map(|(_, e)| e.clone()).collect();
@@ -213,7 +230,8 @@ impl Readings {
             let (count, last) = chunk::header(&v).map_err(|e| corrupt(&k, e))?;
             if last >= rest[0].pos() {
                 // Retention or a reopen moved things under us: take the exact
-                // path for each (the tail is gone from memory already).
+                // path for each (idempotent, so a retry after a failure part
+                // way is harmless).
                 for e in rest {
                     self.insert_old(id, e.clone())?;
                 }
@@ -243,6 +261,9 @@ impl Readings {
                 sled::transaction::TransactionError::Storage(e) => StoreError::from(e),
                 sled::transaction::TransactionError::Abort(()) => corrupt(mark, "fold aborted"),
             })?;
+        let Some(tail) = state.tails.remove(&id) else {
+            return Ok(());
+        };
         if let Some(t) = state.topics.get_mut(&tail.name) {
             t.max = t.max.max(Some(newest));
         }
@@ -619,27 +640,48 @@ impl ReadingWriter {
     pub fn finish(self) -> Result<(), StoreError> {
         let readings = &self.readings;
         let mut state = readings.lock();
-        // Their folds were flushed with the last batch (or this is a new open).
-        for record in std::mem::take(&mut state.spent) {
+        // Their folds were written before this batch's writes, so a crash
+        // keeps this removal only with them (sled recovers a prefix of its
+        // log). Each leaves the list only once removed.
+        while let Some(&record) = state.spent.last() {
             readings.journal.remove(record.to_be_bytes())?;
+            state.spent.pop();
         }
         let record = state.next_record;
         let now = Instant::now();
         let mut journaled = Vec::new();
         let mut added = 0;
-        let mut full = Vec::new();
         for (id, (name, entries)) in self.pending {
             let max = state.topics.get(&name).and_then(|t| t.max);
+            let tail = state.tails.get(&id);
             let mut new = Vec::with_capacity(entries.len());
             for e in entries {
                 if max.is_some_and(|max| e.pos() <= max) {
                     // Chunks moved on under this writer (retention, another
                     // writer's fold): the exact path.
                     readings.insert_old(id, e)?;
-                } else if add_to_tail(&mut state, id, &name, record, e.clone(), now) {
+                } else if !tail.is_some_and(|t| t.has(e.pos())) {
                     new.push(e);
-                    added += 1;
                 }
+            }
+            added += new.len();
+            if !new.is_empty() {
+                journaled.push((id, name, new));
+            }
+        }
+        if added == 0 {
+            return readings.fold_waiting(&mut state, now);
+        }
+        readings
+            .journal
+            .insert(record.to_be_bytes(), encode_record(&journaled))?;
+        // Only now, with the record written, do the tails hold its readings.
+        state.records.insert(record, added);
+        state.next_record += 1;
+        let mut full = Vec::new();
+        for (id, name, new) in journaled {
+            for e in new {
+                add_to_tail(&mut state, id, &name, record, e, now);
             }
             if state
                 .tails
@@ -648,28 +690,25 @@ impl ReadingWriter {
             {
                 full.push(id);
             }
-            if !new.is_empty() {
-                journaled.push((id, new));
-            }
-        }
-        if added > 0 {
-            readings
-                .journal
-                .insert(record.to_be_bytes(), encode_record(&journaled))?;
-            state.records.insert(record, added);
-            state.next_record += 1;
         }
         for id in full {
             readings.fold(&mut state, id)?;
         }
+        readings.fold_waiting(&mut state, now)
+    }
+}
+
+impl Readings {
+    /// Folds the tails that have waited `fold_after`.
+    fn fold_waiting(&self, state: &mut State, now: Instant) -> Result<(), StoreError> {
         while let Some(&(since, id)) = state.started.front() {
-            if now.duration_since(since) < readings.fold_after {
+            if now.duration_since(since) < self.fold_after {
                 break;
             }
-            state.started.pop_front();
             if state.tails.get(&id).is_some_and(|t| t.since == since) {
-                readings.fold(&mut state, id)?;
+                self.fold(state, id)?;
             }
+            state.started.pop_front();
         }
         Ok(())
     }
@@ -705,9 +744,9 @@ fn add_to_tail(
 /// A journal record: per topic, its entries as a chunk (`chunk::encode`),
 /// preceded by the chunk's key (topic id and first position) and its length
 /// (u32 LE).
-fn encode_record(topics: &[(u32, Vec<Entry>)]) -> Vec<u8> {
+fn encode_record(topics: &[(u32, String, Vec<Entry>)]) -> Vec<u8> {
     let mut v = Vec::new();
-    for (id, entries) in topics {
+    for (id, _, entries) in topics {
         let Some(first) = entries.first() else {
             continue;
         };
@@ -1085,7 +1124,9 @@ mod tests {
     }
 
     /// Readings in a tail are journaled: a restart (here: reopening the trees
-    /// without any fold) finds them, in order, and dedups against them.
+    /// without any fold) finds them, in order, and dedups against them. It
+    /// folds them at once, so the records go with the next batch (a restart
+    /// loop cannot pin them: each open would restart `FOLD_AFTER`).
     #[test]
     fn a_restart_rebuilds_tails_from_the_journal() {
         let dir = tempfile::tempdir().unwrap();
@@ -1099,10 +1140,12 @@ mod tests {
         assert_eq!(readings.chunks.len(), 0, "nothing folded yet");
         drop(readings);
         let again = Readings::open(&db).unwrap();
+        assert!(again.lock().tails.is_empty(), "folded at open");
         let mut writer = again.writer();
         assert_eq!(writer.insert(&reading(2)).unwrap(), Inserted::Duplicate);
         assert_eq!(writer.insert(&reading(4)).unwrap(), Inserted::New);
         writer.finish().unwrap();
+        assert_eq!(again.journal.len(), 1, "only reading 4's record is left");
         let seqs: Vec<u64> = again
             .select(&Query::default())
             .map(|r| r.unwrap().reading.seq.unwrap())

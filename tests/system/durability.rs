@@ -154,6 +154,47 @@ fn an_ack_leaves_at_once_on_an_idle_connection_and_is_counted() {
     );
 }
 
+/// `batch_linger` (flash wear, issue 15): a batch short of `batch_fill` waits
+/// for company, up to the linger; one that reaches it closes at the window.
+/// Ten readings 50 ms apart, fill 5, linger 1 s: exactly two fsyncs. Without
+/// the linger each reading is its own batch (ten); without the fill, one
+/// batch waits out the whole second (one).
+#[test]
+fn a_short_batch_lingers_for_company_and_a_full_one_does_not() {
+    let a = aggregatord_for(
+        &["room101"],
+        "ingest: { batch_window: 5ms, batch_linger: 1s, batch_fill: 5 }\n",
+    );
+    let metric = |name: &str| -> u64 {
+        let (_, metrics) = http_get(&a.addr, "/metrics");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+    };
+    let flushes_before = metric("roomsense_storage_flush_seconds_count ");
+    let node = Watcher::connect(&a.broker, &a.pki, "room101");
+    for seq in 1..=10 {
+        node.publish(TOPIC, &reading_payload(seq), 1);
+        node.wait_confirmed(usize::try_from(seq).unwrap());
+        // Traffic shape, not synchronisation: readings arrive one by one.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    a.agg.log.wait_for(&["stored reading", "seq=Some(10)"]);
+    // Acks are counted after their batch's flush is: once all ten are, the
+    // flush count is final.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while metric("roomsense_ack_lag_seconds_count ") < 10 {
+        assert!(std::time::Instant::now() < deadline, "acks not counted");
+        std::thread::yield_now();
+    }
+    assert_eq!(
+        metric("roomsense_storage_flush_seconds_count ") - flushes_before,
+        2,
+        "ten readings, a fill of five: two batches"
+    );
+}
+
 /// Subscription QoS: measured with QoS 2 (see README, "Why aggregatord subscribes at
 /// QoS 1"), a broker restart mid-stream left aggregatord reconnecting for ever on
 /// "unsolicited ack" (rumqtt#664), so QoS 2 subscriptions are refused by config.

@@ -178,21 +178,34 @@ fn when_storage_fails_nothing_is_acknowledged_readiness_says_so_and_nothing_is_l
     assert!(raised.success());
     agg.log.wait_for(&["storage works again"]);
     let recovered_after = failed_at.elapsed();
-    // Said once, when it came back: not before it failed, not per batch after.
-    let failed_said = agg.log.count(&["STORAGE FAILED"]);
-    let recovered_said_before_failing = agg
-        .log
-        .count_before("storage works again", "STORAGE FAILED");
     node.wait_confirmed(N as usize);
     agg.log
         .wait_for(&["stored reading", &format!("seq=Some({N})")]);
     assert_eq!(http_status(&addr, "/readyz"), 200);
     assert!(agg.terminate().success());
-    let recovered_said = agg.log.count(&["storage works again"]);
-    assert_eq!(
-        (failed_said, recovered_said_before_failing, recovered_said),
-        (1, 0, 1),
-        "one STORAGE FAILED, then one 'storage works again'"
+    // Said on each change, never per batch: FAILED, works again, FAILED… A
+    // reopened sled may write a batch or two into space it freed below the
+    // limit before the next write past it fails, so there can be more than
+    // one round; but never the same line twice in a row.
+    let said: Vec<bool> = agg
+        .log
+        .text()
+        .lines()
+        .filter_map(|l| {
+            if l.contains("STORAGE FAILED") {
+                Some(false)
+            } else if l.contains("storage works again") {
+                Some(true)
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert!(
+        said.first() == Some(&false)
+            && said.last() == Some(&true)
+            && said.windows(2).all(|w| w[0] != w[1]),
+        "FAILED and 'works again' alternate, once per change (true = works again): {said:?}"
     );
 
     let unique: BTreeSet<u64> = stored_seqs(&config.path).into_iter().collect();
