@@ -33,6 +33,11 @@ struct Args {
     /// …), round robin; 1 means `temp_001` only.
     #[arg(long, default_value_t = 1)]
     sensors: u64,
+    /// Readings as a real sensor sends them: each sensor's own seq (+1 each
+    /// time) and a value drifting by a few hundredths. Without it, seq counts
+    /// all readings and values cycle (what the other benches expect).
+    #[arg(long)]
+    walk: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -55,7 +60,10 @@ fn main() -> anyhow::Result<()> {
         _ => QoS::ExactlyOnce,
     };
     let (count, rate, sensors, prefix) = (a.count, a.rate, a.sensors.max(1), a.prefix.clone());
+    let walk = a.walk;
     let publisher = std::thread::spawn(move || {
+        let mut rng = fastrand::Rng::with_seed(1);
+        let mut values = vec![2150i64; usize::try_from(sensors).unwrap_or(1)];
         let start = Instant::now();
         for seq in 1..=count {
             if rate > 0 {
@@ -71,9 +79,15 @@ fn main() -> anyhow::Result<()> {
                 format!("t{:05}", seq % sensors)
             };
             let topic = format!("{prefix}/temperature/{id}");
+            let (value, own_seq) = if walk {
+                let v = &mut values[usize::try_from(seq % sensors).unwrap_or(0)];
+                *v += rng.i64(-3..=3);
+                (*v as f64 / 100.0, seq / sensors + 1)
+            } else {
+                (20.0 + (seq % 500) as f64 / 100.0, seq)
+            };
             let payload = format!(
-                r#"{{"sensor_id":"{id}","sensor_type":"temperature","value":{:.2},"unit":"celsius","timestamp":"{now}","seq":{seq}}}"#,
-                20.0 + (seq % 500) as f64 / 100.0
+                r#"{{"sensor_id":"{id}","sensor_type":"temperature","value":{value:.2},"unit":"celsius","timestamp":"{now}","seq":{own_seq}}}"#,
             );
             if client.publish(topic.as_str(), qos, false, payload).is_err() {
                 break;

@@ -238,8 +238,7 @@ impl Readings {
                 rest = &[];
             } else if count < CHUNK_MAX {
                 let n = (CHUNK_MAX - count).min(rest.len());
-                let mut v = v.to_vec();
-                chunk::append(&mut v, &rest[..n]).map_err(|e| corrupt(&k, e))?;
+                let v = chunk::append(&k, &v, &rest[..n]).map_err(|e| corrupt(&k, e))?;
                 batch.insert(k, v);
                 rest = &rest[n..];
             }
@@ -741,28 +740,62 @@ fn add_to_tail(
     true
 }
 
-/// A journal record: per topic, its entries as a chunk (`chunk::encode`),
-/// preceded by the chunk's key (topic id and first position) and its length
-/// (u32 LE).
+/// A journal record (version 1): `0x01 | base time i64 LE`, then per topic
+/// `id varint | first time - base (zigzag varint) | first seq varint |
+/// length varint | entries (chunk::encode_entries)`. A batch's readings are
+/// mostly one per topic, so the per-topic part is kept to a few bytes.
+/// Records of the first layout (per topic: chunk key, length u32 LE, a
+/// version 2 chunk) start with a topic id's top byte, 0, and are still read.
+const RECORD_V1: u8 = 1;
+
 fn encode_record(topics: &[(u32, String, Vec<Entry>)]) -> Vec<u8> {
-    let mut v = Vec::new();
-    for (id, _, entries) in topics {
-        let Some(first) = entries.first() else {
+    let base = topics
+        .iter()
+        .find_map(|(_, _, es)| es.first())
+        .map_or(0, |e| e.time);
+    let mut v = Vec::with_capacity(16 + topics.len() * 16);
+    v.push(RECORD_V1);
+    v.extend_from_slice(&base.to_le_bytes());
+    let mut entries = Vec::new();
+    for (id, _, es) in topics {
+        let Some(first) = es.first() else {
             continue;
         };
-        let encoded = chunk::encode(entries);
-        v.extend_from_slice(&chunk::key(*id, first.pos()));
-        v.extend_from_slice(
-            &u32::try_from(encoded.len())
-                .unwrap_or(u32::MAX)
-                .to_le_bytes(),
-        );
-        v.extend_from_slice(&encoded);
+        let (time, seq) = first.pos();
+        chunk::varint(&mut v, u64::from(*id));
+        chunk::varint(&mut v, chunk::zigzag(time.wrapping_sub(base)));
+        chunk::varint(&mut v, seq);
+        entries.clear();
+        chunk::encode_entries(&mut entries, es);
+        chunk::varint(&mut v, entries.len() as u64);
+        v.extend_from_slice(&entries);
     }
     v
 }
 
 fn decode_record(k: &[u8], v: &[u8]) -> Result<Vec<(u32, Vec<Entry>)>, StoreError> {
+    if v.first() != Some(&RECORD_V1) {
+        return decode_record_v0(k, v);
+    }
+    let bad = |e: chunk::ChunkError| corrupt(k, e);
+    let mut r = chunk::Reader(&v[1..]);
+    let base = i64::from_le_bytes(r.take::<8>().map_err(bad)?);
+    let mut out = Vec::new();
+    while !r.0.is_empty() {
+        let id = u32::try_from(r.varint().map_err(bad)?)
+            .map_err(|_| corrupt(k, "bad topic id in journal record"))?;
+        let time = base.wrapping_add(chunk::unzigzag(r.varint().map_err(bad)?));
+        let seq = r.varint().map_err(bad)?;
+        let len = usize::try_from(r.varint().map_err(bad)?)
+            .map_err(|_| corrupt(k, "truncated journal record"))?;
+        let body = r.bytes(len).map_err(bad)?;
+        out.push((id, chunk::decode_entries((time, seq), body).map_err(bad)?));
+    }
+    Ok(out)
+}
+
+/// The first record layout: per topic, chunk key, length (u32 LE), chunk.
+fn decode_record_v0(k: &[u8], v: &[u8]) -> Result<Vec<(u32, Vec<Entry>)>, StoreError> {
     let mut out = Vec::new();
     let mut rest = v;
     while !rest.is_empty() {
@@ -1151,6 +1184,37 @@ mod tests {
             .map(|r| r.unwrap().reading.seq.unwrap())
             .collect();
         assert_eq!(seqs, vec![1, 2, 3, 4]);
+    }
+
+    /// Journal records of the first layout (chunk key, u32 length, version 2
+    /// chunk, per topic) are still replayed.
+    #[test]
+    fn a_first_layout_journal_record_is_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let readings = Readings::open(&db).unwrap();
+        let mut writer = readings.writer();
+        writer.insert(&reading(1)).unwrap();
+        writer.finish().unwrap();
+        // Rewrite the record as the first layout had it.
+        let (k, v) = readings.journal.first().unwrap().unwrap();
+        let mut topics = decode_record(&k, &v).unwrap();
+        let (id, mut entries) = topics.remove(0);
+        let mut more = Implied::of(&reading(2).topic).entry(&reading(2));
+        more.received_at = entries[0].received_at;
+        entries.push(more);
+        let chunk = chunk::encode_v2(&entries);
+        let mut old = chunk::key(id, entries[0].pos()).to_vec();
+        old.extend_from_slice(&u32::try_from(chunk.len()).unwrap().to_le_bytes());
+        old.extend_from_slice(&chunk);
+        readings.journal.insert(&k, old).unwrap();
+        drop(readings);
+        let again = Readings::open(&db).unwrap();
+        let seqs: Vec<u64> = again
+            .select(&Query::default())
+            .map(|r| r.unwrap().reading.seq.unwrap())
+            .collect();
+        assert_eq!(seqs, vec![1, 2]);
     }
 
     /// When the newest chunk moved on under a writer (here: another writer
