@@ -88,6 +88,15 @@ pub struct RejectedMessage {
     pub payload: String,
 }
 
+/// See [`Store::footprint`].
+#[derive(Debug, Clone, Copy)]
+pub struct Footprint {
+    /// Every key and value in every tree, in bytes.
+    pub data_bytes: u64,
+    /// sled's own count of its files' size.
+    pub disk_bytes: u64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Inserted {
     /// Not stored before: stored now (on disk after `finish` and [`Store::flush`]).
@@ -379,6 +388,24 @@ impl Store {
     pub fn flush(&self) -> Result<usize, StoreError> {
         let t = self.trees()?;
         Ok(t.db.flush()?)
+    }
+
+    /// What the database holds (every tree's keys and values) against what
+    /// sled's files take on disk: sled's space amplification, for the
+    /// storage benchmarks. Reads everything: not for the ingest path.
+    pub fn footprint(&self) -> Result<Footprint, StoreError> {
+        let t = self.trees()?;
+        let mut data_bytes = 0u64;
+        for name in t.db.tree_names() {
+            for kv in &t.db.open_tree(name)? {
+                let (k, v) = kv?;
+                data_bytes += (k.len() + v.len()) as u64;
+            }
+        }
+        Ok(Footprint {
+            data_bytes,
+            disk_bytes: t.db.size_on_disk()?,
+        })
     }
 
     /// The readings `query` selects, by topic then time.

@@ -38,6 +38,10 @@ fn drain_runs_and_reports_all_three() {
 fn storage_runs_and_dumps_every_row() {
     let text = bench("storage", &["3000"]);
     assert!(text.contains("3000 readings (3000 dumped)"), "{text}");
+    assert!(
+        text.contains("of which data (every key and value)"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -55,6 +59,7 @@ fn live_runs_and_reports_both_stores() {
     for row in [
         "| bytes written to disk |",
         "| bytes kept on disk after the run |",
+        "| of which data (every key and value; the rest is sled's log) |",
         "| CPU (µs) |",
         "(SQLite stored 60 readings;",
     ] {
