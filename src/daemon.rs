@@ -16,6 +16,14 @@ use tracing_subscriber::{prelude::*, EnvFilter};
 /// `EX_CONFIG` from sysexits.h: systemd and operators read it as "fix the config".
 pub const EX_CONFIG: u8 = 78;
 
+/// Every file created from now on is its owner's alone (umask 077), as the
+/// units' `UMask=0077` says, also outside systemd. sled creates files while it
+/// runs and when it closes (segments, `snap.*` snapshots); the storage folder
+/// is 0700 already, but a copied folder keeps its files' modes.
+pub fn private_files() {
+    rustix::process::umask(rustix::fs::Mode::from_bits_truncate(0o077));
+}
+
 /// Logs to journald when stderr is connected to the journal (we run under
 /// systemd), else to stderr: human-readable lines, or JSON when configured.
 /// `RUST_LOG` overrides the configured level.

@@ -279,7 +279,7 @@ impl Ingest {
             .map_or(window, |l| (start + l).max(window));
         while batch.acks.len() < self.config.batch_max {
             // The window, or the linger while the batch is short of batch_fill.
-            let deadline = if batch.acks.len() < self.config.batch_fill {
+            let deadline = if batch.acks.len() < self.config.batch_fill() {
                 linger
             } else {
                 window
@@ -691,13 +691,18 @@ impl Ingest {
                     format_args!("acks={to_acknowledge}"),
                 );
                 let t = std::time::Instant::now();
-                store.flush()?;
-                Ok::<_, StoreError>(t.elapsed())
+                let bytes = store.flush()?;
+                Ok::<_, StoreError>((t.elapsed(), bytes))
             })
             .await
             .context("storage task panicked")?;
             match attempt {
-                Ok(t) => break (t, outcomes),
+                Ok((t, bytes)) => {
+                    self.metrics
+                        .flushed_bytes
+                        .fetch_add(u64::try_from(bytes).unwrap_or(u64::MAX), Relaxed);
+                    break (t, outcomes);
+                }
                 Err(e) => self.storage_failed(e).await?,
             }
         };

@@ -47,6 +47,10 @@ pub struct Metrics {
     pub known_rooms: AtomicI64,
     /// One fsync per batch.
     pub flush_seconds: Histogram,
+    /// What those fsyncs made durable, as sled counts it (its log, before the
+    /// kernel rounds writes up to pages): bench/live sets it against the disk's
+    /// count to show where flash wear comes from.
+    pub flushed_bytes: AtomicU64,
     /// From a message's arrival to its acknowledgement.
     pub ack_lag_seconds: Histogram,
     /// From a reading's own timestamp (set by its sensor when it published) to
@@ -111,6 +115,11 @@ impl Metrics {
             "readings_duplicate_total",
             "Redelivered readings already stored.",
             self.duplicates.load(Relaxed),
+        );
+        counter(
+            "storage_flushed_bytes_total",
+            "Bytes the batch fsyncs made durable, as sled counts them (its log, before page rounding).",
+            self.flushed_bytes.load(Relaxed),
         );
         counter(
             "mqtt_acks_sent_total",

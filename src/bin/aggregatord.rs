@@ -150,6 +150,7 @@ impl From<Filter> for Query {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    roomsense::daemon::private_files();
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => aggregatord::main(&cli.config, cli.check_config),
         Command::Dump {

@@ -179,9 +179,11 @@ pub struct IngestConfig {
     /// waits the whole linger.
     #[serde(default, with = "super::duration::option")]
     pub batch_linger: Option<std::time::Duration>,
-    /// See `batch_linger`. Default 128.
-    #[serde(default = "default_batch_fill")]
-    pub batch_fill: usize,
+    /// See `batch_linger`. Unset: 128, or `batch_max` if that is smaller (a
+    /// config that lowers `batch_max` alone stays valid). Use
+    /// [`IngestConfig::batch_fill`] for the value in force.
+    #[serde(default)]
+    pub batch_fill: Option<usize>,
     /// Sensors (reading topics) aggregatord keeps track of, in all; past it a new
     /// one is refused (`too_many_sensors`). Every known sensor costs memory in
     /// alert state and on the dashboard, so one node inventing ids must not
@@ -215,7 +217,7 @@ impl Default for IngestConfig {
             batch_max: default_batch_max(),
             batch_window: default_batch_window(),
             batch_linger: None,
-            batch_fill: default_batch_fill(),
+            batch_fill: None,
             max_sensors: default_max_sensors(),
             max_sensors_per_room: default_max_sensors_per_room(),
             max_rooms: default_max_rooms(),
@@ -231,9 +233,14 @@ fn default_batch_max() -> usize {
 fn default_batch_window() -> std::time::Duration {
     std::time::Duration::from_millis(5)
 }
-fn default_batch_fill() -> usize {
-    128
+impl IngestConfig {
+    /// The `batch_fill` in force: as set, else 128 capped at `batch_max`.
+    #[must_use]
+    pub fn batch_fill(&self) -> usize {
+        self.batch_fill.unwrap_or(self.batch_max.min(128))
+    }
 }
+
 fn default_max_sensors() -> usize {
     100_000
 }
@@ -355,7 +362,11 @@ impl DaemonConfig for AggregatordConfig {
                 "at most 1s: acknowledgements wait for it",
             ));
         }
-        if self.ingest.batch_fill > self.ingest.batch_max {
+        if self
+            .ingest
+            .batch_fill
+            .is_some_and(|f| f > self.ingest.batch_max)
+        {
             return Err(Invalid::new(
                 "ingest.batch_fill",
                 format!(
@@ -487,6 +498,34 @@ mod tests {
         }
         for bad in ["", "a/#/b", "a#", "a/b+", "a/+x/c"] {
             assert!(super::check_filter(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// A config lowering `batch_max` alone stays valid (CI caught 128 > 50);
+    /// an explicit `batch_fill` above it is refused by name.
+    #[test]
+    fn batch_fill_follows_a_lower_batch_max_unless_set() {
+        let parse = |ingest: &str| {
+            crate::config::from_text::<super::AggregatordConfig>(
+                std::path::Path::new("f.yaml"),
+                &format!(
+                    "client_id: agg\n\
+                     subscriptions: [{{ filter: building/#, qos: 1 }}]\n\
+                     broker: {{ host: localhost, insecure_plaintext: true }}\n\
+                     storage: {{ path: /tmp/x }}\n\
+                     ingest: {ingest}\n"
+                ),
+            )
+        };
+        let config = parse("{ batch_max: 50 }").expect("valid");
+        assert_eq!(config.ingest.batch_fill(), 50);
+        let config = parse("{ batch_max: 500 }").expect("valid");
+        assert_eq!(config.ingest.batch_fill(), 128);
+        match parse("{ batch_max: 50, batch_fill: 60 }") {
+            Err(crate::config::ConfigError::Invalid { key, line, .. }) => {
+                assert_eq!((key.as_str(), line), ("ingest.batch_fill", Some(5)));
+            }
+            other => panic!("{:?}", other.map(|_| ())),
         }
     }
 }

@@ -58,6 +58,7 @@ fn live_runs_and_reports_both_stores() {
     let text = bench("live", &["20", "3"]);
     for row in [
         "| bytes written to disk |",
+        "| of which sled's log (what its fsyncs made durable) |",
         "| bytes kept on disk after the run |",
         "| of which data (every key and value; the rest is sled's log) |",
         "| CPU (µs) |",
