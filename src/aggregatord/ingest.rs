@@ -785,16 +785,12 @@ impl Ingest {
         Ok(())
     }
 
-    /// One line for systemd's `STATUS=`.
-    pub fn status_line(&self) -> String {
+    /// One line for systemd's `STATUS=`, after `link` (the connection's
+    /// `Handle::describe_link`: which broker, in a cluster).
+    pub fn status_line(&self, link: &str) -> String {
         let m = &self.metrics;
         format!(
-            "{}; {:.1} readings/s; stored {}, duplicates {}, rejected {}",
-            if self.metrics.connected.load(Relaxed) {
-                "connected"
-            } else {
-                "not connected"
-            },
+            "{link}; {:.1} readings/s; stored {}, duplicates {}, rejected {}",
             self.live.rate(Timestamp::now_millis()),
             m.stored.load(Relaxed),
             m.duplicates.load(Relaxed),

@@ -127,6 +127,11 @@ pub async fn run(
     let (ingest_settings, alert_settings) = mqtt_settings(&config);
     let (mqtt, mut events) = mqtt::connect(ingest_settings)?;
     info!(client_id = %config.client_id, storage = %config.storage.path.display(), "aggregatord started");
+    for s in &config.subscriptions {
+        if let Some((group, _)) = s.shared() {
+            tracing::warn!(filter = %s.filter, group, by_topic = s.by_topic, "shared subscription: this instance stores its share only; seq gaps, meter checks and the dashboard see only that share (SCALING.md)");
+        }
+    }
     if config.alert_identity.is_none() && config.broker.tls.is_some() {
         tracing::warn!("no alert_identity: the alert connection shares the ingest connection's certificate; a broker that binds client ids to certificates (deploy/mosquitto) will make them take each other's place");
     }
@@ -219,7 +224,7 @@ pub async fn run(
     );
     // Alerts whose rule was removed while we were stopped: cleared now.
     ingest.record_alerts(orphans).await?;
-    daemon::notify_ready(&ingest.status_line());
+    daemon::notify_ready(&ingest.status_line(&mqtt.describe_link()));
 
     // The main loop: the one place that waits on signals and timers. Ingest's
     // work is done in the loop's body, never cancelled, so a stop or a reload
@@ -240,12 +245,12 @@ pub async fn run(
                         }
                     }
                 }
-                daemon::notify_ready(&ingest.status_line());
+                daemon::notify_ready(&ingest.status_line(&mqtt.describe_link()));
             }
             // Ingest runs in this loop too: if it stalls, so does the watchdog,
             // and systemd restarts us.
             () = watchdog.tick() => {}
-            _ = status.tick() => daemon::notify_status(&ingest.status_line()),
+            _ = status.tick() => daemon::notify_status(&ingest.status_line(&mqtt.describe_link())),
             _ = summary.tick() => ingest.log_totals("ingest totals"),
             work = ingest.next(&mut events) => match work {
                 ingest::Work::Closed => break Ok(()),

@@ -254,10 +254,26 @@ fn default_max_rooms() -> usize {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionConfig {
-    /// `filter`: an MQTT topic filter (`building/#`); wildcards only as whole levels.
+    /// `filter`: an MQTT topic filter (`building/#`); wildcards only as whole
+    /// levels. A shared subscription, `$share/<group>/<filter>`, spreads the
+    /// matching messages over the group's members (SCALING.md).
     pub filter: String,
     /// `qos`: the most the broker may deliver at: 0 or 1 (2 is refused, see `validate`).
     pub qos: Qos,
+    /// `by_topic`: for a `$share/` filter only: the broker gives all of a
+    /// topic's messages to the same member (EMQX's `hash_topic` strategy),
+    /// so alert rules, which need all of a sensor's readings, still work.
+    /// Default false: per message (Mosquitto), refused with alert rules.
+    #[serde(default)]
+    pub by_topic: bool,
+}
+
+impl SubscriptionConfig {
+    /// The group and the filter of a `$share/<group>/<filter>` subscription.
+    #[must_use]
+    pub fn shared(&self) -> Option<(&str, &str)> {
+        self.filter.strip_prefix("$share/")?.split_once('/')
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -441,8 +457,36 @@ impl DaemonConfig for AggregatordConfig {
             }
         }
         for (i, s) in self.subscriptions.iter().enumerate() {
+            let key = format!("subscriptions[{i}].filter");
+            if let Some((group, filter)) = s.shared() {
+                if group.is_empty() || group.contains(['+', '#']) {
+                    return Err(Invalid::new(
+                        key,
+                        format!("{group:?}: a share group is a name, without '+' or '#'"),
+                    ));
+                }
+                check_filter(filter).map_err(|why| Invalid::new(&key, why))?;
+                // Per message, each member sees part of every sensor: a
+                // hysteresis, a `for` or a stale check would judge fragments.
+                if !s.by_topic && !self.alerts.is_empty() {
+                    return Err(Invalid::new(
+                        key,
+                        "a shared subscription spreads each sensor's readings over the group \
+                         message by message, and alert rules need all of them; split the load \
+                         by topic filter instead (SCALING.md), or set by_topic: true if the \
+                         broker gives each topic to one member (EMQX's hash_topic)",
+                    ));
+                }
+            } else if s.filter.starts_with("$share") {
+                return Err(Invalid::new(key, "write $share/<group>/<filter>"));
+            } else if s.by_topic {
+                return Err(Invalid::new(
+                    format!("subscriptions[{i}].by_topic"),
+                    "only for a $share/<group>/<filter> subscription",
+                ));
+            }
             if let Err(why) = check_filter(&s.filter) {
-                return Err(Invalid::new(format!("subscriptions[{i}].filter"), why));
+                return Err(Invalid::new(key, why));
             }
             // Measured (tests/system/durability.rs and README): after a broker
             // restart Mosquitto resends PUBREL for QoS 2 deliveries in flight, which
@@ -498,6 +542,58 @@ mod tests {
         }
         for bad in ["", "a/#/b", "a#", "a/b+", "a/+x/c"] {
             assert!(super::check_filter(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// `$share/` (issue 17): allowed without alert rules, or with `by_topic`;
+    /// refused where a sensor's readings would be split under alert rules.
+    #[test]
+    fn shared_subscriptions_are_refused_where_they_would_split_a_sensor() {
+        let parse = |subscription: &str, alerts: &str| {
+            crate::config::from_text::<super::AggregatordConfig>(
+                std::path::Path::new("f.yaml"),
+                &format!(
+                    "client_id: agg\n\
+                     subscriptions: [{subscription}]\n\
+                     broker: {{ host: localhost, insecure_plaintext: true }}\n\
+                     storage: {{ path: /tmp/x }}\n{alerts}"
+                ),
+            )
+        };
+        let rule = "alerts: [{ name: hot, type: temperature, above: 30, severity: warning }]\n";
+        let shared = "{ filter: $share/agg/building/#, qos: 1 }";
+        assert!(parse(shared, "").is_ok());
+        let by_topic = "{ filter: $share/agg/building/#, qos: 1, by_topic: true }";
+        assert!(parse(by_topic, rule).is_ok());
+        for (subscription, alerts, want) in [
+            (shared, rule, "subscriptions[0].filter"),
+            (
+                "{ filter: $share/a+/b/#, qos: 1 }",
+                "",
+                "subscriptions[0].filter",
+            ),
+            (
+                "{ filter: $share/agg/b/#/c, qos: 1 }",
+                "",
+                "subscriptions[0].filter",
+            ),
+            (
+                "{ filter: $shared/b, qos: 1 }",
+                "",
+                "subscriptions[0].filter",
+            ),
+            (
+                "{ filter: b/#, qos: 1, by_topic: true }",
+                "",
+                "subscriptions[0].by_topic",
+            ),
+        ] {
+            match parse(subscription, alerts) {
+                Err(crate::config::ConfigError::Invalid { key, line, .. }) => {
+                    assert_eq!((key.as_str(), line), (want, Some(2)), "{subscription}");
+                }
+                other => panic!("{subscription}: {:?}", other.map(|_| ())),
+            }
         }
     }
 

@@ -10,11 +10,20 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrokerConfig {
-    /// `host`: the broker's name or address; with TLS its certificate must name it.
-    pub host: String,
-    /// `port`, default 8883 (MQTT over TLS).
+    /// `host`: the broker's name or address; with TLS its certificate must name
+    /// it. Required, unless `hosts` is given instead.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// `port`, default 8883 (MQTT over TLS); also the port of any `hosts`
+    /// entry that names none.
     #[serde(default = "default_port")]
     pub port: u16,
+    /// `hosts`: several brokers, tried in turn (`[{ host, port }, …]`, the
+    /// members of a broker cluster): after each failed or lost connection the
+    /// next one, with the usual backoff between attempts. Instead of `host`.
+    /// Each broker's certificate must name its own host.
+    #[serde(default)]
+    pub hosts: Vec<HostPort>,
     /// `keep_alive`, default 30s: the MQTT keep-alive, 1s to 18h (whole seconds on the wire).
     #[serde(default = "default_keep_alive", with = "duration")]
     pub keep_alive: Duration,
@@ -30,6 +39,17 @@ pub struct BrokerConfig {
     /// `reconnect`: the backoff between attempts; default 1s, doubling up to 60s.
     #[serde(default)]
     pub reconnect: ReconnectConfig,
+}
+
+/// One of `broker.hosts`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostPort {
+    /// The broker's name or address.
+    pub host: String,
+    /// Default: `broker.port`.
+    #[serde(default)]
+    pub port: Option<u16>,
 }
 
 /// Mutual TLS: our CA (to check the broker) and this client's certificate and key.
@@ -62,8 +82,7 @@ impl BrokerConfig {
     /// What `mqtt` connects with.
     pub fn to_mqtt(&self) -> crate::mqtt::Broker {
         crate::mqtt::Broker {
-            host: self.host.clone(),
-            port: self.port,
+            endpoints: self.endpoints(),
             keep_alive: self.keep_alive,
             tls: self.tls.as_ref().map(TlsConfig::to_mqtt),
             initial_delay: self.reconnect.initial_delay,
@@ -128,13 +147,58 @@ fn default_max_delay() -> Duration {
 }
 
 impl BrokerConfig {
+    /// The brokers to try, in order: `host`, or every entry of `hosts`.
+    pub fn endpoints(&self) -> Vec<crate::mqtt::Endpoint> {
+        let one = self.host.iter().map(|host| (host, None));
+        let many = self.hosts.iter().map(|h| (&h.host, h.port));
+        one.chain(many)
+            .map(|(host, port)| crate::mqtt::Endpoint {
+                host: host.clone(),
+                port: port.unwrap_or(self.port),
+            })
+            .collect()
+    }
+
     /// `key` is where this block sits in its file, for error messages.
     pub(crate) fn validate(&self, key: &str) -> Result<(), Invalid> {
-        if self.host.trim().is_empty() {
-            return Err(Invalid::new(format!("{key}.host"), "must not be empty"));
+        match (&self.host, self.hosts.is_empty()) {
+            (None, true) => {
+                return Err(Invalid::new(
+                    format!("{key}.host"),
+                    "required: the broker's name or address (or hosts: a list of brokers)",
+                ))
+            }
+            (Some(_), false) => {
+                return Err(Invalid::new(
+                    format!("{key}.hosts"),
+                    "remove it, or remove host: not both",
+                ))
+            }
+            (Some(host), true) if host.trim().is_empty() => {
+                return Err(Invalid::new(format!("{key}.host"), "must not be empty"));
+            }
+            _ => {}
         }
         if self.port == 0 {
             return Err(Invalid::new(format!("{key}.port"), "must be 1 to 65535"));
+        }
+        for (i, h) in self.hosts.iter().enumerate() {
+            let at = format!("{key}.hosts[{i}]");
+            if h.host.trim().is_empty() {
+                return Err(Invalid::new(format!("{at}.host"), "must not be empty"));
+            }
+            if h.port == Some(0) {
+                return Err(Invalid::new(format!("{at}.port"), "must be 1 to 65535"));
+            }
+        }
+        let endpoints = self.endpoints();
+        for (i, e) in endpoints.iter().enumerate() {
+            if endpoints[..i].contains(e) {
+                return Err(Invalid::new(
+                    format!("{key}.hosts[{i}]"),
+                    format!("{e} is listed twice"),
+                ));
+            }
         }
         // MQTT carries keep-alive as whole seconds in 16 bits.
         let ka = self.keep_alive;
@@ -154,11 +218,13 @@ impl BrokerConfig {
             (Some(_), true) => {
                 return Err(Invalid::new(format!("{key}.insecure_plaintext"), "remove it, or remove tls: not both"));
             }
-            (None, true) if !is_loopback(&self.host) => {
-                return Err(Invalid::new(
-                    format!("{key}.insecure_plaintext"),
-                    format!("only for a broker on this machine (localhost, 127.0.0.1, ::1), not {:?}", self.host),
-                ));
+            (None, true) => {
+                if let Some(e) = endpoints.iter().find(|e| !is_loopback(&e.host)) {
+                    return Err(Invalid::new(
+                        format!("{key}.insecure_plaintext"),
+                        format!("only for a broker on this machine (localhost, 127.0.0.1, ::1), not {:?}", e.host),
+                    ));
+                }
             }
             _ => {}
         }
@@ -219,4 +285,71 @@ fn is_loopback(host: &str) -> bool {
         || host
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{from_text, ConfigError, SensordConfig};
+    use std::path::Path;
+
+    fn parse(broker: &str) -> Result<SensordConfig, ConfigError> {
+        from_text(
+            Path::new("f.yaml"),
+            &format!(
+                "node: {{ id: n, topic_prefix: b/f/n }}\n\
+                 broker:\n{broker}\
+                 sensors: [{{ id: t, type: temperature, interval: 1s }}]\n"
+            ),
+        )
+    }
+
+    fn refused(broker: &str) -> (String, Option<usize>, String) {
+        match parse(broker) {
+            Err(ConfigError::Invalid {
+                key, line, message, ..
+            }) => (key, line, message),
+            other => panic!("{broker}: {:?}", other.map(|_| ())),
+        }
+    }
+
+    const TLS: &str = "  tls: { ca_file: a, cert_file: b, key_file: c }\n";
+
+    #[test]
+    fn hosts_list_the_brokers_in_order_with_the_shared_port_as_default() {
+        let config = parse(&format!(
+            "  port: 8884\n  hosts:\n    - {{ host: mq1 }}\n    - {{ host: mq2, port: 9000 }}\n{TLS}"
+        ))
+        .expect("valid");
+        let endpoints: Vec<String> = config
+            .broker
+            .endpoints()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(endpoints, ["mq1:8884", "mq2:9000"]);
+        let one = parse(&format!("  host: mq1\n{TLS}")).expect("valid");
+        assert_eq!(one.broker.endpoints()[0].to_string(), "mq1:8883");
+    }
+
+    #[test]
+    fn hosts_are_refused_by_name_and_line() {
+        let (key, line, _) = refused(&format!("  port: 8883\n{TLS}"));
+        assert_eq!((key.as_str(), line), ("broker.host", Some(2)));
+        let (key, line, _) = refused(&format!("  host: a\n  hosts: [{{ host: b }}]\n{TLS}"));
+        assert_eq!((key.as_str(), line), ("broker.hosts", Some(4)));
+        let (key, line, message) = refused(&format!(
+            "  hosts:\n    - {{ host: a }}\n    - {{ host: a, port: 8883 }}\n{TLS}"
+        ));
+        assert_eq!(
+            (key.as_str(), line),
+            ("broker.hosts[1]", Some(5)),
+            "{message}"
+        );
+        let (key, line, _) = refused(&format!("  hosts:\n    - {{ host: a, port: 0 }}\n{TLS}"));
+        assert_eq!((key.as_str(), line), ("broker.hosts[0].port", Some(4)));
+        let (key, _, message) =
+            refused("  hosts: [{ host: localhost }, { host: mq2 }]\n  insecure_plaintext: true\n");
+        assert_eq!(key, "broker.insecure_plaintext");
+        assert!(message.contains("mq2"), "{message}");
+    }
 }

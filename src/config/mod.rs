@@ -14,7 +14,7 @@ mod spans;
 pub use aggregatord::{
     AggregatordConfig, HttpConfig, IngestConfig, RuleConfig, StorageConfig, SubscriptionConfig,
 };
-pub use broker::{BrokerConfig, Identity, ReconnectConfig, TlsConfig, CREDENTIALS_VAR};
+pub use broker::{BrokerConfig, HostPort, Identity, ReconnectConfig, TlsConfig, CREDENTIALS_VAR};
 pub use sensord::{
     default_qos, FaultConfig, FaultKind, FixedOccupancy, HomeAssistantConfig, NodeConfig,
     Occupancy, RoomConfig, Schedule, SensorConfig, SensordConfig, Thermostat,

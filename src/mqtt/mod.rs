@@ -77,14 +77,30 @@ pub struct Message {
     pub retain: bool,
 }
 
+/// One broker to try: a cluster member, or the only broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Name or address; with TLS this broker's certificate must name it
+    /// (checked per endpoint, on every connect).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
 /// Where the broker is and how to reach it: plain values, which the daemons
 /// build from their config (this module reads no config file).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Broker {
-    /// Name or address; with TLS the broker's certificate must name it.
-    pub host: String,
-    /// TCP port.
-    pub port: u16,
+    /// Brokers to connect to, in order; after each failed or lost connection
+    /// the next one is tried (round robin, with the backoff between attempts).
+    /// One entry is the usual single broker. Never empty ([`MqttError::NoBroker`]).
+    pub endpoints: Vec<Endpoint>,
     /// The MQTT keep-alive.
     pub keep_alive: Duration,
     /// Mutual TLS; `None` is plaintext (the config allows it only on loopback).
@@ -173,6 +189,9 @@ pub enum MqttError {
     /// The supervisor task has ended: nothing more can be sent.
     #[error("the MQTT connection task has stopped")]
     Closed,
+    /// [`Broker::endpoints`] is empty: nowhere to connect.
+    #[error("no broker to connect to")]
+    NoBroker,
     /// `try_publish` found rumqttc's request queue full; holds the queue's size.
     /// The caller still has the message.
     #[error("the outgoing queue is full ({0} messages)")]
@@ -194,6 +213,8 @@ pub struct Handle {
     client: AsyncClient,
     /// The connection state, as the supervisor last saw it.
     link: watch::Receiver<Link>,
+    /// The endpoint the supervisor connects or connected to.
+    in_use: Arc<std::sync::Mutex<Endpoint>>,
     /// Our QoS 1/2 publishes not yet confirmed: what a clean stop waits for.
     unconfirmed: Arc<Unconfirmed>,
     /// Tells the supervisor to leave cleanly and end.
@@ -262,11 +283,17 @@ impl Acker {
 /// (unreadable certificates); broker trouble is retried, never returned.
 pub fn connect(settings: Settings) -> Result<(Handle, mpsc::Receiver<Event>), MqttError> {
     let tls_files = tls_fingerprint(&settings)?;
-    let options = options(&settings)?;
+    let options = options(&settings, 0)?;
     let (client, eventloop) = AsyncClient::new(options, REQUEST_QUEUE);
     let generation = Arc::new(AtomicU64::new(0));
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
     let (link_tx, link_rx) = watch::channel(Link::Connecting);
+    let first = settings
+        .broker
+        .endpoints
+        .first()
+        .ok_or(MqttError::NoBroker)?;
+    let in_use = Arc::new(std::sync::Mutex::new(first.clone()));
     let (updates_tx, updates_rx) = mpsc::unbounded_channel();
     let unconfirmed = Arc::new(Unconfirmed::default());
     let acks = Arc::new(Acks::default());
@@ -279,6 +306,7 @@ pub fn connect(settings: Settings) -> Result<(Handle, mpsc::Receiver<Event>), Mq
             session: session::Session::new(settings.clone(), generation.clone()),
             events: events_tx,
             link: link_tx,
+            in_use: in_use.clone(),
             unconfirmed: unconfirmed.clone(),
             closing: closing.clone(),
             updates: updates_rx,
@@ -289,6 +317,7 @@ pub fn connect(settings: Settings) -> Result<(Handle, mpsc::Receiver<Event>), Mq
     let handle = Handle {
         client,
         link: link_rx,
+        in_use,
         unconfirmed,
         closing,
         task,
@@ -302,9 +331,12 @@ pub fn connect(settings: Settings) -> Result<(Handle, mpsc::Receiver<Event>), Mq
 }
 
 /// rumqttc's options for `settings`, including a fresh TLS config from the files.
-fn options(settings: &Settings) -> Result<MqttOptions, MqttError> {
+/// rumqttc's options for connecting to `settings.broker.endpoints[endpoint]`.
+/// rustls checks the broker's certificate against that endpoint's host.
+fn options(settings: &Settings, endpoint: usize) -> Result<MqttOptions, MqttError> {
     let b = &settings.broker;
-    let mut options = MqttOptions::new(settings.client_id.clone(), b.host.clone(), b.port);
+    let at = b.endpoints.get(endpoint).ok_or(MqttError::NoBroker)?;
+    let mut options = MqttOptions::new(settings.client_id.clone(), at.host.clone(), at.port);
     options
         .set_keep_alive(b.keep_alive)
         .set_clean_session(false)
@@ -317,7 +349,7 @@ fn options(settings: &Settings) -> Result<MqttOptions, MqttError> {
         ));
     } else {
         // Config validation allows this only for a loopback host.
-        warn!(host = %b.host, "insecure_plaintext: MQTT WITHOUT TLS; readings and identities travel in clear");
+        warn!(host = %at.host, "insecure_plaintext: MQTT WITHOUT TLS; readings and identities travel in clear");
         options.set_transport(Transport::Tcp);
     }
     if let Some(will) = &settings.last_will {
@@ -349,6 +381,26 @@ pub(crate) enum Update {
 impl Handle {
     pub fn is_connected(&self) -> bool {
         *self.link.borrow() == Link::Up
+    }
+
+    /// The broker of the current connection, or of the last attempt: for
+    /// `STATUS=` and the dashboard, so an operator sees a failover.
+    pub fn broker_in_use(&self) -> Endpoint {
+        self.in_use
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// "connected to host:port" or "not connected (host:port)": the start of
+    /// both daemons' `STATUS=` line.
+    pub fn describe_link(&self) -> String {
+        let at = self.broker_in_use();
+        if self.is_connected() {
+            format!("connected to {at}")
+        } else {
+            format!("not connected ({at})")
+        }
     }
 
     /// A receiver that sees every change of connection state.
@@ -439,7 +491,7 @@ impl Handle {
             }
             Update::Birth(new.birth.clone())
         } else {
-            Update::Reconnect(Box::new(new.clone()), Box::new(options(&new)?))
+            Update::Reconnect(Box::new(new.clone()), Box::new(options(&new, 0)?))
         };
         self.updates.send(update).map_err(|_| MqttError::Closed)?;
         self.manual_acks.store(new.manual_acks, Ordering::Release);

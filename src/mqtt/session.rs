@@ -103,6 +103,8 @@ pub(super) struct Session {
     generation: Arc<AtomicU64>,
     /// When the current connection came up.
     connected_at: Option<Instant>,
+    /// Index into `settings.broker.endpoints`: where the next connect goes.
+    endpoint: usize,
 }
 
 impl Session {
@@ -117,7 +119,31 @@ impl Session {
             drop_queued_disconnect: false,
             generation,
             connected_at: None,
+            endpoint: 0,
         }
+    }
+
+    /// The broker the next connect goes to (and the current one went to).
+    pub fn endpoint(&self) -> (usize, Option<&super::Endpoint>) {
+        (
+            self.endpoint,
+            self.settings.broker.endpoints.get(self.endpoint),
+        )
+    }
+
+    /// After a failed or lost connection, the next broker in the list, round
+    /// robin; `None` if there is only one. Every failure moves on, even after
+    /// a connection that lasted: in a cluster any member serves our session,
+    /// and a broker that just dropped us is the likeliest to be down.
+    pub fn next_endpoint(&self) -> Option<usize> {
+        let n = self.settings.broker.endpoints.len();
+        (n > 1).then(|| (self.endpoint + 1) % n)
+    }
+
+    /// Connect to endpoint `index` from now on (the supervisor has pointed
+    /// rumqttc there).
+    pub fn use_endpoint(&mut self, index: usize) {
+        self.endpoint = index;
     }
 
     pub fn phase(&self) -> &Phase {
@@ -413,6 +439,8 @@ impl Session {
         );
         self.settings = settings;
         self.fresh = true;
+        // New settings are connected with their first broker (`Handle::reconfigure`).
+        self.endpoint = 0;
     }
 }
 
@@ -461,8 +489,10 @@ mod tests {
 
     fn settings(filters: &[&str]) -> Settings {
         let broker = crate::mqtt::Broker {
-            host: "localhost".into(),
-            port: 1883,
+            endpoints: vec![crate::mqtt::Endpoint {
+                host: "localhost".into(),
+                port: 1883,
+            }],
             keep_alive: Duration::from_secs(5),
             tls: None,
             initial_delay: Duration::from_secs(1),
@@ -509,6 +539,29 @@ mod tests {
                 _ => u16::MAX,
             })
             .collect()
+    }
+
+    #[test]
+    fn brokers_are_tried_round_robin_and_new_settings_start_at_the_first() {
+        let mut three = settings(&[]);
+        three.broker.endpoints = ["a", "b", "c"]
+            .iter()
+            .map(|h| crate::mqtt::Endpoint {
+                host: (*h).into(),
+                port: 1883,
+            })
+            .collect();
+        let mut s = Session::new(three.clone(), Arc::new(AtomicU64::new(0)));
+        let mut seen = vec![];
+        for _ in 0..4 {
+            let next = s.next_endpoint().expect("three brokers");
+            s.use_endpoint(next);
+            seen.push(s.endpoint().1.map(|e| e.host.clone()));
+        }
+        assert_eq!(seen, ["b", "c", "a", "b"].map(|h| Some(h.to_owned())));
+        assert!(s.reconfigure(three, options()).is_some(), "down: at once");
+        assert_eq!(s.endpoint().0, 0);
+        assert_eq!(session(&[]).next_endpoint(), None, "one broker: stay");
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub(super) struct Supervisor {
     pub events: mpsc::Sender<Event>,
     /// The connection state the daemon sees.
     pub link: watch::Sender<Link>,
+    /// The broker we connect to, for the daemon's `STATUS=`.
+    pub in_use: Arc<std::sync::Mutex<super::Endpoint>>,
     /// Our QoS 1/2 publishes the broker has yet to confirm.
     pub unconfirmed: Arc<Unconfirmed>,
     /// Cancelled by `Handle::close`: leave cleanly and end.
@@ -48,7 +50,8 @@ impl Supervisor {
         // The last failure we logged at warn level, so a broker that stays down
         // (or keeps dropping us right after CONNACK) produces one line, not one
         // per attempt.
-        let mut last_failure: Option<String> = None;
+        // With several brokers, one line per broker and failure.
+        let mut failures_logged: Vec<String> = Vec::new();
 
         loop {
             // Signals are looked at between polls. While connected, a poll is
@@ -156,6 +159,7 @@ impl Supervisor {
                         AfterDisconnect::Stop => break,
                         AfterDisconnect::Reconnect(options) => {
                             self.conn.set_options(*options);
+                            self.note_in_use();
                             backoff.reset();
                         }
                         AfterDisconnect::Ignore => {} // handled above
@@ -163,6 +167,8 @@ impl Supervisor {
                 }
                 Ok(_) => {}
                 Err(e) => {
+                    // Named before a new broker or new settings replace it.
+                    let failed = self.broker();
                     let lost = self.session.link_lost(Instant::now());
                     let was_up = self.link.send_replace(Link::Down) == Link::Up;
                     if lost.stop {
@@ -171,19 +177,26 @@ impl Supervisor {
                     if let Some(options) = lost.apply {
                         // New settings: a fresh start for the backoff too.
                         self.conn.set_options(*options);
+                        self.note_in_use();
                         backoff.reset();
+                    } else {
+                        self.next_endpoint();
                     }
                     // A connection that lasted is a recovery: start backoff and
                     // logging afresh. One dropped right after CONNACK is not (a
                     // broker that accepts and then rejects us must not be hammered).
                     if lost.recovered {
                         backoff.reset();
-                        last_failure = None;
+                        failures_logged.clear();
                     }
                     let reason = describe(&e);
-                    if last_failure.as_deref() != Some(&reason) {
-                        warn!(broker = %self.broker(), error = %reason, "MQTT connection failed; retrying with backoff");
-                        last_failure = Some(reason.clone());
+                    let failure = format!("{failed} {reason}");
+                    if !failures_logged.contains(&failure) {
+                        warn!(broker = %failed, error = %reason, "MQTT connection failed; retrying with backoff");
+                        if failures_logged.len() >= 64 {
+                            failures_logged.clear(); // bounded; at worst it says it again
+                        }
+                        failures_logged.push(failure);
                     }
                     if was_up {
                         emit(&self.events, Event::Disconnected { reason }).await;
@@ -202,8 +215,42 @@ impl Supervisor {
 
     /// The broker in use, for the log.
     fn broker(&self) -> String {
-        let b = &self.session.settings().broker;
-        format!("{}:{}", b.host, b.port)
+        self.session
+            .endpoint()
+            .1
+            .map_or_else(|| "none".to_owned(), ToString::to_string)
+    }
+
+    /// Points the next connect at the next broker in the list (if there is
+    /// more than one). The backoff still applies between attempts: a whole
+    /// cluster down must not be hammered either.
+    fn next_endpoint(&mut self) {
+        let Some(index) = self.session.next_endpoint() else {
+            return;
+        };
+        match super::options(self.session.settings(), index) {
+            Ok(options) => {
+                self.conn.set_options(options);
+                self.session.use_endpoint(index);
+                self.note_in_use();
+                debug!(broker = %self.broker(), "trying the next broker");
+            }
+            // The TLS files went bad since start-up: stay with this broker
+            // and say so; the reload that fixes them starts the list afresh.
+            Err(e) => error!(error = %e, "cannot switch to the next broker"),
+        }
+    }
+
+    /// Tells the daemon which broker we now connect to.
+    fn note_in_use(&self) {
+        if let Some(endpoint) = self.session.endpoint().1 {
+            endpoint.clone_into(
+                &mut self
+                    .in_use
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
+        }
     }
 
     /// Applies a settings update.
@@ -223,6 +270,7 @@ impl Supervisor {
                 }
                 if let Some(options) = self.session.reconfigure(*settings, *options) {
                     self.conn.set_options(options);
+                    self.note_in_use();
                     backoff.reset();
                 }
             }

@@ -340,12 +340,10 @@ pub async fn run(config: SensordConfig, config_path: std::path::PathBuf) -> anyh
     let mut status_line = |mqtt: &Handle, made: u64| {
         let (at, before) = std::mem::replace(&mut last_status, (tokio::time::Instant::now(), made));
         let rate = (made - before) as f64 / at.elapsed().as_secs_f64().max(0.001);
-        let link = if mqtt.is_connected() {
-            "connected"
-        } else {
-            "not connected"
-        };
-        format!("{link}; {rate:.1} readings/s; {made} made")
+        format!(
+            "{}; {rate:.1} readings/s; {made} made",
+            mqtt.describe_link()
+        )
     };
     daemon::notify_ready(&status_line(&mqtt, made));
     loop {

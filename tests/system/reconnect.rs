@@ -152,3 +152,71 @@ fn with_no_broker_at_start_sensord_retries_quietly_and_connects_when_it_appears(
         serde_json::json!({ "warnings_logged": warnings, "connected_s_after_broker_started": connected_after.as_secs_f64() }),
     );
 }
+
+/// `broker.hosts` (issue 17): both daemons rotate through the list after each
+/// failed or lost connection, and each broker's certificate is checked against
+/// its own entry's host. The brokers' certificate names `localhost` only, so
+/// `127.0.0.1` (the same broker!) is refused by name; an entry with nothing
+/// listening is passed over; when the broker in use dies, the next takes over
+/// and readings keep being stored. Two independent Mosquittos, not a cluster:
+/// what the dead one held is its own (scripts/cluster-test covers sessions
+/// that survive a member).
+#[test]
+fn with_several_brokers_both_daemons_move_on_when_theirs_dies() {
+    let pki = Pki::with_env(
+        &["room101", "aggregatord"],
+        &[("BROKER_NAMES", "DNS:localhost")],
+    );
+    let a = Broker::start(&pki);
+    let b_port = free_port();
+    let hosts = format!(
+        "  hosts: [{{ host: 127.0.0.1, port: {a} }}, {{ host: localhost, port: {b_port} }}, {{ host: localhost, port: {a} }}]\n",
+        a = a.port
+    );
+    let single = format!("  host: localhost\n  port: {}\n", a.port);
+    let storage = tempfile::tempdir().unwrap();
+    let agg_yaml = aggregatord_yaml(&a, &pki, storage.path());
+    assert!(agg_yaml.contains(&single), "{agg_yaml}");
+    let agg_config = write_config(&agg_yaml.replace(&single, &hosts));
+    let agg = start_daemon(AGGREGATORD, &agg_config.path);
+    let sensors = [("temp_001", "temperature", "50ms", 1)];
+    let node_yaml = sensord_yaml(&a, &pki, "room101", PREFIX, &sensors).replace(&single, &hosts);
+    let node_config = write_config(&node_yaml);
+    let sensord = start_daemon(SENSORD, &node_config.path);
+
+    let first = format!("connected broker=localhost:{}", a.port);
+    for log in [&agg.log, &sensord.log] {
+        log.wait_for(&[&first]);
+        let text = log.text();
+        let refused = format!("broker=127.0.0.1:{}", a.port);
+        assert!(
+            text.lines()
+                .any(|l| l.contains(&refused) && l.contains("not valid for name")),
+            "127.0.0.1 refused by name:\n{text}"
+        );
+        assert!(!text.contains("connected broker=127.0.0.1"), "{text}");
+    }
+    agg.log.wait_for(&["subscribed"]);
+    agg.log.wait_for_nth(&["stored reading"], 5);
+
+    let b = Broker::start_on(&pki, b_port);
+    let mut a = a;
+    a.proc.kill9();
+    let second = format!("connected broker=localhost:{}", b.port);
+    for log in [&agg.log, &sensord.log] {
+        log.wait_for(&[&second]);
+    }
+    // A fresh broker: aggregatord subscribes again, and readings flow through it.
+    agg.log.wait_for_nth(&["subscribed"], 2);
+    let before = stored_lines(&agg.log);
+    agg.log.wait_for_nth(&["stored reading"], before + 5);
+    record(
+        "broker_failover",
+        "Three broker entries: one refused by certificate name, one with nothing listening, one up; the one in use is killed (kill -9) and the next takes over",
+        serde_json::json!({
+            "connected_first": first,
+            "connected_after_kill": second,
+            "stored_after_failover": stored_lines(&agg.log) - before,
+        }),
+    );
+}

@@ -198,13 +198,13 @@ fn installed_units_run_under_a_real_systemd_as_users_run_them() {
     let status = m.wait_until(
         "aggregatord's STATUS=",
         "systemctl status aggregatord --no-pager",
-        |t| t.contains("Status: \"connected;"),
+        |t| t.contains("Status: \"connected to "),
     );
     assert!(status.contains("Active: active (running)"), "{status}");
     m.wait_until(
         "sensord's STATUS=",
         "systemctl status sensord@room101 --no-pager",
-        |t| t.contains("Status: \"connected;"),
+        |t| t.contains("Status: \"connected to "),
     );
 
     // journalctl -u, plain: the message carries its fields…
