@@ -58,22 +58,9 @@ pub fn answer(store: &Store, request: &Request, out: impl Write) -> io::Result<(
     let f = request.format;
     let storage = |e: crate::store::StoreError| io::Error::other(e.to_string());
     match request.what {
-        // The bulk export: written field by field, several times faster than
-        // serde's generic path through the flattened struct.
-        RequestKind::Readings if f == Format::Jsonl => {
-            let mut out = BufWriter::new(out);
-            for r in store.select(q) {
-                write_reading_json(&mut out, &r.map_err(storage)?)?;
-            }
-            out.flush()
+        RequestKind::Readings | RequestKind::Stats => {
+            write_readings(store.select(q).map(|r| r.map_err(storage)), request, out)
         }
-        RequestKind::Readings => write_rows(
-            store.select(q).map(|r| r.map_err(storage)),
-            f,
-            READING_HEADER,
-            reading_fields,
-            out,
-        ),
         // Every filter applies to every kind of record: rejected messages by
         // their topic and arrival, alerts by the topic they concern and their time.
         RequestKind::Rejected => {
@@ -99,17 +86,52 @@ pub fn answer(store: &Store, request: &Request, out: impl Write) -> io::Result<(
             io::ErrorKind::InvalidInput,
             "forget works on the running aggregatord (it publishes the alert clears); start it, then run forget again",
         )),
-        RequestKind::Stats => {
-            let stats = stats(store.select(q))?;
-            write_rows(
-                stats.into_iter().map(Ok),
-                f,
-                STATS_HEADER,
-                stats_fields,
-                out,
-            )
+    }
+}
+
+/// Readings, or (for [`RequestKind::Stats`]) their statistics, from `rows`:
+/// a store's selection, or several instances' merged by [`merge`].
+pub fn write_readings(
+    rows: impl Iterator<Item = io::Result<StoredReading>>,
+    request: &Request,
+    out: impl Write,
+) -> io::Result<()> {
+    match (request.what, request.format) {
+        (RequestKind::Stats, f) => write_rows(
+            stats(rows)?.into_iter().map(Ok),
+            f,
+            STATS_HEADER,
+            stats_fields,
+            out,
+        ),
+        // The bulk export: written field by field, several times faster than
+        // serde's generic path through the flattened struct.
+        (_, Format::Jsonl) => {
+            let mut out = BufWriter::new(out);
+            for r in rows {
+                write_reading_json(&mut out, &r?)?;
+            }
+            out.flush()
+        }
+        (_, f) => write_rows(rows, f, READING_HEADER, reading_fields, out),
+    }
+}
+
+/// Several instances' readings as one history (SCALING.md, "One view"): each
+/// reading once, however many instances stored it (its identity is topic,
+/// timestamp and seq; the first source's copy is kept), by topic then time.
+/// Held in memory: narrow a large history with the query's filters.
+pub fn merge(
+    sources: impl IntoIterator<Item = impl IntoIterator<Item = StoredReading>>,
+) -> Vec<StoredReading> {
+    let mut by_identity = BTreeMap::new();
+    for source in sources {
+        for r in source {
+            let key = (r.topic.clone(), r.reading.timestamp.micros(), r.reading.seq);
+            by_identity.entry(key).or_insert(r);
         }
     }
+    by_identity.into_values().collect()
 }
 
 /// One reading as a JSON line, with the same fields and order as serde would
@@ -243,12 +265,10 @@ fn stats_fields(s: &SensorStats) -> Vec<String> {
     ]
 }
 
-fn stats(
-    rows: impl Iterator<Item = Result<StoredReading, crate::store::StoreError>>,
-) -> io::Result<Vec<SensorStats>> {
+fn stats(rows: impl Iterator<Item = io::Result<StoredReading>>) -> io::Result<Vec<SensorStats>> {
     let mut by_topic: BTreeMap<String, (SensorStats, f64)> = BTreeMap::new();
     for row in rows {
-        let r = row.map_err(|e| io::Error::other(e.to_string()))?;
+        let r = row?;
         let (v, t) = (r.reading.value, r.reading.timestamp);
         let (s, sum) = by_topic.entry(r.topic.clone()).or_insert_with(|| {
             let s = SensorStats {

@@ -18,9 +18,9 @@ use crate::alerts::Engine;
 use crate::config::{self, AggregatordConfig};
 use crate::daemon;
 use crate::mqtt;
-use crate::store::{Store, StoreError};
+use crate::store::{self, Store, StoreError};
 use anyhow::Context;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -60,14 +60,15 @@ fn preflight(config: &AggregatordConfig, path: &Path) -> anyhow::Result<Vec<Stri
 }
 
 /// `aggregatord dump` / `stats`: opens the database directly when aggregatord is
-/// stopped, and asks it over its control socket when it is running.
-pub fn dump_main(config_path: &Path, request: &Request) -> anyhow::Result<()> {
-    let config: AggregatordConfig = config::load(config_path)?;
+/// stopped, and asks it over its control socket when it is running. With
+/// `also` (other instances' configs), readings or stats of all of them, merged
+/// by reading identity ([`dump::merge`]).
+pub fn dump_main(config_path: &Path, also: &[PathBuf], request: &Request) -> anyhow::Result<()> {
     let out = std::io::stdout().lock();
-    let result = match Store::open(&config.storage.path) {
-        Ok(store) => dump::answer(&store, request, out).map_err(anyhow::Error::from),
-        Err(StoreError::Locked { .. }) => control::ask(&config.storage.socket(), request, out),
-        Err(e) => Err(e.into()),
+    let result = if also.is_empty() {
+        from_instance(config_path, request, out)
+    } else {
+        dump_merged(config_path, also, request, out)
     };
     match result {
         // `aggregatord dump | head` is normal use, not an error.
@@ -83,6 +84,59 @@ pub fn dump_main(config_path: &Path, request: &Request) -> anyhow::Result<()> {
             "dump"
         }),
     }
+}
+
+/// One instance's answer: from its database, or from it over its socket.
+fn from_instance(
+    config_path: &Path,
+    request: &Request,
+    out: impl std::io::Write,
+) -> anyhow::Result<()> {
+    let config: AggregatordConfig = config::load(config_path)?;
+    match Store::open(&config.storage.path) {
+        Ok(store) => dump::answer(&store, request, out).map_err(anyhow::Error::from),
+        Err(StoreError::Locked { .. }) => control::ask(&config.storage.socket(), request, out),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Every instance's readings (as JSON lines, the lossless form), merged; then
+/// the limit, and the format asked for.
+fn dump_merged(
+    first: &Path,
+    also: &[PathBuf],
+    request: &Request,
+    out: impl std::io::Write,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        matches!(request.what, RequestKind::Readings | RequestKind::Stats),
+        "--also merges readings and stats only"
+    );
+    // The limit applies to the merged history, not to each part of it.
+    let each = Request {
+        what: RequestKind::Readings,
+        format: Format::Jsonl,
+        query: store::Query {
+            limit: None,
+            ..request.query.clone()
+        },
+    };
+    let mut sources = Vec::new();
+    for path in std::iter::once(first).chain(also.iter().map(PathBuf::as_path)) {
+        let mut lines = Vec::new();
+        from_instance(path, &each, &mut lines).with_context(|| path.display().to_string())?;
+        let readings = lines
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(serde_json::from_slice::<store::StoredReading>)
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("{}: reading its answer", path.display()))?;
+        sources.push(readings);
+    }
+    let merged = dump::merge(sources);
+    let limit = request.query.limit.unwrap_or(usize::MAX);
+    dump::write_readings(merged.into_iter().take(limit).map(Ok), request, out)?;
+    Ok(())
 }
 
 /// Ingest's settings, with `max_age` defaulting to the retention window.

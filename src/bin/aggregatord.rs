@@ -71,6 +71,10 @@ enum Command {
         /// Alert history instead of readings.
         #[arg(long)]
         alerts: bool,
+        /// Another instance's config: its readings too, merged (a reading
+        /// stored by several instances shows once). Repeatable.
+        #[arg(long, value_name = "CONFIG", conflicts_with_all = ["rejected", "alerts"])]
+        also: Vec<PathBuf>,
         /// Which rows: sensors, time range, at most how many.
         #[command(flatten)]
         filter: Filter,
@@ -91,6 +95,10 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = FormatArg::Table)]
         format: FormatArg,
+        /// Another instance's config: statistics over its readings too,
+        /// each reading counted once. Repeatable.
+        #[arg(long, value_name = "CONFIG")]
+        also: Vec<PathBuf>,
         /// Which readings the statistics cover: sensors, time range, limit.
         #[command(flatten)]
         filter: Filter,
@@ -157,6 +165,7 @@ fn main() -> ExitCode {
             format,
             rejected,
             alerts,
+            also,
             filter,
         } => {
             let what = if rejected {
@@ -168,6 +177,7 @@ fn main() -> ExitCode {
             };
             aggregatord::dump_main(
                 &cli.config,
+                &also,
                 &Request {
                     what,
                     format: format.into(),
@@ -191,6 +201,7 @@ fn main() -> ExitCode {
             }
             aggregatord::dump_main(
                 &cli.config,
+                &[],
                 &Request {
                     what: RequestKind::Forget,
                     format: Format::Table,
@@ -204,8 +215,13 @@ fn main() -> ExitCode {
                 },
             )
         }
-        Command::Stats { format, filter } => aggregatord::dump_main(
+        Command::Stats {
+            format,
+            also,
+            filter,
+        } => aggregatord::dump_main(
             &cli.config,
+            &also,
             &Request {
                 what: RequestKind::Stats,
                 format: format.into(),

@@ -30,6 +30,7 @@ mod lifecycle;
 mod pipeline;
 mod reconnect;
 mod reliability;
+mod scaling;
 mod security;
 mod sensord;
 mod status;
