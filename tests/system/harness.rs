@@ -362,6 +362,16 @@ impl Broker {
         Self::start_in(pki, data, free_port(), true)
     }
 
+    /// With `extra` lines after the shipped ACL (more identities, e.g. a
+    /// second aggregatord instance).
+    pub fn start_with_acl(pki: &Pki, extra: &str) -> Broker {
+        require("mosquitto", "mosquitto");
+        let data = tempfile::tempdir().expect("tempdir");
+        let shipped = std::fs::read_to_string(format!("{REPO}/deploy/mosquitto/acl")).expect("acl");
+        std::fs::write(data.path().join("acl"), format!("{shipped}\n{extra}\n")).expect("acl");
+        Self::start_in(pki, data, free_port(), false)
+    }
+
     fn start_in(pki: &Pki, data: tempfile::TempDir, port: u16, verbose: bool) -> Broker {
         let conf = data.path().join("mosquitto.conf");
         let rendered = Command::new(format!("{REPO}/deploy/mosquitto/render-conf"))
@@ -376,6 +386,22 @@ impl Broker {
             String::from_utf8_lossy(&rendered.stderr)
         );
         let mut rendered = rendered.stdout;
+        // Broker::start_with_acl's own ACL (kept across a restart: same folder).
+        let own_acl = data.path().join("acl");
+        if own_acl.exists() {
+            let text = String::from_utf8_lossy(&rendered)
+                .lines()
+                .map(|l| {
+                    if l.starts_with("acl_file ") {
+                        format!("acl_file {}", own_acl.display())
+                    } else {
+                        l.to_owned()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            rendered = format!("{text}\n").into_bytes();
+        }
         if verbose || std::env::var_os("ROOMSENSE_BROKER_DEBUG").is_some() {
             rendered.extend_from_slice(b"log_type all\n");
         }

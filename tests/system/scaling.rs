@@ -94,3 +94,144 @@ fn dump_and_stats_over_several_instances_show_each_reading_once() {
         serde_json::json!({ "rows_in_merged_dump": rows.len(), "unique": unique.len() }),
     );
 }
+
+/// SCALING.md's choice, static partitions by topic filter: two instances on
+/// one broker, `building/floor1/#` and `building/floor2/#`, each with its own
+/// identity, session and database; a node on each floor. One instance is
+/// killed (kill -9) mid-stream and started again: its share waited in its
+/// session. Every reading each node published is stored exactly once, by the
+/// instance owning its floor, and the merged view has no hole and no double.
+#[test]
+fn partitions_by_topic_filter_lose_nothing_when_an_instance_is_killed() {
+    let pki = Pki::new(&[
+        "room101",
+        "room201",
+        "aggregatord",
+        "aggregatord-b",
+        "aggregatord-b-alerts",
+    ]);
+    let broker = Broker::start_with_acl(
+        &pki,
+        "user aggregatord-b\ntopic read building/#\n\
+         user aggregatord-b-alerts\ntopic write building/+/+/alerts/#\n",
+    );
+    let instance = |name: &str, filter: &str, storage: &std::path::Path| {
+        let yaml = aggregatord_yaml(&broker, &pki, storage)
+            .replace("client_id: aggregatord\n", &format!("client_id: {name}\n"))
+            .replace(
+                &format!("{}.crt", pki.path("aggregatord").display()),
+                &format!("{}.crt", pki.path(name).display()),
+            )
+            .replace(
+                &format!("{}.key", pki.path("aggregatord").display()),
+                &format!("{}.key", pki.path(name).display()),
+            )
+            .replace(
+                &format!("{}.crt", pki.path("aggregatord-alerts").display()),
+                &format!("{}.crt", pki.path(&format!("{name}-alerts")).display()),
+            )
+            .replace(
+                &format!("{}.key", pki.path("aggregatord-alerts").display()),
+                &format!("{}.key", pki.path(&format!("{name}-alerts")).display()),
+            )
+            .replace("\"building/#\"", &format!("\"{filter}\""));
+        assert!(yaml.contains(filter) && yaml.contains(name), "{yaml}");
+        write_config(&yaml)
+    };
+    let (sa, sb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let ca = instance("aggregatord", "building/floor1/#", sa.path());
+    let cb = instance("aggregatord-b", "building/floor2/#", sb.path());
+    let mut a = start_daemon(AGGREGATORD, &ca.path);
+    let mut b = start_daemon(AGGREGATORD, &cb.path);
+    a.log.wait_for(&["subscribed"]);
+    b.log.wait_for(&["subscribed"]);
+
+    let sensors = [("temp_001", "temperature", "20ms", 1)];
+    let node = |id: &str, prefix: &str| {
+        let config = write_config(&sensord_yaml(&broker, &pki, id, prefix, &sensors));
+        let proc = start_daemon(SENSORD, &config.path);
+        (config, proc)
+    };
+    let (_c1, mut n1) = node("room101", "building/floor1/room101");
+    let (_c2, mut n2) = node("room201", "building/floor2/room201");
+    b.log.wait_for_nth(&["stored reading"], 20);
+    b.kill9();
+    // While b is gone its share queues in its session; a carries on.
+    let before = a.log.text().matches("stored reading").count();
+    a.log.wait_for_nth(&["stored reading"], before + 50);
+    let mut b = start_daemon(AGGREGATORD, &cb.path);
+    b.log.wait_for(&["session_present=true"]);
+
+    let mut published = Vec::new();
+    for (n, topic, owner) in [
+        (&mut n1, "building/floor1/room101/temperature/temp_001", &a),
+        (&mut n2, "building/floor2/room201/temperature/temp_001", &b),
+    ] {
+        assert!(n.terminate().success());
+        let stopped = n.log.wait_for(&["sensord stopped"]);
+        let count: u64 = stopped
+            .split("published=")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("published count in {stopped}"));
+        owner
+            .log
+            .wait_for(&["stored reading", topic, &format!("seq=Some({count})")]);
+        published.push((topic, count));
+    }
+    let also = cb.path.to_str().unwrap();
+    let merged = dump(&ca.path, &["--also", also, "--format", "jsonl"]);
+    let rows: Vec<(String, u64)> = merged
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["topic"].as_str().unwrap().to_owned(),
+                v["seq"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let mut lost = 0;
+    for (topic, count) in &published {
+        let seqs: BTreeSet<u64> = rows
+            .iter()
+            .filter(|(t, _)| t == topic)
+            .map(|(_, s)| *s)
+            .collect();
+        lost += (1..=*count).filter(|s| !seqs.contains(s)).count();
+    }
+    let unique: BTreeSet<_> = rows.iter().collect();
+    // Each instance stored its own floor only, each reading once.
+    let floor_of = |config: &std::path::Path| -> Vec<String> {
+        dump(config, &["--format", "jsonl"])
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["topic"]
+                    .as_str()
+                    .unwrap()
+                    .split('/')
+                    .nth(1)
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+    assert!(a.terminate().success() && b.terminate().success());
+    let (floors_a, floors_b) = (floor_of(&ca.path), floor_of(&cb.path));
+    record(
+        "partitions_kill9",
+        "Two aggregatord instances split by topic filter (floor1, floor2) on one broker; the floor2 instance is killed (kill -9) mid-stream and restarted",
+        serde_json::json!({
+            "published": published.iter().map(|(_, c)| c).sum::<u64>(),
+            "lost": lost,
+            "stored_twice_in_merged_view": rows.len() - unique.len(),
+        }),
+    );
+    assert_eq!(lost, 0, "readings lost");
+    assert_eq!(rows.len(), unique.len(), "a reading stored twice");
+    assert!(floors_a.iter().all(|f| f == "floor1"), "{floors_a:?}");
+    assert!(floors_b.iter().all(|f| f == "floor2"), "{floors_b:?}");
+    assert_eq!(floors_a.len() + floors_b.len(), rows.len());
+}
