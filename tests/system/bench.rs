@@ -11,6 +11,8 @@ fn bench(script: &str, args: &[&str]) -> String {
     let out = Command::new(format!("{REPO}/bench/{script}"))
         .args(args)
         .env("BENCH_BIN", bin)
+        // bench/storage's history query: 2 sensors, 10 minutes, 2 runs.
+        .env("HISTORY", "2 600 2")
         .output()
         .unwrap();
     let text = format!(
@@ -42,6 +44,14 @@ fn storage_runs_and_dumps_every_row() {
         text.contains("of which data (every key and value)"),
         "{text}"
     );
+    for when in ["tails in memory", "after a reopen"] {
+        assert!(
+            text.contains(&format!(
+                "history of one sensor at 1 Hz, 600 readings, {when}"
+            )),
+            "{text}"
+        );
+    }
 }
 
 #[test]
@@ -58,7 +68,8 @@ fn live_runs_and_reports_both_stores() {
     let text = bench("live", &["20", "3"]);
     for row in [
         "| bytes written to disk |",
-        "| of which sled's log (what its fsyncs made durable) |",
+        "| sled's own count of what its fsyncs made durable |",
+        "| handed to write() (wchar: sled, and TLS acks) |",
         "| bytes kept on disk after the run |",
         "| of which data (every key and value; the rest is sled's log) |",
         "| CPU (µs) |",
