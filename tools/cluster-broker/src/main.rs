@@ -60,9 +60,9 @@ async fn run() -> Result<()> {
     // --id overrides node.id (rmqtt-conf 0.5.0 src/lib.rs, Settings::new).
     let conf = Settings::init(opts)?;
 
-    // rmqtt-net builds its rustls configs with aws-lc-rs; install it as the
-    // process default too, as rmqtt-bin does, in case other rustls users
-    // (gRPC clients) ask for the default provider.
+    // rustls is built here with both aws-lc-rs and ring (cargo tree -e features),
+    // so it cannot pick a process default itself; install aws-lc-rs, which
+    // rmqtt-net's TLS listeners use, as rmqtt-bin does.
     tls_provider::default_provider()
         .install_default()
         .map_err(|_| anyhow!("a rustls crypto provider was already installed"))?;
@@ -157,7 +157,9 @@ async fn run() -> Result<()> {
     }
 
     builder.build().start();
-    log::info!("cluster-broker node {} ready", conf.node.id);
+    // Straight to stderr, whatever the log level: scripts wait for this line.
+    // The listeners are bound by now (bind() above), and the cluster joined.
+    eprintln!("cluster-broker node {} ready", conf.node.id);
 
     // Run until Ctrl+C or SIGTERM.
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel();
