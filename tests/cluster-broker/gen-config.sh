@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Writes the configuration of a 3-node cluster-broker cluster on loopback:
 #
-#   tools/cluster-broker/gen-config.sh OUT_DIR CA_CERT SERVER_CERT SERVER_KEY
+#   tests/cluster-broker/gen-config.sh OUT_DIR CA_CERT SERVER_CERT SERVER_KEY
 #
 # giving, for N = 1 2 3, OUT_DIR/nodeN/rmqtt.toml (from node.toml.in) and
 # OUT_DIR/nodeN/plugins/<plugin>.toml (from plugins/*.toml.in). Run node N as
