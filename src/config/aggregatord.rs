@@ -458,14 +458,14 @@ impl DaemonConfig for AggregatordConfig {
         }
         for (i, s) in self.subscriptions.iter().enumerate() {
             let key = format!("subscriptions[{i}].filter");
-            if let Some((group, filter)) = s.shared() {
+            // A shared subscription's own filter follows its group.
+            let filter = if let Some((group, filter)) = s.shared() {
                 if group.is_empty() || group.contains(['+', '#']) {
                     return Err(Invalid::new(
                         key,
                         format!("{group:?}: a share group is a name, without '+' or '#'"),
                     ));
                 }
-                check_filter(filter).map_err(|why| Invalid::new(&key, why))?;
                 // Per message, each member sees part of every sensor: a
                 // hysteresis, a `for` or a stale check would judge fragments.
                 if !s.by_topic && !self.alerts.is_empty() {
@@ -477,6 +477,7 @@ impl DaemonConfig for AggregatordConfig {
                          broker gives each topic to one member (EMQX's hash_topic)",
                     ));
                 }
+                filter
             } else if s.filter.starts_with("$share") {
                 return Err(Invalid::new(key, "write $share/<group>/<filter>"));
             } else if s.by_topic {
@@ -484,8 +485,10 @@ impl DaemonConfig for AggregatordConfig {
                     format!("subscriptions[{i}].by_topic"),
                     "only for a $share/<group>/<filter> subscription",
                 ));
-            }
-            if let Err(why) = check_filter(&s.filter) {
+            } else {
+                &s.filter
+            };
+            if let Err(why) = check_filter(filter) {
                 return Err(Invalid::new(key, why));
             }
             // Measured (tests/system/durability.rs and README): after a broker

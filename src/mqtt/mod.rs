@@ -330,9 +330,9 @@ pub fn connect(settings: Settings) -> Result<(Handle, mpsc::Receiver<Event>), Mq
     Ok((handle, events_rx))
 }
 
-/// rumqttc's options for `settings`, including a fresh TLS config from the files.
-/// rumqttc's options for connecting to `settings.broker.endpoints[endpoint]`.
-/// rustls checks the broker's certificate against that endpoint's host.
+/// rumqttc's options for connecting to `settings.broker.endpoints[endpoint]`,
+/// including a fresh TLS config from the files: rustls checks the broker's
+/// certificate against that endpoint's host.
 fn options(settings: &Settings, endpoint: usize) -> Result<MqttOptions, MqttError> {
     let b = &settings.broker;
     let at = b.endpoints.get(endpoint).ok_or(MqttError::NoBroker)?;
@@ -383,19 +383,15 @@ impl Handle {
         *self.link.borrow() == Link::Up
     }
 
-    /// The broker of the current connection, or of the last attempt: for
-    /// `STATUS=` and the dashboard, so an operator sees a failover.
-    pub fn broker_in_use(&self) -> Endpoint {
-        self.in_use
+    /// "connected to host:port" or "not connected (host:port)", naming the
+    /// broker of the current connection or of the last attempt: the start of
+    /// both daemons' `STATUS=` line, so an operator sees a failover.
+    pub fn describe_link(&self) -> String {
+        let at = self
+            .in_use
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
-    /// "connected to host:port" or "not connected (host:port)": the start of
-    /// both daemons' `STATUS=` line.
-    pub fn describe_link(&self) -> String {
-        let at = self.broker_in_use();
+            .clone();
         if self.is_connected() {
             format!("connected to {at}")
         } else {

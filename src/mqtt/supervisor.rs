@@ -47,10 +47,9 @@ impl Supervisor {
     pub async fn run(mut self) {
         let broker = &self.session.settings().broker;
         let mut backoff = Backoff::new(broker.initial_delay, broker.max_delay);
-        // The last failure we logged at warn level, so a broker that stays down
-        // (or keeps dropping us right after CONNACK) produces one line, not one
-        // per attempt.
-        // With several brokers, one line per broker and failure.
+        // The failures logged at warn level (broker and reason), so a broker
+        // that stays down (or keeps dropping us right after CONNACK) produces
+        // one line, not one per attempt, however many brokers we rotate over.
         let mut failures_logged: Vec<String> = Vec::new();
 
         loop {

@@ -4,6 +4,20 @@
 use crate::harness::*;
 use std::collections::BTreeSet;
 
+/// (topic, `field`) of each JSON line: `dump` and `stats --format jsonl`.
+fn topic_and(jsonl: &str, field: &str) -> Vec<(String, u64)> {
+    jsonl
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["topic"].as_str().unwrap().to_owned(),
+                v[field].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
 /// Two instances, each on its own broker (two buildings' gateways): one has
 /// room101's readings 1–10, the other room101's 6–10 again (the same readings:
 /// same identity) and room201's 1–5. `dump --also` shows each reading once,
@@ -43,16 +57,7 @@ fn dump_and_stats_over_several_instances_show_each_reading_once() {
 
     let also = c2.path.to_str().unwrap();
     let lines = dump(&c1.path, &["--also", also, "--format", "jsonl"]);
-    let rows: Vec<(String, u64)> = lines
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (
-                v["topic"].as_str().unwrap().to_owned(),
-                v["seq"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let rows = topic_and(&lines, "seq");
     let unique: BTreeSet<_> = rows.iter().cloned().collect();
     let want: BTreeSet<_> = (1..=10)
         .map(|s| (t101.to_owned(), s))
@@ -73,16 +78,7 @@ fn dump_and_stats_over_several_instances_show_each_reading_once() {
             .arg(&c1.path)
             .args(["stats", "--also", also, "--format", "jsonl"]),
     );
-    let counts: Vec<(String, u64)> = stats
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (
-                v["topic"].as_str().unwrap().to_owned(),
-                v["count"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let counts = topic_and(&stats, "count");
     assert_eq!(
         counts,
         [(t101.to_owned(), 10), (t201.to_owned(), 5)],
@@ -182,16 +178,7 @@ fn partitions_by_topic_filter_lose_nothing_when_an_instance_is_killed() {
     }
     let also = cb.path.to_str().unwrap();
     let merged = dump(&ca.path, &["--also", also, "--format", "jsonl"]);
-    let rows: Vec<(String, u64)> = merged
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (
-                v["topic"].as_str().unwrap().to_owned(),
-                v["seq"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let rows = topic_and(&merged, "seq");
     let mut lost = 0;
     for (topic, count) in &published {
         let seqs: BTreeSet<u64> = rows
