@@ -16,9 +16,11 @@ fn sighup_applies_sensor_changes_live_without_reconnecting() {
     let pki = Pki::new(&["room101", "observer"]);
     let broker = Broker::start(&pki);
     let config = sensord_config(&broker, &pki, &[("temp_001", "temperature", "1h", 0)]);
-    let sensord = start_daemon(SENSORD, &config.path);
+    // Subscribe first: the one reading of the hourly schedule is QoS 0 and not
+    // retained, so a watcher that subscribes after it was published never sees it.
     let watcher = Watcher::connect(&broker, &pki, "observer");
     watcher.subscribe(&format!("{PREFIX}/#"), 1);
+    let sensord = start_daemon(SENSORD, &config.path);
     watcher.wait_for(&format!("{PREFIX}/temperature/temp_001"), |_| true);
 
     // Faster temperature, and a new humidity sensor.
