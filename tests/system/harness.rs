@@ -372,6 +372,15 @@ impl Broker {
         Self::start_in(pki, data, free_port(), false)
     }
 
+    /// With `extra` lines after the rendered mosquitto.conf (a bridge), kept
+    /// across a restart like [`Broker::start_with_acl`]'s ACL.
+    pub fn start_with_conf(pki: &Pki, extra: &str) -> Broker {
+        require("mosquitto", "mosquitto");
+        let data = tempfile::tempdir().expect("tempdir");
+        std::fs::write(data.path().join("extra.conf"), extra).expect("extra.conf");
+        Self::start_in(pki, data, free_port(), false)
+    }
+
     fn start_in(pki: &Pki, data: tempfile::TempDir, port: u16, verbose: bool) -> Broker {
         let conf = data.path().join("mosquitto.conf");
         let rendered = Command::new(format!("{REPO}/deploy/mosquitto/render-conf"))
@@ -401,6 +410,9 @@ impl Broker {
                 .collect::<Vec<_>>()
                 .join("\n");
             rendered = format!("{text}\n").into_bytes();
+        }
+        if let Ok(extra) = std::fs::read(data.path().join("extra.conf")) {
+            rendered.extend_from_slice(&extra);
         }
         if verbose || std::env::var_os("ROOMSENSE_BROKER_DEBUG").is_some() {
             rendered.extend_from_slice(b"log_type all\n");
@@ -441,6 +453,29 @@ impl Broker {
     /// back on the same port with that state.
     pub fn stop(mut self) -> Stopped {
         assert!(self.proc.terminate().success(), "mosquitto exit status");
+        let fresh = tempfile::tempdir().expect("tempdir");
+        Stopped {
+            verbose: self.verbose,
+            port: self.port,
+            data: std::mem::replace(&mut self.data, fresh),
+        }
+    }
+
+    /// Makes Mosquitto write its state to disk now (SIGUSR1), and waits until it has.
+    pub fn save(&self) {
+        let saves = |l: &str| l.contains("Saving in-memory database");
+        let before = self.proc.log.count_where(saves);
+        signal(self.proc.pid(), libc::SIGUSR1);
+        self.proc
+            .log
+            .wait_for_nth_where(saves, before + 1, "a save");
+    }
+
+    /// Kills Mosquitto (kill -9): what it held in memory since its last save
+    /// ([`Broker::save`], or its autosave) is gone. [`Stopped::start`] brings it
+    /// back on the same port with the saved state.
+    pub fn crash(mut self) -> Stopped {
+        self.proc.kill9();
         let fresh = tempfile::tempdir().expect("tempdir");
         Stopped {
             verbose: self.verbose,

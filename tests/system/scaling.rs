@@ -222,3 +222,180 @@ fn partitions_by_topic_filter_lose_nothing_when_an_instance_is_killed() {
     assert!(floors_b.iter().all(|f| f == "floor2"), "{floors_b:?}");
     assert_eq!(floors_a.len() + floors_b.len(), rows.len());
 }
+
+/// SCALING.md's bridged buildings, with the shipped deploy/mosquitto/bridge.conf:
+/// a building's nodes publish to its edge broker, which bridges every reading
+/// to two central brokers, each with its own aggregatord. One central is killed
+/// (kill -9) mid-stream and comes back with what it had saved. The surviving
+/// central's instance stores every reading; the edge queued the dead central's
+/// share while it was away and delivered it on its return; the merged view has
+/// every reading once; and the course brief's retained statuses reach a
+/// central through the bridge.
+#[test]
+fn a_building_bridged_to_two_centrals_loses_nothing_when_one_is_killed() {
+    let pki = Pki::new(&[
+        "room101",
+        "room102",
+        "aggregatord",
+        "observer",
+        "edge-building1",
+    ]);
+    let shipped = std::fs::read_to_string(format!("{REPO}/deploy/mosquitto/bridge.conf"))
+        .expect("deploy/mosquitto/bridge.conf");
+    // The central acl lines the shipped file's header asks for.
+    let central_acl: String = shipped
+        .lines()
+        .skip_while(|l| !l.contains("append to its acl file"))
+        .skip(1)
+        .take_while(|l| l.starts_with("#   "))
+        .fold(String::new(), |acl, l| {
+            acl + l.trim_start_matches("#   ") + "\n"
+        });
+    assert!(
+        central_acl.starts_with("user edge-building1\n"),
+        "{central_acl}"
+    );
+    let central_a = Broker::start_with_acl(&pki, &central_acl);
+    let central_b = Broker::start_with_acl(&pki, &central_acl);
+    let bridge = shipped
+        .replace(
+            "central-a.example.net:8883",
+            &format!("localhost:{}", central_a.port),
+        )
+        .replace(
+            "central-b.example.net:8883",
+            &format!("localhost:{}", central_b.port),
+        )
+        .replace(
+            "/etc/mosquitto/roomsense/",
+            &format!("{}/", pki.path("ca.crt").with_file_name("").display()),
+        );
+    let edge = Broker::start_with_conf(&pki, &bridge);
+
+    // Each central's aggregatord: the same config but for the broker.
+    let (sa, sb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let ca = write_config(&aggregatord_yaml(&central_a, &pki, sa.path()));
+    let cb = write_config(&aggregatord_yaml(&central_b, &pki, sb.path()));
+    let mut a = start_daemon(AGGREGATORD, &ca.path);
+    let mut b = start_daemon(AGGREGATORD, &cb.path);
+    a.log.wait_for(&["subscribed"]);
+    b.log.wait_for(&["subscribed"]);
+    // central-a's saved state holds aggregatord's session (its subscription):
+    // as an autosave would, so that it is still there after the kill.
+    central_a.save();
+
+    let node = |id: &str, sensor: (&str, &str, &str, u8)| {
+        let prefix = format!("building/floor1/{id}");
+        let config = write_config(&sensord_yaml(&edge, &pki, id, &prefix, &[sensor]));
+        let proc = start_daemon(SENSORD, &config.path);
+        (config, proc)
+    };
+    let (_c1, mut n1) = node("room101", ("temp_001", "temperature", "20ms", 1));
+    let (_c2, mut n2) = node("room102", ("hum_001", "humidity", "20ms", 2));
+    a.log.wait_for_nth(&["stored reading"], 20);
+    b.log.wait_for_nth(&["stored reading"], 20);
+
+    let central_a = central_a.crash();
+    // The last seq each node had made by now: anything later was published
+    // while central-a was dead, so only the edge's queue can bring it there.
+    let last_seq = |log: &Log| -> u64 {
+        log.text()
+            .lines()
+            .filter(|l| l.contains(" reading topic="))
+            .filter_map(|l| l.split("seq=Some(").nth(1)?.split(')').next()?.parse().ok())
+            .max()
+            .unwrap_or(0)
+    };
+    let dead_from = [last_seq(&n1.log), last_seq(&n2.log)];
+    let stored_b = b.log.count(&["stored reading"]);
+    b.log.wait_for_nth(&["stored reading"], stored_b + 100);
+    let back_from = [last_seq(&n1.log), last_seq(&n2.log)];
+    let central_a = central_a.start(&pki);
+    a.log.wait_for_nth(&["connected broker="], 2);
+
+    let mut published = Vec::new();
+    for (n, topic) in [
+        (&mut n1, "building/floor1/room101/temperature/temp_001"),
+        (&mut n2, "building/floor1/room102/humidity/hum_001"),
+    ] {
+        assert!(n.terminate().success());
+        let stopped = n.log.wait_for(&["sensord stopped"]);
+        let count: u64 = stopped
+            .split("published=")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("published count in {stopped}"));
+        for instance in [&a, &b] {
+            instance
+                .log
+                .wait_for(&["stored reading", topic, &format!("seq=Some({count})")]);
+        }
+        published.push((topic, count));
+    }
+    // The course brief's retained status, read on a central: through the bridge.
+    let observer = Watcher::connect(&central_b, &pki, "observer");
+    observer.subscribe("building/+/+/status", 1);
+    for room in ["room101", "room102"] {
+        observer.wait_for(&format!("building/floor1/{room}/status"), |s| {
+            s.retain && s.json()["status"] == "offline"
+        });
+    }
+    assert!(a.terminate().success() && b.terminate().success());
+    drop(central_a);
+
+    let rows_a = topic_and(&dump(&ca.path, &["--format", "jsonl"]), "seq");
+    let rows_b = topic_and(&dump(&cb.path, &["--format", "jsonl"]), "seq");
+    let merged = topic_and(
+        &dump(
+            &ca.path,
+            &["--also", cb.path.to_str().unwrap(), "--format", "jsonl"],
+        ),
+        "seq",
+    );
+    let missing = |rows: &[(String, u64)], topic: &str, count: u64| -> Vec<u64> {
+        let have: BTreeSet<u64> = rows
+            .iter()
+            .filter(|(t, _)| t == topic)
+            .map(|(_, s)| *s)
+            .collect();
+        (1..=count).filter(|s| !have.contains(s)).collect()
+    };
+    let mut report = serde_json::Map::new();
+    let (mut lost, mut lost_b) = (0, 0);
+    let mut queued_for_a_lost: Vec<u64> = Vec::new();
+    let mut made_while_dead = 0;
+    for (((topic, count), dead_from), back_from) in published.iter().zip(dead_from).zip(back_from) {
+        made_while_dead += back_from - dead_from;
+        let missing_a = missing(&rows_a, topic, *count);
+        queued_for_a_lost.extend(missing_a.iter().filter(|s| **s > dead_from));
+        lost_b += missing(&rows_b, topic, *count).len();
+        lost += missing(&merged, topic, *count).len();
+        report.insert(
+            topic.to_string(),
+            serde_json::json!({
+                "published": count,
+                "made_while_central_a_was_dead": back_from - dead_from,
+                "missing_at_central_a": missing_a,
+            }),
+        );
+    }
+    let once = |rows: &[(String, u64)]| rows.iter().collect::<BTreeSet<_>>().len() == rows.len();
+    report.insert("lost_in_merged_view".into(), lost.into());
+    record(
+        "bridge_central_kill9",
+        "A building's edge broker bridged (deploy/mosquitto/bridge.conf) to two central brokers, each with its own aggregatord; central-a killed (kill -9) mid-stream and restarted from its last save",
+        serde_json::Value::Object(report),
+    );
+    assert!(made_while_dead > 0, "the outage saw no reading");
+    assert_eq!(lost_b, 0, "the surviving central's instance lost readings");
+    assert!(
+        queued_for_a_lost.is_empty(),
+        "readings made while central-a was dead never reached it (the edge did not queue them): {queued_for_a_lost:?}"
+    );
+    assert_eq!(lost, 0, "readings lost in the merged view");
+    assert!(
+        once(&rows_a) && once(&rows_b) && once(&merged),
+        "a reading stored twice"
+    );
+}
