@@ -453,6 +453,11 @@ impl Broker {
     /// back on the same port with that state.
     pub fn stop(mut self) -> Stopped {
         assert!(self.proc.terminate().success(), "mosquitto exit status");
+        self.into_stopped()
+    }
+
+    /// What a restart needs of a broker that has exited: its port and saved state.
+    fn into_stopped(mut self) -> Stopped {
         let fresh = tempfile::tempdir().expect("tempdir");
         Stopped {
             verbose: self.verbose,
@@ -476,12 +481,7 @@ impl Broker {
     /// back on the same port with the saved state.
     pub fn crash(mut self) -> Stopped {
         self.proc.kill9();
-        let fresh = tempfile::tempdir().expect("tempdir");
-        Stopped {
-            verbose: self.verbose,
-            port: self.port,
-            data: std::mem::replace(&mut self.data, fresh),
-        }
+        self.into_stopped()
     }
 
     /// Stops Mosquitto (SIGTERM: it saves its state) and starts it again on the same
@@ -666,6 +666,16 @@ pub fn aggregatord_for(nodes: &[&str], extra: &str) -> Agg {
         agg,
         addr,
     }
+}
+
+/// How many readings a stopped sensord says it published (its last line).
+pub fn published(node: &Proc) -> u64 {
+    node.log
+        .wait_for(&["sensord stopped"])
+        .split("published=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .expect("published= in the stop line")
 }
 
 pub fn start_daemon(bin: &str, config: &Path) -> Proc {

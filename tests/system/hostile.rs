@@ -24,16 +24,6 @@ fn room102(broker: &Broker, pki: &Pki, interval: &str) -> (String, ConfigFile, P
     (format!("{prefix}/temperature/temp_001"), config, node)
 }
 
-/// How many readings a stopped sensord says it published.
-fn published(node: &Proc) -> usize {
-    node.log
-        .wait_for(&["sensord stopped"])
-        .split("published=")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .expect("published= in the stop line")
-}
-
 /// The stored values of one sensor, in time order.
 fn values(config: &ConfigFile, sensor: &str) -> Vec<f64> {
     dump(&config.path, &["--format", "jsonl", "--sensor", sensor])
@@ -143,7 +133,7 @@ fn a_node_inventing_50000_sensor_ids_slows_down_no_one_else() {
     agg.log
         .wait_for_nth_within(invented, INVENTED as usize, "stored invented", long);
     assert!(node.terminate().success());
-    let published = published(&node);
+    let published = published(&node) as usize;
     agg.log
         .wait_for_nth(&["stored reading", &format!("topic={legit} ")], published);
     let reconnects = agg.log.count(&["MQTT connection failed"]);
@@ -446,7 +436,7 @@ fn a_stolen_certificate_cannot_take_another_client_id() {
     agg.log
         .wait_for_nth(&["stored reading", &format!("topic={legit} ")], QUEUED);
     assert!(node.terminate().success());
-    let published = published(&node);
+    let published = published(&node) as usize;
     agg.log
         .wait_for_nth(&["stored reading", &format!("topic={legit} ")], published);
     let stolen = as_aggregatord.messages().len();

@@ -18,6 +18,16 @@ fn topic_and(jsonl: &str, field: &str) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// The seqs 1..=`count` of `topic` that `rows` (topic, seq) lack.
+fn missing(rows: &[(String, u64)], topic: &str, count: u64) -> Vec<u64> {
+    let have: BTreeSet<u64> = rows
+        .iter()
+        .filter(|(t, _)| t == topic)
+        .map(|(_, s)| *s)
+        .collect();
+    (1..=count).filter(|s| !have.contains(s)).collect()
+}
+
 /// Two instances, each on its own broker (two buildings' gateways): one has
 /// room101's readings 1–10, the other room101's 6–10 again (the same readings:
 /// same identity) and room201's 1–5. `dump --also` shows each reading once,
@@ -158,35 +168,24 @@ fn partitions_by_topic_filter_lose_nothing_when_an_instance_is_killed() {
     let mut b = start_daemon(AGGREGATORD, &cb.path);
     b.log.wait_for(&["session_present=true"]);
 
-    let mut published = Vec::new();
+    let mut totals = Vec::new();
     for (n, topic, owner) in [
         (&mut n1, "building/floor1/room101/temperature/temp_001", &a),
         (&mut n2, "building/floor2/room201/temperature/temp_001", &b),
     ] {
         assert!(n.terminate().success());
-        let stopped = n.log.wait_for(&["sensord stopped"]);
-        let count: u64 = stopped
-            .split("published=")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("published count in {stopped}"));
+        let count = published(n);
         owner
             .log
             .wait_for(&["stored reading", topic, &format!("seq=Some({count})")]);
-        published.push((topic, count));
+        totals.push((topic, count));
     }
     let also = cb.path.to_str().unwrap();
     let merged = dump(&ca.path, &["--also", also, "--format", "jsonl"]);
     let rows = topic_and(&merged, "seq");
     let mut lost = 0;
-    for (topic, count) in &published {
-        let seqs: BTreeSet<u64> = rows
-            .iter()
-            .filter(|(t, _)| t == topic)
-            .map(|(_, s)| *s)
-            .collect();
-        lost += (1..=*count).filter(|s| !seqs.contains(s)).count();
+    for (topic, count) in &totals {
+        lost += missing(&rows, topic, *count).len();
     }
     let unique: BTreeSet<_> = rows.iter().collect();
     // Each instance stored its own floor only, each reading once.
@@ -211,7 +210,7 @@ fn partitions_by_topic_filter_lose_nothing_when_an_instance_is_killed() {
         "partitions_kill9",
         "Two aggregatord instances split by topic filter (floor1, floor2) on one broker; the floor2 instance is killed (kill -9) mid-stream and restarted",
         serde_json::json!({
-            "published": published.iter().map(|(_, c)| c).sum::<u64>(),
+            "published": totals.iter().map(|(_, c)| c).sum::<u64>(),
             "lost": lost,
             "stored_twice_in_merged_view": rows.len() - unique.len(),
         }),
@@ -313,25 +312,19 @@ fn a_building_bridged_to_two_centrals_loses_nothing_when_one_is_killed() {
     let central_a = central_a.start(&pki);
     a.log.wait_for_nth(&["connected broker="], 2);
 
-    let mut published = Vec::new();
+    let mut totals = Vec::new();
     for (n, topic) in [
         (&mut n1, "building/floor1/room101/temperature/temp_001"),
         (&mut n2, "building/floor1/room102/humidity/hum_001"),
     ] {
         assert!(n.terminate().success());
-        let stopped = n.log.wait_for(&["sensord stopped"]);
-        let count: u64 = stopped
-            .split("published=")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("published count in {stopped}"));
+        let count = published(n);
         for instance in [&a, &b] {
             instance
                 .log
                 .wait_for(&["stored reading", topic, &format!("seq=Some({count})")]);
         }
-        published.push((topic, count));
+        totals.push((topic, count));
     }
     // The course brief's retained status, read on a central: through the bridge.
     let observer = Watcher::connect(&central_b, &pki, "observer");
@@ -353,19 +346,11 @@ fn a_building_bridged_to_two_centrals_loses_nothing_when_one_is_killed() {
         ),
         "seq",
     );
-    let missing = |rows: &[(String, u64)], topic: &str, count: u64| -> Vec<u64> {
-        let have: BTreeSet<u64> = rows
-            .iter()
-            .filter(|(t, _)| t == topic)
-            .map(|(_, s)| *s)
-            .collect();
-        (1..=count).filter(|s| !have.contains(s)).collect()
-    };
     let mut report = serde_json::Map::new();
     let (mut lost, mut lost_b) = (0, 0);
     let mut queued_for_a_lost: Vec<u64> = Vec::new();
     let mut made_while_dead = 0;
-    for (((topic, count), dead_from), back_from) in published.iter().zip(dead_from).zip(back_from) {
+    for (((topic, count), dead_from), back_from) in totals.iter().zip(dead_from).zip(back_from) {
         made_while_dead += back_from - dead_from;
         let missing_a = missing(&rows_a, topic, *count);
         queued_for_a_lost.extend(missing_a.iter().filter(|s| **s > dead_from));
