@@ -177,7 +177,9 @@ pub async fn run(
     config_path: std::path::PathBuf,
 ) -> anyhow::Result<()> {
     let signals = daemon::signals().context("installing signal handlers")?;
-    let store = Store::open(&config.storage.path).context("opening storage")?;
+    let Some(store) = open_store(&config.storage.path, &signals.shutdown).await? else {
+        return Ok(());
+    };
     let (ingest_settings, alert_settings) = mqtt_settings(&config);
     let (mqtt, mut events) = mqtt::connect(ingest_settings)?;
     info!(client_id = %config.client_id, storage = %config.storage.path.display(), "aggregatord started");
@@ -335,6 +337,42 @@ pub async fn run(
     drop(events);
     mqtt.close(CLOSE_GRACE).await;
     result
+}
+
+/// Opens the database, waiting while that fails for an I/O reason (a full
+/// disk): exiting would only have systemd start us again into the same
+/// failure, and the broker keeps our session's messages meanwhile, since we
+/// have not connected. `None` if told to stop first. A held lock or a
+/// damaged database is fatal: waiting will not change it.
+async fn open_store(path: &Path, stop: &CancellationToken) -> anyhow::Result<Option<Store>> {
+    let mut retry = Duration::from_millis(200);
+    let mut failing = false;
+    loop {
+        let p = path.to_owned();
+        let opened = tokio::task::spawn_blocking(move || Store::open(&p))
+            .await
+            .context("storage task panicked")?;
+        match opened {
+            Ok(store) => {
+                if failing {
+                    info!("storage works again; starting");
+                }
+                return Ok(Some(store));
+            }
+            Err(e) if e.is_io() => {
+                if !std::mem::replace(&mut failing, true) {
+                    tracing::error!(error = %e, "STORAGE FAILED: cannot open the database; retrying until it works (the broker keeps what arrives meanwhile)");
+                }
+                daemon::notify_status(&format!("waiting for storage: {e}"));
+            }
+            Err(e) => return Err(anyhow::Error::from(e).context("opening storage")),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return Ok(None),
+            () = tokio::time::sleep(retry) => {}
+        }
+        retry = (retry * 2).min(Duration::from_secs(5));
+    }
 }
 
 /// The dashboard starts with the last hour of readings and the active alerts.

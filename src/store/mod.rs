@@ -56,6 +56,20 @@ pub enum StoreError {
     Corrupt { key: String, message: String },
 }
 
+impl StoreError {
+    /// An I/O failure (a full disk, say): it may pass by itself, so the daemon
+    /// waits and tries again instead of giving up.
+    pub fn is_io(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Open {
+                source: sled::Error::Io(_),
+                ..
+            } | StoreError::Sled(sled::Error::Io(_))
+        )
+    }
+}
+
 /// A reading as stored: the payload's fields plus where and how it arrived.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredReading {
@@ -173,9 +187,28 @@ fn private_folder(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// sled writes a snapshot to `snap.<lsn>.generating`, syncs it, then renames it
+/// to `snap.<lsn>`; one left behind (the disk filled, the process died) is
+/// unfinished by construction. sled's open nevertheless takes it as the newest
+/// (it sorts last) and fails on it for ever, "Read corrupted data at file
+/// offset None", until someone deletes it by hand. Removing it loses nothing:
+/// sled rebuilds from the previous snapshot and its log.
+fn remove_unfinished_snapshots(path: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(path)?.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            std::fs::remove_file(entry.path())?;
+            tracing::warn!(file = %entry.path().display(), "removed an unfinished sled snapshot (left by a full disk or a crash)");
+        }
+    }
+    Ok(())
+}
+
 impl Trees {
     fn open(path: &Path) -> Result<Trees, StoreError> {
         private_folder(path).map_err(|source| open_error(path, source.into()))?;
+        remove_unfinished_snapshots(path).map_err(|source| open_error(path, source.into()))?;
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(32 * 1024 * 1024)
@@ -611,6 +644,25 @@ mod tests {
             let (count, _) = chunk::header(&v).unwrap();
             assert!(count <= chunk::CHUNK_MAX, "a chunk of {count}");
         }
+    }
+
+    #[test]
+    fn an_unfinished_snapshot_does_not_block_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = reading("b/t/t", "2026-01-01T00:00:02Z", 2);
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.insert_reading(&r).unwrap();
+            store.flush().unwrap();
+        }
+        // What a full disk leaves: sled created the file, then could not write it.
+        std::fs::write(dir.path().join("snap.7FFFFFFFFFFFFFFF.generating"), b"").unwrap();
+        let store = super::model::reopen(dir.path());
+        let all: Vec<_> = store
+            .select(&Query::default())
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(all, vec![r]);
     }
 
     #[test]

@@ -244,6 +244,11 @@ impl Proc {
         self.wait()
     }
 
+    /// The exit status if it has exited, without waiting.
+    pub fn try_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("waitpid")
+    }
+
     pub fn wait(&mut self) -> ExitStatus {
         let deadline = Instant::now() + PATIENCE;
         loop {
@@ -714,7 +719,12 @@ pub fn dump(config: &Path, args: &[&str]) -> String {
 
 /// The `seq` of every stored reading, in dump order (topic, then time).
 pub fn stored_seqs(config: &Path) -> Vec<u64> {
-    dump(config, &["--format", "jsonl"])
+    seqs_of(&dump(config, &["--format", "jsonl"]))
+}
+
+/// The `seq` of every reading in a `dump --format jsonl`.
+pub fn seqs_of(jsonl: &str) -> Vec<u64> {
+    jsonl
         .lines()
         .map(|l| {
             serde_json::from_str::<serde_json::Value>(l).expect("jsonl")["seq"]
@@ -1121,4 +1131,99 @@ pub fn cpu_seconds(pid: i32) -> f64 {
     let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
     // SAFETY: sysconf has no preconditions.
     ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+// ---------------------------------------------------------------- a small disk
+
+/// A tmpfs of a fixed size, mounted in a mount namespace of its own (the
+/// host's mounts are untouched), for filling a disk for real. A holder
+/// process keeps the namespace alive across daemon restarts; everything that
+/// should see the disk runs in it through [`SmallDisk::command`].
+pub struct SmallDisk {
+    /// The mount point, the same path inside the namespace (outside it is an
+    /// empty folder).
+    pub dir: tempfile::TempDir,
+    holder: Proc,
+}
+
+impl SmallDisk {
+    pub fn new(size: &str) -> SmallDisk {
+        require("unshare", "util-linux");
+        require("nsenter", "util-linux");
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Mounted by the holder itself, after unshare: nothing reaches the
+        // host's namespace, even if this test dies half-way.
+        let holder = Proc::spawn(
+            "small-disk",
+            Command::new("unshare")
+                .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+                .arg(format!(
+                    "mount -t tmpfs -o size={size},mode=0700 roomsense-test \"$1\" && echo mounted >&2 && exec sleep 3600"
+                ))
+                .arg("sh")
+                .arg(dir.path()),
+        );
+        holder.log.wait_for(&["mounted"]);
+        SmallDisk { dir, holder }
+    }
+
+    /// `program` run inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg("-t")
+            .arg(self.holder.pid().to_string())
+            .args(["-m", "--", program]);
+        cmd
+    }
+
+    /// Fills what is left of the disk with one file.
+    pub fn fill(&self) {
+        let filler = self.dir.path().join("filler");
+        // dd stops with "No space left on device" (a failure exit): expected.
+        let out = self
+            .command("dd")
+            .arg("if=/dev/zero")
+            .arg(format!("of={}", filler.display()))
+            .arg("bs=64k")
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            said.contains("No space left"),
+            "dd did not fill the disk: {said}"
+        );
+    }
+
+    /// Gives the space back.
+    pub fn free(&self) {
+        let status = self
+            .command("rm")
+            .arg(self.dir.path().join("filler"))
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// aggregatord started on this disk, as [`start_daemon`] does.
+    pub fn start_aggregatord(&self, config: &Path) -> Proc {
+        Proc::spawn(
+            "aggregatord",
+            self.command(AGGREGATORD)
+                .arg("--config")
+                .arg(config)
+                .env("RUST_LOG", "info,roomsense=debug")
+                .env_remove("JOURNAL_STREAM")
+                .env_remove("NOTIFY_SOCKET"),
+        )
+    }
+
+    /// The `seq` of every stored reading, as [`stored_seqs`] reads them.
+    pub fn stored_seqs(&self, config: &Path) -> Vec<u64> {
+        seqs_of(&stdout_of(
+            self.command(AGGREGATORD)
+                .arg("--config")
+                .arg(config)
+                .args(["dump", "--format", "jsonl"]),
+        ))
+    }
 }
