@@ -39,6 +39,9 @@ pub struct Metrics {
     pub connected: AtomicBool,
     /// False after a failed write or flush, until one succeeds again.
     pub storage_ok: AtomicBool,
+    /// Damaged regions of acknowledged data that opening the store found
+    /// (`Store::damage`; each logged with file and offset).
+    pub storage_damage: AtomicU64,
     /// Browsers following `/events` now (up on connect, down when the stream ends).
     pub dashboard_clients: AtomicI64,
     /// Sensors and rooms known (see census.rs for the caps).
@@ -182,6 +185,11 @@ impl Metrics {
             "storage_ok",
             "1 while storage accepts writes.",
             i64::from(self.storage_ok.load(Relaxed)),
+        );
+        gauge(
+            "storage_damage",
+            "Damaged regions of acknowledged data found in the store's files since start (each logged with file and offset; the files are kept as *.damaged).",
+            i64::try_from(self.storage_damage.load(Relaxed)).unwrap_or(i64::MAX),
         );
         gauge(
             "dashboard_clients",

@@ -6,23 +6,27 @@
 //! - `topic_ids`, `topic_names`, `chunks`: the readings, each topic's history in
 //!   time order, many readings per sled value (`readings.rs`, `chunk.rs`). A
 //!   reading's identity is (topic, timestamp, seq): storing is idempotent.
-//! - `journal`, `folded`: readings not yet in chunks, one record per batch,
-//!   and each topic's fold mark (`readings.rs`).
+//! - the journal: readings not yet in chunks, one checksummed record per
+//!   batch, in files of our own, `<storage>/wal/` (`wal.rs`); `folded`, each
+//!   topic's fold mark, and `meta`, how far the journal was synced (`readings.rs`).
 //! - `rejected`: the latest [`REJECTED_KEEP`] refused messages, for inspection.
 //! - `alerts_*`: active alerts, their history, and the publish outbox.
 //! - `readings`: the one-key-per-reading layout of earlier versions (`codec.rs`),
 //!   moved into chunks when the store is opened.
 //!
 //! Durability: sled's background flush is switched off; [`Store::flush`] is the
-//! one place data reaches the disk, and ingest acknowledges only after it.
+//! one place data reaches the disk (the journal's `fdatasync`, then sled's),
+//! and ingest acknowledges only after it.
 
 mod chunk;
 mod codec;
 mod query;
 mod readings;
+mod wal;
 
 pub use query::Query;
 pub use readings::ReadingWriter;
+pub use wal::Damage;
 
 use crate::contract::{Alert, AlertState, Reading, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -47,6 +51,12 @@ pub enum StoreError {
     /// A sled operation failed; after an I/O error sled refuses writes until [`Store::reopen`].
     #[error("storage: {0}")]
     Sled(#[from] sled::Error),
+    /// A file of our own (the journal) could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The database is closed for a reopen, or the last reopen failed: try again later.
     #[error("{}: storage is being reopened", path.display())]
     Reopening { path: PathBuf },
@@ -66,6 +76,7 @@ impl StoreError {
                 source: sled::Error::Io(_),
                 ..
             } | StoreError::Sled(sled::Error::Io(_))
+                | StoreError::Io { .. }
         )
     }
 }
@@ -137,6 +148,8 @@ pub struct Store {
     /// Entries in the `rejected` tree, so that inserting can trim it to [`REJECTED_KEEP`]
     /// without counting (sled's `len` scans the whole tree).
     rejected_len: Arc<AtomicU64>,
+    /// Damage to acknowledged data found by every open since this one.
+    damage: Arc<RwLock<Vec<Damage>>>,
 }
 
 #[derive(Clone)]
@@ -145,8 +158,8 @@ struct Trees {
     db: sled::Db,
     /// sled's log file, opened again by us only to fdatasync it (see [`Store::flush`]).
     log: Arc<std::fs::File>,
-    /// `topic_ids`, `topic_names`, `chunks`, `journal` and `folded`: the
-    /// readings (`readings.rs`).
+    /// `topic_ids`, `topic_names`, `chunks`, `folded`, `meta` and the
+    /// journal's files: the readings (`readings.rs`).
     readings: readings::Readings,
     /// Id (big-endian, so oldest first) → [`RejectedMessage`] as JSON; at most
     /// [`REJECTED_KEEP`] entries.
@@ -162,6 +175,9 @@ struct Trees {
 /// sled 0.34's log, in the database folder: all our data goes through it
 /// (values are far below the size sled moves to separate blob files).
 const SLED_LOG: &str = "db";
+
+/// The journal's folder, in the database folder.
+const WAL_DIR: &str = "wal";
 
 /// The database is the building's history: readable by its owner only,
 /// whatever the umask (with 022 a local user once copied and dumped it). The
@@ -206,7 +222,8 @@ fn remove_unfinished_snapshots(path: &Path) -> std::io::Result<()> {
 }
 
 impl Trees {
-    fn open(path: &Path) -> Result<Trees, StoreError> {
+    /// Opens the database; also returns the damage its journal had.
+    fn open(path: &Path) -> Result<(Trees, Vec<Damage>), StoreError> {
         private_folder(path).map_err(|source| open_error(path, source.into()))?;
         remove_unfinished_snapshots(path).map_err(|source| open_error(path, source.into()))?;
         let db = sled::Config::new()
@@ -219,9 +236,10 @@ impl Trees {
         let log = std::fs::File::open(path.join(SLED_LOG))
             .map(Arc::new)
             .map_err(|e| open_error(path, sled::Error::Io(e)))?;
+        let (readings, damage) = readings::Readings::open(&db, &path.join(WAL_DIR))?;
         let trees = Trees {
             log,
-            readings: readings::Readings::open(&db)?,
+            readings,
             rejected: db.open_tree("rejected")?,
             alerts_active: db.open_tree("alerts_active")?,
             alerts_log: db.open_tree("alerts_log")?,
@@ -229,7 +247,21 @@ impl Trees {
             db,
         };
         trees.migrate()?;
-        Ok(trees)
+        if !damage.is_empty() {
+            for d in &damage {
+                if d.lost {
+                    tracing::error!(damage = %d, "STORAGE DAMAGED: acknowledged readings lost");
+                } else {
+                    tracing::warn!(damage = %d, "STORAGE DAMAGED: nothing lost");
+                }
+            }
+            // What could be read of the damaged files is in chunks now
+            // (replay folds everything): made durable, then the files set aside.
+            trees.db.flush()?;
+            trees.log.sync_data().map_err(sled::Error::Io)?;
+            trees.readings.quarantine()?;
+        }
+        Ok((trees, damage))
     }
 
     /// Moves readings stored one per key (before chunks) into chunks, then
@@ -273,14 +305,24 @@ impl Trees {
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let trees = Trees::open(path)?;
+        let (trees, damage) = Trees::open(path)?;
         // Bounded by REJECTED_KEEP, so counting once at open is cheap.
         let rejected_len = Arc::new(AtomicU64::new(trees.rejected.len() as u64));
         Ok(Store {
             path: path.to_owned(),
             trees: Arc::new(RwLock::new(Some(trees))),
             rejected_len,
+            damage: Arc::new(RwLock::new(damage)),
         })
+    }
+
+    /// Damage to acknowledged data that the opens of this store found (each
+    /// is also logged, with file and offset, when found).
+    pub fn damage(&self) -> Vec<Damage> {
+        self.damage
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     fn trees(&self) -> Result<Trees, StoreError> {
@@ -303,7 +345,11 @@ impl Store {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Drop ours first: sled's lock on the folder goes with the last handle.
         *trees = None;
-        let fresh = Trees::open(&self.path)?;
+        let (fresh, damage) = Trees::open(&self.path)?;
+        self.damage
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(damage);
         self.rejected_len
             .store(fresh.rejected.len() as u64, Ordering::Release);
         *trees = Some(fresh);
@@ -438,8 +484,12 @@ impl Store {
     /// checks that every batch gets one).
     pub fn flush(&self) -> Result<usize, StoreError> {
         let t = self.trees()?;
+        // The journal first: sled's copy of how far it reaches must never
+        // be ahead of it.
+        let floor = t.readings.sync()?;
         let bytes = t.db.flush()?;
         t.log.sync_data().map_err(sled::Error::Io)?;
+        t.readings.made_durable(floor);
         Ok(bytes)
     }
 
@@ -457,7 +507,7 @@ impl Store {
         }
         Ok(Footprint {
             data_bytes,
-            disk_bytes: t.db.size_on_disk()?,
+            disk_bytes: t.db.size_on_disk()? + t.readings.log_bytes(),
         })
     }
 

@@ -4,22 +4,26 @@
 //! validates nothing: a reading's identity is all it judges.
 //!
 //! Trees: `topic_ids` (topic → id u32 BE), `topic_names` (id → topic),
-//! `chunks`, and `journal`. Ingest writes through a [`ReadingWriter`]. Readings
+//! `chunks`, `folded`; and the journal, in files of our own (`wal.rs`).
+//! Ingest writes through a [`ReadingWriter`]. Readings
 //! newer than anything stored for their topic (nearly all of them) are written
-//! once per batch, all topics together, as one journal record (one sled write
+//! once per batch, all topics together, as one journal record (one append
 //! per batch, not one chunk rewrite per topic: flash wear, issue 15). They stay
 //! in memory as their topic's *tail* until it holds a chunk's worth (or has
-//! waited `FOLD_AFTER`), and are then folded into a chunk in one write; the
-//! record goes once all its readings are folded and that fold is flushed. An
+//! waited `FOLD_AFTER`), and are then folded into a chunk in one write; a
+//! log file goes once all its records' readings are folded and that is
+//! flushed (one file late, see `wal.rs`). An
 //! older reading (a redelivery, a late one) is looked up in the one chunk, or
 //! the tail, that could hold it. Reads see chunks, then the tail; a restart
 //! rebuilds the tails from the journal (`replay`).
 
 use super::chunk::{self, Entry, Pos, CHUNK_MAX};
+use super::wal::{Damage, Position, Wal};
 use super::{Inserted, Query, StoreError, StoredReading};
 use crate::contract::{Reading, Timestamp};
 use sled::Transactional;
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -36,9 +40,11 @@ pub(super) struct Readings {
     names: sled::Tree,
     /// `chunks`: key of a chunk's first reading (topic id, time, seq) → the chunk.
     chunks: sled::Tree,
-    /// `journal`: record number (u64 BE) → one batch's new readings, per topic
-    /// (see [`encode_record`]); removed once all of them are in chunks.
-    journal: sled::Tree,
+    /// `journal`: where versions before the log files kept it (record number,
+    /// u64 BE → record); replayed and emptied at open.
+    old_journal: sled::Tree,
+    /// `meta`: [`WAL_COMMITTED`], how far the log was synced at the last flush.
+    meta: sled::Tree,
     /// `folded`: topic id → the newest position folded into its chunks, written
     /// with the fold (one transaction). Replay skips what is at or below it,
     /// even after retention has deleted it from the chunks.
@@ -52,6 +58,16 @@ pub(super) struct Readings {
 }
 
 struct State {
+    /// The journal: each batch's new readings, one record per batch.
+    wal: Wal,
+    /// Topics created since the last record: the next one names them, so
+    /// that replay can recreate a name sled lost with its last flushes.
+    new_names: Vec<(u32, String)>,
+    /// The oldest record still needed as of the last flush: log files wholly
+    /// below it may go.
+    durable_floor: u64,
+    /// The log position last written to `meta`.
+    committed: Option<Position>,
     /// Topics written since open (read from disk on first write), so a reading newer
     /// than its topic's last needs no lookup.
     topics: HashMap<String, TopicState>,
@@ -63,10 +79,6 @@ struct State {
     records: BTreeMap<u64, usize>,
     /// The next journal record's number.
     next_record: u64,
-    /// Records whose readings are all folded: removed by the next batch, after
-    /// the flush that made the fold durable (a crash before it replays them,
-    /// which finds their readings in chunks).
-    spent: Vec<u64>,
     /// When each tail started, oldest first: what `FOLD_AFTER` looks at
     /// (entries of tails folded since are skipped).
     started: VecDeque<(Instant, u32)>,
@@ -103,7 +115,12 @@ struct TopicState {
 }
 
 impl Readings {
-    pub(super) fn open(db: &sled::Db) -> Result<Readings, StoreError> {
+    /// Opens the readings' trees in `db` and the log in `wal_dir`, and replays
+    /// the log; returns the damage the log had (reported, never passed over).
+    pub(super) fn open(
+        db: &sled::Db,
+        wal_dir: &Path,
+    ) -> Result<(Readings, Vec<Damage>), StoreError> {
         let names = db.open_tree("topic_names")?;
         let next_id = match names.last()? {
             Some((k, _)) => id_of(&k)?
@@ -111,75 +128,183 @@ impl Readings {
                 .ok_or_else(|| corrupt(&k, "topic ids exhausted"))?,
             None => 0,
         };
+        let meta = db.open_tree("meta")?;
+        let committed = meta
+            .get(WAL_COMMITTED)?
+            .map(|v| Position::decode(&v).ok_or_else(|| corrupt(WAL_COMMITTED, "bad log position")))
+            .transpose()?;
+        // The live part of the log is minutes of readings: read it whole.
+        let mut frames = Vec::new();
+        let (wal, damage) = Wal::open(wal_dir, committed, |record, body| {
+            frames.push((record, body.to_vec()));
+            Ok(())
+        })?;
         let readings = Readings {
             ids: db.open_tree("topic_ids")?,
             names,
             chunks: db.open_tree("chunks")?,
-            journal: db.open_tree("journal")?,
+            old_journal: db.open_tree("journal")?,
+            meta,
             folded: db.open_tree("folded")?,
             state: Arc::new(Mutex::new(State {
+                wal,
+                new_names: Vec::new(),
+                durable_floor: 0,
+                committed,
                 topics: HashMap::new(),
                 next_id,
                 tails: HashMap::new(),
                 records: BTreeMap::new(),
                 next_record: 0,
-                spent: Vec::new(),
                 started: VecDeque::new(),
             })),
             fold_after: FOLD_AFTER,
         };
-        readings.replay()?;
-        Ok(readings)
+        readings.replay(frames)?;
+        Ok((readings, damage))
     }
 
     /// Rebuilds the tails from the journal and folds them: a record's
     /// readings newer than their topic's chunks are its tail again; those at
     /// or below were folded before the restart (a fold writes a topic's whole
-    /// tail in one batch), so a record with none left goes.
-    fn replay(&self) -> Result<(), StoreError> {
+    /// tail in one batch). Records kept in sled by earlier versions are
+    /// replayed first, then removed.
+    fn replay(&self, frames: Vec<(u64, Vec<u8>)>) -> Result<(), StoreError> {
         let mut state = self.lock();
         let now = Instant::now();
         let mut folded: HashMap<u32, Option<Pos>> = HashMap::new();
-        for kv in &self.journal {
+        let mut old = Vec::new();
+        for kv in &self.old_journal {
             let (k, v) = kv?;
             let record = record_of(&k)?;
-            state.next_record = record + 1;
-            let mut left = 0;
-            for (id, entries) in decode_record(&k, &v)? {
-                let max = if let Some(max) = folded.get(&id) {
-                    *max
-                } else {
-                    let max = self.folded_to(id, &k)?.max(self.last_chunk_max(id, &k)?);
-                    folded.insert(id, max);
-                    max
-                };
-                let name = match self.names.get(id.to_be_bytes())? {
-                    Some(n) => String::from_utf8_lossy(&n).into_owned(),
-                    None => return Err(corrupt(&k, "journal names an unknown topic")),
-                };
-                for e in entries {
-                    if max.is_some_and(|max| e.pos() <= max) {
-                        continue;
-                    }
-                    if add_to_tail(&mut state, id, &name, record, e, now) {
-                        left += 1;
-                    }
-                }
-            }
-            if left == 0 {
-                self.journal.remove(&k)?;
-            } else {
-                state.records.insert(record, left);
-            }
+            self.replay_record(&mut state, &mut folded, record, &k, &v, now)?;
+            old.push(k);
         }
+        for (record, body) in frames {
+            self.replay_record(
+                &mut state,
+                &mut folded,
+                record,
+                &record.to_be_bytes(),
+                &body,
+                now,
+            )?;
+        }
+        state.next_record = state.next_record.max(state.wal.next_record());
         // Folded now, not when they would have waited FOLD_AFTER: their
         // clocks restart at open, so in a restart loop slow sensors' tails
-        // would never come due and the journal would grow.
+        // would never come due and the log would grow.
         let ids: Vec<u32> = state.tails.keys().copied().collect();
         for id in ids {
             self.fold(&mut state, id)?;
         }
+        // Their readings are all in chunks now, written to this same sled
+        // before the removal: a crash keeps the removal only with them
+        // (sled recovers a prefix of its log).
+        for k in old {
+            self.old_journal.remove(k)?;
+        }
         Ok(())
+    }
+
+    /// Puts one record's readings that are not yet folded back in their tails.
+    fn replay_record(
+        &self,
+        state: &mut State,
+        folded: &mut HashMap<u32, Option<Pos>>,
+        record: u64,
+        context: &[u8],
+        body: &[u8],
+        now: Instant,
+    ) -> Result<(), StoreError> {
+        state.next_record = state.next_record.max(record + 1);
+        let decoded = decode_record(context, body)?;
+        for (id, name) in decoded.names {
+            self.restore_name(state, id, &name)?;
+        }
+        let mut left = 0;
+        for (id, entries) in decoded.topics {
+            let max = if let Some(max) = folded.get(&id) {
+                *max
+            } else {
+                let max = self
+                    .folded_to(id, context)?
+                    .max(self.last_chunk_max(id, context)?);
+                folded.insert(id, max);
+                max
+            };
+            let name = match self.names.get(id.to_be_bytes())? {
+                Some(n) => String::from_utf8_lossy(&n).into_owned(),
+                None => return Err(corrupt(context, "journal names an unknown topic")),
+            };
+            for e in entries {
+                if max.is_some_and(|max| e.pos() <= max) {
+                    continue;
+                }
+                if add_to_tail(state, id, &name, record, e, now) {
+                    left += 1;
+                }
+            }
+        }
+        if left > 0 {
+            state.records.insert(record, left);
+        }
+        Ok(())
+    }
+
+    /// A topic the log names but sled does not know: sled lost its last
+    /// flushes (a cut or damaged file). Its name comes back from the log.
+    fn restore_name(&self, state: &mut State, id: u32, name: &str) -> Result<(), StoreError> {
+        if self.names.get(id.to_be_bytes())?.is_some() {
+            return Ok(());
+        }
+        tracing::warn!(
+            topic = name,
+            id,
+            "topic restored from the log: the database had lost it"
+        );
+        self.names.insert(id.to_be_bytes(), name.as_bytes())?;
+        self.ids.insert(name, &id.to_be_bytes())?;
+        state.next_id = state.next_id.max(id.saturating_add(1));
+        Ok(())
+    }
+
+    /// Syncs the log (the batch's `fdatasync`) and notes in `meta` how far
+    /// it reaches, for the flush that follows to make durable. Returns the
+    /// oldest record still needed now: once that flush is done, hand it to
+    /// [`Readings::made_durable`].
+    pub(super) fn sync(&self) -> Result<u64, StoreError> {
+        let mut state = self.lock();
+        let floor = state
+            .records
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(state.next_record);
+        let pos = state.wal.sync(floor)?;
+        if state.committed != Some(pos) {
+            self.meta.insert(WAL_COMMITTED, &pos.encode()[..])?;
+            state.committed = Some(pos);
+        }
+        Ok(floor)
+    }
+
+    /// The flush after [`Readings::sync`] is done: log files wholly below
+    /// `floor` may go.
+    pub(super) fn made_durable(&self, floor: u64) {
+        let mut state = self.lock();
+        state.durable_floor = state.durable_floor.max(floor);
+    }
+
+    /// Sets aside the log files found damaged at open: call once what could
+    /// be read of them is flushed into chunks.
+    pub(super) fn quarantine(&self) -> Result<(), StoreError> {
+        self.lock().wal.quarantine()
+    }
+
+    /// Bytes in the log's files.
+    pub(super) fn log_bytes(&self) -> u64 {
+        self.lock().wal.disk_bytes()
     }
 
     /// The newest position folded into topic `id`'s chunks.
@@ -271,7 +396,6 @@ impl Readings {
                 *left -= 1;
                 if *left == 0 {
                     state.records.remove(record);
-                    state.spent.push(*record);
                 }
             }
         }
@@ -323,6 +447,7 @@ impl Readings {
             // a chunk without its name.
             self.names.insert(id.to_be_bytes(), name.as_bytes())?;
             self.ids.insert(name, &id.to_be_bytes())?;
+            state.new_names.push((id, name.to_owned()));
             TopicState { id, max: None }
         };
         state.topics.insert(name.to_owned(), t);
@@ -639,13 +764,8 @@ impl ReadingWriter {
     pub fn finish(self) -> Result<(), StoreError> {
         let readings = &self.readings;
         let mut state = readings.lock();
-        // Their folds were written before this batch's writes, so a crash
-        // keeps this removal only with them (sled recovers a prefix of its
-        // log). Each leaves the list only once removed.
-        while let Some(&record) = state.spent.last() {
-            readings.journal.remove(record.to_be_bytes())?;
-            state.spent.pop();
-        }
+        let floor = state.durable_floor;
+        state.wal.remove_spent(floor)?;
         let record = state.next_record;
         let now = Instant::now();
         let mut journaled = Vec::new();
@@ -671,9 +791,9 @@ impl ReadingWriter {
         if added == 0 {
             return readings.fold_waiting(&mut state, now);
         }
-        readings
-            .journal
-            .insert(record.to_be_bytes(), encode_record(&journaled))?;
+        let body = encode_record(&state.new_names, &journaled);
+        state.wal.append(record, &body)?;
+        state.new_names.clear();
         // Only now, with the record written, do the tails hold its readings.
         state.records.insert(record, added);
         state.next_record += 1;
@@ -740,22 +860,43 @@ fn add_to_tail(
     true
 }
 
-/// A journal record (version 1): `0x01 | base time i64 LE`, then per topic
-/// `id varint | first time - base (zigzag varint) | first seq varint |
-/// length varint | entries (chunk::encode_entries)`. A batch's readings are
-/// mostly one per topic, so the per-topic part is kept to a few bytes.
-/// Records of the first layout (per topic: chunk key, length u32 LE, a
-/// version 2 chunk) start with a topic id's top byte, 0, and are still read.
+/// A journal record (version 2): `0x02 | base time i64 LE | count varint`
+/// and that many topics created in this batch, each `id varint | length
+/// varint | name`; then per topic `id varint | first time - base (zigzag
+/// varint) | first seq varint | length varint | entries
+/// (chunk::encode_entries)`. A batch's readings are mostly one per topic, so
+/// the per-topic part is kept to a few bytes. Version 1 (no names) and the
+/// first layout (per topic: chunk key, length u32 LE, a version 2 chunk,
+/// starting with a topic id's top byte, 0) are still read, from stores that
+/// kept the journal in sled.
 const RECORD_V1: u8 = 1;
+const RECORD_V2: u8 = 2;
 
-fn encode_record(topics: &[(u32, String, Vec<Entry>)]) -> Vec<u8> {
+/// `meta` key: the log's [`Position`] at the last flush.
+const WAL_COMMITTED: &[u8] = b"wal_committed";
+
+/// A decoded journal record.
+struct Record {
+    /// Topics created in its batch.
+    names: Vec<(u32, String)>,
+    /// Per topic id, its new readings.
+    topics: Vec<(u32, Vec<Entry>)>,
+}
+
+fn encode_record(names: &[(u32, String)], topics: &[(u32, String, Vec<Entry>)]) -> Vec<u8> {
     let base = topics
         .iter()
         .find_map(|(_, _, es)| es.first())
         .map_or(0, |e| e.time);
     let mut v = Vec::with_capacity(16 + topics.len() * 16);
-    v.push(RECORD_V1);
+    v.push(RECORD_V2);
     v.extend_from_slice(&base.to_le_bytes());
+    chunk::varint(&mut v, names.len() as u64);
+    for (id, name) in names {
+        chunk::varint(&mut v, u64::from(*id));
+        chunk::varint(&mut v, name.len() as u64);
+        v.extend_from_slice(name.as_bytes());
+    }
     let mut entries = Vec::new();
     for (id, _, es) in topics {
         let Some(first) = es.first() else {
@@ -773,14 +914,30 @@ fn encode_record(topics: &[(u32, String, Vec<Entry>)]) -> Vec<u8> {
     v
 }
 
-fn decode_record(k: &[u8], v: &[u8]) -> Result<Vec<(u32, Vec<Entry>)>, StoreError> {
-    if v.first() != Some(&RECORD_V1) {
-        return decode_record_v0(k, v);
+fn decode_record(k: &[u8], v: &[u8]) -> Result<Record, StoreError> {
+    let version = v.first().copied();
+    if version != Some(RECORD_V1) && version != Some(RECORD_V2) {
+        return Ok(Record {
+            names: Vec::new(),
+            topics: decode_record_v0(k, v)?,
+        });
     }
     let bad = |e: chunk::ChunkError| corrupt(k, e);
     let mut r = chunk::Reader(&v[1..]);
     let base = i64::from_le_bytes(r.take::<8>().map_err(bad)?);
-    let mut out = Vec::new();
+    let mut names = Vec::new();
+    if version == Some(RECORD_V2) {
+        for _ in 0..r.varint().map_err(bad)? {
+            let id = u32::try_from(r.varint().map_err(bad)?)
+                .map_err(|_| corrupt(k, "bad topic id in journal record"))?;
+            let len = usize::try_from(r.varint().map_err(bad)?)
+                .map_err(|_| corrupt(k, "truncated journal record"))?;
+            let name = std::str::from_utf8(r.bytes(len).map_err(bad)?)
+                .map_err(|_| corrupt(k, "topic name is not UTF-8"))?;
+            names.push((id, name.to_owned()));
+        }
+    }
+    let mut topics = Vec::new();
     while !r.0.is_empty() {
         let id = u32::try_from(r.varint().map_err(bad)?)
             .map_err(|_| corrupt(k, "bad topic id in journal record"))?;
@@ -789,9 +946,9 @@ fn decode_record(k: &[u8], v: &[u8]) -> Result<Vec<(u32, Vec<Entry>)>, StoreErro
         let len = usize::try_from(r.varint().map_err(bad)?)
             .map_err(|_| corrupt(k, "truncated journal record"))?;
         let body = r.bytes(len).map_err(bad)?;
-        out.push((id, chunk::decode_entries((time, seq), body).map_err(bad)?));
+        topics.push((id, chunk::decode_entries((time, seq), body).map_err(bad)?));
     }
-    Ok(out)
+    Ok(Record { names, topics })
 }
 
 /// The first record layout: per topic, chunk key, length (u32 LE), chunk.
@@ -1074,6 +1231,10 @@ fn corrupt(key: impl AsRef<[u8]>, message: impl std::fmt::Display) -> StoreError
 mod tests {
     use super::*;
 
+    fn open(db: &sled::Db, dir: &Path) -> Readings {
+        Readings::open(db, &dir.join("wal")).unwrap().0
+    }
+
     fn reading(seq: u64) -> StoredReading {
         StoredReading {
             topic: "building/floor1/room101/temperature/temp_001".into(),
@@ -1099,7 +1260,7 @@ mod tests {
     fn batches_top_up_chunks_to_at_most_chunk_max() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let readings = Readings::open(&db).unwrap();
+        let readings = open(&db, dir.path());
         let mut seq = 0;
         for batch in [1, 64, 3, 7, 50, 1, 130, 2] {
             let mut writer = readings.writer();
@@ -1128,13 +1289,13 @@ mod tests {
     }
 
     /// A tail that waits `fold_after` is folded however small it is, and the
-    /// journal records it pinned go (after the next batch); a restart then
-    /// finds the readings in chunks, once.
+    /// journal record it pinned is no longer needed; a restart then finds the
+    /// readings in chunks, once.
     #[test]
     fn a_small_tail_is_folded_after_a_while_and_its_record_goes() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let mut readings = Readings::open(&db).unwrap();
+        let mut readings = open(&db, dir.path());
         readings.fold_after = Duration::ZERO;
         let mut writer = readings.writer();
         for seq in 1..=3 {
@@ -1143,11 +1304,9 @@ mod tests {
         writer.finish().unwrap();
         assert!(readings.lock().tails.is_empty(), "folded at once");
         assert_eq!(readings.chunks.len(), 1);
-        assert_eq!(readings.journal.len(), 1, "kept until the fold is flushed");
-        readings.writer().finish().unwrap();
-        assert_eq!(readings.journal.len(), 0);
+        assert!(readings.lock().records.is_empty());
         drop(readings);
-        let again = Readings::open(&db).unwrap();
+        let again = open(&db, dir.path());
         assert!(again.lock().tails.is_empty());
         let seqs: Vec<u64> = again
             .select(&Query::default())
@@ -1164,7 +1323,7 @@ mod tests {
     fn a_restart_rebuilds_tails_from_the_journal() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let readings = Readings::open(&db).unwrap();
+        let readings = open(&db, dir.path());
         let mut writer = readings.writer();
         for seq in [2, 1, 3] {
             writer.insert(&reading(seq)).unwrap();
@@ -1172,13 +1331,17 @@ mod tests {
         writer.finish().unwrap();
         assert_eq!(readings.chunks.len(), 0, "nothing folded yet");
         drop(readings);
-        let again = Readings::open(&db).unwrap();
+        let again = open(&db, dir.path());
         assert!(again.lock().tails.is_empty(), "folded at open");
         let mut writer = again.writer();
         assert_eq!(writer.insert(&reading(2)).unwrap(), Inserted::Duplicate);
         assert_eq!(writer.insert(&reading(4)).unwrap(), Inserted::New);
         writer.finish().unwrap();
-        assert_eq!(again.journal.len(), 1, "only reading 4's record is left");
+        assert_eq!(
+            again.lock().records.len(),
+            1,
+            "only reading 4's record is needed"
+        );
         let seqs: Vec<u64> = again
             .select(&Query::default())
             .map(|r| r.unwrap().reading.seq.unwrap())
@@ -1192,29 +1355,55 @@ mod tests {
     fn a_first_layout_journal_record_is_replayed() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let readings = Readings::open(&db).unwrap();
+        let readings = open(&db, dir.path());
         let mut writer = readings.writer();
         writer.insert(&reading(1)).unwrap();
         writer.finish().unwrap();
-        // Rewrite the record as the first layout had it.
-        let (k, v) = readings.journal.first().unwrap().unwrap();
-        let mut topics = decode_record(&k, &v).unwrap();
-        let (id, mut entries) = topics.remove(0);
-        let mut more = Implied::of(&reading(2).topic).entry(&reading(2));
-        more.received_at = entries[0].received_at;
-        entries.push(more);
+        // A record as the first layout had it, where versions before the
+        // log files kept the journal: in sled.
+        let id = readings.lock().topics[&reading(1).topic].id;
+        let topic = reading(2).topic;
+        let implied = Implied::of(&topic);
+        let entries = vec![implied.entry(&reading(2)), implied.entry(&reading(3))];
         let chunk = chunk::encode_v2(&entries);
         let mut old = chunk::key(id, entries[0].pos()).to_vec();
         old.extend_from_slice(&u32::try_from(chunk.len()).unwrap().to_le_bytes());
         old.extend_from_slice(&chunk);
-        readings.journal.insert(&k, old).unwrap();
+        readings
+            .old_journal
+            .insert(1000u64.to_be_bytes(), old)
+            .unwrap();
         drop(readings);
-        let again = Readings::open(&db).unwrap();
+        let again = open(&db, dir.path());
         let seqs: Vec<u64> = again
             .select(&Query::default())
             .map(|r| r.unwrap().reading.seq.unwrap())
             .collect();
-        assert_eq!(seqs, vec![1, 2]);
+        assert_eq!(seqs, vec![1, 2, 3]);
+        assert!(again.old_journal.is_empty(), "replayed, then removed");
+    }
+
+    /// sled lost its last flushes (a cut file) with a new topic's name in
+    /// them: the log names it, and its readings come back under it.
+    #[test]
+    fn a_topic_sled_lost_comes_back_from_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let readings = open(&db, dir.path());
+        let mut writer = readings.writer();
+        writer.insert(&reading(1)).unwrap();
+        writer.finish().unwrap();
+        let floor = readings.sync().unwrap();
+        readings.made_durable(floor);
+        drop(readings);
+        db.open_tree("topic_names").unwrap().clear().unwrap();
+        db.open_tree("topic_ids").unwrap().clear().unwrap();
+        let again = open(&db, dir.path());
+        let stored: Vec<StoredReading> = again
+            .select(&Query::default())
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(stored, vec![reading(1)]);
     }
 
     /// When the newest chunk moved on under a writer (here: another writer
@@ -1225,7 +1414,7 @@ mod tests {
     fn a_writer_overtaken_on_disk_still_stores_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let readings = Readings::open(&db).unwrap();
+        let readings = open(&db, dir.path());
         let mut first = readings.writer();
         first.insert(&reading(1)).unwrap();
         first.finish().unwrap();

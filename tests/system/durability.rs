@@ -374,10 +374,11 @@ fn field(line: &str, key: &str) -> u64 {
 /// "On disk" means surviving a power cut, not only a crash of aggregatord:
 /// sled's flush ends in `sync_file_range`, which leaves the drive's write
 /// cache and the file's size uncommitted (spacejam/sled#1452). Every batch
-/// must therefore be followed by an `fdatasync` of sled's log before its
-/// acknowledgements go out. Seen from outside with strace: at least one per
-/// batch fsync that aggregatord counts. (A power cut itself cannot be made on
-/// loopback; dropping the fdatasync from `Store::flush` fails this test.)
+/// must therefore be followed by an `fdatasync` of sled's log, and of the
+/// journal file its new readings went to, before its acknowledgements go
+/// out. Seen from outside with strace: at least one of each per batch fsync
+/// that aggregatord counts. (A power cut itself cannot be made on loopback;
+/// dropping either fdatasync from `Store::flush` fails this test.)
 #[test]
 fn every_batch_is_fdatasynced_not_only_sync_file_range() {
     require("strace", "strace");
@@ -395,7 +396,7 @@ fn every_batch_is_fdatasynced_not_only_sync_file_range() {
                 "-qq",
                 "-y",
                 "-e",
-                "trace=fdatasync,fsync,sync_file_range",
+                "trace=fdatasync,fsync,sync_file_range,write",
                 "-o",
             ])
             .arg(&trace)
@@ -430,20 +431,45 @@ fn every_batch_is_fdatasynced_not_only_sync_file_range() {
     assert!(agg.wait().success());
     let log = storage.path().join("db");
     let traced = std::fs::read_to_string(&trace).unwrap();
-    let synced = traced
+    let synced = |file: &str| {
+        traced
+            .lines()
+            .filter(|l| l.contains("fdatasync(") && l.contains(file))
+            .filter(|l| l.trim_end().ends_with("= 0"))
+            .count() as u64
+    };
+    let sled_log = format!("<{}>", log.display());
+    let journal = format!("<{}/", storage.path().join("wal").display());
+    // What the journal got written is synced before sled's log is (the
+    // flush that precedes the acks): walk the calls in order.
+    let (mut unsynced, mut journal_synced, mut sled_synced_after_unsynced) = (false, 0u64, 0u64);
+    for l in traced
         .lines()
-        .filter(|l| l.contains("fdatasync(") && l.contains(&format!("<{}>", log.display())))
-        .filter(|l| l.trim_end().ends_with("= 0"))
-        .count() as u64;
+        .filter(|l| l.trim_end().ends_with(|c: char| c.is_ascii_digit()))
+    {
+        if l.contains(&journal) && l.contains("write(") {
+            unsynced = true;
+        } else if l.contains(&journal) && (l.contains("fdatasync(") || l.contains(" fsync(")) {
+            unsynced = false;
+            journal_synced += 1;
+        } else if l.contains(&sled_log) && l.contains("fdatasync(") && unsynced {
+            sled_synced_after_unsynced += 1;
+        }
+    }
+    let sled_synced = synced(&sled_log);
     record(
         "fdatasync_per_batch",
-        "300 QoS 1 readings stored under strace: fdatasync calls on sled's log against the batch fsyncs aggregatord counted",
-        serde_json::json!({ "batches": batches, "fdatasync_of_sled_log": synced }),
+        "300 QoS 1 readings stored under strace: fdatasync calls on sled's log and on the journal against the batch fsyncs aggregatord counted",
+        serde_json::json!({
+            "batches": batches, "fdatasync_of_sled_log": sled_synced,
+            "fdatasync_of_journal": journal_synced,
+            "sled_synced_with_journal_writes_unsynced": sled_synced_after_unsynced,
+        }),
     );
     assert!(batches > 0, "{metrics}");
     assert!(
-        synced >= batches,
-        "{synced} fdatasync for {batches} batches:\n{}",
+        sled_synced >= batches && journal_synced > 0 && sled_synced_after_unsynced == 0,
+        "{sled_synced} fdatasync of sled's log, {journal_synced} of the journal, {sled_synced_after_unsynced} of sled's log with journal writes not yet synced, for {batches} batches:\n{}",
         traced.lines().take(40).collect::<Vec<_>>().join("\n")
     );
 }

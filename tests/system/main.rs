@@ -21,6 +21,7 @@ mod aggregatord;
 mod bench;
 mod clients;
 mod config;
+mod damage;
 mod dashboard;
 mod demo;
 mod deploy;

@@ -27,6 +27,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
+use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -255,7 +256,16 @@ async fn metrics_text(State(app): State<App>) -> Response {
 async fn ready(State(app): State<App>) -> Response {
     let connected = app.metrics.connected.load(Relaxed);
     let storage = app.metrics.storage_ok.load(Relaxed);
-    let body = format!("broker: {}\nstorage: {}\n", ok(connected), ok(storage));
+    let mut body = format!("broker: {}\nstorage: {}\n", ok(connected), ok(storage));
+    // Ready all the same: what is damaged is past, ingest works. Said here
+    // (and in the metric) so that a health check's reader sees it.
+    let damage = app.metrics.storage_damage.load(Relaxed);
+    if damage > 0 {
+        let _ = writeln!(
+            body,
+            "damage: {damage} damaged regions found at open (see the log; files kept as *.damaged)"
+        );
+    }
     let status = if connected && storage {
         StatusCode::OK
     } else {

@@ -1,0 +1,622 @@
+//! The write-ahead log: each batch's new readings (one journal record, whose
+//! layout `readings.rs` owns) appended to files of our own, every frame
+//! checksummed, so that damage is found and said, never passed over. It knows
+//! nothing of what a record holds, and nothing of sled.
+//!
+//! `<storage>/wal/<first record, 16 hex digits>.wal`: [`MAGIC`], then frames
+//! `length u32 LE | crc32 u32 LE | record u64 LE | body`, the CRC over record
+//! and body. Appends are made durable by [`Wal::sync`] (one `fdatasync` per
+//! batch: the store's flush, before any ack). A file is closed at
+//! [`ROTATE_AT`] bytes and removed once every record in it is spent (its
+//! readings in chunks, flushed), one spent file late: if sled loses its last
+//! flushes, replay still finds those readings here.
+//!
+//! At open every frame is checked against `committed`, how far the log was
+//! synced at the last flush (the store keeps it). A bad or short frame beyond
+//! it is a torn write of a batch nobody was told of: cut off, and logged.
+//! Anything wrong below it is damage to acknowledged data: reported with file
+//! and offset, the frames after it still read, and the file renamed
+//! `.damaged` once its readable part is safe elsewhere ([`Wal::quarantine`]).
+
+use super::StoreError;
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Each file's first bytes: the format, version 1.
+const MAGIC: &[u8; 8] = b"RSWAL01\n";
+/// A frame's header: length, CRC, record number.
+const HEADER: usize = 16;
+/// A file past this many bytes is closed and a new one started.
+pub(super) const ROTATE_AT: u64 = 4 * 1024 * 1024;
+/// No record is this large (a batch is at most a few thousand readings): a
+/// length beyond it is damage, not a frame to wait for.
+const MAX_BODY: usize = 64 * 1024 * 1024;
+
+/// The log as of a sync: where it ended (the file, by its first record, and
+/// its length), and which records still mattered then, so that damage found
+/// later can be told harmless or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Position {
+    pub file: u64,
+    pub len: u64,
+    /// One past the last record written.
+    pub next: u64,
+    /// Records below it were spent (their readings in chunks).
+    pub floor: u64,
+}
+
+impl Position {
+    pub fn encode(self) -> [u8; 32] {
+        let mut v = [0u8; 32];
+        for (i, n) in [self.file, self.len, self.next, self.floor]
+            .iter()
+            .enumerate()
+        {
+            v[i * 8..(i + 1) * 8].copy_from_slice(&n.to_be_bytes());
+        }
+        v
+    }
+
+    pub fn decode(v: &[u8]) -> Option<Position> {
+        let v: [u8; 32] = v.try_into().ok()?;
+        let n = |i: usize| {
+            v[i * 8..(i + 1) * 8]
+                .try_into()
+                .ok()
+                .map(u64::from_be_bytes)
+        };
+        Some(Position {
+            file: n(0)?,
+            len: n(1)?,
+            next: n(2)?,
+            floor: n(3)?,
+        })
+    }
+}
+
+/// Acknowledged data found damaged at open.
+#[derive(Debug, Clone)]
+pub struct Damage {
+    /// The log file.
+    pub file: PathBuf,
+    /// Where the damage starts, in bytes from the file's start.
+    pub offset: u64,
+    /// How many bytes could not be read from there.
+    pub bytes: u64,
+    /// What was wrong.
+    pub what: &'static str,
+    /// Whether acknowledged readings may be lost with it: false when every
+    /// record it can have held was spent (in chunks) at the last sync.
+    pub lost: bool,
+}
+
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} at offset {}: {} ({} bytes unreadable; {})",
+            self.file.display(),
+            self.offset,
+            self.what,
+            self.bytes,
+            if self.lost {
+                "acknowledged readings in it that were not yet in chunks are lost"
+            } else {
+                "its readings were all in chunks already: none lost"
+            }
+        )
+    }
+}
+
+pub(super) struct Wal {
+    dir: PathBuf,
+    /// Closed files: first record → one past their last record.
+    closed: BTreeMap<u64, u64>,
+    /// The file appended to, by its first record.
+    current_first: u64,
+    current: File,
+    current_len: u64,
+    /// Appended since the last sync.
+    dirty: bool,
+    /// The record number the next append must carry (numbers only grow).
+    next_record: u64,
+    /// Files found damaged at open: renamed by [`Wal::quarantine`].
+    damaged: Vec<u64>,
+}
+
+fn io_error(path: &Path, source: std::io::Error) -> StoreError {
+    StoreError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn file_name(first: u64) -> String {
+    format!("{first:016x}.wal")
+}
+
+/// One frame's bytes.
+fn frame(record: u64, body: &[u8]) -> Vec<u8> {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&record.to_le_bytes());
+    crc.update(body);
+    let len = u32::try_from(body.len()).unwrap_or(u32::MAX);
+    let mut v = Vec::with_capacity(HEADER + body.len());
+    v.extend_from_slice(&len.to_le_bytes());
+    v.extend_from_slice(&crc.finalize().to_le_bytes());
+    v.extend_from_slice(&record.to_le_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
+/// The frame at the start of `bytes`, if it is whole and its CRC holds:
+/// (record, body, its length in bytes).
+fn parse(bytes: &[u8]) -> Result<(u64, &[u8], usize), &'static str> {
+    let Some((header, rest)) = bytes.split_at_checked(HEADER) else {
+        return Err("frame header cut short");
+    };
+    let word =
+        |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+    let len = usize::try_from(word(0)).unwrap_or(usize::MAX);
+    if len > MAX_BODY {
+        return Err("impossible frame length");
+    }
+    let Some(body) = rest.get(..len) else {
+        return Err("frame cut short");
+    };
+    let mut record = [0u8; 8];
+    record.copy_from_slice(&header[8..16]);
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&record);
+    crc.update(body);
+    if crc.finalize() != word(4) {
+        return Err("checksum mismatch");
+    }
+    Ok((u64::from_le_bytes(record), body, HEADER + len))
+}
+
+/// The next offset after `from` where a good frame numbered above `after`
+/// starts: how reading resumes past damage.
+fn resync(bytes: &[u8], from: usize, after: Option<u64>) -> Option<usize> {
+    (from + 1..bytes.len().saturating_sub(HEADER - 1)).find(|&at| {
+        parse(&bytes[at..]).is_ok_and(|(record, _, _)| after.is_none_or(|a| record > a))
+    })
+}
+
+/// Whether damage whose records lie below `upto` (below the end of the log
+/// as of the last sync, if `None`) may have held readings not yet in chunks.
+fn may_lose(committed: Option<Position>, upto: Option<u64>) -> bool {
+    match committed {
+        Some(c) => upto.unwrap_or(c.next) > c.floor,
+        None => true,
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error(dir, e))
+}
+
+impl Wal {
+    /// Opens the log in `dir` (made if missing), handing every good frame to
+    /// `each` in order; returns the log, ready to append, and the damage found.
+    pub fn open(
+        dir: &Path,
+        committed: Option<Position>,
+        mut each: impl FnMut(u64, &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(Wal, Vec<Damage>), StoreError> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| io_error(dir, e))?;
+        let mut files = Vec::new();
+        let mut set_aside = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(|e| io_error(dir, e))? {
+            let name = entry.map_err(|e| io_error(dir, e))?.file_name();
+            let name = name.to_string_lossy();
+            if name.ends_with(".wal.damaged") {
+                // Said at every open until someone has looked and removed it.
+                let file = dir.join(&*name);
+                let bytes = std::fs::metadata(&file).map_or(0, |m| m.len());
+                set_aside.push(Damage {
+                    file,
+                    offset: 0,
+                    bytes,
+                    what: "set aside when found damaged (remove it once looked at)",
+                    lost: false,
+                });
+            }
+            if let Some(first) = name
+                .strip_suffix(".wal")
+                .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+            {
+                files.push(first);
+            }
+        }
+        files.sort_unstable();
+        set_aside.sort_by(|a, b| a.file.cmp(&b.file));
+        let mut damage = set_aside;
+        let mut closed = BTreeMap::new();
+        let mut damaged = Vec::new();
+        let mut last_record: Option<u64> = None;
+        let mut last_file = None;
+        for (i, &first) in files.iter().enumerate() {
+            let path = dir.join(file_name(first));
+            let bytes = std::fs::read(&path).map_err(|e| io_error(&path, e))?;
+            let is_last = i + 1 == files.len();
+            // Where acknowledged data ends in this file, as far as we know.
+            let acked = match committed {
+                Some(c) if c.file == first => c.len,
+                Some(c) if c.file > first => u64::MAX,
+                _ => 0,
+            };
+            let mut at = MAGIC.len();
+            let mut hurt = false;
+            if bytes.get(..MAGIC.len()) != Some(MAGIC) {
+                // Written and synced with the file's creation: never torn.
+                hurt = true;
+                damage.push(Damage {
+                    file: path.clone(),
+                    offset: 0,
+                    bytes: bytes.len() as u64,
+                    what: "not a roomsense log file (bad header)",
+                    lost: true,
+                });
+                at = bytes.len();
+            }
+            while at < bytes.len() {
+                match parse(&bytes[at..]) {
+                    Ok((record, body, len)) if last_record.is_none_or(|l| record > l) => {
+                        each(record, body)?;
+                        last_record = Some(record);
+                        at += len;
+                    }
+                    bad => {
+                        let what = match bad {
+                            Ok(_) => "record number out of order",
+                            Err(what) => what,
+                        };
+                        let next = resync(&bytes, at, last_record);
+                        if next.is_none() && is_last && (at as u64) >= acked {
+                            // Nothing good after it, beyond the last sync: a
+                            // batch torn as it was written, never acknowledged.
+                            let cut = bytes.len() - at;
+                            truncate(&path, at as u64)?;
+                            tracing::warn!(file = %path.display(), offset = at, bytes = cut, reason = what, "cut off a torn write at the end of the log (a batch that was never acknowledged)");
+                            break;
+                        }
+                        let end = next.unwrap_or(bytes.len());
+                        // The records it held lie between the good ones around it.
+                        let upto = next
+                            .and_then(|n| parse(&bytes[n..]).ok())
+                            .map(|(record, _, _)| record);
+                        hurt = true;
+                        damage.push(Damage {
+                            file: path.clone(),
+                            offset: at as u64,
+                            bytes: (end - at) as u64,
+                            what,
+                            lost: may_lose(committed, upto),
+                        });
+                        at = end;
+                    }
+                }
+            }
+            if acked != u64::MAX && acked > bytes.len() as u64 {
+                hurt = true;
+                damage.push(Damage {
+                    file: path.clone(),
+                    offset: bytes.len() as u64,
+                    bytes: acked - bytes.len() as u64,
+                    what: "file cut short: acknowledged frames are missing",
+                    lost: may_lose(committed, None),
+                });
+            }
+            if hurt {
+                damaged.push(first);
+            }
+            let end = last_record.map_or(first, |r| r + 1);
+            if is_last && !hurt {
+                last_file = Some(first);
+            } else {
+                closed.insert(first, end);
+            }
+        }
+        let next_record = last_record
+            .map_or(0, |r| r + 1)
+            .max(files.last().map_or(0, |f| *f));
+        // Appends go on in the last file, unless it is damaged: then in a new one.
+        let current_first = last_file.unwrap_or(next_record);
+        let (current, current_len) = open_for_append(dir, current_first)?;
+        Ok((
+            Wal {
+                dir: dir.to_owned(),
+                closed,
+                current_first,
+                current,
+                current_len,
+                dirty: false,
+                next_record,
+                damaged,
+            },
+            damage,
+        ))
+    }
+
+    /// The number the next record must carry.
+    pub fn next_record(&self) -> u64 {
+        self.next_record
+    }
+
+    /// Appends one record (not durable until [`Wal::sync`]); `record` must be
+    /// above every record before it.
+    pub fn append(&mut self, record: u64, body: &[u8]) -> Result<(), StoreError> {
+        debug_assert!(record >= self.next_record);
+        if self.current_len > ROTATE_AT {
+            self.rotate(record)?;
+        }
+        let bytes = frame(record, body);
+        let path = self.dir.join(file_name(self.current_first));
+        if let Err(e) = self.current.write_all(&bytes) {
+            // A part may have reached the file: cut it back, so the next
+            // append does not land behind a torn frame (if even that fails,
+            // the next open trims it as an unsynced tail).
+            let _ = self.current.set_len(self.current_len);
+            return Err(io_error(&path, e));
+        }
+        self.current_len += bytes.len() as u64;
+        self.next_record = record + 1;
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Closes the current file (synced) and starts one whose first record is `first`.
+    fn rotate(&mut self, first: u64) -> Result<(), StoreError> {
+        self.sync(0)?;
+        let (f, len) = open_for_append(&self.dir, first)?;
+        self.closed.insert(self.current_first, first);
+        self.current = f;
+        self.current_first = first;
+        self.current_len = len;
+        Ok(())
+    }
+
+    /// Makes everything appended durable (`fdatasync`); returns where the log
+    /// now ends, for the store to keep as `committed`.
+    /// `floor`: records below it are spent (their readings in chunks).
+    pub fn sync(&mut self, floor: u64) -> Result<Position, StoreError> {
+        if self.dirty {
+            self.current
+                .sync_data()
+                .map_err(|e| io_error(&self.dir.join(file_name(self.current_first)), e))?;
+            self.dirty = false;
+        }
+        Ok(Position {
+            file: self.current_first,
+            len: self.current_len,
+            next: self.next_record,
+            floor,
+        })
+    }
+
+    /// Removes closed files whose records are all below `floor` (spent, and
+    /// that made durable), except the newest of them: the margin for a sled
+    /// that lost its last flushes. Damaged files are never removed.
+    pub fn remove_spent(&mut self, floor: u64) -> Result<(), StoreError> {
+        let spent: Vec<u64> = self
+            .closed
+            .iter()
+            .filter(|(first, end)| **end <= floor && !self.damaged.contains(first))
+            .map(|(first, _)| *first)
+            .collect();
+        for first in spent.iter().rev().skip(1) {
+            let path = self.dir.join(file_name(*first));
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_error(&path, e)),
+            }
+            self.closed.remove(first);
+        }
+        Ok(())
+    }
+
+    /// Renames the files found damaged to `<name>.damaged`, kept for
+    /// inspection and never read again: call once what could be read of them
+    /// is durable elsewhere.
+    pub fn quarantine(&mut self) -> Result<(), StoreError> {
+        for first in std::mem::take(&mut self.damaged) {
+            let path = self.dir.join(file_name(first));
+            let to = path.with_extension("wal.damaged");
+            std::fs::rename(&path, &to).map_err(|e| io_error(&path, e))?;
+            tracing::warn!(file = %to.display(), "damaged log file set aside");
+            self.closed.remove(&first);
+        }
+        sync_dir(&self.dir)
+    }
+
+    /// Bytes in the log's files (for the footprint).
+    pub fn disk_bytes(&self) -> u64 {
+        let closed: u64 = self
+            .closed
+            .keys()
+            .filter_map(|f| std::fs::metadata(self.dir.join(file_name(*f))).ok())
+            .map(|m| m.len())
+            .sum();
+        closed + self.current_len
+    }
+}
+
+/// The log file starting at record `first`, opened to append, and its length;
+/// made if new (header written, file and folder synced: rare, and it makes a
+/// torn header impossible).
+fn open_for_append(dir: &Path, first: u64) -> Result<(File, u64), StoreError> {
+    let path = dir.join(file_name(first));
+    let mut f = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| io_error(&path, e))?;
+    let len = f.metadata().map_err(|e| io_error(&path, e))?.len();
+    if len == 0 {
+        f.write_all(MAGIC)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| io_error(&path, e))?;
+        sync_dir(dir)?;
+    }
+    Ok((f, len.max(MAGIC.len() as u64)))
+}
+
+fn truncate(path: &Path, len: u64) -> Result<(), StoreError> {
+    OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|f| {
+            f.set_len(len)?;
+            f.sync_all()
+        })
+        .map_err(|e| io_error(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Frames = Vec<(u64, Vec<u8>)>;
+
+    fn open(dir: &Path, committed: Option<Position>) -> (Wal, Frames, Vec<Damage>) {
+        let mut seen = Vec::new();
+        let (wal, damage) = Wal::open(dir, committed, |r, b| {
+            seen.push((r, b.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        (wal, seen, damage)
+    }
+
+    fn body(i: u64) -> Vec<u8> {
+        format!("record {i} ")
+            .repeat(usize::try_from(i % 7).unwrap() + 1)
+            .into_bytes()
+    }
+
+    fn write(dir: &Path, n: u64) -> Position {
+        let (mut wal, _, _) = open(dir, None);
+        for i in 0..n {
+            wal.append(i, &body(i)).unwrap();
+        }
+        wal.sync(0).unwrap()
+    }
+
+    fn only_file(dir: &Path) -> PathBuf {
+        dir.join(file_name(0))
+    }
+
+    #[test]
+    fn reads_back_what_was_appended_and_carries_on_numbering() {
+        let dir = tempfile::tempdir().unwrap();
+        let committed = write(dir.path(), 10);
+        let (mut wal, seen, damage) = open(dir.path(), Some(committed));
+        assert!(damage.is_empty());
+        assert_eq!(seen, (0..10).map(|i| (i, body(i))).collect::<Vec<_>>());
+        assert_eq!(wal.next_record(), 10);
+        wal.append(10, b"x").unwrap();
+        wal.sync(0).unwrap();
+        drop(wal);
+        let (_, seen, _) = open(dir.path(), None);
+        assert_eq!(seen.len(), 11);
+    }
+
+    #[test]
+    fn a_torn_tail_beyond_the_last_sync_is_cut_off_silently_kept_data_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let committed = write(dir.path(), 5);
+        // A sixth frame, half written, never synced.
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(only_file(dir.path()))
+            .unwrap();
+        f.write_all(&frame(5, &body(5))[..9]).unwrap();
+        let (_, seen, damage) = open(dir.path(), Some(committed));
+        assert!(damage.is_empty(), "{damage:?}");
+        assert_eq!(seen.len(), 5);
+        assert_eq!(
+            std::fs::metadata(only_file(dir.path())).unwrap().len(),
+            committed.len
+        );
+    }
+
+    #[test]
+    fn acknowledged_frames_cut_off_are_reported_with_file_and_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let committed = write(dir.path(), 5);
+        let f = OpenOptions::new()
+            .write(true)
+            .open(only_file(dir.path()))
+            .unwrap();
+        f.set_len(committed.len - 3).unwrap();
+        let (_, seen, damage) = open(dir.path(), Some(committed));
+        assert_eq!(seen.len(), 4);
+        assert!(!damage.is_empty());
+        assert!(damage.iter().all(|d| d.file == only_file(dir.path())));
+        assert!(
+            damage.iter().any(|d| d.what.contains("cut short")),
+            "{damage:?}"
+        );
+    }
+
+    #[test]
+    fn a_flipped_byte_loses_one_frame_the_rest_is_read_and_the_file_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let committed = write(dir.path(), 20);
+        let path = only_file(dir.path());
+        let mut bytes = std::fs::read(&path).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x40;
+        std::fs::write(&path, &bytes).unwrap();
+        let (mut wal, seen, damage) = open(dir.path(), Some(committed));
+        assert_eq!(damage.len(), 1, "{damage:?}");
+        assert_eq!(seen.len(), 19, "one frame lost, the others read");
+        let d = &damage[0];
+        assert!(d.offset <= middle as u64 && middle as u64 - d.offset < 100);
+        // Appends go to a new file; the damaged one is kept, under another name.
+        wal.append(wal.next_record(), b"after").unwrap();
+        wal.sync(0).unwrap();
+        wal.quarantine().unwrap();
+        assert!(!path.exists());
+        assert!(path.with_extension("wal.damaged").exists());
+        drop(wal);
+        let (_, seen, damage) = open(dir.path(), None);
+        assert_eq!(damage.len(), 1, "said again at every open: {damage:?}");
+        assert!(damage[0].what.contains("set aside"));
+        assert_eq!(seen.last().map(|(_, b)| b.as_slice()), Some(&b"after"[..]));
+    }
+
+    #[test]
+    fn spent_files_go_one_late_and_never_the_current_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _, _) = open(dir.path(), None);
+        let big = vec![7u8; usize::try_from(ROTATE_AT).unwrap()];
+        for i in 0..4 {
+            wal.append(i, &big).unwrap();
+        }
+        let files = || std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(files(), 4);
+        wal.remove_spent(2).unwrap();
+        // Files 0 and 1 are spent; 1 is kept as the margin.
+        assert_eq!(files(), 3);
+        assert!(!dir.path().join(file_name(0)).exists());
+        wal.remove_spent(u64::MAX).unwrap();
+        assert_eq!(
+            files(),
+            2,
+            "the newest spent closed file and the current one"
+        );
+    }
+}

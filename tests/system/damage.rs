@@ -1,0 +1,196 @@
+//! The store's files damaged on purpose after readings were acknowledged
+//! (issue 24): a cut tail, a flipped byte. What was acknowledged is all
+//! there, or its loss is said with file and offset; never a silent loss.
+
+use crate::harness::*;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const TOPIC: &str = "building/floor1/room101/temperature/temp_001";
+const N: u64 = 20_000;
+/// A second sensor's few readings, stored last, one batch each: too few to
+/// fill a chunk, so they are only in the journal (and the tail in memory).
+const SLOW: &str = "building/floor1/room101/temperature/temp_002";
+const ALL: u64 = N + 3;
+
+/// A store holding `N` readings that aggregatord stored and flushed (its
+/// "stored reading" line comes after the flush), then killed with -9: the
+/// state a power cut leaves. The broker and certificates are dropped with it.
+fn acknowledged_then_killed() -> tempfile::TempDir {
+    let pki = Pki::new(&["room101", "aggregatord"]);
+    let broker = Broker::start(&pki);
+    let storage = tempfile::tempdir().unwrap();
+    let config = write_config(&aggregatord_yaml(&broker, &pki, storage.path()));
+    let mut agg = start_daemon(AGGREGATORD, &config.path);
+    agg.log.wait_for(&["subscribed"]);
+    let node = Watcher::connect(&broker, &pki, "room101");
+    for seq in 1..=N {
+        node.publish(TOPIC, &reading_payload(seq), 1);
+    }
+    agg.log
+        .wait_for(&["stored reading", &format!("seq=Some({N})")]);
+    for seq in N + 1..=ALL {
+        let payload = String::from_utf8(reading_payload(seq)).unwrap();
+        node.publish(SLOW, payload.replace("temp_001", "temp_002").as_bytes(), 1);
+        agg.log
+            .wait_for(&["stored reading", &format!("seq=Some({seq})")]);
+    }
+    agg.kill9();
+    storage
+}
+
+/// A copy of the store in `storage`, damaged by `harm`, then dumped the way
+/// an operator would (the same open as the daemon's start): the seqs found,
+/// and what dump said on stderr.
+fn damaged_copy(storage: &Path, harm: impl FnOnce(&Path)) -> (Vec<u64>, String) {
+    let copy = tempfile::tempdir().unwrap();
+    let db = copy.path().join("db");
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(storage)
+        .arg(&db)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    harm(&db);
+    // dump needs a config only for the storage path; the broker is never asked.
+    let config = write_config(&format!(
+        "client_id: aggregatord\nbroker: {{ hosts: [{{ host: localhost, port: 1 }}], insecure_plaintext: true }}\nsubscriptions:\n  - {{ filter: \"building/#\", qos: 1 }}\nstorage:\n  path: {}\n",
+        db.display()
+    ));
+    let out = Command::new(AGGREGATORD)
+        .arg("--config")
+        .arg(&config.path)
+        .args(["dump", "--format", "jsonl"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "dump failed: {said}");
+    (seqs_of(&String::from_utf8_lossy(&out.stdout)), said)
+}
+
+fn cut(file: &Path, bytes: u64) {
+    let f = std::fs::OpenOptions::new().write(true).open(file).unwrap();
+    let len = f.metadata().unwrap().len();
+    f.set_len(len.saturating_sub(bytes)).unwrap();
+}
+
+fn flip_middle(file: &Path) -> u64 {
+    let mut bytes = std::fs::read(file).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x20;
+    std::fs::write(file, &bytes).unwrap();
+    at as u64
+}
+
+/// The journal file holding the newest records.
+fn newest_log_file(db: &Path) -> PathBuf {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(db.join("wal"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    files.sort();
+    files.pop().expect("a journal file")
+}
+
+/// The report may err on the side of "lost" (it cannot read the damaged
+/// frame), never on the side of "none lost".
+fn says_whether_lost(said: &str, lost: &[u64]) {
+    if lost.is_empty() {
+        return;
+    }
+    assert!(
+        said.contains("are lost") && !said.contains("none lost"),
+        "{} readings lost, and the report says: {said}",
+        lost.len()
+    );
+}
+
+fn lost(seqs: &[u64]) -> Vec<u64> {
+    let have: BTreeSet<u64> = seqs.iter().copied().collect();
+    (1..=ALL).filter(|s| !have.contains(s)).collect()
+}
+
+#[test]
+fn a_cut_or_flipped_store_loses_nothing_acknowledged_silently() {
+    let storage = acknowledged_then_killed();
+    let mut results = serde_json::Map::new();
+
+    // sled's file loses its end (the last flushes): the journal still holds
+    // what those flushes had folded, and replay puts it back.
+    for bytes in [1, 100, 4096] {
+        let (seqs, said) = damaged_copy(storage.path(), |db| cut(&db.join("db"), bytes));
+        let lost = lost(&seqs);
+        results.insert(format!("db_cut_{bytes}_lost"), lost.len().into());
+        assert!(
+            lost.is_empty(),
+            "cutting {bytes} bytes off sled's file lost {} readings ({said})",
+            lost.len()
+        );
+        assert_eq!(seqs.len() as u64, ALL, "each reading once");
+    }
+
+    // The journal loses acknowledged frames at its end: the readings in
+    // them are gone, and dump says where.
+    for bytes in [1, 100] {
+        let mut file = PathBuf::new();
+        let (seqs, said) = damaged_copy(storage.path(), |db| {
+            file = newest_log_file(db);
+            cut(&file, bytes);
+        });
+        let lost = lost(&seqs);
+        results.insert(
+            format!("journal_cut_{bytes}_lost_and_reported"),
+            lost.len().into(),
+        );
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            said.contains("STORAGE DAMAGED") && said.contains(&name) && said.contains("offset"),
+            "cutting {bytes} bytes off the journal was not reported with file and offset: {said:?}"
+        );
+        // Only the newest readings (those not yet folded into chunks) can be
+        // in it, and the report says whether any were.
+        assert!(lost.iter().all(|s| *s > N - 200), "lost {lost:?}");
+        assert!(
+            !lost.is_empty(),
+            "the slow sensor's last reading was only in the journal's last frame"
+        );
+        says_whether_lost(&said, &lost);
+    }
+
+    // A flipped byte inside the journal: reported with file and offset;
+    // the frames after it are still read.
+    let mut at = 0;
+    let mut file = PathBuf::new();
+    let (seqs, said) = damaged_copy(storage.path(), |db| {
+        file = newest_log_file(db);
+        at = flip_middle(&file);
+    });
+    let name = file.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        said.contains("STORAGE DAMAGED") && said.contains(&name),
+        "a flipped byte in the journal was not reported: {said:?}"
+    );
+    let offset: u64 = said
+        .split("at offset ")
+        .nth(1)
+        .and_then(|s| s.split(':').next()?.parse().ok())
+        .expect("an offset in the report");
+    assert!(
+        offset <= at && at - offset < 4096,
+        "reported at {offset}, flipped at {at}"
+    );
+    let lost = lost(&seqs);
+    results.insert("journal_flip_lost".into(), lost.len().into());
+    assert!(lost.len() < 64, "one frame's readings at most");
+    says_whether_lost(&said, &lost);
+
+    record(
+        "store_damage",
+        "20,000 QoS 1 readings stored, aggregatord killed -9, then a copy of the store damaged each way and read by dump",
+        serde_json::Value::Object(results),
+    );
+}
