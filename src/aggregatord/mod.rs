@@ -341,7 +341,7 @@ pub async fn run(
         tasks.abort_all();
     }
     // Everything acknowledged was flushed before its ack; this leaves sled tidy.
-    store.flush().context("final flush")?;
+    store.checkpoint().context("final flush")?;
     // Unread events are redelivered next time; dropping them now means the
     // connection task never waits on us while it sends the last acks.
     drop(events);

@@ -26,12 +26,12 @@ mod wal;
 
 pub use query::Query;
 pub use readings::ReadingWriter;
-pub use wal::Damage;
+pub use wal::{Damage, Loss};
 
 use crate::contract::{Alert, AlertState, Reading, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 /// How many rejected messages are kept (oldest dropped first).
@@ -156,6 +156,12 @@ pub struct Store {
 struct Trees {
     /// The sled instance: flush, id generation, and the tree list (for the migration).
     db: sled::Db,
+    /// sled holds writes the journal cannot redo (alerts, rejected messages,
+    /// readings stored behind their topic's newest): the next flush must
+    /// include sled's. Every sled write outside the journal's path sets it.
+    owed: Arc<AtomicBool>,
+    /// When sled was last flushed (see [`SLED_EVERY`]).
+    sled_flushed: Arc<std::sync::Mutex<std::time::Instant>>,
     /// sled's log file, opened again by us only to fdatasync it (see [`Store::flush`]).
     log: Arc<std::fs::File>,
     /// `topic_ids`, `topic_names`, `chunks`, `folded`, `meta` and the
@@ -178,6 +184,11 @@ const SLED_LOG: &str = "db";
 
 /// The journal's folder, in the database folder.
 const WAL_DIR: &str = "wal";
+
+/// How long sled may hold only what the journal can redo (folds, topic names,
+/// its note of the journal) before a flush includes sled's anyway: that is
+/// what lets spent journal files go, and where replay after a crash starts.
+const SLED_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The database is the building's history: readable by its owner only,
 /// whatever the umask (with 022 a local user once copied and dumped it). The
@@ -236,8 +247,11 @@ impl Trees {
         let log = std::fs::File::open(path.join(SLED_LOG))
             .map(Arc::new)
             .map_err(|e| open_error(path, sled::Error::Io(e)))?;
-        let (readings, damage) = readings::Readings::open(&db, &path.join(WAL_DIR))?;
+        let owed = Arc::new(AtomicBool::new(false));
+        let (readings, damage) = readings::Readings::open(&db, &path.join(WAL_DIR), owed.clone())?;
         let trees = Trees {
+            owed,
+            sled_flushed: Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
             log,
             readings,
             rejected: db.open_tree("rejected")?,
@@ -249,10 +263,14 @@ impl Trees {
         trees.migrate()?;
         if !damage.is_empty() {
             for d in &damage {
-                if d.lost {
-                    tracing::error!(damage = %d, "STORAGE DAMAGED: acknowledged readings lost");
-                } else {
-                    tracing::warn!(damage = %d, "STORAGE DAMAGED: nothing lost");
+                match d.loss {
+                    Loss::Lost => {
+                        tracing::error!(damage = %d, "STORAGE DAMAGED: acknowledged readings lost");
+                    }
+                    Loss::Unknown => {
+                        tracing::warn!(damage = %d, "STORAGE DAMAGED: the journal's end was cut off");
+                    }
+                    Loss::None | Loss::Reported => tracing::warn!(damage = %d, "STORAGE DAMAGED"),
                 }
             }
             // What could be read of the damaged files is in chunks now
@@ -385,6 +403,7 @@ impl Store {
             message: e.to_string(),
         })?;
         t.rejected.insert(id.to_be_bytes(), value)?;
+        t.owed.store(true, Ordering::Release);
         let len = self.rejected_len.fetch_add(1, Ordering::AcqRel) + 1;
         if len > REJECTED_KEEP && t.rejected.pop_min()?.is_some() {
             self.rejected_len.fetch_sub(1, Ordering::AcqRel);
@@ -413,6 +432,7 @@ impl Store {
                 AlertState::Cleared => t.alerts_active.remove(active_key)?,
             };
             t.alerts_outbox.insert(id.to_be_bytes(), value)?;
+            t.owed.store(true, Ordering::Release);
         }
         Ok(())
     }
@@ -473,24 +493,59 @@ impl Store {
         Ok(())
     }
 
-    /// Writes everything inserted so far to disk, durably. Returns the bytes
-    /// sled flushed (its log).
+    /// Makes everything stored so far durable: a batch's acknowledgements
+    /// wait for it. The journal's `fdatasync` always (new readings are there);
+    /// sled's flush only when sled holds something the journal cannot redo,
+    /// or has not been flushed for [`SLED_EVERY`]: one sync per batch in
+    /// steady running, not two. Returns the bytes sled flushed (its log).
     ///
     /// sled's own flush ends in `sync_file_range`, which neither empties the
     /// drive's volatile write cache nor commits the file's new size
     /// (spacejam/sled#1452, #1351): it survives a crash of this process, not a
-    /// power cut. The `fdatasync` of its log file after it is what lets an
-    /// acknowledged reading survive losing power (tests/system/durability.rs
-    /// checks that every batch gets one).
+    /// power cut. The `fdatasync` of its log file after it is what lets what
+    /// sled holds survive losing power (tests/system/durability.rs watches
+    /// both syncs).
     pub fn flush(&self) -> Result<usize, StoreError> {
+        self.flush_with(false)
+    }
+
+    /// [`Store::flush`] with sled's flush in any case: at a clean stop, so
+    /// that the next start has nothing to replay.
+    pub fn checkpoint(&self) -> Result<usize, StoreError> {
+        self.flush_with(true)
+    }
+
+    fn flush_with(&self, sled_too: bool) -> Result<usize, StoreError> {
         let t = self.trees()?;
-        // The journal first: sled's copy of how far it reaches must never
+        // The journal first: sled's note of how far it reaches must never
         // be ahead of it.
         let floor = t.readings.sync()?;
-        let bytes = t.db.flush()?;
-        t.log.sync_data().map_err(sled::Error::Io)?;
-        t.readings.made_durable(floor);
-        Ok(bytes)
+        let mut last = t
+            .sled_flushed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Taken before sled's flush: a write after this sets it again.
+        let owed = t.owed.swap(false, Ordering::AcqRel);
+        if !(sled_too || owed || last.elapsed() >= SLED_EVERY) {
+            return Ok(0);
+        }
+        let flushed = t.db.flush().and_then(|bytes| {
+            t.log.sync_data().map_err(sled::Error::Io)?;
+            Ok(bytes)
+        });
+        match flushed {
+            Ok(bytes) => {
+                *last = std::time::Instant::now();
+                t.readings.made_durable(floor);
+                Ok(bytes)
+            }
+            Err(e) => {
+                if owed {
+                    t.owed.store(true, Ordering::Release);
+                }
+                Err(e.into())
+            }
+        }
     }
 
     /// What the database holds (every tree's keys and values) against what

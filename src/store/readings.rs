@@ -24,6 +24,7 @@ use crate::contract::{Reading, Timestamp};
 use sled::Transactional;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -55,6 +56,9 @@ pub(super) struct Readings {
     /// How long a tail may wait before it is folded whatever its size
     /// (`FOLD_AFTER`; tests shorten it).
     fold_after: Duration,
+    /// Set by writes to chunks the journal cannot redo (`insert_old`): the
+    /// store's next flush must include sled's.
+    owed: Arc<AtomicBool>,
 }
 
 struct State {
@@ -117,9 +121,11 @@ struct TopicState {
 impl Readings {
     /// Opens the readings' trees in `db` and the log in `wal_dir`, and replays
     /// the log; returns the damage the log had (reported, never passed over).
+    /// `owed` is the store's flag for sled writes the journal cannot redo.
     pub(super) fn open(
         db: &sled::Db,
         wal_dir: &Path,
+        owed: Arc<AtomicBool>,
     ) -> Result<(Readings, Vec<Damage>), StoreError> {
         let names = db.open_tree("topic_names")?;
         let next_id = match names.last()? {
@@ -159,6 +165,7 @@ impl Readings {
                 started: VecDeque::new(),
             })),
             fold_after: FOLD_AFTER,
+            owed,
         };
         readings.replay(frames)?;
         Ok((readings, damage))
@@ -467,6 +474,14 @@ impl Readings {
     /// Stores one reading behind the newest of its topic: merged into the
     /// chunk that covers its place, unless it is there already.
     fn insert_old(&self, id: u32, e: Entry) -> Result<Inserted, StoreError> {
+        let inserted = self.insert_into_chunks(id, e);
+        // After the write: a flush that took the flag before it leaves the
+        // flag set for the next one.
+        self.owed.store(true, std::sync::atomic::Ordering::Release);
+        inserted
+    }
+
+    fn insert_into_chunks(&self, id: u32, e: Entry) -> Result<Inserted, StoreError> {
         let pos = e.pos();
         let Some((k, v)) = self.chunk_at(id, pos)? else {
             // Before the topic's first chunk: a chunk of its own.
@@ -792,7 +807,7 @@ impl ReadingWriter {
             return readings.fold_waiting(&mut state, now);
         }
         let body = encode_record(&state.new_names, &journaled);
-        state.wal.append(record, &body)?;
+        state.wal.append(record, floor, &body)?;
         state.new_names.clear();
         // Only now, with the record written, do the tails hold its readings.
         state.records.insert(record, added);
@@ -1232,7 +1247,9 @@ mod tests {
     use super::*;
 
     fn open(db: &sled::Db, dir: &Path) -> Readings {
-        Readings::open(db, &dir.join("wal")).unwrap().0
+        Readings::open(db, &dir.join("wal"), Arc::default())
+            .unwrap()
+            .0
     }
 
     fn reading(seq: u64) -> StoredReading {

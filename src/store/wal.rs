@@ -4,19 +4,23 @@
 //! nothing of what a record holds, and nothing of sled.
 //!
 //! `<storage>/wal/<first record, 16 hex digits>.wal`: [`MAGIC`], then frames
-//! `length u32 LE | crc32 u32 LE | record u64 LE | body`, the CRC over record
-//! and body. Appends are made durable by [`Wal::sync`] (one `fdatasync` per
-//! batch: the store's flush, before any ack). A file is closed at
-//! [`ROTATE_AT`] bytes and removed once every record in it is spent (its
-//! readings in chunks, flushed), one spent file late: if sled loses its last
-//! flushes, replay still finds those readings here.
+//! `length u32 | crc32 u32 | record u64 | synced u64 | floor u64 | body` (LE),
+//! the CRC over all after it. `synced` is how far this file was synced when the
+//! frame was appended, `floor` the oldest record then still needed (those below
+//! had their readings in chunks, flushed): what a frame says of the frames
+//! before it lets damage be judged later. [`Wal::sync`] (one `fdatasync`) is
+//! the durability point of a batch. A file is closed (synced) at [`ROTATE_AT`]
+//! bytes and removed once every record in it is spent, one spent file late: if
+//! sled loses its last flushes, replay still finds those readings here.
 //!
-//! At open every frame is checked against `committed`, how far the log was
-//! synced at the last flush (the store keeps it). A bad or short frame beyond
-//! it is a torn write of a batch nobody was told of: cut off, and logged.
-//! Anything wrong below it is damage to acknowledged data: reported with file
-//! and offset, the frames after it still read, and the file renamed
-//! `.damaged` once its readable part is safe elsewhere ([`Wal::quarantine`]).
+//! At open every frame is checked. Damage with good frames after it, or below
+//! the last sync known (from the frames, or the store's note at its last
+//! flush), is damage to acknowledged data: reported with file and offset, and
+//! whether readings were lost (the records it can have held against the
+//! floor); the frames after it are read; the file is renamed `.damaged` once
+//! its readable part is safe elsewhere ([`Wal::quarantine`]). A bad end past
+//! the last sync known is cut off and reported as what it is: a write torn by
+//! a crash, or the last batch's readings lost, which no file can tell apart.
 
 use super::StoreError;
 use std::collections::BTreeMap;
@@ -26,24 +30,24 @@ use std::path::{Path, PathBuf};
 
 /// Each file's first bytes: the format, version 1.
 const MAGIC: &[u8; 8] = b"RSWAL01\n";
-/// A frame's header: length, CRC, record number.
-const HEADER: usize = 16;
+/// A frame's header: length, CRC, record number, synced, floor.
+const HEADER: usize = 32;
 /// A file past this many bytes is closed and a new one started.
 pub(super) const ROTATE_AT: u64 = 4 * 1024 * 1024;
 /// No record is this large (a batch is at most a few thousand readings): a
 /// length beyond it is damage, not a frame to wait for.
 const MAX_BODY: usize = 64 * 1024 * 1024;
 
-/// The log as of a sync: where it ended (the file, by its first record, and
-/// its length), and which records still mattered then, so that damage found
-/// later can be told harmless or not.
+/// The log as of a sync, as the store notes it at its flushes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Position {
+    /// The file appended to, by its first record.
     pub file: u64,
+    /// Its length, all synced.
     pub len: u64,
     /// One past the last record written.
     pub next: u64,
-    /// Records below it were spent (their readings in chunks).
+    /// Records below it were spent (their readings in chunks, flushed).
     pub floor: u64,
 }
 
@@ -76,7 +80,21 @@ impl Position {
     }
 }
 
-/// Acknowledged data found damaged at open.
+/// What damage cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loss {
+    /// Every record it can have held was spent: its readings are in chunks.
+    None,
+    /// Acknowledged readings in it that were not yet in chunks are gone.
+    Lost,
+    /// The end of the log, past the last sync known: a write torn by a crash
+    /// (never acknowledged), or the last batch's readings lost.
+    Unknown,
+    /// A file set aside at an earlier open, when its damage was reported.
+    Reported,
+}
+
+/// Damage found at open.
 #[derive(Debug, Clone)]
 pub struct Damage {
     /// The log file.
@@ -87,27 +105,36 @@ pub struct Damage {
     pub bytes: u64,
     /// What was wrong.
     pub what: &'static str,
-    /// Whether acknowledged readings may be lost with it: false when every
-    /// record it can have held was spent (in chunks) at the last sync.
-    pub lost: bool,
+    /// What it cost.
+    pub loss: Loss,
 }
 
 impl std::fmt::Display for Damage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let cost = match self.loss {
+            Loss::None => "its readings were all in chunks already: none lost",
+            Loss::Lost => "acknowledged readings in it that were not yet in chunks are lost",
+            Loss::Unknown => "past the last sync known: a write torn by a crash, never acknowledged, or the last batch's readings lost",
+            Loss::Reported => "reported when it was found; remove the file once looked at",
+        };
         write!(
             f,
-            "{} at offset {}: {} ({} bytes unreadable; {})",
+            "{} at offset {}: {} ({} bytes unreadable; {cost})",
             self.file.display(),
             self.offset,
             self.what,
             self.bytes,
-            if self.lost {
-                "acknowledged readings in it that were not yet in chunks are lost"
-            } else {
-                "its readings were all in chunks already: none lost"
-            }
         )
     }
+}
+
+/// Damage found while reading, judged once the whole log has been read.
+struct Found {
+    damage: Damage,
+    /// The first good record after it (`None`: none in its file).
+    upto: Option<u64>,
+    /// Past every sync known: possibly a torn, never acknowledged write.
+    past_sync: bool,
 }
 
 pub(super) struct Wal {
@@ -118,9 +145,9 @@ pub(super) struct Wal {
     current_first: u64,
     current: File,
     current_len: u64,
-    /// Appended since the last sync.
-    dirty: bool,
-    /// The record number the next append must carry (numbers only grow).
+    /// How much of the current file is synced.
+    synced_len: u64,
+    /// The number the next record must carry (numbers only grow).
     next_record: u64,
     /// Files found damaged at open: renamed by [`Wal::quarantine`].
     damaged: Vec<u64>,
@@ -137,61 +164,69 @@ fn file_name(first: u64) -> String {
     format!("{first:016x}.wal")
 }
 
+/// A frame as read back.
+struct Frame<'a> {
+    record: u64,
+    /// How far its file was synced when it was appended.
+    synced: u64,
+    /// Records below it were spent then.
+    floor: u64,
+    body: &'a [u8],
+    /// The whole frame's length in bytes.
+    len: usize,
+}
+
 /// One frame's bytes.
-fn frame(record: u64, body: &[u8]) -> Vec<u8> {
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&record.to_le_bytes());
-    crc.update(body);
+fn frame(record: u64, synced: u64, floor: u64, body: &[u8]) -> Vec<u8> {
     let len = u32::try_from(body.len()).unwrap_or(u32::MAX);
     let mut v = Vec::with_capacity(HEADER + body.len());
     v.extend_from_slice(&len.to_le_bytes());
-    v.extend_from_slice(&crc.finalize().to_le_bytes());
-    v.extend_from_slice(&record.to_le_bytes());
+    v.extend_from_slice(&[0; 4]);
+    for n in [record, synced, floor] {
+        v.extend_from_slice(&n.to_le_bytes());
+    }
     v.extend_from_slice(body);
+    let crc = crc32fast::hash(&v[8..]);
+    v[4..8].copy_from_slice(&crc.to_le_bytes());
     v
 }
 
-/// The frame at the start of `bytes`, if it is whole and its CRC holds:
-/// (record, body, its length in bytes).
-fn parse(bytes: &[u8]) -> Result<(u64, &[u8], usize), &'static str> {
-    let Some((header, rest)) = bytes.split_at_checked(HEADER) else {
+/// The frame at the start of `bytes`, if it is whole and its CRC holds.
+fn parse(bytes: &[u8]) -> Result<Frame<'_>, &'static str> {
+    let Some(header) = bytes.get(..HEADER) else {
         return Err("frame header cut short");
     };
     let word =
         |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+    let long = |i: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&header[i..i + 8]);
+        u64::from_le_bytes(b)
+    };
     let len = usize::try_from(word(0)).unwrap_or(usize::MAX);
     if len > MAX_BODY {
         return Err("impossible frame length");
     }
-    let Some(body) = rest.get(..len) else {
+    let Some(checked) = bytes.get(8..HEADER + len) else {
         return Err("frame cut short");
     };
-    let mut record = [0u8; 8];
-    record.copy_from_slice(&header[8..16]);
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&record);
-    crc.update(body);
-    if crc.finalize() != word(4) {
+    if crc32fast::hash(checked) != word(4) {
         return Err("checksum mismatch");
     }
-    Ok((u64::from_le_bytes(record), body, HEADER + len))
+    Ok(Frame {
+        record: long(8),
+        synced: long(16),
+        floor: long(24),
+        body: &checked[HEADER - 8..],
+        len: HEADER + len,
+    })
 }
 
 /// The next offset after `from` where a good frame numbered above `after`
 /// starts: how reading resumes past damage.
 fn resync(bytes: &[u8], from: usize, after: Option<u64>) -> Option<usize> {
-    (from + 1..bytes.len().saturating_sub(HEADER - 1)).find(|&at| {
-        parse(&bytes[at..]).is_ok_and(|(record, _, _)| after.is_none_or(|a| record > a))
-    })
-}
-
-/// Whether damage whose records lie below `upto` (below the end of the log
-/// as of the last sync, if `None`) may have held readings not yet in chunks.
-fn may_lose(committed: Option<Position>, upto: Option<u64>) -> bool {
-    match committed {
-        Some(c) => upto.unwrap_or(c.next) > c.floor,
-        None => true,
-    }
+    (from + 1..bytes.len().saturating_sub(HEADER - 1))
+        .find(|&at| parse(&bytes[at..]).is_ok_and(|f| after.is_none_or(|a| f.record > a)))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
@@ -203,9 +238,10 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 impl Wal {
     /// Opens the log in `dir` (made if missing), handing every good frame to
     /// `each` in order; returns the log, ready to append, and the damage found.
+    /// `noted`: the log as the store last noted it (at its last flush).
     pub fn open(
         dir: &Path,
-        committed: Option<Position>,
+        noted: Option<Position>,
         mut each: impl FnMut(u64, &[u8]) -> Result<(), StoreError>,
     ) -> Result<(Wal, Vec<Damage>), StoreError> {
         use std::os::unix::fs::DirBuilderExt;
@@ -215,7 +251,7 @@ impl Wal {
             .create(dir)
             .map_err(|e| io_error(dir, e))?;
         let mut files = Vec::new();
-        let mut set_aside = Vec::new();
+        let mut damage = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(|e| io_error(dir, e))? {
             let name = entry.map_err(|e| io_error(dir, e))?.file_name();
             let name = name.to_string_lossy();
@@ -223,12 +259,12 @@ impl Wal {
                 // Said at every open until someone has looked and removed it.
                 let file = dir.join(&*name);
                 let bytes = std::fs::metadata(&file).map_or(0, |m| m.len());
-                set_aside.push(Damage {
+                damage.push(Damage {
                     file,
                     offset: 0,
                     bytes,
-                    what: "set aside when found damaged (remove it once looked at)",
-                    lost: false,
+                    what: "set aside when found damaged",
+                    loss: Loss::Reported,
                 });
             }
             if let Some(first) = name
@@ -239,8 +275,9 @@ impl Wal {
             }
         }
         files.sort_unstable();
-        set_aside.sort_by(|a, b| a.file.cmp(&b.file));
-        let mut damage = set_aside;
+        damage.sort_by(|a, b| a.file.cmp(&b.file));
+        let mut found: Vec<Found> = Vec::new();
+        let mut floor = noted.map_or(0, |n| n.floor);
         let mut closed = BTreeMap::new();
         let mut damaged = Vec::new();
         let mut last_record: Option<u64> = None;
@@ -248,33 +285,44 @@ impl Wal {
         for (i, &first) in files.iter().enumerate() {
             let path = dir.join(file_name(first));
             let bytes = std::fs::read(&path).map_err(|e| io_error(&path, e))?;
-            let is_last = i + 1 == files.len();
-            // Where acknowledged data ends in this file, as far as we know.
-            let acked = match committed {
-                Some(c) if c.file == first => c.len,
-                Some(c) if c.file > first => u64::MAX,
+            let next_file = files.get(i + 1).copied();
+            // How far this file is known to have been synced: all of it if
+            // another file follows (rotation syncs first), else what the
+            // store noted and what its frames say.
+            let mut synced = match noted {
+                _ if next_file.is_some() => u64::MAX,
+                Some(n) if n.file == first => n.len,
+                Some(n) if n.file > first => u64::MAX,
                 _ => 0,
             };
-            let mut at = MAGIC.len();
             let mut hurt = false;
+            let mut file_last = None;
+            let mut at = MAGIC.len();
             if bytes.get(..MAGIC.len()) != Some(MAGIC) {
                 // Written and synced with the file's creation: never torn.
                 hurt = true;
-                damage.push(Damage {
-                    file: path.clone(),
-                    offset: 0,
-                    bytes: bytes.len() as u64,
-                    what: "not a roomsense log file (bad header)",
-                    lost: true,
+                found.push(Found {
+                    damage: Damage {
+                        file: path.clone(),
+                        offset: 0,
+                        bytes: bytes.len() as u64,
+                        what: "not a roomsense log file (bad header)",
+                        loss: Loss::Lost,
+                    },
+                    upto: None,
+                    past_sync: false,
                 });
                 at = bytes.len();
             }
             while at < bytes.len() {
                 match parse(&bytes[at..]) {
-                    Ok((record, body, len)) if last_record.is_none_or(|l| record > l) => {
-                        each(record, body)?;
-                        last_record = Some(record);
-                        at += len;
+                    Ok(f) if last_record.is_none_or(|l| f.record > l) => {
+                        each(f.record, f.body)?;
+                        last_record = Some(f.record);
+                        file_last = Some(f.record);
+                        synced = synced.max(f.synced);
+                        floor = floor.max(f.floor);
+                        at += f.len;
                     }
                     bad => {
                         let what = match bad {
@@ -282,50 +330,68 @@ impl Wal {
                             Err(what) => what,
                         };
                         let next = resync(&bytes, at, last_record);
-                        if next.is_none() && is_last && (at as u64) >= acked {
-                            // Nothing good after it, beyond the last sync: a
-                            // batch torn as it was written, never acknowledged.
-                            let cut = bytes.len() - at;
+                        let end = next.unwrap_or(bytes.len());
+                        let past_sync = next.is_none() && (at as u64) >= synced;
+                        found.push(Found {
+                            damage: Damage {
+                                file: path.clone(),
+                                offset: at as u64,
+                                bytes: (end - at) as u64,
+                                what,
+                                loss: Loss::Lost,
+                            },
+                            upto: next.and_then(|n| parse(&bytes[n..]).ok()).map(|f| f.record),
+                            past_sync,
+                        });
+                        if past_sync {
+                            // Cut off, so that appends go on behind good frames.
                             truncate(&path, at as u64)?;
-                            tracing::warn!(file = %path.display(), offset = at, bytes = cut, reason = what, "cut off a torn write at the end of the log (a batch that was never acknowledged)");
                             break;
                         }
-                        let end = next.unwrap_or(bytes.len());
-                        // The records it held lie between the good ones around it.
-                        let upto = next
-                            .and_then(|n| parse(&bytes[n..]).ok())
-                            .map(|(record, _, _)| record);
                         hurt = true;
-                        damage.push(Damage {
-                            file: path.clone(),
-                            offset: at as u64,
-                            bytes: (end - at) as u64,
-                            what,
-                            lost: may_lose(committed, upto),
-                        });
                         at = end;
                     }
                 }
             }
-            if acked != u64::MAX && acked > bytes.len() as u64 {
+            let len = bytes.len() as u64;
+            let missing = match next_file {
+                // The next file's name is the record that follows this one's last.
+                Some(n) => !hurt && file_last.is_none_or(|l| l + 1 < n),
+                None => synced != u64::MAX && synced > len,
+            };
+            if missing {
                 hurt = true;
-                damage.push(Damage {
-                    file: path.clone(),
-                    offset: bytes.len() as u64,
-                    bytes: acked - bytes.len() as u64,
-                    what: "file cut short: acknowledged frames are missing",
-                    lost: may_lose(committed, None),
+                found.push(Found {
+                    damage: Damage {
+                        file: path.clone(),
+                        offset: len,
+                        bytes: synced.saturating_sub(len).min(u64::from(u32::MAX)),
+                        what: "file cut short: synced frames are missing",
+                        loss: Loss::Lost,
+                    },
+                    upto: next_file.or(noted.map(|n| n.next)),
+                    past_sync: false,
                 });
             }
             if hurt {
                 damaged.push(first);
             }
             let end = last_record.map_or(first, |r| r + 1);
-            if is_last && !hurt {
+            if next_file.is_none() && !hurt {
                 last_file = Some(first);
             } else {
                 closed.insert(first, end);
             }
+        }
+        // Judged with the newest floor any frame (or the store) gave.
+        for f in found {
+            let mut d = f.damage;
+            d.loss = match f.upto {
+                Some(upto) if upto <= floor => Loss::None,
+                _ if f.past_sync => Loss::Unknown,
+                _ => Loss::Lost,
+            };
+            damage.push(d);
         }
         let next_record = last_record
             .map_or(0, |r| r + 1)
@@ -340,7 +406,7 @@ impl Wal {
                 current_first,
                 current,
                 current_len,
-                dirty: false,
+                synced_len: current_len,
                 next_record,
                 damaged,
             },
@@ -354,13 +420,14 @@ impl Wal {
     }
 
     /// Appends one record (not durable until [`Wal::sync`]); `record` must be
-    /// above every record before it.
-    pub fn append(&mut self, record: u64, body: &[u8]) -> Result<(), StoreError> {
+    /// above every record before it. `floor`: records below it are spent,
+    /// durably (written into the frame for damage to be judged by).
+    pub fn append(&mut self, record: u64, floor: u64, body: &[u8]) -> Result<(), StoreError> {
         debug_assert!(record >= self.next_record);
         if self.current_len > ROTATE_AT {
             self.rotate(record)?;
         }
-        let bytes = frame(record, body);
+        let bytes = frame(record, self.synced_len, floor, body);
         let path = self.dir.join(file_name(self.current_first));
         if let Err(e) = self.current.write_all(&bytes) {
             // A part may have reached the file: cut it back, so the next
@@ -371,7 +438,6 @@ impl Wal {
         }
         self.current_len += bytes.len() as u64;
         self.next_record = record + 1;
-        self.dirty = true;
         Ok(())
     }
 
@@ -383,18 +449,19 @@ impl Wal {
         self.current = f;
         self.current_first = first;
         self.current_len = len;
+        self.synced_len = len;
         Ok(())
     }
 
-    /// Makes everything appended durable (`fdatasync`); returns where the log
-    /// now ends, for the store to keep as `committed`.
-    /// `floor`: records below it are spent (their readings in chunks).
+    /// Makes everything appended durable (`fdatasync`): a batch's durability
+    /// point. Returns where the log now ends, for the store to note; `floor`
+    /// goes in the note.
     pub fn sync(&mut self, floor: u64) -> Result<Position, StoreError> {
-        if self.dirty {
+        if self.synced_len < self.current_len {
             self.current
                 .sync_data()
                 .map_err(|e| io_error(&self.dir.join(file_name(self.current_first)), e))?;
-            self.dirty = false;
+            self.synced_len = self.current_len;
         }
         Ok(Position {
             file: self.current_first,
@@ -509,7 +576,7 @@ mod tests {
     fn write(dir: &Path, n: u64) -> Position {
         let (mut wal, _, _) = open(dir, None);
         for i in 0..n {
-            wal.append(i, &body(i)).unwrap();
+            wal.append(i, 0, &body(i)).unwrap();
         }
         wal.sync(0).unwrap()
     }
@@ -526,7 +593,7 @@ mod tests {
         assert!(damage.is_empty());
         assert_eq!(seen, (0..10).map(|i| (i, body(i))).collect::<Vec<_>>());
         assert_eq!(wal.next_record(), 10);
-        wal.append(10, b"x").unwrap();
+        wal.append(10, 0, b"x").unwrap();
         wal.sync(0).unwrap();
         drop(wal);
         let (_, seen, _) = open(dir.path(), None);
@@ -534,7 +601,7 @@ mod tests {
     }
 
     #[test]
-    fn a_torn_tail_beyond_the_last_sync_is_cut_off_silently_kept_data_intact() {
+    fn a_torn_tail_past_the_last_sync_is_cut_off_and_said_to_be_that() {
         let dir = tempfile::tempdir().unwrap();
         let committed = write(dir.path(), 5);
         // A sixth frame, half written, never synced.
@@ -542,14 +609,50 @@ mod tests {
             .append(true)
             .open(only_file(dir.path()))
             .unwrap();
-        f.write_all(&frame(5, &body(5))[..9]).unwrap();
+        f.write_all(&frame(5, 0, 0, &body(5))[..9]).unwrap();
         let (_, seen, damage) = open(dir.path(), Some(committed));
-        assert!(damage.is_empty(), "{damage:?}");
         assert_eq!(seen.len(), 5);
+        assert_eq!(damage.len(), 1, "{damage:?}");
+        assert_eq!(damage[0].loss, Loss::Unknown);
+        assert_eq!(damage[0].offset, committed.len);
         assert_eq!(
             std::fs::metadata(only_file(dir.path())).unwrap().len(),
             committed.len
         );
+    }
+
+    /// Three batches, each synced before the next; the last two are then
+    /// cut into. What the frames say proves only what was synced before the
+    /// last good one; the store's note, when it is that recent, proves more.
+    #[test]
+    fn the_frames_and_the_note_tell_a_torn_end_from_lost_data() {
+        let cut_into_b = |noted: bool| {
+            let dir = tempfile::tempdir().unwrap();
+            let (mut wal, _, _) = open(dir.path(), None);
+            let mut starts = Vec::new();
+            let mut last = None;
+            for i in 0..3 {
+                starts.push(wal.current_len);
+                wal.append(i, 0, &body(i)).unwrap();
+                last = Some(wal.sync(0).unwrap());
+            }
+            drop(wal);
+            let f = OpenOptions::new()
+                .write(true)
+                .open(only_file(dir.path()))
+                .unwrap();
+            f.set_len(starts[1] + 5).unwrap();
+            let (_, seen, damage) = open(dir.path(), last.filter(|_| noted));
+            assert_eq!(seen.len(), 1);
+            assert!(damage.iter().all(|d| d.offset >= starts[1]), "{damage:?}");
+            (damage[0].loss, dir.path().join(file_name(0)).exists())
+        };
+        assert_eq!(
+            cut_into_b(false),
+            (Loss::Unknown, true),
+            "cut off, kept appending"
+        );
+        assert_eq!(cut_into_b(true).0, Loss::Lost);
     }
 
     #[test]
@@ -586,7 +689,7 @@ mod tests {
         let d = &damage[0];
         assert!(d.offset <= middle as u64 && middle as u64 - d.offset < 100);
         // Appends go to a new file; the damaged one is kept, under another name.
-        wal.append(wal.next_record(), b"after").unwrap();
+        wal.append(wal.next_record(), 0, b"after").unwrap();
         wal.sync(0).unwrap();
         wal.quarantine().unwrap();
         assert!(!path.exists());
@@ -594,7 +697,7 @@ mod tests {
         drop(wal);
         let (_, seen, damage) = open(dir.path(), None);
         assert_eq!(damage.len(), 1, "said again at every open: {damage:?}");
-        assert!(damage[0].what.contains("set aside"));
+        assert_eq!(damage[0].loss, Loss::Reported);
         assert_eq!(seen.last().map(|(_, b)| b.as_slice()), Some(&b"after"[..]));
     }
 
@@ -604,7 +707,7 @@ mod tests {
         let (mut wal, _, _) = open(dir.path(), None);
         let big = vec![7u8; usize::try_from(ROTATE_AT).unwrap()];
         for i in 0..4 {
-            wal.append(i, &big).unwrap();
+            wal.append(i, 0, &big).unwrap();
         }
         let files = || std::fs::read_dir(dir.path()).unwrap().count();
         assert_eq!(files(), 4);

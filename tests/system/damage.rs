@@ -103,7 +103,7 @@ fn says_whether_lost(said: &str, lost: &[u64]) {
         return;
     }
     assert!(
-        said.contains("are lost") && !said.contains("none lost"),
+        said.contains("lost") && !said.contains("none lost"),
         "{} readings lost, and the report says: {said}",
         lost.len()
     );

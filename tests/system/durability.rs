@@ -371,14 +371,15 @@ fn field(line: &str, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {key}= in {line}"))
 }
 
-/// "On disk" means surviving a power cut, not only a crash of aggregatord:
-/// sled's flush ends in `sync_file_range`, which leaves the drive's write
-/// cache and the file's size uncommitted (spacejam/sled#1452). Every batch
-/// must therefore be followed by an `fdatasync` of sled's log, and of the
-/// journal file its new readings went to, before its acknowledgements go
-/// out. Seen from outside with strace: at least one of each per batch fsync
-/// that aggregatord counts. (A power cut itself cannot be made on loopback;
-/// dropping either fdatasync from `Store::flush` fails this test.)
+/// "On disk" means surviving a power cut, not only a crash of aggregatord.
+/// A batch's new readings are in the journal, and its `fdatasync` is the
+/// batch's durability point; sled's flush ends in `sync_file_range`, which
+/// leaves the drive's write cache and the file's size uncommitted
+/// (spacejam/sled#1452), so when sled is flushed its log gets an `fdatasync`
+/// too. Seen from outside with strace: each journal write synced before the
+/// next, and sled's log never synced ahead of the journal. (A power cut
+/// itself cannot be made on loopback; dropping either fdatasync from
+/// `Store::flush` fails this test.)
 #[test]
 fn every_batch_is_fdatasynced_not_only_sync_file_range() {
     require("strace", "strace");
@@ -440,15 +441,19 @@ fn every_batch_is_fdatasynced_not_only_sync_file_range() {
     };
     let sled_log = format!("<{}>", log.display());
     let journal = format!("<{}/", storage.path().join("wal").display());
-    // What the journal got written is synced before sled's log is (the
-    // flush that precedes the acks): walk the calls in order.
-    let (mut unsynced, mut journal_synced, mut sled_synced_after_unsynced) = (false, 0u64, 0u64);
+    // Walk the calls in order: every journal write (a batch's record) is
+    // synced before the next one, and sled's log is never synced while a
+    // journal write is not (sled's note of the journal would run ahead).
+    let (mut unsynced, mut writes, mut journal_synced) = (false, 0u64, 0u64);
+    let (mut written_twice, mut sled_synced_after_unsynced) = (0u64, 0u64);
     for l in traced
         .lines()
         .filter(|l| l.trim_end().ends_with(|c: char| c.is_ascii_digit()))
     {
         if l.contains(&journal) && l.contains("write(") {
+            written_twice += u64::from(unsynced);
             unsynced = true;
+            writes += 1;
         } else if l.contains(&journal) && (l.contains("fdatasync(") || l.contains(" fsync(")) {
             unsynced = false;
             journal_synced += 1;
@@ -459,17 +464,91 @@ fn every_batch_is_fdatasynced_not_only_sync_file_range() {
     let sled_synced = synced(&sled_log);
     record(
         "fdatasync_per_batch",
-        "300 QoS 1 readings stored under strace: fdatasync calls on sled's log and on the journal against the batch fsyncs aggregatord counted",
+        "300 QoS 1 readings stored under strace: the journal's writes and fdatasyncs, and sled's, in order",
         serde_json::json!({
-            "batches": batches, "fdatasync_of_sled_log": sled_synced,
-            "fdatasync_of_journal": journal_synced,
+            "batches": batches, "journal_writes": writes, "fdatasync_of_journal": journal_synced,
+            "journal_writes_not_synced_before_the_next": written_twice + u64::from(unsynced),
+            "fdatasync_of_sled_log": sled_synced,
             "sled_synced_with_journal_writes_unsynced": sled_synced_after_unsynced,
         }),
     );
     assert!(batches > 0, "{metrics}");
     assert!(
-        sled_synced >= batches && journal_synced > 0 && sled_synced_after_unsynced == 0,
-        "{sled_synced} fdatasync of sled's log, {journal_synced} of the journal, {sled_synced_after_unsynced} of sled's log with journal writes not yet synced, for {batches} batches:\n{}",
+        writes > 1
+            && written_twice == 0
+            && !unsynced
+            && sled_synced > 0
+            && sled_synced_after_unsynced == 0,
+        "{writes} journal writes, {journal_synced} syncs of it, {written_twice} written again unsynced, {sled_synced} fdatasync of sled's log ({sled_synced_after_unsynced} with journal writes unsynced), for {batches} batches:\n{}",
         traced.lines().take(40).collect::<Vec<_>>().join("\n")
     );
+}
+
+/// aggregatord (with `extra` config) stores what `act` publishes, and is
+/// killed with -9 as soon as `act` has seen it acknowledged; the store is
+/// left for `dump`.
+fn killed_right_after(
+    extra: &str,
+    act: impl FnOnce(&Watcher, &Proc),
+) -> (tempfile::TempDir, ConfigFile) {
+    let pki = Pki::new(&["room101", "aggregatord"]);
+    let broker = Broker::start(&pki);
+    let storage = tempfile::tempdir().unwrap();
+    let config = write_config(&aggregatord_yaml_with(
+        &broker,
+        &pki,
+        storage.path(),
+        1,
+        extra,
+    ));
+    let mut agg = start_daemon(AGGREGATORD, &config.path);
+    agg.log.wait_for(&["subscribed"]);
+    let node = Watcher::connect(&broker, &pki, "room101");
+    act(&node, &agg);
+    agg.kill9();
+    (storage, config)
+}
+
+/// The journal holds a batch's new readings; what a batch writes to sled
+/// alone must be flushed with it all the same (sled is otherwise flushed
+/// every few seconds). Each kind, alone in its batch, survives a kill -9
+/// right after it was stored: an alert change, a refused message, and a
+/// reading older than its sensor's chunks (stored straight into them).
+/// Leaving out the flag that forces sled's flush for any one kind fails here.
+#[test]
+fn what_a_batch_writes_beside_the_journal_survives_kill_9() {
+    let rule = "alerts:\n  - { name: too_hot, type: temperature, above: 26, severity: critical }\n";
+    let (_storage, config) = killed_right_after(rule, |node, agg| {
+        node.publish(TOPIC, &reading_payload(65), 1); // 26.5
+        agg.log.wait_for(&["alert", "state=raised"]);
+    });
+    let alerts = dump(&config.path, &["--alerts", "--format", "jsonl"]);
+    assert!(
+        alerts.contains("\"too_hot\"") && alerts.contains("\"raised\""),
+        "the raised alert: {alerts:?}"
+    );
+
+    let (_storage, config) = killed_right_after("", |node, agg| {
+        node.publish(TOPIC, b"{ not json", 1);
+        node.publish(TOPIC, &reading_payload(1), 1);
+        agg.log.wait_for(&["stored reading", "seq=Some(1)"]);
+    });
+    let rejected = dump(&config.path, &["--rejected", "--format", "jsonl"]);
+    assert!(
+        rejected.contains("not json"),
+        "the refused message: {rejected:?}"
+    );
+
+    let (_storage, config) = killed_right_after("", |node, agg| {
+        // A chunk's worth, folded; then one from before all of them.
+        for seq in 101..=164 {
+            node.publish(TOPIC, &reading_payload(seq), 1);
+        }
+        agg.log.wait_for(&["stored reading", "seq=Some(164)"]);
+        node.publish(TOPIC, &reading_payload(1), 1);
+        agg.log.wait_for(&["stored reading", "seq=Some(1)"]);
+    });
+    let seqs: BTreeSet<u64> = stored_seqs(&config.path).into_iter().collect();
+    assert!(seqs.contains(&1), "the late reading");
+    assert_eq!(seqs.len(), 65);
 }
