@@ -778,11 +778,7 @@ impl Ingest {
         // sled refuses every write after an I/O error until it is opened again.
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || store.reopen()).await {
-            Ok(Ok(())) => {
-                info!("storage reopened");
-                let damage = self.store.damage().len() as u64;
-                self.metrics.storage_damage.store(damage, Relaxed);
-            }
+            Ok(Ok(())) => info!("storage reopened"),
             Ok(Err(e)) => debug!(error = %e, "storage cannot be reopened yet"),
             Err(_) => {}
         }

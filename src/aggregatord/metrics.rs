@@ -39,8 +39,9 @@ pub struct Metrics {
     pub connected: AtomicBool,
     /// False after a failed write or flush, until one succeeds again.
     pub storage_ok: AtomicBool,
-    /// Damaged regions of acknowledged data that opening the store found
-    /// (`Store::damage`; each logged with file and offset).
+    /// Damaged regions of acknowledged data the store found, at open or by
+    /// reading (`Store::damage`, each logged with file and offset); set from
+    /// it by the HTTP handlers that show it.
     pub storage_damage: AtomicU64,
     /// Browsers following `/events` now (up on connect, down when the stream ends).
     pub dashboard_clients: AtomicI64,
@@ -188,7 +189,7 @@ impl Metrics {
         );
         gauge(
             "storage_damage",
-            "Damaged regions of acknowledged data found in the store's files since start (each logged with file and offset; the files are kept as *.damaged).",
+            "Damaged regions of acknowledged data found in the store's files since start (each logged with file and offset).",
             i64::try_from(self.storage_damage.load(Relaxed)).unwrap_or(i64::MAX),
         );
         gauge(

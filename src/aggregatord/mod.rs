@@ -95,11 +95,13 @@ fn from_instance(
     let config: AggregatordConfig = config::load(config_path)?;
     match Store::open(&config.storage.path) {
         Ok(store) => {
-            // dump has no log: damage found by this open is said here.
+            let answered = dump::answer(&store, request, out);
+            // dump has no log: damage found by the open, or by reading, is
+            // said here.
             for d in store.damage() {
                 eprintln!("aggregatord: STORAGE DAMAGED: {d}");
             }
-            dump::answer(&store, request, out).map_err(anyhow::Error::from)
+            answered.map_err(anyhow::Error::from)
         }
         Err(StoreError::Locked { .. }) => control::ask(&config.storage.socket(), request, out),
         Err(e) => Err(e.into()),
@@ -240,10 +242,6 @@ pub async fn run(
     metrics
         .storage_ok
         .store(true, std::sync::atomic::Ordering::Relaxed);
-    metrics.storage_damage.store(
-        store.damage().len() as u64,
-        std::sync::atomic::Ordering::Relaxed,
-    );
     let live = Arc::new(dashboard::Live::default());
     if config.http.enabled {
         let token = dashboard::load_token(&config.http, &config_path)?;

@@ -3,7 +3,7 @@
 //! of its first reading. A typical reading takes 3–4 bytes: its timestamp as a
 //! delta of deltas, its seq and value as deltas, all exact (issue 15; the
 //! Gorilla paper's ideas, kept byte-aligned for simplicity).
-//! It does no I/O: readings.rs decides which chunk to read, append to or split.
+//! It does no I/O: readings.rs decides which chunk to read, write or split.
 //!
 //! ```text
 //! key:    topic id u32 BE | time (8, big-endian, sign flipped) | seq u64 BE
@@ -39,8 +39,12 @@ pub(super) const CHUNK_MAX: usize = 64;
 pub(super) const KEY_LEN: usize = 20;
 const V2: u8 = 2;
 const V3: u8 = 3;
+/// Not a chunk but where one is: sled's value for a chunk in a segment file
+/// (`readings::locator`): this byte, then the chunk's header after its own
+/// first byte (so [`header`] reads both), then the place.
+pub(super) const LOCATED: u8 = 0x80;
 /// Version, count, last time, last seq: what [`header`] reads.
-const HEADER: usize = 19;
+pub(super) const HEADER: usize = 19;
 pub(super) const UNIT: u8 = 8;
 pub(super) const SENSOR_ID: u8 = 16;
 pub(super) const SENSOR_TYPE: u8 = 32;
@@ -126,7 +130,7 @@ pub(super) fn parse_key(key: &[u8]) -> Result<(u32, Pos), ChunkError> {
 
 /// How many entries, and the last one's position, without decoding them.
 pub(super) fn header(value: &[u8]) -> Result<(usize, Pos), ChunkError> {
-    if value.len() < HEADER || !matches!(value[0], V2 | V3) {
+    if value.len() < HEADER || !matches!(value[0], V2 | V3 | LOCATED) {
         return Err(ChunkError("unknown chunk layout"));
     }
     let count = u16::from_le_bytes([value[1], value[2]]);
@@ -151,8 +155,9 @@ pub(super) fn encode(entries: &[Entry]) -> Vec<u8> {
 }
 
 /// The chunk `chunk`, stored under `key`, with `entries` (sorted, all after
-/// its last) added: re-encoded whole, which the caller writes anyway.
-/// A chunk that cannot be read is refused, not extended.
+/// its last) added: re-encoded whole. A chunk that cannot be read is refused,
+/// not extended. Tests only: the store writes a chunk once (segments).
+#[cfg(test)]
 pub(super) fn append(key: &[u8], chunk: &[u8], entries: &[Entry]) -> Result<Vec<u8>, ChunkError> {
     let mut all = decode(key, chunk)?;
     all.extend_from_slice(entries);

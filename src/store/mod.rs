@@ -22,6 +22,7 @@ mod chunk;
 mod codec;
 mod query;
 mod readings;
+mod segments;
 mod wal;
 
 pub use query::Query;
@@ -32,7 +33,7 @@ use crate::contract::{Alert, AlertState, Reading, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// How many rejected messages are kept (oldest dropped first).
 pub const REJECTED_KEEP: u64 = 1000;
@@ -148,8 +149,9 @@ pub struct Store {
     /// Entries in the `rejected` tree, so that inserting can trim it to [`REJECTED_KEEP`]
     /// without counting (sled's `len` scans the whole tree).
     rejected_len: Arc<AtomicU64>,
-    /// Damage to acknowledged data found by every open since this one.
-    damage: Arc<RwLock<Vec<Damage>>>,
+    /// Damage to acknowledged data found by every open since this one, and
+    /// by reads.
+    damage: Arc<Mutex<Vec<Damage>>>,
 }
 
 #[derive(Clone)]
@@ -184,6 +186,8 @@ const SLED_LOG: &str = "db";
 
 /// The journal's folder, in the database folder.
 const WAL_DIR: &str = "wal";
+/// The chunks' segment files' folder, in the database folder.
+const SEGMENTS_DIR: &str = "segments";
 
 /// How long sled may hold only what the journal can redo (folds, topic names,
 /// its note of the journal) before a flush includes sled's anyway: that is
@@ -233,8 +237,12 @@ fn remove_unfinished_snapshots(path: &Path) -> std::io::Result<()> {
 }
 
 impl Trees {
-    /// Opens the database; also returns the damage its journal had.
-    fn open(path: &Path) -> Result<(Trees, Vec<Damage>), StoreError> {
+    /// Opens the database; also returns the damage its journal had. Reads
+    /// add what they find to `damage`.
+    fn open(
+        path: &Path,
+        damage: Arc<Mutex<Vec<Damage>>>,
+    ) -> Result<(Trees, Vec<Damage>), StoreError> {
         private_folder(path).map_err(|source| open_error(path, source.into()))?;
         remove_unfinished_snapshots(path).map_err(|source| open_error(path, source.into()))?;
         let db = sled::Config::new()
@@ -248,7 +256,11 @@ impl Trees {
             .map(Arc::new)
             .map_err(|e| open_error(path, sled::Error::Io(e)))?;
         let owed = Arc::new(AtomicBool::new(false));
-        let (readings, damage) = readings::Readings::open(&db, &path.join(WAL_DIR), owed.clone())?;
+        let files = readings::Files {
+            wal: &path.join(WAL_DIR),
+            segments: &path.join(SEGMENTS_DIR),
+        };
+        let (readings, damage) = readings::Readings::open(&db, &files, owed.clone(), damage)?;
         let trees = Trees {
             owed,
             sled_flushed: Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
@@ -264,7 +276,7 @@ impl Trees {
         if !damage.is_empty() {
             for d in &damage {
                 match d.loss {
-                    Loss::Lost => {
+                    Loss::Lost | Loss::Readings(_) => {
                         tracing::error!(damage = %d, "STORAGE DAMAGED: acknowledged readings lost");
                     }
                     Loss::Unknown => {
@@ -275,6 +287,7 @@ impl Trees {
             }
             // What could be read of the damaged files is in chunks now
             // (replay folds everything): made durable, then the files set aside.
+            trees.readings.sync_segments()?;
             trees.db.flush()?;
             trees.log.sync_data().map_err(sled::Error::Io)?;
             trees.readings.quarantine()?;
@@ -323,14 +336,19 @@ impl Trees {
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let (trees, damage) = Trees::open(path)?;
+        let damage = Arc::new(Mutex::new(Vec::new()));
+        let (trees, found) = Trees::open(path, damage.clone())?;
+        damage
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(found);
         // Bounded by REJECTED_KEEP, so counting once at open is cheap.
         let rejected_len = Arc::new(AtomicU64::new(trees.rejected.len() as u64));
         Ok(Store {
             path: path.to_owned(),
             trees: Arc::new(RwLock::new(Some(trees))),
             rejected_len,
-            damage: Arc::new(RwLock::new(damage)),
+            damage,
         })
     }
 
@@ -338,7 +356,7 @@ impl Store {
     /// is also logged, with file and offset, when found).
     pub fn damage(&self) -> Vec<Damage> {
         self.damage
-            .read()
+            .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
@@ -363,11 +381,11 @@ impl Store {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Drop ours first: sled's lock on the folder goes with the last handle.
         *trees = None;
-        let (fresh, damage) = Trees::open(&self.path)?;
+        let (fresh, found) = Trees::open(&self.path, self.damage.clone())?;
         self.damage
-            .write()
+            .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .extend(damage);
+            .extend(found);
         self.rejected_len
             .store(fresh.rejected.len() as u64, Ordering::Release);
         *trees = Some(fresh);
@@ -519,7 +537,7 @@ impl Store {
         let t = self.trees()?;
         // The journal first: sled's note of how far it reaches must never
         // be ahead of it.
-        let floor = t.readings.sync()?;
+        let spent = t.readings.sync()?;
         let mut last = t
             .sled_flushed
             .lock()
@@ -527,23 +545,27 @@ impl Store {
         // Taken before sled's flush: a write after this sets it again.
         let owed = t.owed.swap(false, Ordering::AcqRel);
         if !(sled_too || owed || last.elapsed() >= SLED_EVERY) {
+            t.readings.not_durable(spent);
             return Ok(0);
         }
-        let flushed = t.db.flush().and_then(|bytes| {
+        // The chunks before sled's locators to them.
+        let flushed = t.readings.sync_segments().and_then(|()| {
+            let bytes = t.db.flush()?;
             t.log.sync_data().map_err(sled::Error::Io)?;
             Ok(bytes)
         });
         match flushed {
             Ok(bytes) => {
                 *last = std::time::Instant::now();
-                t.readings.made_durable(floor);
+                t.readings.made_durable(spent)?;
                 Ok(bytes)
             }
             Err(e) => {
                 if owed {
                     t.owed.store(true, Ordering::Release);
                 }
-                Err(e.into())
+                t.readings.not_durable(spent);
+                Err(e)
             }
         }
     }
@@ -562,7 +584,7 @@ impl Store {
         }
         Ok(Footprint {
             data_bytes,
-            disk_bytes: t.db.size_on_disk()? + t.readings.log_bytes(),
+            disk_bytes: t.db.size_on_disk()? + t.readings.file_bytes(),
         })
     }
 
@@ -768,6 +790,85 @@ mod tests {
             .map(|r| r.unwrap())
             .collect();
         assert_eq!(all, vec![r]);
+    }
+
+    fn seg_files(dir: &Path) -> Vec<std::path::PathBuf> {
+        let mut files: Vec<_> = std::fs::read_dir(dir.join(SEGMENTS_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        files
+    }
+
+    fn at(i: i64) -> StoredReading {
+        let t = "building/floor1/room101/temperature/temp_001";
+        let mut r = reading(t, "2026-01-01T00:00:00Z", i.cast_unsigned());
+        r.reading.timestamp = Timestamp::from_micros(1_767_225_600_000_000 + i).unwrap();
+        r
+    }
+
+    /// A flipped byte in a segment costs the one chunk it hits: said with
+    /// file, offset and how many readings, and the rest is served.
+    #[test]
+    fn a_damaged_chunk_is_reported_and_the_rest_served() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut w = store.reading_writer().unwrap();
+            for i in 0..200 {
+                w.insert(&at(i)).unwrap();
+            }
+            w.finish().unwrap();
+            store.checkpoint().unwrap();
+        }
+        let seg = seg_files(dir.path()).pop().unwrap();
+        let mut bytes = std::fs::read(&seg).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x10;
+        std::fs::write(&seg, bytes).unwrap();
+        let store = super::model::reopen(dir.path());
+        let all: Vec<_> = store
+            .select(&Query::default())
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(all.len(), 200 - 64, "one chunk of 64 lost, the others read");
+        let damage = store.damage();
+        assert_eq!(damage.len(), 1, "{damage:?}");
+        assert_eq!(damage[0].file, seg);
+        assert_eq!(damage[0].loss, Loss::Readings(64));
+        assert!(damage[0].offset < middle as u64);
+    }
+
+    /// Retention leaves segments nothing points at: they go, once that is
+    /// flushed; the newest (appended to) stays.
+    #[test]
+    fn segments_nothing_points_at_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.trees().unwrap().readings.segments().rotate_at(1024);
+        let mut w = store.reading_writer().unwrap();
+        for i in 0..2000 {
+            w.insert(&at(i)).unwrap();
+        }
+        w.finish().unwrap();
+        store.checkpoint().unwrap();
+        let before = seg_files(dir.path()).len();
+        assert!(before > 4, "{before} segments");
+        while store.expire(at(1900).reading.timestamp, 500).unwrap() > 0 {}
+        store.checkpoint().unwrap();
+        let after = seg_files(dir.path()).len();
+        assert!(
+            after < 3,
+            "{before} segments before retention, {after} after"
+        );
+        drop(store);
+        let store = super::model::reopen(dir.path());
+        let kept: Vec<_> = store
+            .select(&Query::default())
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(kept, (1900..2000).map(at).collect::<Vec<_>>());
     }
 
     #[test]

@@ -17,8 +17,9 @@
 //! the tail, that could hold it. Reads see chunks, then the tail; a restart
 //! rebuilds the tails from the journal (`replay`).
 
-use super::chunk::{self, Entry, Pos, CHUNK_MAX};
-use super::wal::{Damage, Position, Wal};
+use super::chunk::{self, Entry, Pos, CHUNK_MAX, KEY_LEN};
+use super::segments::{Loc, Segments};
+use super::wal::{Damage, Loss, Position, Wal};
 use super::{Inserted, Query, StoreError, StoredReading};
 use crate::contract::{Reading, Timestamp};
 use sled::Transactional;
@@ -30,8 +31,10 @@ use std::time::{Duration, Instant};
 
 const FIRST: Pos = (i64::MIN, 0);
 /// A tail this old is folded even if it holds less than a chunk (a slow or a
-/// silent sensor must not pin its journal records for ever).
-const FOLD_AFTER: Duration = Duration::from_secs(300);
+/// silent sensor must not pin its journal records for ever). Long, because
+/// a chunk is written once: a sensor reporting every 30 s still fills one
+/// (the journal holds its readings meanwhile).
+const FOLD_AFTER: Duration = Duration::from_secs(3600);
 
 #[derive(Clone)]
 pub(super) struct Readings {
@@ -39,8 +42,19 @@ pub(super) struct Readings {
     ids: sled::Tree,
     /// `topic_names`: id → topic; its last key gives the next id at open.
     names: sled::Tree,
-    /// `chunks`: key of a chunk's first reading (topic id, time, seq) → the chunk.
+    /// `chunks`: key of a chunk's first reading (topic id, time, seq) → where
+    /// the chunk is in the segment files (see [`locator`]), or, in stores
+    /// from before segments, the chunk itself.
     chunks: sled::Tree,
+    /// The segment files holding the chunks.
+    segments: Arc<Segments>,
+    /// `segment_live`: segment number (u32 BE) → bytes of it that locators
+    /// point at (u64 BE), changed with them; a segment at 0 goes.
+    segment_live: sled::Tree,
+    /// Segments that reached 0 live bytes, to remove once that is flushed.
+    emptied: Arc<Mutex<Vec<u32>>>,
+    /// Damage found by reads (the store's list, shared).
+    damage: Arc<Mutex<Vec<Damage>>>,
     /// `journal`: where versions before the log files kept it (record number,
     /// u64 BE → record); replayed and emptied at open.
     old_journal: sled::Tree,
@@ -121,11 +135,13 @@ struct TopicState {
 impl Readings {
     /// Opens the readings' trees in `db` and the log in `wal_dir`, and replays
     /// the log; returns the damage the log had (reported, never passed over).
-    /// `owed` is the store's flag for sled writes the journal cannot redo.
+    /// `owed` is the store's flag for sled writes the journal cannot redo;
+    /// `damage` its list of damage found, which reads add to.
     pub(super) fn open(
         db: &sled::Db,
-        wal_dir: &Path,
+        dir: &Files<'_>,
         owed: Arc<AtomicBool>,
+        damage: Arc<Mutex<Vec<Damage>>>,
     ) -> Result<(Readings, Vec<Damage>), StoreError> {
         let names = db.open_tree("topic_names")?;
         let next_id = match names.last()? {
@@ -141,7 +157,7 @@ impl Readings {
             .transpose()?;
         // The live part of the log is minutes of readings: read it whole.
         let mut frames = Vec::new();
-        let (wal, damage) = Wal::open(wal_dir, committed, |record, body| {
+        let (wal, found) = Wal::open(dir.wal, committed, |record, body| {
             frames.push((record, body.to_vec()));
             Ok(())
         })?;
@@ -149,6 +165,10 @@ impl Readings {
             ids: db.open_tree("topic_ids")?,
             names,
             chunks: db.open_tree("chunks")?,
+            segments: Arc::new(Segments::open(dir.segments)?),
+            segment_live: db.open_tree("segment_live")?,
+            emptied: Arc::default(),
+            damage,
             old_journal: db.open_tree("journal")?,
             meta,
             folded: db.open_tree("folded")?,
@@ -168,7 +188,7 @@ impl Readings {
             owed,
         };
         readings.replay(frames)?;
-        Ok((readings, damage))
+        Ok((readings, found))
     }
 
     /// Rebuilds the tails from the journal and folds them: a record's
@@ -277,10 +297,10 @@ impl Readings {
     }
 
     /// Syncs the log (the batch's `fdatasync`) and notes in `meta` how far
-    /// it reaches, for the flush that follows to make durable. Returns the
-    /// oldest record still needed now: once that flush is done, hand it to
-    /// [`Readings::made_durable`].
-    pub(super) fn sync(&self) -> Result<u64, StoreError> {
+    /// it reaches, for a sled flush to make durable. Returns what such a
+    /// flush, started after this, makes safe to let go: hand it to
+    /// [`Readings::made_durable`] once the flush is done.
+    pub(super) fn sync(&self) -> Result<Spent, StoreError> {
         let mut state = self.lock();
         let floor = state
             .records
@@ -293,14 +313,35 @@ impl Readings {
             self.meta.insert(WAL_COMMITTED, &pos.encode()[..])?;
             state.committed = Some(pos);
         }
-        Ok(floor)
+        Ok(Spent {
+            floor,
+            segments: std::mem::take(&mut *lock(&self.emptied)),
+        })
     }
 
-    /// The flush after [`Readings::sync`] is done: log files wholly below
-    /// `floor` may go.
-    pub(super) fn made_durable(&self, floor: u64) {
-        let mut state = self.lock();
-        state.durable_floor = state.durable_floor.max(floor);
+    /// Before sled's flush: the chunks its locators point at must be on
+    /// disk first.
+    pub(super) fn sync_segments(&self) -> Result<(), StoreError> {
+        self.segments.sync()
+    }
+
+    /// The sled flush after [`Readings::sync`] is done: log files wholly
+    /// below its floor may go, and the segments it found empty.
+    pub(super) fn made_durable(&self, spent: Spent) -> Result<(), StoreError> {
+        {
+            let mut state = self.lock();
+            state.durable_floor = state.durable_floor.max(spent.floor);
+        }
+        for segment in spent.segments {
+            self.segments.remove(segment)?;
+        }
+        Ok(())
+    }
+
+    /// The sled flush after [`Readings::sync`] failed: what it would have
+    /// let go waits for the next.
+    pub(super) fn not_durable(&self, spent: Spent) {
+        lock(&self.emptied).extend(spent.segments);
     }
 
     /// Sets aside the log files found damaged at open: call once what could
@@ -309,9 +350,14 @@ impl Readings {
         self.lock().wal.quarantine()
     }
 
-    /// Bytes in the log's files.
-    pub(super) fn log_bytes(&self) -> u64 {
-        self.lock().wal.disk_bytes()
+    #[cfg(test)]
+    pub(super) fn segments(&self) -> &Segments {
+        &self.segments
+    }
+
+    /// Bytes in the journal's and the segments' files.
+    pub(super) fn file_bytes(&self) -> u64 {
+        self.lock().wal.disk_bytes() + self.segments.disk_bytes()
     }
 
     /// The newest position folded into topic `id`'s chunks.
@@ -339,8 +385,9 @@ impl Readings {
         }
     }
 
-    /// Writes topic `id`'s tail into its chunks, in one atomic sled batch:
-    /// topped up into its last chunk while that has room, then new chunks.
+    /// Writes topic `id`'s tail into new chunks, with the topic's fold mark,
+    /// in one sled transaction. Never into its last chunk: a chunk is written
+    /// once (a rewrite would leave the old frame as garbage in its segment).
     fn fold(&self, state: &mut State, id: u32) -> Result<(), StoreError> {
         // The tail stays in memory until its readings are written: a failed
         // write leaves everything as it was (the journal still holds them).
@@ -351,47 +398,24 @@ impl Readings {
         let Some(newest) = entries.last().map(Entry::pos) else {
             return Ok(());
         };
-        let mut batch = sled::Batch::default();
-        let mut rest = &entries[..];
-        if let Some((k, v)) = self
-            .chunks
-            .scan_prefix(id.to_be_bytes())
-            .next_back()
-            .transpose()?
+        let mut change = Change::default();
+        if self
+            .last_chunk_max(id, &id.to_be_bytes())?
+            .is_some_and(|last| last >= entries[0].pos())
         {
-            let (count, last) = chunk::header(&v).map_err(|e| corrupt(&k, e))?;
-            if last >= rest[0].pos() {
-                // Retention or a reopen moved things under us: take the exact
-                // path for each (idempotent, so a retry after a failure part
-                // way is harmless).
-                for e in rest {
-                    self.insert_old(id, e.clone())?;
-                }
-                rest = &[];
-            } else if count < CHUNK_MAX {
-                let n = (CHUNK_MAX - count).min(rest.len());
-                let v = chunk::append(&k, &v, &rest[..n]).map_err(|e| corrupt(&k, e))?;
-                batch.insert(k, v);
-                rest = &rest[n..];
+            // Retention or a reopen moved things under us: take the exact
+            // path for each (idempotent, so a retry after a failure part
+            // way is harmless).
+            for e in &entries {
+                self.insert_old(id, e.clone())?;
+            }
+        } else {
+            for part in entries.chunks(CHUNK_MAX) {
+                change.put(id, part.to_vec());
             }
         }
-        for part in rest.chunks(CHUNK_MAX) {
-            batch.insert(&chunk::key(id, part[0].pos())[..], chunk::encode(part));
-        }
-        let mut mark = [0u8; 16];
-        mark[..8].copy_from_slice(&newest.0.to_be_bytes());
-        mark[8..].copy_from_slice(&newest.1.to_be_bytes());
-        // Chunks and mark together, or neither: replay trusts the mark.
-        (&self.chunks, &self.folded)
-            .transaction(|(chunks, folded)| {
-                chunks.apply_batch(&batch)?;
-                folded.insert(&id.to_be_bytes()[..], &mark[..])?;
-                Ok(())
-            })
-            .map_err(|e: sled::transaction::TransactionError<()>| match e {
-                sled::transaction::TransactionError::Storage(e) => StoreError::from(e),
-                sled::transaction::TransactionError::Abort(()) => corrupt(mark, "fold aborted"),
-            })?;
+        change.mark = Some((id, newest));
+        self.apply(&change)?;
         let Some(tail) = state.tails.remove(&id) else {
             return Ok(());
         };
@@ -483,30 +507,132 @@ impl Readings {
 
     fn insert_into_chunks(&self, id: u32, e: Entry) -> Result<Inserted, StoreError> {
         let pos = e.pos();
+        let mut change = Change::default();
         let Some((k, v)) = self.chunk_at(id, pos)? else {
             // Before the topic's first chunk: a chunk of its own.
-            self.chunks
-                .insert(chunk::key(id, pos), chunk::encode(&[e]))?;
+            change.put(id, vec![e]);
+            self.apply(&change)?;
             return Ok(Inserted::New);
         };
-        let mut entries = chunk::decode(&k, &v).map_err(|err| corrupt(&k, err))?;
+        let mut entries = self.load(&k, &v)?;
         match entries.binary_search_by_key(&pos, Entry::pos) {
             Ok(i) => Ok(same_or_conflict(&entries[i], &e)),
             Err(i) => {
-                // i > 0: the chunk's first entry is at or before pos, and not at it.
+                // i > 0 (the chunk's first entry is at or before pos, and not
+                // at it), unless the chunk was unreadable.
                 entries.insert(i, e);
-                let mut batch = sled::Batch::default();
                 if entries.len() > CHUNK_MAX {
                     // Split, so that a stream of late readings (a replayed
                     // backlog, a clock set back) cannot grow one chunk without
-                    // bound. One atomic batch: a crash keeps both halves or
+                    // bound. One transaction: a crash keeps both halves or
                     // neither, never a gap.
                     let tail = entries.split_off(entries.len() / 2);
-                    batch.insert(&chunk::key(id, tail[0].pos())[..], chunk::encode(&tail));
+                    change.put(id, tail);
                 }
-                batch.insert(k, chunk::encode(&entries));
-                self.chunks.apply_batch(batch)?;
+                if chunk::key(id, entries[0].pos())[..] != k[..] {
+                    change.removes.push(k.to_vec());
+                }
+                change.put(id, entries);
+                self.apply(&change)?;
                 Ok(Inserted::New)
+            }
+        }
+    }
+
+    /// Writes a [`Change`] as one sled transaction. Each new chunk goes to
+    /// the active segment first: a frame nothing points at yet, garbage if
+    /// the transaction fails. Then locators, removals, the fold mark and the
+    /// live bytes of every segment touched, together.
+    fn apply(&self, change: &Change) -> Result<(), StoreError> {
+        let mut puts = Vec::with_capacity(change.puts.len());
+        for (key, entries) in &change.puts {
+            let bytes = chunk::encode(entries);
+            let loc = self.segments.append(key, &bytes)?;
+            puts.push((key, locator(&bytes, loc), loc));
+        }
+        let mark = change.mark.map(|(id, (time, seq))| {
+            let mut v = [0u8; 16];
+            v[..8].copy_from_slice(&time.to_be_bytes());
+            v[8..].copy_from_slice(&seq.to_be_bytes());
+            (id, v)
+        });
+        // Sled may run the closure more than once: it starts afresh each time.
+        let emptied = std::cell::RefCell::new(Vec::new());
+        (&self.chunks, &self.folded, &self.segment_live)
+            .transaction(|(chunks, folded, live)| {
+                let mut delta: HashMap<u32, i64> = HashMap::new();
+                let freed = |old: Option<sled::IVec>, delta: &mut HashMap<u32, i64>| {
+                    if let Some(l) = old.as_deref().and_then(located) {
+                        *delta.entry(l.segment).or_default() -= frame_bytes(l);
+                    }
+                };
+                for (key, value, loc) in &puts {
+                    *delta.entry(loc.segment).or_default() += frame_bytes(*loc);
+                    freed(chunks.insert(&key[..], &value[..])?, &mut delta);
+                }
+                for key in &change.removes {
+                    freed(chunks.remove(&key[..])?, &mut delta);
+                }
+                if let Some((id, v)) = &mark {
+                    folded.insert(&id.to_be_bytes()[..], &v[..])?;
+                }
+                let mut now_empty = Vec::new();
+                for (segment, d) in delta {
+                    let k = segment.to_be_bytes();
+                    let was = live
+                        .get(k)?
+                        .and_then(|v| v.as_ref().try_into().ok())
+                        .map_or(0, u64::from_be_bytes);
+                    let now = was.saturating_add_signed(d);
+                    if now == 0 {
+                        live.remove(&k[..])?;
+                        now_empty.push(segment);
+                    } else {
+                        live.insert(&k[..], &now.to_be_bytes()[..])?;
+                    }
+                }
+                *emptied.borrow_mut() = now_empty;
+                Ok(())
+            })
+            .map_err(|e: sled::transaction::TransactionError<()>| match e {
+                sled::transaction::TransactionError::Storage(e) => StoreError::from(e),
+                sled::transaction::TransactionError::Abort(()) => {
+                    corrupt("chunks", "transaction aborted")
+                }
+            })?;
+        let active = self.segments.active();
+        lock(&self.emptied).extend(emptied.into_inner().into_iter().filter(|s| *s != active));
+        Ok(())
+    }
+
+    /// A chunk's entries: read from its segment (checked), or inline in sled
+    /// (stores from before segments). A damaged frame is reported (once,
+    /// with file and offset, counted in the store's damage) and reads as an
+    /// empty chunk: the rest is served.
+    fn load(&self, k: &[u8], v: &[u8]) -> Result<Vec<Entry>, StoreError> {
+        let Some(loc) = located(v) else {
+            return chunk::decode(k, v).map_err(|e| corrupt(k, e));
+        };
+        match self.segments.read(k, loc)? {
+            Ok(bytes) => chunk::decode(k, &bytes).map_err(|e| corrupt(k, e)),
+            Err(bad) => {
+                let count = chunk::header(v).map_or(0, |(count, _)| count);
+                let mut damage = lock(&self.damage);
+                if !damage
+                    .iter()
+                    .any(|d| d.file == bad.file && d.offset == bad.offset)
+                {
+                    let d = Damage {
+                        file: bad.file,
+                        offset: bad.offset,
+                        bytes: frame_bytes(loc).cast_unsigned(),
+                        what: bad.what,
+                        loss: Loss::Readings(count),
+                    };
+                    tracing::error!(damage = %d, "STORAGE DAMAGED: stored readings lost");
+                    damage.push(d);
+                }
+                Ok(Vec::new())
             }
         }
     }
@@ -533,31 +659,34 @@ impl Readings {
         for kv in &self.names {
             let id = id_of(&kv?.0)?;
             let _writers = self.lock();
+            let mut change = Change::default();
             for kv in self.chunks.scan_prefix(id.to_be_bytes()) {
                 if deleted >= max {
-                    return Ok(deleted);
+                    break;
                 }
                 let (k, v) = kv?;
                 let (count, (last, _)) = chunk::header(&v).map_err(|e| corrupt(&k, e))?;
                 if last < cutoff {
-                    self.chunks.remove(&k)?;
+                    change.removes.push(k.to_vec());
                     deleted += count;
                     continue;
                 }
-                let mut entries = chunk::decode(&k, &v).map_err(|e| corrupt(&k, e))?;
+                let mut entries = self.load(&k, &v)?;
                 let gone = entries.partition_point(|e| e.time < cutoff);
                 if gone > 0 {
+                    // Re-keyed under its new first reading, in the same
+                    // transaction: a crash between would lose what is kept.
                     let kept = entries.split_off(gone);
-                    // Re-keyed under its new first reading, atomically: a crash
-                    // between a remove and an insert would lose what is kept.
-                    let mut batch = sled::Batch::default();
-                    batch.remove(k);
-                    if let Some(first) = kept.first() {
-                        batch.insert(&chunk::key(id, first.pos())[..], chunk::encode(&kept));
+                    change.removes.push(k.to_vec());
+                    if !kept.is_empty() {
+                        change.put(id, kept);
                     }
-                    self.chunks.apply_batch(batch)?;
                     deleted += gone;
                 }
+                break;
+            }
+            self.apply(&change)?;
+            if deleted >= max {
                 break;
             }
         }
@@ -601,7 +730,7 @@ impl Readings {
             if !k.starts_with(&id.to_be_bytes()) {
                 break;
             }
-            let entries = chunk::decode(&k, &v).map_err(|e| corrupt(&k, e))?;
+            let entries = self.load(&k, &v)?;
             if let Some(e) = entries.into_iter().find(|e| e.pos() >= pos) {
                 return Ok(Some(e));
             }
@@ -674,13 +803,85 @@ impl Readings {
             .take(2)
         {
             let (k, v) = kv?;
-            let entries = chunk::decode(&k, &v).map_err(|e| corrupt(&k, e))?;
+            let entries = self.load(&k, &v)?;
             if let Some(e) = entries.into_iter().rev().find(|e| e.pos() < pos) {
                 return Ok(Some(e));
             }
         }
         Ok(None)
     }
+}
+
+/// The folders of the readings' own files.
+pub(super) struct Files<'a> {
+    /// The journal (`wal.rs`).
+    pub wal: &'a Path,
+    /// The chunks (`segments.rs`).
+    pub segments: &'a Path,
+}
+
+/// What a completed sled flush lets go (see [`Readings::sync`]).
+pub(super) struct Spent {
+    /// Journal records below it are in chunks, durably.
+    floor: u64,
+    /// Segments no locator points at any more.
+    segments: Vec<u32>,
+}
+
+/// Chunk changes written together by [`Readings::apply`].
+#[derive(Default)]
+struct Change {
+    /// New chunks, each under its first reading's key (replacing any chunk there).
+    puts: Vec<([u8; KEY_LEN], Vec<Entry>)>,
+    /// Chunks removed, by key.
+    removes: Vec<Vec<u8>>,
+    /// A topic's new fold mark.
+    mark: Option<(u32, Pos)>,
+}
+
+impl Change {
+    /// `entries`: sorted, not empty.
+    fn put(&mut self, id: u32, entries: Vec<Entry>) {
+        self.puts.push((chunk::key(id, entries[0].pos()), entries));
+    }
+}
+
+/// A chunk's value in sled once its bytes are in a segment: the chunk's own
+/// header (count, newest position: what scans read without the chunk)
+/// behind [`chunk::LOCATED`], then segment, offset and length (u32 LE each).
+fn locator(chunk: &[u8], loc: Loc) -> Vec<u8> {
+    let mut v = Vec::with_capacity(chunk::HEADER + 12);
+    v.push(chunk::LOCATED);
+    v.extend_from_slice(&chunk[1..chunk::HEADER]);
+    for n in [loc.segment, loc.offset, loc.len] {
+        v.extend_from_slice(&n.to_le_bytes());
+    }
+    v
+}
+
+/// Where a chunk is, if its value is a [`locator`].
+fn located(v: &[u8]) -> Option<Loc> {
+    if v.first() != Some(&chunk::LOCATED) || v.len() != chunk::HEADER + 12 {
+        return None;
+    }
+    let n = |i: usize| {
+        let at = chunk::HEADER + 4 * i;
+        u32::from_le_bytes([v[at], v[at + 1], v[at + 2], v[at + 3]])
+    };
+    Some(Loc {
+        segment: n(0),
+        offset: n(1),
+        len: n(2),
+    })
+}
+
+/// A frame's bytes in its segment, signed for live-byte deltas.
+fn frame_bytes(loc: Loc) -> i64 {
+    i64::try_from(loc.frame_bytes()).unwrap_or(i64::MAX)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A reading found at its own position: a redelivery (the same value and
@@ -1075,7 +1276,7 @@ impl Select<'_> {
                 match run.chunks.next() {
                     Some(kv) => {
                         let (k, v) = kv?;
-                        let entries = chunk::decode(&k, &v).map_err(|e| corrupt(&k, e))?;
+                        let entries = self.readings.load(&k, &v)?;
                         let implied = Implied::of(&run.topic);
                         let first = run.tail_first;
                         let entries: Vec<Entry> = entries
@@ -1247,7 +1448,11 @@ mod tests {
     use super::*;
 
     fn open(db: &sled::Db, dir: &Path) -> Readings {
-        Readings::open(db, &dir.join("wal"), Arc::default())
+        let files = Files {
+            wal: &dir.join("wal"),
+            segments: &dir.join("segments"),
+        };
+        Readings::open(db, &files, Arc::default(), Arc::default())
             .unwrap()
             .0
     }
@@ -1271,10 +1476,10 @@ mod tests {
         }
     }
 
-    /// Live ingest writes small batches that top up the newest chunk: it must
-    /// never grow past `CHUNK_MAX` (each top-up rewrites the whole chunk).
+    /// Live ingest writes small batches; the chunks they are folded into
+    /// never grow past `CHUNK_MAX`.
     #[test]
-    fn batches_top_up_chunks_to_at_most_chunk_max() {
+    fn batches_fill_chunks_of_at_most_chunk_max() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
         let readings = open(&db, dir.path());
@@ -1410,8 +1615,8 @@ mod tests {
         let mut writer = readings.writer();
         writer.insert(&reading(1)).unwrap();
         writer.finish().unwrap();
-        let floor = readings.sync().unwrap();
-        readings.made_durable(floor);
+        let spent = readings.sync().unwrap();
+        readings.made_durable(spent).unwrap();
         drop(readings);
         db.open_tree("topic_names").unwrap().clear().unwrap();
         db.open_tree("topic_ids").unwrap().clear().unwrap();

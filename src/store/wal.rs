@@ -92,6 +92,8 @@ pub enum Loss {
     Unknown,
     /// A file set aside at an earlier open, when its damage was reported.
     Reported,
+    /// A chunk whose frame is damaged: this many stored readings are gone.
+    Readings(usize),
 }
 
 /// Damage found at open.
@@ -116,6 +118,16 @@ impl std::fmt::Display for Damage {
             Loss::Lost => "acknowledged readings in it that were not yet in chunks are lost",
             Loss::Unknown => "past the last sync known: a write torn by a crash, never acknowledged, or the last batch's readings lost",
             Loss::Reported => "reported when it was found; remove the file once looked at",
+            Loss::Readings(n) => {
+                return write!(
+                    f,
+                    "{} at offset {}: {} ({} bytes unreadable; a chunk of {n} stored readings is lost)",
+                    self.file.display(),
+                    self.offset,
+                    self.what,
+                    self.bytes
+                )
+            }
         };
         write!(
             f,

@@ -15,9 +15,10 @@ const SLOW: &str = "building/floor1/room101/temperature/temp_002";
 const ALL: u64 = N + 3;
 
 /// A store holding `N` readings that aggregatord stored and flushed (its
-/// "stored reading" line comes after the flush), then killed with -9: the
-/// state a power cut leaves. The broker and certificates are dropped with it.
-fn acknowledged_then_killed() -> tempfile::TempDir {
+/// "stored reading" line comes after the flush), then killed with -9 (the
+/// state a power cut leaves), or stopped (everything in chunks, and sled
+/// flushed). The broker and certificates are dropped with it.
+fn acknowledged_then(kill: bool) -> tempfile::TempDir {
     let pki = Pki::new(&["room101", "aggregatord"]);
     let broker = Broker::start(&pki);
     let storage = tempfile::tempdir().unwrap();
@@ -36,7 +37,11 @@ fn acknowledged_then_killed() -> tempfile::TempDir {
         agg.log
             .wait_for(&["stored reading", &format!("seq=Some({seq})")]);
     }
-    agg.kill9();
+    if kill {
+        agg.kill9();
+    } else {
+        assert!(agg.terminate().success());
+    }
     storage
 }
 
@@ -44,6 +49,15 @@ fn acknowledged_then_killed() -> tempfile::TempDir {
 /// an operator would (the same open as the daemon's start): the seqs found,
 /// and what dump said on stderr.
 fn damaged_copy(storage: &Path, harm: impl FnOnce(&Path)) -> (Vec<u64>, String) {
+    let (seqs, said, _copy, _config) = damaged_copy_kept(storage, harm);
+    (seqs, said)
+}
+
+/// [`damaged_copy`], with the copy and its config kept for a daemon.
+fn damaged_copy_kept(
+    storage: &Path,
+    harm: impl FnOnce(&Path),
+) -> (Vec<u64>, String, tempfile::TempDir, ConfigFile) {
     let copy = tempfile::tempdir().unwrap();
     let db = copy.path().join("db");
     let status = Command::new("cp")
@@ -56,7 +70,7 @@ fn damaged_copy(storage: &Path, harm: impl FnOnce(&Path)) -> (Vec<u64>, String) 
     harm(&db);
     // dump needs a config only for the storage path; the broker is never asked.
     let config = write_config(&format!(
-        "client_id: aggregatord\nbroker: {{ hosts: [{{ host: localhost, port: 1 }}], insecure_plaintext: true }}\nsubscriptions:\n  - {{ filter: \"building/#\", qos: 1 }}\nstorage:\n  path: {}\n",
+        "client_id: aggregatord\nbroker: {{ hosts: [{{ host: localhost, port: 1 }}], insecure_plaintext: true }}\nsubscriptions:\n  - {{ filter: \"building/#\", qos: 1 }}\nstorage:\n  path: {}\nhttp: {{ listen: \"127.0.0.1:0\" }}\n",
         db.display()
     ));
     let out = Command::new(AGGREGATORD)
@@ -67,7 +81,12 @@ fn damaged_copy(storage: &Path, harm: impl FnOnce(&Path)) -> (Vec<u64>, String) 
         .unwrap();
     let said = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "dump failed: {said}");
-    (seqs_of(&String::from_utf8_lossy(&out.stdout)), said)
+    (
+        seqs_of(&String::from_utf8_lossy(&out.stdout)),
+        said,
+        copy,
+        config,
+    )
 }
 
 fn cut(file: &Path, bytes: u64) {
@@ -109,21 +128,21 @@ fn says_whether_lost(said: &str, lost: &[u64]) {
     );
 }
 
-fn lost(seqs: &[u64]) -> Vec<u64> {
+fn missing(seqs: &[u64]) -> Vec<u64> {
     let have: BTreeSet<u64> = seqs.iter().copied().collect();
     (1..=ALL).filter(|s| !have.contains(s)).collect()
 }
 
 #[test]
 fn a_cut_or_flipped_store_loses_nothing_acknowledged_silently() {
-    let storage = acknowledged_then_killed();
+    let storage = acknowledged_then(true);
     let mut results = serde_json::Map::new();
 
     // sled's file loses its end (the last flushes): the journal still holds
     // what those flushes had folded, and replay puts it back.
     for bytes in [1, 100, 4096] {
         let (seqs, said) = damaged_copy(storage.path(), |db| cut(&db.join("db"), bytes));
-        let lost = lost(&seqs);
+        let lost = missing(&seqs);
         results.insert(format!("db_cut_{bytes}_lost"), lost.len().into());
         assert!(
             lost.is_empty(),
@@ -141,7 +160,7 @@ fn a_cut_or_flipped_store_loses_nothing_acknowledged_silently() {
             file = newest_log_file(db);
             cut(&file, bytes);
         });
-        let lost = lost(&seqs);
+        let lost = missing(&seqs);
         results.insert(
             format!("journal_cut_{bytes}_lost_and_reported"),
             lost.len().into(),
@@ -183,14 +202,58 @@ fn a_cut_or_flipped_store_loses_nothing_acknowledged_silently() {
         offset <= at && at - offset < 4096,
         "reported at {offset}, flipped at {at}"
     );
-    let lost = lost(&seqs);
+    let lost = missing(&seqs);
     results.insert("journal_flip_lost".into(), lost.len().into());
     assert!(lost.len() < 64, "one frame's readings at most");
     says_whether_lost(&said, &lost);
 
+    // A flipped byte inside a segment (the chunks) of a stopped store: the
+    // chunk it hit is reported with file, offset and how many readings it
+    // held; the rest is served.
+    let stopped = acknowledged_then(false);
+    let (seqs, said, _copy, config) = damaged_copy_kept(stopped.path(), |db| {
+        let mut segments: Vec<PathBuf> = std::fs::read_dir(db.join("segments"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        segments.sort();
+        flip_middle(&segments[0]);
+    });
+    let lost = missing(&seqs);
+    let reported: usize = said
+        .split("a chunk of ")
+        .skip(1)
+        .filter_map(|s| s.split(' ').next()?.parse::<usize>().ok())
+        .sum();
+    results.insert("segment_flip_lost".into(), lost.len().into());
+    results.insert("segment_flip_reported_lost".into(), reported.into());
+    assert_eq!(
+        lost.len(),
+        reported,
+        "lost and said lost must agree: {said}"
+    );
+    assert!(
+        reported > 0 && said.contains(".seg at offset") && said.contains("STORAGE DAMAGED"),
+        "{said}"
+    );
+
+    // The daemon on that store says it too: /readyz and the metric (it has
+    // no broker to reach here, so it is not ready; the damage line is there).
+    let agg = start_daemon(AGGREGATORD, &config.path);
+    let addr = dashboard_addr(&agg.log);
+    let (_, history) = http_get(
+        &addr,
+        "/api/history?sensor=building/floor1/room101/temperature/temp_001&since=365d",
+    );
+    let (_, readyz) = http_get(&addr, "/readyz");
+    let (_, metrics) = http_get(&addr, "/metrics");
+    assert!(readyz.contains("damage: 1 "), "{readyz} ({history:.200})");
+    assert!(metrics.contains("roomsense_storage_damage 1"), "{metrics}");
+
     record(
         "store_damage",
-        "20,000 QoS 1 readings stored, aggregatord killed -9, then a copy of the store damaged each way and read by dump",
+        "20,000 QoS 1 readings stored, aggregatord killed -9 (a segment: stopped), then a copy of the store damaged each way and read by dump",
         serde_json::Value::Object(results),
     );
 }

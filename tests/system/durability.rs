@@ -432,9 +432,13 @@ fn every_batch_is_fdatasynced_not_only_sync_file_range() {
     assert!(agg.wait().success());
     let log = storage.path().join("db");
     let traced = std::fs::read_to_string(&trace).unwrap();
+    // With several threads strace splits a call another thread interrupts
+    // into "<unfinished ...>" and "<... resumed>": joined here, each call
+    // stands where it returned.
+    let calls = whole_calls(&traced);
     let synced = |file: &str| {
-        traced
-            .lines()
+        calls
+            .iter()
             .filter(|l| l.contains("fdatasync(") && l.contains(file))
             .filter(|l| l.trim_end().ends_with("= 0"))
             .count() as u64
@@ -446,8 +450,8 @@ fn every_batch_is_fdatasynced_not_only_sync_file_range() {
     // journal write is not (sled's note of the journal would run ahead).
     let (mut unsynced, mut writes, mut journal_synced) = (false, 0u64, 0u64);
     let (mut written_twice, mut sled_synced_after_unsynced) = (0u64, 0u64);
-    for l in traced
-        .lines()
+    for l in calls
+        .iter()
         .filter(|l| l.trim_end().ends_with(|c: char| c.is_ascii_digit()))
     {
         if l.contains(&journal) && l.contains("write(") {
@@ -551,4 +555,25 @@ fn what_a_batch_writes_beside_the_journal_survives_kill_9() {
     let seqs: BTreeSet<u64> = stored_seqs(&config.path).into_iter().collect();
     assert!(seqs.contains(&1), "the late reading");
     assert_eq!(seqs.len(), 65);
+}
+
+/// strace -f output with each interrupted call (`PID name(args <unfinished
+/// ...>` then `PID <... name resumed>rest`) joined into one line, placed
+/// where it returned.
+fn whole_calls(traced: &str) -> Vec<String> {
+    let mut started: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+    let mut calls = Vec::new();
+    for l in traced.lines() {
+        let pid = l.split_whitespace().next().unwrap_or("");
+        if let Some(head) = l.strip_suffix("<unfinished ...>") {
+            started.insert(pid, head);
+        } else if let Some((_, rest)) = l.split_once(" resumed>") {
+            if let Some(head) = started.remove(pid) {
+                calls.push(format!("{}{rest}", head.trim_end()));
+            }
+        } else {
+            calls.push(l.to_owned());
+        }
+    }
+    calls
 }

@@ -245,7 +245,15 @@ async fn state(State(app): State<App>) -> Json<serde_json::Value> {
     Json(app.live.snapshot(Timestamp::now_millis()))
 }
 
+/// The store's count of damage found (at open, or by any read since).
+fn note_damage(app: &App) -> u64 {
+    let damage = app.store.damage().len() as u64;
+    app.metrics.storage_damage.store(damage, Relaxed);
+    damage
+}
+
 async fn metrics_text(State(app): State<App>) -> Response {
+    note_damage(&app);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         app.metrics.render(),
@@ -259,11 +267,11 @@ async fn ready(State(app): State<App>) -> Response {
     let mut body = format!("broker: {}\nstorage: {}\n", ok(connected), ok(storage));
     // Ready all the same: what is damaged is past, ingest works. Said here
     // (and in the metric) so that a health check's reader sees it.
-    let damage = app.metrics.storage_damage.load(Relaxed);
+    let damage = note_damage(&app);
     if damage > 0 {
         let _ = writeln!(
             body,
-            "damage: {damage} damaged regions found at open (see the log; files kept as *.damaged)"
+            "damage: {damage} damaged regions found (see the log: STORAGE DAMAGED)"
         );
     }
     let status = if connected && storage {

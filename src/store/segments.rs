@@ -1,0 +1,337 @@
+//! Segment files: the readings' chunks, in files of our own, each chunk a
+//! checksummed frame written once and never changed. sled keeps, under each
+//! chunk's key, only where its frame is (a [`Loc`], behind the chunk's own
+//! header); a changed chunk is a new frame, and the old one is garbage. It
+//! knows nothing of what a chunk holds, and nothing of sled.
+//!
+//! `<storage>/segments/<number, 8 hex digits>.seg`: [`MAGIC`], then frames
+//! `length u32 LE | crc32 u32 LE | key | chunk`, the CRC over key and chunk,
+//! the length the chunk's. The key (the chunk's in sled) makes a frame say
+//! what it is: a locator that points at the wrong frame is caught, and the
+//! catalogue could be rebuilt from the files. Appends go to the newest file until
+//! it passes [`ROTATE_AT`]. A segment is synced before the sled flush that
+//! makes locators to it durable (`Store::flush`), and removed when none of
+//! its frames is referenced any more (the store counts live bytes per segment,
+//! in the same sled transaction as the locators), once that is flushed.
+//!
+//! A frame whose checksum fails is reported with file and offset by the
+//! reader that met it; the other chunks are served.
+
+use super::chunk::KEY_LEN;
+use super::StoreError;
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+/// Each file's first bytes: the format, version 1.
+const MAGIC: &[u8; 8] = b"RSSEG01\n";
+/// A frame's header: length, CRC and the chunk's key.
+pub(super) const FRAME_HEADER: u64 = 8 + KEY_LEN as u64;
+/// A segment past this many bytes is closed and a new one started (a frame
+/// offset then fits a u32 with room to spare).
+const ROTATE_AT: u64 = 64 * 1024 * 1024;
+
+/// Where a chunk's frame is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Loc {
+    pub segment: u32,
+    /// The frame's start.
+    pub offset: u32,
+    /// The chunk's length (the frame is [`FRAME_HEADER`] more).
+    pub len: u32,
+}
+
+impl Loc {
+    /// The bytes the frame takes in its segment: what its removal frees.
+    pub fn frame_bytes(self) -> u64 {
+        u64::from(self.len) + FRAME_HEADER
+    }
+}
+
+/// A chunk that could not be read back as written.
+#[derive(Debug, Clone)]
+pub(super) struct Unreadable {
+    pub file: PathBuf,
+    pub offset: u64,
+    pub what: &'static str,
+}
+
+pub(super) struct Segments {
+    dir: PathBuf,
+    /// [`ROTATE_AT`]; tests make it small.
+    rotate_at: std::sync::atomic::AtomicU64,
+    /// The segment appended to.
+    active: Mutex<Active>,
+    /// Open files for reading, by number (the active one too).
+    readers: Mutex<HashMap<u32, Arc<File>>>,
+}
+
+struct Active {
+    number: u32,
+    file: File,
+    len: u64,
+    synced: u64,
+}
+
+fn io_error(path: &Path, source: std::io::Error) -> StoreError {
+    StoreError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Segments {
+    /// The segments in `dir` (made if missing); appends go on in the newest.
+    pub fn open(dir: &Path) -> Result<Segments, StoreError> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| io_error(dir, e))?;
+        let mut newest = None;
+        for entry in std::fs::read_dir(dir).map_err(|e| io_error(dir, e))? {
+            let name = entry.map_err(|e| io_error(dir, e))?.file_name();
+            if let Some(n) = name
+                .to_string_lossy()
+                .strip_suffix(".seg")
+                .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+            {
+                newest = newest.max(Some(n));
+            }
+        }
+        let number = newest.unwrap_or(0);
+        let (file, len) = open_for_append(dir, number)?;
+        Ok(Segments {
+            dir: dir.to_owned(),
+            rotate_at: ROTATE_AT.into(),
+            active: Mutex::new(Active {
+                number,
+                file,
+                len,
+                synced: len,
+            }),
+            readers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    #[cfg(test)]
+    pub fn rotate_at(&self, bytes: u64) {
+        self.rotate_at
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn path(&self, number: u32) -> PathBuf {
+        self.dir.join(format!("{number:08x}.seg"))
+    }
+
+    /// The segment appended to now (never removed).
+    pub fn active(&self) -> u32 {
+        lock(&self.active).number
+    }
+
+    /// Appends one chunk, stored under `key`, as a frame; durable after
+    /// [`Segments::sync`].
+    pub fn append(&self, key: &[u8; KEY_LEN], chunk: &[u8]) -> Result<Loc, StoreError> {
+        let mut a = lock(&self.active);
+        if a.len > self.rotate_at.load(std::sync::atomic::Ordering::Relaxed) {
+            self.rotate(&mut a)?;
+        }
+        let len = u32::try_from(chunk.len()).map_err(|_| StoreError::Corrupt {
+            key: String::new(),
+            message: "chunk too large".into(),
+        })?;
+        let mut frame = Vec::with_capacity(chunk.len() + 8 + KEY_LEN);
+        frame.extend_from_slice(&len.to_le_bytes());
+        frame.extend_from_slice(&[0; 4]);
+        frame.extend_from_slice(key);
+        frame.extend_from_slice(chunk);
+        let crc = crc32fast::hash(&frame[8..]);
+        frame[4..8].copy_from_slice(&crc.to_le_bytes());
+        let path = self.path(a.number);
+        if let Err(e) = a.file.write_all(&frame) {
+            // Cut back what part reached the file: the next frame's offset
+            // must be where the file ends.
+            let _ = a.file.set_len(a.len);
+            return Err(io_error(&path, e));
+        }
+        let offset = u32::try_from(a.len).map_err(|_| StoreError::Corrupt {
+            key: path.display().to_string(),
+            message: "segment past 4 GiB".into(),
+        })?;
+        a.len += frame.len() as u64;
+        Ok(Loc {
+            segment: a.number,
+            offset,
+            len,
+        })
+    }
+
+    fn rotate(&self, a: &mut Active) -> Result<(), StoreError> {
+        Self::sync_active(&self.dir, a)?;
+        let number = a.number.checked_add(1).ok_or_else(|| StoreError::Corrupt {
+            key: self.dir.display().to_string(),
+            message: "segment numbers exhausted".into(),
+        })?;
+        let (file, len) = open_for_append(&self.dir, number)?;
+        *a = Active {
+            number,
+            file,
+            len,
+            synced: len,
+        };
+        Ok(())
+    }
+
+    fn sync_active(dir: &Path, a: &mut Active) -> Result<(), StoreError> {
+        if a.synced < a.len {
+            a.file
+                .sync_data()
+                .map_err(|e| io_error(&dir.join(format!("{:08x}.seg", a.number)), e))?;
+            a.synced = a.len;
+        }
+        Ok(())
+    }
+
+    /// Makes every frame appended so far durable: before the sled flush that
+    /// makes locators to them durable.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        Self::sync_active(&self.dir, &mut lock(&self.active))
+    }
+
+    /// The chunk stored under `key` at `loc`, checked: `Ok(Err(_))` when its
+    /// frame is damaged or is another chunk's.
+    pub fn read(&self, key: &[u8], loc: Loc) -> Result<Result<Vec<u8>, Unreadable>, StoreError> {
+        let path = self.path(loc.segment);
+        let file = {
+            let mut readers = lock(&self.readers);
+            if let Some(f) = readers.get(&loc.segment) {
+                f.clone()
+            } else {
+                let f = match File::open(&path) {
+                    Ok(f) => Arc::new(f),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Ok(Err(Unreadable {
+                            file: path,
+                            offset: u64::from(loc.offset),
+                            what: "segment file missing",
+                        }))
+                    }
+                    Err(e) => return Err(io_error(&path, e)),
+                };
+                readers.insert(loc.segment, f.clone());
+                f
+            }
+        };
+        let mut frame = vec![0u8; usize::try_from(loc.frame_bytes()).unwrap_or(usize::MAX)];
+        let unreadable = |what| {
+            Ok(Err(Unreadable {
+                file: path.clone(),
+                offset: u64::from(loc.offset),
+                what,
+            }))
+        };
+        match file.read_exact_at(&mut frame, u64::from(loc.offset)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return unreadable("segment cut short");
+            }
+            Err(e) => return Err(io_error(&path, e)),
+        }
+        let word =
+            |i: usize| u32::from_le_bytes([frame[i], frame[i + 1], frame[i + 2], frame[i + 3]]);
+        if word(0) != loc.len {
+            return unreadable("frame length does not match its locator");
+        }
+        if crc32fast::hash(&frame[8..]) != word(4) {
+            return unreadable("checksum mismatch");
+        }
+        if frame[8..8 + KEY_LEN] != *key {
+            return unreadable("the frame is another chunk's");
+        }
+        Ok(Ok(frame.split_off(8 + KEY_LEN)))
+    }
+
+    /// Deletes segment `number`: none of its frames is referenced any more,
+    /// durably.
+    pub fn remove(&self, number: u32) -> Result<(), StoreError> {
+        lock(&self.readers).remove(&number);
+        let path = self.path(number);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_error(&path, e)),
+        }
+    }
+
+    /// Bytes in the segment files.
+    pub fn disk_bytes(&self) -> u64 {
+        std::fs::read_dir(&self.dir).map_or(0, |d| {
+            d.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+    }
+}
+
+/// Segment `number`, opened to append, and its length; made if new (header
+/// written, file and folder synced).
+fn open_for_append(dir: &Path, number: u32) -> Result<(File, u64), StoreError> {
+    let path = dir.join(format!("{number:08x}.seg"));
+    let mut f = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| io_error(&path, e))?;
+    let len = f.metadata().map_err(|e| io_error(&path, e))?.len();
+    if len == 0 {
+        f.write_all(MAGIC)
+            .and_then(|()| f.sync_all())
+            .and_then(|()| File::open(dir)?.sync_all())
+            .map_err(|e| io_error(&path, e))?;
+    }
+    Ok((f, len.max(MAGIC.len() as u64)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_read_back_checked_and_a_flipped_byte_is_caught() {
+        let dir = tempfile::tempdir().unwrap();
+        let segments = Segments::open(dir.path()).unwrap();
+        let (ka, kb) = ([1; KEY_LEN], [2; KEY_LEN]);
+        let a = segments.append(&ka, b"first chunk").unwrap();
+        let b = segments.append(&kb, b"second").unwrap();
+        segments.sync().unwrap();
+        assert_eq!(segments.read(&ka, a).unwrap().unwrap(), b"first chunk");
+        assert_eq!(segments.read(&kb, b).unwrap().unwrap(), b"second");
+        let wrong = segments.read(&ka, b).unwrap().unwrap_err();
+        assert_eq!(wrong.what, "the frame is another chunk's");
+        let path = segments.path(0);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[usize::try_from(b.offset).unwrap() + 30] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        let again = Segments::open(dir.path()).unwrap();
+        assert_eq!(again.read(&ka, a).unwrap().unwrap(), b"first chunk");
+        let bad = again.read(&kb, b).unwrap().unwrap_err();
+        assert_eq!(
+            (bad.offset, bad.what),
+            (u64::from(b.offset), "checksum mismatch")
+        );
+        // Appends go on after what is there.
+        let c = again.append(&ka, b"third").unwrap();
+        assert!(c.offset > b.offset);
+        assert_eq!(again.read(&ka, c).unwrap().unwrap(), b"third");
+    }
+}
