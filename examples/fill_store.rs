@@ -78,6 +78,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(w) = writer.take() {
         w.finish()?;
     }
-    store.flush()?;
+    // As aggregatord's clean stop leaves it.
+    store.checkpoint()?;
     Ok(())
 }

@@ -20,6 +20,7 @@
 
 mod chunk;
 mod codec;
+mod files;
 mod query;
 mod readings;
 mod segments;

@@ -330,7 +330,9 @@ impl Readings {
     pub(super) fn made_durable(&self, spent: Spent) -> Result<(), StoreError> {
         {
             let mut state = self.lock();
-            state.durable_floor = state.durable_floor.max(spent.floor);
+            let floor = state.durable_floor.max(spent.floor);
+            state.durable_floor = floor;
+            state.wal.remove_spent(floor)?;
         }
         for segment in spent.segments {
             self.segments.remove(segment)?;
@@ -981,7 +983,6 @@ impl ReadingWriter {
         let readings = &self.readings;
         let mut state = readings.lock();
         let floor = state.durable_floor;
-        state.wal.remove_spent(floor)?;
         let record = state.next_record;
         let now = Instant::now();
         let mut journaled = Vec::new();
@@ -1571,29 +1572,30 @@ mod tests {
         assert_eq!(seqs, vec![1, 2, 3, 4]);
     }
 
-    /// Journal records of the first layout (chunk key, u32 length, version 2
-    /// chunk, per topic) are still replayed.
-    #[test]
-    fn a_first_layout_journal_record_is_replayed() {
+    /// Reading 1 stored, through the journal.
+    fn stored_one() -> (tempfile::TempDir, sled::Db, Readings) {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
         let readings = open(&db, dir.path());
         let mut writer = readings.writer();
         writer.insert(&reading(1)).unwrap();
         writer.finish().unwrap();
-        // A record as the first layout had it, where versions before the
-        // log files kept the journal: in sled.
+        (dir, db, readings)
+    }
+
+    /// Readings 2 and 3 as one record of an older layout (`encode` makes it
+    /// from topic id, topic and entries), kept in sled as the versions before
+    /// the journal files did: replayed at open, with reading 1, then removed.
+    fn replays_from_sled(encode: impl FnOnce(u32, &str, Vec<Entry>) -> Vec<u8>) {
+        let (dir, db, readings) = stored_one();
         let id = readings.lock().topics[&reading(1).topic].id;
         let topic = reading(2).topic;
         let implied = Implied::of(&topic);
         let entries = vec![implied.entry(&reading(2)), implied.entry(&reading(3))];
-        let chunk = chunk::encode_v2(&entries);
-        let mut old = chunk::key(id, entries[0].pos()).to_vec();
-        old.extend_from_slice(&u32::try_from(chunk.len()).unwrap().to_le_bytes());
-        old.extend_from_slice(&chunk);
+        let record = encode(id, &topic, entries);
         readings
             .old_journal
-            .insert(1000u64.to_be_bytes(), old)
+            .insert(1000u64.to_be_bytes(), record)
             .unwrap();
         drop(readings);
         let again = open(&db, dir.path());
@@ -1605,16 +1607,36 @@ mod tests {
         assert!(again.old_journal.is_empty(), "replayed, then removed");
     }
 
+    /// The first layout: per topic, chunk key, u32 length, version 2 chunk.
+    #[test]
+    fn a_first_layout_journal_record_is_replayed() {
+        replays_from_sled(|id, _, entries| {
+            let chunk = chunk::encode_v2(&entries);
+            let mut old = chunk::key(id, entries[0].pos()).to_vec();
+            old.extend_from_slice(&u32::try_from(chunk.len()).unwrap().to_le_bytes());
+            old.extend_from_slice(&chunk);
+            old
+        });
+    }
+
+    /// Version 1, what the release before the journal files wrote.
+    #[test]
+    fn a_version_1_journal_record_in_sled_is_replayed() {
+        replays_from_sled(|id, topic, entries| {
+            // Version 2 without names is version 1 with a zero count after the base.
+            let mut v1 = encode_record(&[], &[(id, topic.to_owned(), entries)]);
+            assert_eq!((v1[0], v1[9]), (RECORD_V2, 0));
+            v1.remove(9);
+            v1[0] = RECORD_V1;
+            v1
+        });
+    }
+
     /// sled lost its last flushes (a cut file) with a new topic's name in
     /// them: the log names it, and its readings come back under it.
     #[test]
     fn a_topic_sled_lost_comes_back_from_the_log() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let readings = open(&db, dir.path());
-        let mut writer = readings.writer();
-        writer.insert(&reading(1)).unwrap();
-        writer.finish().unwrap();
+        let (dir, db, readings) = stored_one();
         let spent = readings.sync().unwrap();
         readings.made_durable(spent).unwrap();
         drop(readings);

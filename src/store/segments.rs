@@ -18,9 +18,10 @@
 //! reader that met it; the other chunks are served.
 
 use super::chunk::KEY_LEN;
+use super::files::{self, io_error};
 use super::StoreError;
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -76,13 +77,6 @@ struct Active {
     synced: u64,
 }
 
-fn io_error(path: &Path, source: std::io::Error) -> StoreError {
-    StoreError::Io {
-        path: path.to_owned(),
-        source,
-    }
-}
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -90,12 +84,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Segments {
     /// The segments in `dir` (made if missing); appends go on in the newest.
     pub fn open(dir: &Path) -> Result<Segments, StoreError> {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| io_error(dir, e))?;
+        files::private_dir(dir)?;
         let mut newest = None;
         for entry in std::fs::read_dir(dir).map_err(|e| io_error(dir, e))? {
             let name = entry.map_err(|e| io_error(dir, e))?.file_name();
@@ -282,24 +271,9 @@ impl Segments {
     }
 }
 
-/// Segment `number`, opened to append, and its length; made if new (header
-/// written, file and folder synced).
+/// Segment `number`, opened to append, and its length.
 fn open_for_append(dir: &Path, number: u32) -> Result<(File, u64), StoreError> {
-    let path = dir.join(format!("{number:08x}.seg"));
-    let mut f = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(|e| io_error(&path, e))?;
-    let len = f.metadata().map_err(|e| io_error(&path, e))?.len();
-    if len == 0 {
-        f.write_all(MAGIC)
-            .and_then(|()| f.sync_all())
-            .and_then(|()| File::open(dir)?.sync_all())
-            .map_err(|e| io_error(&path, e))?;
-    }
-    Ok((f, len.max(MAGIC.len() as u64)))
+    files::open_for_append(dir, &dir.join(format!("{number:08x}.seg")), MAGIC)
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@
 //! the last sync known is cut off and reported as what it is: a write torn by
 //! a crash, or the last batch's readings lost, which no file can tell apart.
 
+use super::files::{self, io_error, sync_dir};
 use super::StoreError;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -165,13 +166,6 @@ pub(super) struct Wal {
     damaged: Vec<u64>,
 }
 
-fn io_error(path: &Path, source: std::io::Error) -> StoreError {
-    StoreError::Io {
-        path: path.to_owned(),
-        source,
-    }
-}
-
 fn file_name(first: u64) -> String {
     format!("{first:016x}.wal")
 }
@@ -241,12 +235,6 @@ fn resync(bytes: &[u8], from: usize, after: Option<u64>) -> Option<usize> {
         .find(|&at| parse(&bytes[at..]).is_ok_and(|f| after.is_none_or(|a| f.record > a)))
 }
 
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_error(dir, e))
-}
-
 impl Wal {
     /// Opens the log in `dir` (made if missing), handing every good frame to
     /// `each` in order; returns the log, ready to append, and the damage found.
@@ -256,12 +244,7 @@ impl Wal {
         noted: Option<Position>,
         mut each: impl FnMut(u64, &[u8]) -> Result<(), StoreError>,
     ) -> Result<(Wal, Vec<Damage>), StoreError> {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| io_error(dir, e))?;
+        files::private_dir(dir)?;
         let mut files = Vec::new();
         let mut damage = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(|e| io_error(dir, e))? {
@@ -531,25 +514,9 @@ impl Wal {
     }
 }
 
-/// The log file starting at record `first`, opened to append, and its length;
-/// made if new (header written, file and folder synced: rare, and it makes a
-/// torn header impossible).
+/// The log file starting at record `first`, opened to append, and its length.
 fn open_for_append(dir: &Path, first: u64) -> Result<(File, u64), StoreError> {
-    let path = dir.join(file_name(first));
-    let mut f = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(|e| io_error(&path, e))?;
-    let len = f.metadata().map_err(|e| io_error(&path, e))?.len();
-    if len == 0 {
-        f.write_all(MAGIC)
-            .and_then(|()| f.sync_all())
-            .map_err(|e| io_error(&path, e))?;
-        sync_dir(dir)?;
-    }
-    Ok((f, len.max(MAGIC.len() as u64)))
+    files::open_for_append(dir, &dir.join(file_name(first)), MAGIC)
 }
 
 fn truncate(path: &Path, len: u64) -> Result<(), StoreError> {

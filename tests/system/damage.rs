@@ -19,12 +19,13 @@ const ALL: u64 = N + 3;
 /// state a power cut leaves), or stopped (everything in chunks, and sled
 /// flushed). The broker and certificates are dropped with it.
 fn acknowledged_then(kill: bool) -> tempfile::TempDir {
-    let pki = Pki::new(&["room101", "aggregatord"]);
-    let broker = Broker::start(&pki);
-    let storage = tempfile::tempdir().unwrap();
-    let config = write_config(&aggregatord_yaml(&broker, &pki, storage.path()));
-    let mut agg = start_daemon(AGGREGATORD, &config.path);
-    agg.log.wait_for(&["subscribed"]);
+    let Agg {
+        pki,
+        broker,
+        _storage: storage,
+        mut agg,
+        ..
+    } = aggregatord_for(&["room101"], "");
     let node = Watcher::connect(&broker, &pki, "room101");
     for seq in 1..=N {
         node.publish(TOPIC, &reading_payload(seq), 1);

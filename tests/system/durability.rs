@@ -495,18 +495,14 @@ fn killed_right_after(
     extra: &str,
     act: impl FnOnce(&Watcher, &Proc),
 ) -> (tempfile::TempDir, ConfigFile) {
-    let pki = Pki::new(&["room101", "aggregatord"]);
-    let broker = Broker::start(&pki);
-    let storage = tempfile::tempdir().unwrap();
-    let config = write_config(&aggregatord_yaml_with(
-        &broker,
-        &pki,
-        storage.path(),
-        1,
-        extra,
-    ));
-    let mut agg = start_daemon(AGGREGATORD, &config.path);
-    agg.log.wait_for(&["subscribed"]);
+    let Agg {
+        pki,
+        broker,
+        _storage: storage,
+        config,
+        mut agg,
+        ..
+    } = aggregatord_for(&["room101"], extra);
     let node = Watcher::connect(&broker, &pki, "room101");
     act(&node, &agg);
     agg.kill9();

@@ -1,0 +1,55 @@
+//! What the store's own files (the journal, the segments) share: a private
+//! folder, a file made durably with its header, errors that name the file.
+
+use super::StoreError;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+
+pub(super) fn io_error(path: &Path, source: std::io::Error) -> StoreError {
+    StoreError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// `dir`, made if missing, readable by its owner only (the building's history).
+pub(super) fn private_dir(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| io_error(dir, e))
+}
+
+/// Makes a rename, a creation or a removal in `dir` durable.
+pub(super) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error(dir, e))
+}
+
+/// The file at `path` in `dir`, opened to append, and its length; made if
+/// new, with `magic` written and file and folder synced (rare, and it makes a
+/// torn header impossible).
+pub(super) fn open_for_append(
+    dir: &Path,
+    path: &Path,
+    magic: &[u8],
+) -> Result<(File, u64), StoreError> {
+    let mut f = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| io_error(path, e))?;
+    let len = f.metadata().map_err(|e| io_error(path, e))?.len();
+    if len == 0 {
+        f.write_all(magic)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| io_error(path, e))?;
+        sync_dir(dir)?;
+    }
+    Ok((f, len.max(magic.len() as u64)))
+}
