@@ -32,7 +32,22 @@ impl Timestamp {
     /// `/etc/localtime`), because that is what such a client wrote: its wall clock,
     /// in the same building. A wall-clock time that does not exist (skipped by a DST
     /// change) is refused; one that occurs twice takes the earlier instant.
+    ///
+    /// A leap second (`23:59:60`) is refused: chrono keeps it as the last
+    /// second's nanosecond 1,000,000,000 and up, which in microseconds is the
+    /// next second's first instant, so the reading would take the identity
+    /// of another (and be dropped as its duplicate).
     pub fn parse(text: &str) -> Result<Self, String> {
+        let t = Self::parse_any(text)?;
+        if t.0.timestamp_subsec_nanos() >= 1_000_000_000 {
+            return Err(format!(
+                "{text:?} is a leap second (:60), which storage cannot tell from the next second's first instant"
+            ));
+        }
+        Ok(t)
+    }
+
+    fn parse_any(text: &str) -> Result<Self, String> {
         if let Ok(t) = DateTime::parse_from_rfc3339(text) {
             return Ok(Timestamp(t.with_timezone(&Utc)));
         }
@@ -109,6 +124,15 @@ mod tests {
         );
         let micros = Timestamp::parse("2026-01-24T10:00:00.123456").unwrap();
         assert!(micros.to_string().ends_with(".123456Z"));
+    }
+
+    #[test]
+    fn a_leap_second_is_refused_not_folded_into_the_next_second() {
+        let leap = Timestamp::parse("2016-12-31T23:59:60Z").unwrap_err();
+        assert!(leap.contains("leap second"), "{leap}");
+        assert!(Timestamp::parse("2016-12-31T23:59:60.500+00:00").is_err());
+        assert!(Timestamp::parse("2016-12-31T23:59:59.999Z").is_ok());
+        assert!(Timestamp::parse("2017-01-01T00:00:00Z").is_ok());
     }
 
     #[test]

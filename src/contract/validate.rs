@@ -245,6 +245,17 @@ mod tests {
             check(&r("temp_001", "temperature", "20", "celsius", "soon")),
             Err(Malformed)
         );
+        // Kept as refused, with the reason; not stored as the next second.
+        let leap = r(
+            "temp_001",
+            "temperature",
+            "20",
+            "celsius",
+            "2016-12-31T23:59:60Z",
+        );
+        let refused = validate_reading(&temp_001(), leap.as_bytes(), Utc::now()).unwrap_err();
+        assert_eq!(refused.reason, Malformed);
+        assert!(refused.detail.contains("leap second"), "{}", refused.detail);
         let unknown = r#"{"sensor_id":"x","sensor_type":"light","value":1,"unit":"lux","timestamp":"2026-01-24T10:00:00Z"}"#;
         assert_eq!(
             refuse_unknown_type("light", "x", unknown.as_bytes()).reason,
