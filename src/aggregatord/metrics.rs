@@ -39,6 +39,8 @@ pub struct Metrics {
     pub connected: AtomicBool,
     /// False after a failed write or flush, until one succeeds again.
     pub storage_ok: AtomicBool,
+    /// Readings deleted to keep the chunks under `storage.max_size`.
+    pub budget_deleted: AtomicU64,
     /// Damaged regions of acknowledged data the store found, at open or by
     /// reading (`Store::damage`, each logged with file and offset); set from
     /// it by the HTTP handlers that show it.
@@ -154,6 +156,11 @@ impl Metrics {
             "alerts_cleared_total",
             "Alerts cleared.",
             self.alerts_cleared.load(Relaxed),
+        );
+        counter(
+            "storage_budget_deleted_total",
+            "Readings deleted, the oldest first, to keep the chunks under storage.max_size.",
+            self.budget_deleted.load(Relaxed),
         );
         let _ = writeln!(out, "# HELP roomsense_readings_rejected_total Messages refused, by reason.\n# TYPE roomsense_readings_rejected_total counter");
         for (reason, n) in self.rejected() {

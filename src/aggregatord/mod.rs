@@ -210,8 +210,18 @@ pub async fn run(
         forget_tx,
         background.clone(),
     ));
-    if let Some(keep) = config.storage.retention {
-        tasks.spawn(retention::run(store.clone(), keep, background.clone()));
+    let metrics = Arc::new(metrics::Metrics::default());
+    if config.storage.retention.is_some() || config.storage.max_size.is_some() {
+        let policy = retention::Policy {
+            keep: config.storage.retention,
+            max_bytes: config.storage.max_size.map(|m| m.as_u64()),
+        };
+        tasks.spawn(retention::run(
+            store.clone(),
+            policy,
+            metrics.clone(),
+            background.clone(),
+        ));
     }
     let alerts_ready = Arc::new(Notify::new());
     let (alert_settings_tx, alert_settings_rx) =
@@ -237,7 +247,6 @@ pub async fn run(
     let rules = crate::alerts::rules(&config.alerts).map_err(anyhow::Error::msg)?;
     let (engine, orphans) = Engine::new(rules, active.clone());
 
-    let metrics = Arc::new(metrics::Metrics::default());
     let _ = metrics.acks_sent.set(mqtt.acks_sent());
     metrics
         .storage_ok

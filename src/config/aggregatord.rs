@@ -289,6 +289,12 @@ pub struct StorageConfig {
     /// Default: none, keep everything; at most 100 years.
     #[serde(default, with = "super::duration::option")]
     pub retention: Option<std::time::Duration>,
+    /// A disk budget for the readings' chunks (`10GiB`, `500MB`, or bytes):
+    /// past it the oldest readings are deleted, a slice at a time, until
+    /// under it. Default: none; at least 1 MiB. The journal (at most an
+    /// hour of readings) and sled's catalogue come on top (README).
+    #[serde(default)]
+    pub max_size: Option<bytesize::ByteSize>,
 }
 
 impl StorageConfig {
@@ -399,6 +405,16 @@ impl DaemonConfig for AggregatordConfig {
             return Err(Invalid::new(
                 "storage.retention",
                 "at most 100 years (leave it out to keep everything)",
+            ));
+        }
+        if self
+            .storage
+            .max_size
+            .is_some_and(|m| m.as_u64() < bytesize::ByteSize::mib(1).as_u64())
+        {
+            return Err(Invalid::new(
+                "storage.max_size",
+                "at least 1MiB (leave it out for no budget)",
             ));
         }
         let mut names = std::collections::HashSet::new();
@@ -596,6 +612,45 @@ mod tests {
                     assert_eq!((key.as_str(), line), (want, Some(2)), "{subscription}");
                 }
                 other => panic!("{subscription}: {:?}", other.map(|_| ())),
+            }
+        }
+    }
+
+    /// `storage.max_size` takes units or bytes; below 1 MiB it is refused
+    /// by name and line.
+    #[test]
+    fn max_size_reads_units_and_has_a_floor() {
+        let parse = |size: &str| {
+            crate::config::from_text::<super::AggregatordConfig>(
+                std::path::Path::new("f.yaml"),
+                &format!(
+                    "client_id: agg\n\
+                     subscriptions: [{{ filter: building/#, qos: 1 }}]\n\
+                     broker: {{ host: localhost, insecure_plaintext: true }}\n\
+                     storage: {{ path: /tmp/x, max_size: {size} }}\n"
+                ),
+            )
+        };
+        let bytes = |size: &str| {
+            parse(size)
+                .expect("valid")
+                .storage
+                .max_size
+                .map(|m| m.as_u64())
+        };
+        assert_eq!(bytes("10GiB"), Some(10 << 30));
+        assert_eq!(bytes("\"500 MB\""), Some(500_000_000));
+        assert_eq!(bytes("2097152"), Some(2 << 20));
+        for small in ["100KB", "1000"] {
+            match parse(small) {
+                Err(crate::config::ConfigError::Invalid { key, line, .. }) => {
+                    assert_eq!(
+                        (key.as_str(), line),
+                        ("storage.max_size", Some(4)),
+                        "{small}"
+                    );
+                }
+                other => panic!("{small}: {:?}", other.map(|_| ())),
             }
         }
     }

@@ -430,6 +430,32 @@ impl Store {
         Ok(())
     }
 
+    /// Bytes the stored readings' chunks take on disk (their segment files):
+    /// what grows with the history, and what `storage.max_size` bounds.
+    pub fn chunk_bytes(&self) -> Result<u64, StoreError> {
+        Ok(self.trees()?.readings.segments().disk_bytes())
+    }
+
+    /// The oldest stored reading's timestamp.
+    pub fn oldest(&self) -> Result<Option<Timestamp>, StoreError> {
+        Ok(self
+            .trees()?
+            .readings
+            .oldest()?
+            .and_then(Timestamp::from_micros))
+    }
+
+    /// Segment files are closed past `bytes` (a disk budget frees whole ones).
+    pub fn set_segment_size(&self, bytes: u64) -> Result<(), StoreError> {
+        self.trees()?.readings.segments().rotate_at(bytes);
+        Ok(())
+    }
+
+    /// Closes the segment being appended to, so that retention can free it.
+    pub fn seal_segment(&self) -> Result<(), StoreError> {
+        self.trees()?.readings.seal_segment()
+    }
+
     /// Deletes about `max` readings timestamped before `cutoff`; returns how many.
     pub fn expire(&self, cutoff: Timestamp, max: usize) -> Result<usize, StoreError> {
         self.trees()?.readings.expire(cutoff, max)

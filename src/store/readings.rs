@@ -334,8 +334,27 @@ impl Readings {
             state.durable_floor = floor;
             state.wal.remove_spent(floor)?;
         }
+        let active = self.segments.active();
         for segment in spent.segments {
-            self.segments.remove(segment)?;
+            if segment == active {
+                // Still appended to: freed once closed (if still empty then).
+                lock(&self.emptied).push(segment);
+            } else if self.segment_live.get(segment.to_be_bytes())?.is_none() {
+                self.segments.remove(segment)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the active segment; if nothing points into it, it goes with
+    /// the next flush.
+    pub(super) fn seal_segment(&self) -> Result<(), StoreError> {
+        let before = self.segments.active();
+        self.segments.seal()?;
+        if self.segments.active() != before
+            && self.segment_live.get(before.to_be_bytes())?.is_none()
+        {
+            lock(&self.emptied).push(before);
         }
         Ok(())
     }
@@ -352,9 +371,28 @@ impl Readings {
         self.lock().wal.quarantine()
     }
 
-    #[cfg(test)]
     pub(super) fn segments(&self) -> &Segments {
         &self.segments
+    }
+
+    /// The oldest reading's time: the first chunk of each topic, or its tail
+    /// for a topic with none yet.
+    pub(super) fn oldest(&self) -> Result<Option<i64>, StoreError> {
+        let mut oldest: Option<i64> = self
+            .lock()
+            .tails
+            .values()
+            .filter_map(|t| t.entries.first().map(|(_, e)| e.time))
+            .min();
+        for kv in &self.names {
+            let id = id_of(&kv?.0)?;
+            if let Some(kv) = self.chunks.scan_prefix(id.to_be_bytes()).next() {
+                let (k, _) = kv?;
+                let (_, (time, _)) = chunk::parse_key(&k).map_err(|e| corrupt(&k, e))?;
+                oldest = Some(oldest.map_or(time, |o| o.min(time)));
+            }
+        }
+        Ok(oldest)
     }
 
     /// Bytes in the journal's and the segments' files.
@@ -602,8 +640,7 @@ impl Readings {
                     corrupt("chunks", "transaction aborted")
                 }
             })?;
-        let active = self.segments.active();
-        lock(&self.emptied).extend(emptied.into_inner().into_iter().filter(|s| *s != active));
+        lock(&self.emptied).extend(emptied.into_inner());
         Ok(())
     }
 

@@ -111,10 +111,21 @@ impl Segments {
         })
     }
 
-    #[cfg(test)]
+    /// Segments are closed past `bytes` (default [`ROTATE_AT`]): smaller
+    /// under a small disk budget, which frees whole segments.
     pub fn rotate_at(&self, bytes: u64) {
         self.rotate_at
             .store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Closes the active segment now (if it holds any frame), so that what
+    /// it holds can be freed once nothing points at it.
+    pub fn seal(&self) -> Result<(), StoreError> {
+        let mut a = lock(&self.active);
+        if a.len > MAGIC.len() as u64 {
+            self.rotate(&mut a)?;
+        }
+        Ok(())
     }
 
     pub fn path(&self, number: u32) -> PathBuf {

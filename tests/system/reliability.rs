@@ -286,3 +286,69 @@ fn a_restart_on_a_full_disk_waits_for_space_and_then_loses_nothing() {
 fn http_status(addr: &str, path: &str) -> u16 {
     http_get(addr, path).0
 }
+
+#[test]
+fn past_storage_max_size_the_oldest_readings_go_and_the_newest_stay() {
+    // Readings that compress badly (values with many digits, jittered
+    // times), so that 1 MiB of chunks comes quickly: ~12 bytes each.
+    const N: u64 = 150_000;
+    // `extra` follows the storage section's `path:` line: indented, it is
+    // part of that section.
+    let Agg {
+        pki,
+        broker,
+        _storage: storage,
+        config,
+        mut agg,
+        addr,
+    } = aggregatord_for(&["room101"], "  max_size: 1MiB\n");
+    let node = Watcher::connect(&broker, &pki, "room101");
+    let mut rng = fastrand::Rng::with_seed(7);
+    let start = chrono::Utc::now().timestamp_millis() - N as i64 * 10;
+    for seq in 1..=N {
+        let ts = chrono::DateTime::from_timestamp_millis(start + seq as i64 * 10 + rng.i64(0..5))
+            .unwrap();
+        let payload = format!(
+            r#"{{"sensor_id":"temp_001","sensor_type":"temperature","value":{:.9},"unit":"celsius","timestamp":"{}","seq":{seq}}}"#,
+            rng.f64() * 40.0,
+            ts.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        );
+        node.publish(
+            &format!("{PREFIX}/temperature/temp_001"),
+            payload.as_bytes(),
+            1,
+        );
+    }
+    agg.log
+        .wait_for(&["stored reading", &format!("seq=Some({N})")]);
+    agg.log.wait_for(&["storage.max_size reached"]);
+    let chunk_bytes: u64 = std::fs::read_dir(storage.path().join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    let metric: u64 = http_get(&addr, "/metrics")
+        .1
+        .lines()
+        .find_map(|l| l.strip_prefix("roomsense_storage_budget_deleted_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the budget's counter");
+    assert!(agg.terminate().success());
+    let kept: BTreeSet<u64> = stored_seqs(&config.path).into_iter().collect();
+    let deleted = N - kept.len() as u64;
+    record(
+        "storage_max_size",
+        "150,000 QoS 1 readings (about 12 bytes each in chunks) into aggregatord with storage.max_size: 1MiB",
+        serde_json::json!({
+            "readings": N, "deleted_oldest_first": deleted, "chunk_bytes_after": chunk_bytes,
+            "counted_by_the_metric": metric,
+        }),
+    );
+    assert!(chunk_bytes <= 1 << 20, "{chunk_bytes} bytes of chunks");
+    assert!(
+        deleted > 0 && metric == deleted,
+        "deleted {deleted}, counted {metric}"
+    );
+    // The oldest went: what is kept is the newest, without a hole.
+    assert_eq!(kept.first(), Some(&(deleted + 1)));
+    assert_eq!(kept.last(), Some(&N));
+}
