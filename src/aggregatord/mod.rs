@@ -357,10 +357,10 @@ pub async fn run(
 }
 
 /// Opens the database, waiting while that fails for an I/O reason (a full
-/// disk): exiting would only have systemd start us again into the same
-/// failure, and the broker keeps our session's messages meanwhile, since we
-/// have not connected. `None` if told to stop first. A held lock or a
-/// damaged database is fatal: waiting will not change it.
+/// disk) or while another process holds it (a dump): exiting would only have
+/// systemd start us again into the same failure, and the broker keeps our
+/// session's messages meanwhile, since we have not connected. `None` if told
+/// to stop first. A damaged database is fatal: waiting will not change it.
 async fn open_store(path: &Path, stop: &CancellationToken) -> anyhow::Result<Option<Store>> {
     let mut retry = Duration::from_millis(200);
     let mut failing = false;
@@ -375,6 +375,14 @@ async fn open_store(path: &Path, stop: &CancellationToken) -> anyhow::Result<Opt
                     info!("storage works again; starting");
                 }
                 return Ok(Some(store));
+            }
+            // Held by another process: a dump of the stopped store, most
+            // likely, which lets go in a moment.
+            Err(e @ StoreError::Locked { .. }) => {
+                if !std::mem::replace(&mut failing, true) {
+                    tracing::warn!(error = %e, "waiting for the database");
+                }
+                daemon::notify_status(&format!("waiting for storage: {e}"));
             }
             Err(e) if e.is_io() => {
                 if !std::mem::replace(&mut failing, true) {

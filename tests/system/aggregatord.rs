@@ -532,3 +532,18 @@ fn retention_deletes_old_readings_and_keeps_recent_ones() {
         [2]
     );
 }
+
+/// A store held by another process (a dump of the stopped store, or here an
+/// instance still running) makes a starting aggregatord wait, not exit: it
+/// starts once the holder lets go.
+#[test]
+fn a_start_waits_while_another_process_holds_the_database() {
+    let mut first = aggregatord_for(&["room101"], "");
+    let mut second = start_daemon(AGGREGATORD, &first.config.path);
+    second.log.wait_for(&["waiting for the database", "in use"]);
+    assert!(second.try_status().is_none(), "exited instead of waiting");
+    assert!(first.agg.terminate().success());
+    second.log.wait_for(&["storage works again"]);
+    second.log.wait_for(&["subscribed"]);
+    assert!(second.terminate().success());
+}
