@@ -33,9 +33,12 @@ use super::codec::time_key;
 /// time and seq is the same reading, however often it is delivered).
 pub(super) type Pos = (i64, u64);
 
-/// Readings per chunk. Bigger chunks store less per reading, but a topic's
-/// unfolded readings wait in memory (readings.rs) until there are this many.
-pub(super) const CHUNK_MAX: usize = 64;
+/// Readings per chunk. Bigger chunks store less per reading (each costs a
+/// locator and fold mark in sled, and a frame header in its segment: at 64,
+/// sled's writes for them were most of what a reading cost the disk), but a
+/// topic's unfolded readings wait in memory and in the journal (readings.rs)
+/// until there are this many, and a late reading rewrites its chunk whole.
+pub(super) const CHUNK_MAX: usize = 256;
 pub(super) const KEY_LEN: usize = 20;
 const V2: u8 = 2;
 const V3: u8 = 3;

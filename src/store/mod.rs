@@ -843,7 +843,7 @@ mod tests {
         {
             let store = Store::open(dir.path()).unwrap();
             let mut w = store.reading_writer().unwrap();
-            for i in 0..200 {
+            for i in 0..i64::try_from(3 * chunk::CHUNK_MAX + 8).unwrap() {
                 w.insert(&at(i)).unwrap();
             }
             w.finish().unwrap();
@@ -859,11 +859,15 @@ mod tests {
             .select(&Query::default())
             .collect::<Result<_, _>>()
             .unwrap();
-        assert_eq!(all.len(), 200 - 64, "one chunk of 64 lost, the others read");
+        assert_eq!(
+            all.len(),
+            2 * chunk::CHUNK_MAX + 8,
+            "one chunk lost, the others read"
+        );
         let damage = store.damage();
         assert_eq!(damage.len(), 1, "{damage:?}");
         assert_eq!(damage[0].file, seg);
-        assert_eq!(damage[0].loss, Loss::Readings(64));
+        assert_eq!(damage[0].loss, Loss::Readings(chunk::CHUNK_MAX));
         assert!(damage[0].offset < middle as u64);
     }
 

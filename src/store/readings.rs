@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 const FIRST: Pos = (i64::MIN, 0);
 /// A tail this old is folded even if it holds less than a chunk (a slow or a
 /// silent sensor must not pin its journal records for ever). Long, because
-/// a chunk is written once: a sensor reporting every 30 s still fills one
+/// a chunk is written once: a sensor reporting every 14 s still fills one
 /// (the journal holds its readings meanwhile).
 const FOLD_AFTER: Duration = Duration::from_secs(3600);
 

@@ -541,16 +541,16 @@ fn what_a_batch_writes_beside_the_journal_survives_kill_9() {
 
     let (_storage, config) = killed_right_after("", |node, agg| {
         // A chunk's worth, folded; then one from before all of them.
-        for seq in 101..=164 {
+        for seq in 101..=356 {
             node.publish(TOPIC, &reading_payload(seq), 1);
         }
-        agg.log.wait_for(&["stored reading", "seq=Some(164)"]);
+        agg.log.wait_for(&["stored reading", "seq=Some(356)"]);
         node.publish(TOPIC, &reading_payload(1), 1);
         agg.log.wait_for(&["stored reading", "seq=Some(1)"]);
     });
     let seqs: BTreeSet<u64> = stored_seqs(&config.path).into_iter().collect();
     assert!(seqs.contains(&1), "the late reading");
-    assert_eq!(seqs.len(), 65);
+    assert_eq!(seqs.len(), 257);
 }
 
 /// strace -f output with each interrupted call (`PID name(args <unfinished
