@@ -1620,6 +1620,44 @@ mod tests {
         (dir, db, readings)
     }
 
+    /// The release before segments kept chunks inline in sled: they are read
+    /// as they are, and a chunk that changes is written to a segment.
+    #[test]
+    fn a_chunk_kept_inline_by_the_previous_release_is_read_then_moved_when_it_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let readings = open(&db, dir.path());
+        let mut writer = readings.writer();
+        writer.insert(&reading(100)).unwrap();
+        writer.finish().unwrap();
+        let id = readings.lock().topics[&reading(100).topic].id;
+        let topic = reading(10).topic;
+        let implied = Implied::of(&topic);
+        let entries: Vec<Entry> = (10..=20).map(|s| implied.entry(&reading(s))).collect();
+        let key = chunk::key(id, entries[0].pos());
+        readings
+            .chunks
+            .insert(key, chunk::encode(&entries))
+            .unwrap();
+        drop(readings);
+        let again = open(&db, dir.path());
+        let seqs = |r: &Readings| -> Vec<u64> {
+            r.select(&Query::default())
+                .map(|r| r.unwrap().reading.seq.unwrap())
+                .collect()
+        };
+        let mut want: Vec<u64> = (10..=20).chain([100]).collect();
+        assert_eq!(seqs(&again), want);
+        // A late reading merged into it: the chunk moves to a segment.
+        let mut writer = again.writer();
+        assert_eq!(writer.insert(&reading(25)).unwrap(), Inserted::New);
+        writer.finish().unwrap();
+        let value = again.chunks.get(key).unwrap().unwrap();
+        assert!(located(&value).is_some(), "rewritten as a locator");
+        want.insert(11, 25);
+        assert_eq!(seqs(&again), want);
+    }
+
     /// Readings 2 and 3 as one record of an older layout (`encode` makes it
     /// from topic id, topic and entries), kept in sled as the versions before
     /// the journal files did: replayed at open, with reading 1, then removed.
