@@ -616,21 +616,28 @@ mod tests {
         }
     }
 
+    /// A minimal config (storage on line 4) with `storage` added to the
+    /// storage section and `more` after it.
+    fn minimal(
+        storage: &str,
+        more: &str,
+    ) -> Result<super::AggregatordConfig, crate::config::ConfigError> {
+        crate::config::from_text::<super::AggregatordConfig>(
+            std::path::Path::new("f.yaml"),
+            &format!(
+                "client_id: agg\n\
+                 subscriptions: [{{ filter: building/#, qos: 1 }}]\n\
+                 broker: {{ host: localhost, insecure_plaintext: true }}\n\
+                 storage: {{ path: /tmp/x{storage} }}\n{more}"
+            ),
+        )
+    }
+
     /// `storage.max_size` takes units or bytes; below 1 MiB it is refused
     /// by name and line.
     #[test]
     fn max_size_reads_units_and_has_a_floor() {
-        let parse = |size: &str| {
-            crate::config::from_text::<super::AggregatordConfig>(
-                std::path::Path::new("f.yaml"),
-                &format!(
-                    "client_id: agg\n\
-                     subscriptions: [{{ filter: building/#, qos: 1 }}]\n\
-                     broker: {{ host: localhost, insecure_plaintext: true }}\n\
-                     storage: {{ path: /tmp/x, max_size: {size} }}\n"
-                ),
-            )
-        };
+        let parse = |size: &str| minimal(&format!(", max_size: {size}"), "");
         let bytes = |size: &str| {
             parse(size)
                 .expect("valid")
@@ -659,18 +666,7 @@ mod tests {
     /// an explicit `batch_fill` above it is refused by name.
     #[test]
     fn batch_fill_follows_a_lower_batch_max_unless_set() {
-        let parse = |ingest: &str| {
-            crate::config::from_text::<super::AggregatordConfig>(
-                std::path::Path::new("f.yaml"),
-                &format!(
-                    "client_id: agg\n\
-                     subscriptions: [{{ filter: building/#, qos: 1 }}]\n\
-                     broker: {{ host: localhost, insecure_plaintext: true }}\n\
-                     storage: {{ path: /tmp/x }}\n\
-                     ingest: {ingest}\n"
-                ),
-            )
-        };
+        let parse = |ingest: &str| minimal("", &format!("ingest: {ingest}\n"));
         let config = parse("{ batch_max: 50 }").expect("valid");
         assert_eq!(config.ingest.batch_fill(), 50);
         let config = parse("{ batch_max: 500 }").expect("valid");

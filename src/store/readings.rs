@@ -1609,13 +1609,13 @@ mod tests {
         assert_eq!(seqs, vec![1, 2, 3, 4]);
     }
 
-    /// Reading 1 stored, through the journal.
-    fn stored_one() -> (tempfile::TempDir, sled::Db, Readings) {
+    /// Reading `seq` stored, through the journal.
+    fn stored(seq: u64) -> (tempfile::TempDir, sled::Db, Readings) {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
         let readings = open(&db, dir.path());
         let mut writer = readings.writer();
-        writer.insert(&reading(1)).unwrap();
+        writer.insert(&reading(seq)).unwrap();
         writer.finish().unwrap();
         (dir, db, readings)
     }
@@ -1624,12 +1624,7 @@ mod tests {
     /// as they are, and a chunk that changes is written to a segment.
     #[test]
     fn a_chunk_kept_inline_by_the_previous_release_is_read_then_moved_when_it_changes() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let readings = open(&db, dir.path());
-        let mut writer = readings.writer();
-        writer.insert(&reading(100)).unwrap();
-        writer.finish().unwrap();
+        let (dir, db, readings) = stored(100);
         let id = readings.lock().topics[&reading(100).topic].id;
         let topic = reading(10).topic;
         let implied = Implied::of(&topic);
@@ -1662,7 +1657,7 @@ mod tests {
     /// from topic id, topic and entries), kept in sled as the versions before
     /// the journal files did: replayed at open, with reading 1, then removed.
     fn replays_from_sled(encode: impl FnOnce(u32, &str, Vec<Entry>) -> Vec<u8>) {
-        let (dir, db, readings) = stored_one();
+        let (dir, db, readings) = stored(1);
         let id = readings.lock().topics[&reading(1).topic].id;
         let topic = reading(2).topic;
         let implied = Implied::of(&topic);
@@ -1711,7 +1706,7 @@ mod tests {
     /// them: the log names it, and its readings come back under it.
     #[test]
     fn a_topic_sled_lost_comes_back_from_the_log() {
-        let (dir, db, readings) = stored_one();
+        let (dir, db, readings) = stored(1);
         let spent = readings.sync().unwrap();
         readings.made_durable(spent).unwrap();
         drop(readings);
