@@ -260,6 +260,7 @@ impl Trees {
         let files = readings::Files {
             wal: &path.join(WAL_DIR),
             segments: &path.join(SEGMENTS_DIR),
+            sled_log: &path.join(SLED_LOG),
         };
         let (readings, damage) = readings::Readings::open(&db, &files, owed.clone(), damage)?;
         let trees = Trees {
@@ -277,7 +278,7 @@ impl Trees {
         if !damage.is_empty() {
             for d in &damage {
                 match d.loss {
-                    Loss::Lost | Loss::Readings(_) => {
+                    Loss::Lost | Loss::Readings(_) | Loss::SledWentBack(_) => {
                         tracing::error!(damage = %d, "STORAGE DAMAGED: acknowledged readings lost");
                     }
                     Loss::Unknown => {
@@ -557,7 +558,9 @@ impl Store {
     /// [`Store::flush`] with sled's flush in any case: at a clean stop, so
     /// that the next start has nothing to replay.
     pub fn checkpoint(&self) -> Result<usize, StoreError> {
-        self.flush_with(true)
+        let bytes = self.flush_with(true)?;
+        self.trees()?.readings.witness()?;
+        Ok(bytes)
     }
 
     fn flush_with(&self, sled_too: bool) -> Result<usize, StoreError> {

@@ -86,6 +86,9 @@ struct State {
     durable_floor: u64,
     /// The log position last written to `meta`.
     committed: Option<Position>,
+    /// sled flushes completed (counted on from sled's note, or the
+    /// journal's, whichever is further): each journal frame carries it.
+    generation: u64,
     /// Topics written since open (read from disk on first write), so a reading newer
     /// than its topic's last needs no lookup.
     topics: HashMap<String, TopicState>,
@@ -151,16 +154,36 @@ impl Readings {
             None => 0,
         };
         let meta = db.open_tree("meta")?;
-        let committed = meta
-            .get(WAL_COMMITTED)?
-            .map(|v| Position::decode(&v).ok_or_else(|| corrupt(WAL_COMMITTED, "bad log position")))
-            .transpose()?;
+        // Only a guide for judging damage: one that cannot be read is
+        // said, and done without (damage is then judged by the frames).
+        let committed = meta.get(WAL_COMMITTED)?.and_then(|v| {
+            let pos = Position::decode(&v);
+            if pos.is_none() {
+                tracing::warn!(
+                    "the journal's note in sled cannot be read; judging the journal by its frames"
+                );
+            }
+            pos
+        });
         // The live part of the log is minutes of readings: read it whole.
         let mut frames = Vec::new();
-        let (wal, found) = Wal::open(dir.wal, committed, |record, body| {
+        let (wal, mut found) = Wal::open(dir.wal, committed, |record, body| {
             frames.push((record, body.to_vec()));
             Ok(())
         })?;
+        // The journal's frames saw more sled flushes completed than sled
+        // has: sled lost them (its file cut, or damaged mid-way).
+        let in_sled = committed.map_or(0, |c| c.generation);
+        if wal.witnessed() > in_sled {
+            found.push(Damage {
+                file: dir.sled_log.to_owned(),
+                offset: 0,
+                bytes: 0,
+                what: "behind the journal",
+                loss: Loss::SledWentBack(wal.witnessed() - in_sled),
+            });
+        }
+        let generation = in_sled.max(wal.witnessed());
         let readings = Readings {
             ids: db.open_tree("topic_ids")?,
             names,
@@ -177,6 +200,7 @@ impl Readings {
                 new_names: Vec::new(),
                 durable_floor: 0,
                 committed,
+                generation,
                 topics: HashMap::new(),
                 next_id,
                 tails: HashMap::new(),
@@ -308,7 +332,10 @@ impl Readings {
             .next()
             .copied()
             .unwrap_or(state.next_record);
-        let pos = state.wal.sync(floor)?;
+        // The note is durable with the next sled flush, which completes
+        // one more.
+        let generation = state.generation + 1;
+        let pos = state.wal.sync(floor, generation)?;
         if state.committed != Some(pos) {
             self.meta.insert(WAL_COMMITTED, &pos.encode()[..])?;
             state.committed = Some(pos);
@@ -316,6 +343,7 @@ impl Readings {
         Ok(Spent {
             floor,
             segments: std::mem::take(&mut *lock(&self.emptied)),
+            generation,
         })
     }
 
@@ -332,6 +360,7 @@ impl Readings {
             let mut state = self.lock();
             let floor = state.durable_floor.max(spent.floor);
             state.durable_floor = floor;
+            state.generation = state.generation.max(spent.generation);
             state.wal.remove_spent(floor)?;
         }
         let active = self.segments.active();
@@ -356,6 +385,19 @@ impl Readings {
         {
             lock(&self.emptied).push(before);
         }
+        Ok(())
+    }
+
+    /// After a clean stop's sled flush: an empty journal record, synced,
+    /// that says that flush completed (no batch follows it to say so), so
+    /// that a sled that later loses it is found.
+    pub(super) fn witness(&self) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        let (record, floor, generation) =
+            (state.next_record, state.durable_floor, state.generation);
+        state.wal.append(record, floor, generation, &[])?;
+        state.next_record += 1;
+        state.wal.sync(floor, generation)?;
         Ok(())
     }
 
@@ -857,6 +899,8 @@ pub(super) struct Files<'a> {
     pub wal: &'a Path,
     /// The chunks (`segments.rs`).
     pub segments: &'a Path,
+    /// sled's log file: named when sled is found behind the journal.
+    pub sled_log: &'a Path,
 }
 
 /// What a completed sled flush lets go (see [`Readings::sync`]).
@@ -865,6 +909,8 @@ pub(super) struct Spent {
     floor: u64,
     /// Segments no locator points at any more.
     segments: Vec<u32>,
+    /// The sled flush it is for.
+    generation: u64,
 }
 
 /// Chunk changes written together by [`Readings::apply`].
@@ -1019,7 +1065,7 @@ impl ReadingWriter {
     pub fn finish(self) -> Result<(), StoreError> {
         let readings = &self.readings;
         let mut state = readings.lock();
-        let floor = state.durable_floor;
+        let (floor, generation) = (state.durable_floor, state.generation);
         let record = state.next_record;
         let now = Instant::now();
         let mut journaled = Vec::new();
@@ -1046,7 +1092,7 @@ impl ReadingWriter {
             return readings.fold_waiting(&mut state, now);
         }
         let body = encode_record(&state.new_names, &journaled);
-        state.wal.append(record, floor, &body)?;
+        state.wal.append(record, floor, generation, &body)?;
         state.new_names.clear();
         // Only now, with the record written, do the tails hold its readings.
         state.records.insert(record, added);
@@ -1489,6 +1535,7 @@ mod tests {
         let files = Files {
             wal: &dir.join("wal"),
             segments: &dir.join("segments"),
+            sled_log: &dir.join("db"),
         };
         Readings::open(db, &files, Arc::default(), Arc::default())
             .unwrap()
@@ -1700,6 +1747,44 @@ mod tests {
             v1[0] = RECORD_V1;
             v1
         });
+    }
+
+    /// sled went back (lost a flush it had completed, which a later journal
+    /// frame saw): said at open, naming sled's file; said again at every
+    /// open until sled has caught up.
+    #[test]
+    fn a_sled_behind_the_journal_is_found() {
+        let (dir, db, readings) = stored(1);
+        let spent = readings.sync().unwrap();
+        readings.made_durable(spent).unwrap();
+        // A batch after that flush: its frame says one flush completed.
+        let mut writer = readings.writer();
+        writer.insert(&reading(2)).unwrap();
+        writer.finish().unwrap();
+        readings.sync().unwrap();
+        drop(readings);
+        let reopen = || {
+            let files = Files {
+                wal: &dir.path().join("wal"),
+                segments: &dir.path().join("segments"),
+                sled_log: &dir.path().join("db"),
+            };
+            Readings::open(&db, &files, Arc::default(), Arc::default()).unwrap()
+        };
+        let (again, found) = reopen();
+        assert!(found.is_empty(), "sled as flushed: {found:?}");
+        drop(again);
+        // sled loses that flush: its note is gone with it.
+        db.open_tree("meta").unwrap().remove(WAL_COMMITTED).unwrap();
+        let (again, found) = reopen();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].loss, Loss::SledWentBack(1));
+        assert_eq!(found[0].file, dir.path().join("db"));
+        let seqs: Vec<u64> = again
+            .select(&Query::default())
+            .map(|r| r.unwrap().reading.seq.unwrap())
+            .collect();
+        assert_eq!(seqs, vec![1, 2], "the journal's readings replayed");
     }
 
     /// sled lost its last flushes (a cut file) with a new topic's name in

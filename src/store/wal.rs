@@ -4,11 +4,13 @@
 //! nothing of what a record holds, and nothing of sled.
 //!
 //! `<storage>/wal/<first record, 16 hex digits>.wal`: [`MAGIC`], then frames
-//! `length u32 | crc32 u32 | record u64 | synced u64 | floor u64 | body` (LE),
-//! the CRC over all after it. `synced` is how far this file was synced when the
-//! frame was appended, `floor` the oldest record then still needed (those below
-//! had their readings in chunks, flushed): what a frame says of the frames
-//! before it lets damage be judged later. [`Wal::sync`] (one `fdatasync`) is
+//! `length u32 | crc32 u32 | record u64 | synced u64 | floor u64 |
+//! generation u64 | body` (LE), the CRC over all after it. `synced` is how far
+//! this file was synced when the frame was appended, `floor` the oldest record
+//! then still needed (those below had their readings in chunks, flushed), and
+//! `generation` how many sled flushes had completed: what a frame says of the
+//! frames before it lets damage be judged later, and a sled that went back
+//! (lost flushes it had completed) be found. [`Wal::sync`] (one `fdatasync`) is
 //! the durability point of a batch. A file is closed (synced) at [`ROTATE_AT`]
 //! bytes and removed once every record in it is spent, one spent file late: if
 //! sled loses its last flushes, replay still finds those readings here.
@@ -31,8 +33,8 @@ use std::path::{Path, PathBuf};
 
 /// Each file's first bytes: the format, version 1.
 const MAGIC: &[u8; 8] = b"RSWAL01\n";
-/// A frame's header: length, CRC, record number, synced, floor.
-const HEADER: usize = 32;
+/// A frame's header: length, CRC, record number, synced, floor, generation.
+const HEADER: usize = 40;
 /// A file past this many bytes is closed and a new one started.
 pub(super) const ROTATE_AT: u64 = 4 * 1024 * 1024;
 /// No record is this large (a batch is at most a few thousand readings): a
@@ -50,12 +52,14 @@ pub(super) struct Position {
     pub next: u64,
     /// Records below it were spent (their readings in chunks, flushed).
     pub floor: u64,
+    /// The sled flush this note is made durable by (see [`Wal::witnessed`]).
+    pub generation: u64,
 }
 
 impl Position {
-    pub fn encode(self) -> [u8; 32] {
-        let mut v = [0u8; 32];
-        for (i, n) in [self.file, self.len, self.next, self.floor]
+    pub fn encode(self) -> [u8; 40] {
+        let mut v = [0u8; 40];
+        for (i, n) in [self.file, self.len, self.next, self.floor, self.generation]
             .iter()
             .enumerate()
         {
@@ -64,8 +68,14 @@ impl Position {
         v
     }
 
+    /// Also the note before generations (32 bytes: generation 0).
     pub fn decode(v: &[u8]) -> Option<Position> {
-        let v: [u8; 32] = v.try_into().ok()?;
+        let mut full = [0u8; 40];
+        match v.len() {
+            32 | 40 => full[..v.len()].copy_from_slice(v),
+            _ => return None,
+        }
+        let v = full;
         let n = |i: usize| {
             v[i * 8..(i + 1) * 8]
                 .try_into()
@@ -77,6 +87,7 @@ impl Position {
             len: n(1)?,
             next: n(2)?,
             floor: n(3)?,
+            generation: n(4)?,
         })
     }
 }
@@ -95,6 +106,10 @@ pub enum Loss {
     Reported,
     /// A chunk whose frame is damaged: this many stored readings are gone.
     Readings(usize),
+    /// sled's database is behind the journal by this many completed flushes
+    /// (its file cut or damaged): what the journal still held was replayed;
+    /// chunks, alert changes and refused messages from them may be gone.
+    SledWentBack(u64),
 }
 
 /// Damage found at open.
@@ -119,6 +134,13 @@ impl std::fmt::Display for Damage {
             Loss::Lost => "acknowledged readings in it that were not yet in chunks are lost",
             Loss::Unknown => "past the last sync known: a write torn by a crash, never acknowledged, or the last batch's readings lost",
             Loss::Reported => "reported when it was found; remove the file once looked at",
+            Loss::SledWentBack(k) => {
+                return write!(
+                    f,
+                    "{}: sled lost its last {k} completed flushes (the journal's frames saw them): readings the journal still held were replayed; chunks, alert changes and refused messages written in those flushes may be lost",
+                    self.file.display()
+                )
+            }
             Loss::Readings(n) => {
                 return write!(
                     f,
@@ -164,6 +186,8 @@ pub(super) struct Wal {
     next_record: u64,
     /// Files found damaged at open: renamed by [`Wal::quarantine`].
     damaged: Vec<u64>,
+    /// The most sled flushes any frame read at open saw completed.
+    witnessed: u64,
 }
 
 fn file_name(first: u64) -> String {
@@ -177,18 +201,20 @@ struct Frame<'a> {
     synced: u64,
     /// Records below it were spent then.
     floor: u64,
+    /// sled flushes completed then.
+    generation: u64,
     body: &'a [u8],
     /// The whole frame's length in bytes.
     len: usize,
 }
 
 /// One frame's bytes.
-fn frame(record: u64, synced: u64, floor: u64, body: &[u8]) -> Vec<u8> {
+fn frame(record: u64, synced: u64, floor: u64, generation: u64, body: &[u8]) -> Vec<u8> {
     let len = u32::try_from(body.len()).unwrap_or(u32::MAX);
     let mut v = Vec::with_capacity(HEADER + body.len());
     v.extend_from_slice(&len.to_le_bytes());
     v.extend_from_slice(&[0; 4]);
-    for n in [record, synced, floor] {
+    for n in [record, synced, floor, generation] {
         v.extend_from_slice(&n.to_le_bytes());
     }
     v.extend_from_slice(body);
@@ -223,6 +249,7 @@ fn parse(bytes: &[u8]) -> Result<Frame<'_>, &'static str> {
         record: long(8),
         synced: long(16),
         floor: long(24),
+        generation: long(32),
         body: &checked[HEADER - 8..],
         len: HEADER + len,
     })
@@ -277,6 +304,7 @@ impl Wal {
         let mut damaged = Vec::new();
         let mut last_record: Option<u64> = None;
         let mut last_file = None;
+        let mut witnessed = 0;
         for (i, &first) in files.iter().enumerate() {
             let path = dir.join(file_name(first));
             let bytes = std::fs::read(&path).map_err(|e| io_error(&path, e))?;
@@ -317,6 +345,7 @@ impl Wal {
                         file_last = Some(f.record);
                         synced = synced.max(f.synced);
                         floor = floor.max(f.floor);
+                        witnessed = witnessed.max(f.generation);
                         at += f.len;
                     }
                     bad => {
@@ -404,6 +433,7 @@ impl Wal {
                 synced_len: current_len,
                 next_record,
                 damaged,
+                witnessed,
             },
             damage,
         ))
@@ -414,15 +444,28 @@ impl Wal {
         self.next_record
     }
 
+    /// The most sled flushes any frame read at open saw completed: a sled
+    /// whose note says fewer went back.
+    pub fn witnessed(&self) -> u64 {
+        self.witnessed
+    }
+
     /// Appends one record (not durable until [`Wal::sync`]); `record` must be
     /// above every record before it. `floor`: records below it are spent,
     /// durably (written into the frame for damage to be judged by).
-    pub fn append(&mut self, record: u64, floor: u64, body: &[u8]) -> Result<(), StoreError> {
+    /// `generation`: sled flushes completed so far.
+    pub fn append(
+        &mut self,
+        record: u64,
+        floor: u64,
+        generation: u64,
+        body: &[u8],
+    ) -> Result<(), StoreError> {
         debug_assert!(record >= self.next_record);
         if self.current_len > ROTATE_AT {
             self.rotate(record)?;
         }
-        let bytes = frame(record, self.synced_len, floor, body);
+        let bytes = frame(record, self.synced_len, floor, generation, body);
         let path = self.dir.join(file_name(self.current_first));
         if let Err(e) = self.current.write_all(&bytes) {
             // A part may have reached the file: cut it back, so the next
@@ -438,7 +481,7 @@ impl Wal {
 
     /// Closes the current file (synced) and starts one whose first record is `first`.
     fn rotate(&mut self, first: u64) -> Result<(), StoreError> {
-        self.sync(0)?;
+        self.sync(0, 0)?;
         let (f, len) = open_for_append(&self.dir, first)?;
         self.closed.insert(self.current_first, first);
         self.current = f;
@@ -450,8 +493,8 @@ impl Wal {
 
     /// Makes everything appended durable (`fdatasync`): a batch's durability
     /// point. Returns where the log now ends, for the store to note; `floor`
-    /// goes in the note.
-    pub fn sync(&mut self, floor: u64) -> Result<Position, StoreError> {
+    /// and `generation` (the sled flush the note is for) go in the note.
+    pub fn sync(&mut self, floor: u64, generation: u64) -> Result<Position, StoreError> {
         if self.synced_len < self.current_len {
             self.current
                 .sync_data()
@@ -463,6 +506,7 @@ impl Wal {
             len: self.current_len,
             next: self.next_record,
             floor,
+            generation,
         })
     }
 
@@ -555,13 +599,28 @@ mod tests {
     fn write(dir: &Path, n: u64) -> Position {
         let (mut wal, _, _) = open(dir, None);
         for i in 0..n {
-            wal.append(i, 0, &body(i)).unwrap();
+            wal.append(i, 0, 0, &body(i)).unwrap();
         }
-        wal.sync(0).unwrap()
+        wal.sync(0, 0).unwrap()
     }
 
     fn only_file(dir: &Path) -> PathBuf {
         dir.join(file_name(0))
+    }
+
+    #[test]
+    fn the_note_reads_back_and_one_from_before_generations_too() {
+        let p = Position {
+            file: 1,
+            len: 2,
+            next: 3,
+            floor: 4,
+            generation: 5,
+        };
+        assert_eq!(Position::decode(&p.encode()), Some(p));
+        let before = Position::decode(&p.encode()[..32]).unwrap();
+        assert_eq!((before.floor, before.generation), (4, 0));
+        assert_eq!(Position::decode(&[0; 16]), None);
     }
 
     #[test]
@@ -572,8 +631,8 @@ mod tests {
         assert!(damage.is_empty());
         assert_eq!(seen, (0..10).map(|i| (i, body(i))).collect::<Vec<_>>());
         assert_eq!(wal.next_record(), 10);
-        wal.append(10, 0, b"x").unwrap();
-        wal.sync(0).unwrap();
+        wal.append(10, 0, 0, b"x").unwrap();
+        wal.sync(0, 0).unwrap();
         drop(wal);
         let (_, seen, _) = open(dir.path(), None);
         assert_eq!(seen.len(), 11);
@@ -588,7 +647,7 @@ mod tests {
             .append(true)
             .open(only_file(dir.path()))
             .unwrap();
-        f.write_all(&frame(5, 0, 0, &body(5))[..9]).unwrap();
+        f.write_all(&frame(5, 0, 0, 0, &body(5))[..9]).unwrap();
         let (_, seen, damage) = open(dir.path(), Some(committed));
         assert_eq!(seen.len(), 5);
         assert_eq!(damage.len(), 1, "{damage:?}");
@@ -612,8 +671,8 @@ mod tests {
             let mut last = None;
             for i in 0..3 {
                 starts.push(wal.current_len);
-                wal.append(i, 0, &body(i)).unwrap();
-                last = Some(wal.sync(0).unwrap());
+                wal.append(i, 0, 0, &body(i)).unwrap();
+                last = Some(wal.sync(0, 0).unwrap());
             }
             drop(wal);
             let f = OpenOptions::new()
@@ -668,8 +727,8 @@ mod tests {
         let d = &damage[0];
         assert!(d.offset <= middle as u64 && middle as u64 - d.offset < 100);
         // Appends go to a new file; the damaged one is kept, under another name.
-        wal.append(wal.next_record(), 0, b"after").unwrap();
-        wal.sync(0).unwrap();
+        wal.append(wal.next_record(), 0, 0, b"after").unwrap();
+        wal.sync(0, 0).unwrap();
         wal.quarantine().unwrap();
         assert!(!path.exists());
         assert!(path.with_extension("wal.damaged").exists());
@@ -686,7 +745,7 @@ mod tests {
         let (mut wal, _, _) = open(dir.path(), None);
         let big = vec![7u8; usize::try_from(ROTATE_AT).unwrap()];
         for i in 0..4 {
-            wal.append(i, 0, &big).unwrap();
+            wal.append(i, 0, 0, &big).unwrap();
         }
         let files = || std::fs::read_dir(dir.path()).unwrap().count();
         assert_eq!(files(), 4);
