@@ -7,6 +7,7 @@
 use super::metrics::Metrics;
 use crate::contract::Timestamp;
 use crate::store::{Store, StoreError};
+use anyhow::Context;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,8 +70,17 @@ async fn expire_older_than(store: &Store, keep: Duration, stop: &CancellationTok
     match expire(store, cutoff, stop).await {
         Ok(0) => {}
         Ok(deleted) => info!(deleted, before = %cutoff, "retention: old readings deleted"),
-        Err(e) => warn!(error = %e, "retention: deleting old readings failed"),
+        Err(e) => warn!(error = %format!("{e:#}"), "retention: deleting old readings failed"),
     }
+}
+
+/// Storage work, off the runtime's thread; a panic in it is an error too.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> anyhow::Result<T> {
+    Ok(tokio::task::spawn_blocking(work)
+        .await
+        .context("storage task panicked")??)
 }
 
 /// Deletes everything before `cutoff`, `STEP` readings at a time; how many.
@@ -78,17 +88,16 @@ async fn expire(
     store: &Store,
     cutoff: Timestamp,
     stop: &CancellationToken,
-) -> Result<usize, StoreError> {
+) -> anyhow::Result<usize> {
     let mut total = 0;
     loop {
         let s = store.clone();
-        let n = tokio::task::spawn_blocking(move || {
+        let n = blocking(move || {
             let n = s.expire(cutoff, STEP)?;
             s.flush()?;
-            Ok::<_, StoreError>(n)
+            Ok(n)
         })
-        .await
-        .unwrap_or(Ok(0))?;
+        .await?;
         total += n;
         // Fewer than asked: nothing older is left. (Whole chunks go at once,
         // so a step may delete a few more than asked.)
@@ -102,18 +111,39 @@ async fn expire(
 /// While the chunks take more than `max` bytes: deletes the oldest
 /// sixteenth of the history's span, and frees what nothing points at.
 async fn keep_under(store: &Store, max: u64, metrics: &Metrics, stop: &CancellationToken) {
+    let (mut deleted, mut before) = (0, None);
+    let result = shrink(store, max, stop, &mut deleted, &mut before).await;
+    if deleted > 0 {
+        metrics
+            .budget_deleted
+            .fetch_add(u64::try_from(deleted).unwrap_or(u64::MAX), Relaxed);
+        if let Some(before) = before {
+            warn!(deleted, before = %before, max_size = %bytesize::ByteSize::b(max), "storage.max_size reached: the oldest readings deleted");
+        }
+    }
+    if let Err(e) = result {
+        warn!(error = %format!("{e:#}"), "storage.max_size: deleting the oldest readings failed");
+    }
+}
+
+/// [`keep_under`]'s rounds; `deleted` and `before` say how far they got,
+/// failed or not.
+async fn shrink(
+    store: &Store,
+    max: u64,
+    stop: &CancellationToken,
+    deleted: &mut usize,
+    before: &mut Option<Timestamp>,
+) -> anyhow::Result<()> {
     // Segments of an eighth of the budget: freed whole, so the budget is
     // kept to within that. Set at each check: a reopened store forgets it.
     let segment = (max / 8).clamp(16 * 1024, 64 * 1024 * 1024);
-    let mut deleted = 0;
-    let mut before = None;
-    let mut result = Ok(());
     for _ in 0..BUDGET_ROUNDS {
         if stop.is_cancelled() {
             break;
         }
         let s = store.clone();
-        let round = tokio::task::spawn_blocking(move || {
+        let over = blocking(move || {
             s.set_segment_size(segment)?;
             let size = s.chunk_bytes()?;
             if size <= max {
@@ -127,57 +157,28 @@ async fn keep_under(store: &Store, max: u64, metrics: &Metrics, stop: &Cancellat
                 .saturating_sub(oldest.micros());
             let cutoff = Timestamp::from_micros(oldest.micros().saturating_add(span / 16 + 1))
                 .unwrap_or(oldest);
-            Ok::<_, StoreError>(Some((size, cutoff)))
+            Ok(Some((size, cutoff)))
         })
-        .await
-        .unwrap_or(Ok(None));
-        let (size, cutoff) = match round {
-            Ok(Some(r)) => r,
-            Ok(None) => break,
-            Err(e) => {
-                result = Err(e);
-                break;
-            }
+        .await?;
+        let Some((size, cutoff)) = over else {
+            break;
         };
-        match expire(store, cutoff, stop).await {
-            Ok(n) => {
-                deleted += n;
-                before = Some(cutoff);
-            }
-            Err(e) => {
-                result = Err(e);
-                break;
-            }
-        }
+        *deleted += expire(store, cutoff, stop).await?;
+        *before = Some(cutoff);
         // Make the deletions durable, which frees emptied segments; if that
         // freed nothing, the oldest are in the segment still appended to:
         // close it, so the next round can free it.
         let s = store.clone();
-        let freed = tokio::task::spawn_blocking(move || {
+        blocking(move || {
             s.checkpoint()?;
             if s.chunk_bytes()? >= size {
                 s.seal_segment()?;
             }
-            Ok::<_, StoreError>(())
+            Ok(())
         })
-        .await
-        .unwrap_or(Ok(()));
-        if let Err(e) = freed {
-            result = Err(e);
-            break;
-        }
+        .await?;
     }
-    if deleted > 0 {
-        metrics
-            .budget_deleted
-            .fetch_add(u64::try_from(deleted).unwrap_or(u64::MAX), Relaxed);
-        if let Some(before) = before {
-            warn!(deleted, before = %before, max_size = %bytesize::ByteSize::b(max), "storage.max_size reached: the oldest readings deleted");
-        }
-    }
-    if let Err(e) = result {
-        warn!(error = %e, "storage.max_size: deleting the oldest readings failed");
-    }
+    Ok(())
 }
 
 #[cfg(test)]

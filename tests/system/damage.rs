@@ -74,6 +74,13 @@ fn damaged_copy_kept(
         "client_id: aggregatord\nbroker: {{ hosts: [{{ host: localhost, port: 1 }}], insecure_plaintext: true }}\nsubscriptions:\n  - {{ filter: \"building/#\", qos: 1 }}\nstorage:\n  path: {}\nhttp: {{ listen: \"127.0.0.1:0\" }}\n",
         db.display()
     ));
+    let (seqs, said) = dumped(&config);
+    (seqs, said, copy, config)
+}
+
+/// `aggregatord dump` of a stopped store, as an operator runs it: the seqs
+/// found, and what it said on stderr (damage).
+fn dumped(config: &ConfigFile) -> (Vec<u64>, String) {
     let out = Command::new(AGGREGATORD)
         .arg("--config")
         .arg(&config.path)
@@ -82,12 +89,7 @@ fn damaged_copy_kept(
         .unwrap();
     let said = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "dump failed: {said}");
-    (
-        seqs_of(&String::from_utf8_lossy(&out.stdout)),
-        said,
-        copy,
-        config,
-    )
+    (seqs_of(&String::from_utf8_lossy(&out.stdout)), said)
 }
 
 fn cut(file: &Path, bytes: u64) {
@@ -304,17 +306,8 @@ fn a_sled_that_went_back_is_said_and_the_journal_replayed() {
             std::fs::remove_file(e.path()).unwrap();
         }
     }
-    let out = Command::new(AGGREGATORD)
-        .arg("--config")
-        .arg(&config.path)
-        .args(["dump", "--format", "jsonl"])
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "{said}");
-    let seqs: BTreeSet<u64> = seqs_of(&String::from_utf8_lossy(&out.stdout))
-        .into_iter()
-        .collect();
+    let (seqs, said) = dumped(&config);
+    let seqs: BTreeSet<u64> = seqs.into_iter().collect();
     let lost = (1..=2000).filter(|s| !seqs.contains(s)).count();
     record(
         "sled_went_back",
