@@ -64,7 +64,7 @@ const VALUE_DECIMAL: u8 = 2;
 const VALUE_F64: u8 = 3;
 const TIME_STEADY: u8 = 128;
 /// The most decimals a value is stored with as a decimal (more: f64).
-const MAX_SCALE: u8 = 9;
+pub(super) const MAX_SCALE: u8 = 9;
 
 /// The unit an entry without the UNIT flag has, by its topic's type level: the
 /// contract's units as they were when this format (version 2) was made. Never
@@ -114,7 +114,7 @@ impl Entry {
 /// A chunk or key that cannot be decoded, and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub(super) struct ChunkError(&'static str);
+pub(super) struct ChunkError(pub &'static str);
 
 pub(super) fn key(topic_id: u32, (time, seq): Pos) -> [u8; KEY_LEN] {
     let mut k = [0; KEY_LEN];
@@ -229,7 +229,7 @@ fn unit_of(entries: &[Entry]) -> u8 {
 }
 
 /// `value` as number / 10^scale, if that gives back exactly its bits.
-fn as_decimal(value: f64, scale: u8) -> Option<i64> {
+pub(super) fn as_decimal(value: f64, scale: u8) -> Option<i64> {
     let k = 10f64.powi(i32::from(scale));
     let scaled = (value * k).round();
     // |scaled| < 2^53, so the conversion is exact (NaN, infinities and
@@ -244,7 +244,7 @@ fn as_decimal(value: f64, scale: u8) -> Option<i64> {
     (back.to_bits() == value.to_bits()).then_some(n)
 }
 
-fn from_decimal(n: i64, scale: u8) -> f64 {
+pub(super) fn from_decimal(n: i64, scale: u8) -> f64 {
     #[allow(clippy::cast_precision_loss)]
     let n = n as f64;
     n / 10f64.powi(i32::from(scale))

@@ -23,11 +23,14 @@ mod codec;
 mod files;
 mod query;
 mod readings;
+mod rollup;
 mod segments;
+mod tiers;
 mod wal;
 
 pub use query::Query;
 pub use readings::ReadingWriter;
+pub use rollup::{Row, Tier};
 pub use wal::{Damage, Loss};
 
 use crate::contract::{Alert, AlertState, Reading, Timestamp};
@@ -113,6 +116,34 @@ pub struct RejectedMessage {
     pub received_at: Timestamp,
     /// The payload, lossily decoded and cut to 1 KiB: enough to see what was sent.
     pub payload: String,
+}
+
+/// How far back one sensor's history reaches in each form it is kept in:
+/// its oldest reading raw, and counted in each rollup tier. The coarser the
+/// form, the longer it is kept (`storage.rollups`); `None` where it holds none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kept {
+    pub raw: Option<Timestamp>,
+    pub minute: Option<Timestamp>,
+    pub hour: Option<Timestamp>,
+}
+
+impl Kept {
+    /// Whether the raw readings (`tier` None) or a tier hold everything
+    /// from `since` on: they reach back to it, or to the oldest reading the
+    /// sensor has in any form.
+    pub fn holds(&self, tier: Option<Tier>, since: Timestamp) -> bool {
+        let oldest = [self.raw, self.minute, self.hour]
+            .into_iter()
+            .flatten()
+            .min();
+        let reach = match tier {
+            None => self.raw,
+            Some(Tier::Minute) => self.minute,
+            Some(Tier::Hour) => self.hour,
+        };
+        reach.is_some_and(|t| t <= since || Some(t) == oldest)
+    }
 }
 
 /// See [`Store::footprint`].
@@ -460,6 +491,47 @@ impl Store {
     /// Deletes about `max` readings timestamped before `cutoff`; returns how many.
     pub fn expire(&self, cutoff: Timestamp, max: usize) -> Result<usize, StoreError> {
         self.trees()?.readings.expire(cutoff, max)
+    }
+
+    /// Rows of `tier` for one sensor's buckets that meet `[since, until]`,
+    /// oldest first: what a long range is read from (see rollup.rs).
+    pub fn rollups(
+        &self,
+        topic: &str,
+        tier: Tier,
+        since: Timestamp,
+        until: Timestamp,
+    ) -> Result<Vec<Row>, StoreError> {
+        self.trees()?
+            .readings
+            .rollups(topic, tier, since.micros(), until.micros())
+    }
+
+    /// How far back one sensor's history reaches in each form it is kept in.
+    pub fn kept(&self, topic: &str) -> Result<Kept, StoreError> {
+        let [raw, minute, hour] = self.trees()?.readings.oldest_kept(topic)?;
+        let at = |t: Option<i64>| t.and_then(Timestamp::from_micros);
+        Ok(Kept {
+            raw: at(raw),
+            minute: at(minute),
+            hour: at(hour),
+        })
+    }
+
+    /// Removes rows of `tier` for buckets that ended before `cutoff`, about
+    /// `max` at a time; returns how many. Raw readings are not touched.
+    pub fn expire_rollups(
+        &self,
+        tier: Tier,
+        cutoff: Timestamp,
+        max: usize,
+    ) -> Result<usize, StoreError> {
+        self.trees()?.readings.expire_rollups(tier, cutoff, max)
+    }
+
+    /// Bytes of keys and values a tier keeps (for the storage benchmarks).
+    pub fn rollup_bytes(&self, tier: Tier) -> Result<u64, StoreError> {
+        self.trees()?.readings.rollup_bytes(tier)
     }
 
     /// Records alert changes: history, active set, and the publish outbox, all in
@@ -1067,6 +1139,10 @@ mod model {
             let dir = tempfile::tempdir().unwrap();
             let mut store = Store::open(dir.path()).unwrap();
             let mut model = BTreeMap::<Key, StoredReading>::new();
+            // Every reading stored, whatever retention did since: the rollups
+            // count them all (one retention deleted and that came again is
+            // stored, and counted, again: ingest's max_age refuses it first).
+            let mut ever = Vec::<(Key, f64)>::new();
             let mut writer = store.reading_writer().unwrap();
             for op in ops {
                 match op {
@@ -1086,6 +1162,9 @@ mod model {
                             Some(_) => Inserted::Conflict,
                         };
                         prop_assert_eq!(writer.insert(&r).unwrap(), want);
+                        if want == Inserted::New {
+                            ever.push((k.clone(), r.reading.value));
+                        }
                         model.entry(k).or_insert(r);
                     }
                     Op::EndBatch => {
@@ -1150,6 +1229,23 @@ mod model {
                 }
             }
             prop_assert_eq!(thinned, want);
+            // Each tier: one row per bucket of every reading ever stored, retention or not.
+            let (from, to) = (Timestamp::from_micros(T0 - 3_600 * SECOND).unwrap(), Timestamp::from_micros(T0 + 3_600 * SECOND).unwrap());
+            for topic in TOPICS {
+                for tier in Tier::ALL {
+                    let mut want = Vec::new();
+                    ever.sort_by(|a, b| a.0.cmp(&b.0));
+                    for ((_, time, _), value) in ever.iter().filter(|(k, _)| k.0 == topic) {
+                        rollup::add(&mut want, tier, *time, *value);
+                    }
+                    let rows = store.rollups(topic, tier, from, to).unwrap();
+                    let strip = |rows: &[Row]| rows.iter().map(|r| (r.start, r.n, r.min, r.max, r.first, r.last)).collect::<Vec<_>>();
+                    prop_assert_eq!(strip(&rows), strip(&want), "{} {}", topic, tier);
+                    for (r, w) in rows.iter().zip(&want) {
+                        prop_assert!((r.sum - w.sum).abs() < 1e-6, "sum {} against {}", r.sum, w.sum);
+                    }
+                }
+            }
         }
     }
 }

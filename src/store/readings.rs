@@ -18,7 +18,9 @@
 //! rebuilds the tails from the journal (`replay`).
 
 use super::chunk::{self, Entry, Pos, CHUNK_MAX, KEY_LEN};
+use super::rollup::{self, Row, Tier};
 use super::segments::{Loc, Segments};
+use super::tiers::Tiers;
 use super::wal::{Damage, Loss, Position, Wal};
 use super::{Inserted, Query, StoreError, StoredReading};
 use crate::contract::{Reading, Timestamp};
@@ -60,6 +62,9 @@ pub(super) struct Readings {
     old_journal: sled::Tree,
     /// `meta`: [`WAL_COMMITTED`], how far the log was synced at the last flush.
     meta: sled::Tree,
+    /// The rollup tiers (tiers.rs): every reading put into a chunk is added
+    /// to them in the same transaction.
+    tiers: Tiers,
     /// `folded`: topic id → the newest position folded into its chunks, written
     /// with the fold (one transaction). Replay skips what is at or below it,
     /// even after retention has deleted it from the chunks.
@@ -194,6 +199,7 @@ impl Readings {
             damage,
             old_journal: db.open_tree("journal")?,
             meta,
+            tiers: Tiers::open(db)?,
             folded: db.open_tree("folded")?,
             state: Arc::new(Mutex::new(State {
                 wal,
@@ -212,6 +218,7 @@ impl Readings {
             owed,
         };
         readings.replay(frames)?;
+        readings.backfill_rollups()?;
         Ok((readings, found))
     }
 
@@ -495,6 +502,7 @@ impl Readings {
             for part in entries.chunks(CHUNK_MAX) {
                 change.put(id, part.to_vec());
             }
+            change.added(id, &entries);
         }
         change.mark = Some((id, newest));
         self.apply(&change)?;
@@ -592,6 +600,7 @@ impl Readings {
         let mut change = Change::default();
         let Some((k, v)) = self.chunk_at(id, pos)? else {
             // Before the topic's first chunk: a chunk of its own.
+            change.added(id, std::slice::from_ref(&e));
             change.put(id, vec![e]);
             self.apply(&change)?;
             return Ok(Inserted::New);
@@ -602,6 +611,7 @@ impl Readings {
             Err(i) => {
                 // i > 0 (the chunk's first entry is at or before pos, and not
                 // at it), unless the chunk was unreadable.
+                change.added(id, std::slice::from_ref(&e));
                 entries.insert(i, e);
                 if entries.len() > CHUNK_MAX {
                     // Split, so that a stream of late readings (a replayed
@@ -632,6 +642,10 @@ impl Readings {
             let loc = self.segments.append(key, &bytes)?;
             puts.push((key, locator(&bytes, loc), loc));
         }
+        let mut rollups = Vec::new();
+        for (id, adds) in &change.adds {
+            rollups.extend(self.tiers.writes(*id, adds)?);
+        }
         let mark = change.mark.map(|(id, (time, seq))| {
             let mut v = [0u8; 16];
             v[..8].copy_from_slice(&time.to_be_bytes());
@@ -640,8 +654,22 @@ impl Readings {
         });
         // Sled may run the closure more than once: it starts afresh each time.
         let emptied = std::cell::RefCell::new(Vec::new());
-        (&self.chunks, &self.folded, &self.segment_live)
-            .transaction(|(chunks, folded, live)| {
+        let (minutes, hours) = self.tiers.trees();
+        (
+            &self.chunks,
+            &self.folded,
+            &self.segment_live,
+            minutes,
+            hours,
+        )
+            .transaction(|(chunks, folded, live, minutes, hours)| {
+                for (tier, key, value) in &rollups {
+                    let tree = match tier {
+                        Tier::Minute => minutes,
+                        Tier::Hour => hours,
+                    };
+                    tree.insert(&key[..], &value[..])?;
+                }
                 let mut delta: HashMap<u32, i64> = HashMap::new();
                 let freed = |old: Option<sled::IVec>, delta: &mut HashMap<u32, i64>| {
                     if let Some(l) = old.as_deref().and_then(located) {
@@ -772,6 +800,116 @@ impl Readings {
             }
         }
         Ok(deleted)
+    }
+
+    /// Counts the chunks of a store made before rollups into them, once,
+    /// topic by topic. Each topic's entries are cleared first, so a run cut
+    /// short simply runs again at the next open.
+    fn backfill_rollups(&self) -> Result<(), StoreError> {
+        if self.meta.get(ROLLUPS_COUNTED)?.is_some() {
+            return Ok(());
+        }
+        let _writers = self.lock();
+        let mut counted = 0usize;
+        for kv in &self.names {
+            let id = id_of(&kv?.0)?;
+            self.tiers.clear(id)?;
+            for kv in self.chunks.scan_prefix(id.to_be_bytes()) {
+                let (k, v) = kv?;
+                let entries = self.load(&k, &v)?;
+                let mut change = Change::default();
+                change.added(id, &entries);
+                self.apply(&change)?;
+                counted += entries.len();
+            }
+        }
+        self.meta.insert(ROLLUPS_COUNTED, &[1][..])?;
+        if counted > 0 {
+            tracing::info!(
+                readings = counted,
+                "rollups: the readings stored before them are now counted in them"
+            );
+        }
+        Ok(())
+    }
+
+    /// Topic `topic`'s rows of `tier` for buckets meeting `[since, until]`:
+    /// its chunks' (kept in the tier) with its tail's (not folded yet) added.
+    pub(super) fn rollups(
+        &self,
+        topic: &str,
+        tier: Tier,
+        since: i64,
+        until: i64,
+    ) -> Result<Vec<Row>, StoreError> {
+        let Some(id) = self.ids.get(topic)?.map(|v| id_of(&v)).transpose()? else {
+            return Ok(Vec::new());
+        };
+        // Held across both reads: a fold between them would count its
+        // readings twice, or not at all.
+        let state = self.lock();
+        let rows = self.tiers.range(id, tier, since, until)?;
+        let mut tail_rows = Vec::new();
+        for (_, e) in state.tails.get(&id).map_or(&[][..], |t| &t.entries[..]) {
+            let start = tier.bucket(e.time);
+            if start <= until && start.saturating_add(tier.width()) > since {
+                rollup::add(&mut tail_rows, tier, e.time, e.value);
+            }
+        }
+        Ok(rollup::merge_runs([rows, tail_rows]))
+    }
+
+    /// The time of topic `topic`'s oldest reading kept raw, and counted in
+    /// each tier (finest first); `None` where none is.
+    pub(super) fn oldest_kept(&self, topic: &str) -> Result<[Option<i64>; 3], StoreError> {
+        let Some(id) = self.ids.get(topic)?.map(|v| id_of(&v)).transpose()? else {
+            return Ok([None; 3]);
+        };
+        let state = self.lock();
+        let in_tail = state
+            .tails
+            .get(&id)
+            .and_then(|t| t.entries.first())
+            .map(|(_, e)| e.time);
+        let raw = match self.chunks.scan_prefix(id.to_be_bytes()).keys().next() {
+            Some(k) => Some(
+                chunk::parse_key(&k?)
+                    .map_err(|e| corrupt("chunks", e))?
+                    .1
+                     .0,
+            ),
+            None => in_tail,
+        };
+        let tier =
+            |t| -> Result<Option<i64>, StoreError> { Ok(self.tiers.oldest(id, t)?.or(in_tail)) };
+        Ok([raw, tier(Tier::Minute)?, tier(Tier::Hour)?])
+    }
+
+    /// Removes rows of `tier` for buckets that end before `cutoff`, about
+    /// `max` at a time; returns how many. The raw readings are not touched.
+    pub(super) fn expire_rollups(
+        &self,
+        tier: Tier,
+        cutoff: Timestamp,
+        max: usize,
+    ) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for kv in &self.names {
+            let id = id_of(&kv?.0)?;
+            let _writers = self.lock();
+            removed += self
+                .tiers
+                .expire(id, tier, cutoff.micros(), max.saturating_sub(removed))?;
+            if removed >= max {
+                break;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Bytes of keys and values each tier keeps.
+    pub(super) fn rollup_bytes(&self, tier: Tier) -> Result<u64, StoreError> {
+        self.tiers.data_bytes(tier)
     }
 
     pub(super) fn select<'a>(&self, query: &'a Query) -> Select<'a> {
@@ -922,12 +1060,20 @@ struct Change {
     removes: Vec<Vec<u8>>,
     /// A topic's new fold mark.
     mark: Option<(u32, Pos)>,
+    /// Readings new to a topic's chunks: added to its rollups.
+    adds: Vec<(u32, Vec<(Pos, f64)>)>,
 }
 
 impl Change {
     /// `entries`: sorted, not empty.
     fn put(&mut self, id: u32, entries: Vec<Entry>) {
         self.puts.push((chunk::key(id, entries[0].pos()), entries));
+    }
+
+    /// `entries` are new to topic `id`'s chunks: they count in its rollups.
+    fn added(&mut self, id: u32, entries: &[Entry]) {
+        self.adds
+            .push((id, entries.iter().map(|e| (e.pos(), e.value)).collect()));
     }
 }
 
@@ -1171,6 +1317,10 @@ fn add_to_tail(
 /// kept the journal in sled.
 const RECORD_V1: u8 = 1;
 const RECORD_V2: u8 = 2;
+
+/// `meta` key: present once the chunks of a store made before rollups are
+/// counted in them ([`Readings::backfill_rollups`]).
+const ROLLUPS_COUNTED: &[u8] = b"rollups_counted";
 
 /// `meta` key: the log's [`Position`] at the last flush.
 const WAL_COMMITTED: &[u8] = b"wal_committed";
@@ -1559,6 +1709,46 @@ mod tests {
             received_at: Timestamp::from_micros(1_790_000_000_000_000).unwrap(),
             qos: 1,
         }
+    }
+
+    /// A store from before rollups (no tiers, no mark in `meta`) has its
+    /// chunks counted into them at its first open, once: what a fold would
+    /// have written, and the same again after another open.
+    #[test]
+    fn the_chunks_of_a_store_from_before_rollups_are_counted_in_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let readings = open(&db, dir.path());
+        let mut writer = readings.writer();
+        for seq in 1..=3 * CHUNK_MAX as u64 {
+            writer.insert(&reading(seq)).unwrap();
+        }
+        writer.finish().unwrap();
+        let topic = reading(1).topic;
+        let all = |r: &Readings| {
+            Tier::ALL.map(|tier| {
+                r.rollups(&topic, tier, i64::MIN / 2, i64::MAX / 2)
+                    .unwrap()
+                    .iter()
+                    .map(|r| (r.start, r.n, r.min, r.max, r.first, r.last))
+                    .collect::<Vec<_>>()
+            })
+        };
+        let by_folds = all(&readings);
+        assert_eq!(
+            by_folds[0].iter().map(|r| r.1).sum::<u64>(),
+            3 * CHUNK_MAX as u64
+        );
+        // What the previous release left: chunks, and neither tiers nor mark.
+        readings.meta.remove(ROLLUPS_COUNTED).unwrap();
+        readings.tiers.clear(0).unwrap();
+        assert!(all(&readings).iter().all(Vec::is_empty));
+        drop(readings);
+        let readings = open(&db, dir.path());
+        assert_eq!(all(&readings), by_folds);
+        drop(readings);
+        let readings = open(&db, dir.path());
+        assert_eq!(all(&readings), by_folds, "counted in twice");
     }
 
     /// Live ingest writes small batches; the chunks they are folded into
