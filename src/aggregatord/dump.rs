@@ -4,7 +4,8 @@
 //! It knows nothing of sockets: control.rs carries requests and answers to and
 //! from a running aggregatord.
 
-use crate::store::{Query, RejectedMessage, Store, StoredReading};
+use crate::contract::Timestamp;
+use crate::store::{Query, RejectedMessage, Row, Store, StoredReading, Tier};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::{self, BufWriter, Write};
@@ -35,6 +36,9 @@ pub enum RequestKind {
     Stats,
     /// `aggregatord forget`: answered by the running daemon only.
     Forget,
+    /// A rollup tier's rows (`dump --tier`): per sensor and minute or hour,
+    /// count, min, max, mean, first and last.
+    Rollups(Tier),
 }
 
 /// One dump or stats request.
@@ -81,6 +85,26 @@ pub fn answer(store: &Store, request: &Request, out: impl Write) -> io::Result<(
                 .filter(|a| a.as_ref().map_or(true, |a| q.admits(&a.topic, a.time)))
                 .take(q.limit.unwrap_or(usize::MAX));
             write_rows(rows, f, ALERT_HEADER, alert_fields, out)
+        }
+        RequestKind::Rollups(tier) => {
+            let whole = |t: Option<Timestamp>, edge| t.unwrap_or(Timestamp(edge));
+            let (since, until) = (
+                whole(q.since, chrono::DateTime::<chrono::Utc>::MIN_UTC),
+                whole(q.until, chrono::DateTime::<chrono::Utc>::MAX_UTC),
+            );
+            let topics = store.topics().map_err(storage)?;
+            let rows = topics
+                .into_iter()
+                .filter(|t| q.matches_topic(t))
+                .flat_map(move |topic| match store.rollups(&topic, tier, since, until) {
+                    Ok(rows) => rows
+                        .into_iter()
+                        .map(|r| Ok(RollupRow::new(&topic, tier, &r)))
+                        .collect::<Vec<_>>(),
+                    Err(e) => vec![Err(storage(e))],
+                })
+                .take(q.limit.unwrap_or(usize::MAX));
+            write_rows(rows, f, ROLLUP_HEADER, rollup_fields, out)
         }
         RequestKind::Forget => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -249,6 +273,59 @@ pub struct SensorStats {
     /// one more (an energy meter's 4 decimals are not cut to 3).
     #[serde(skip)]
     pub decimals: usize,
+}
+
+/// One row of a rollup tier, as `dump --tier` writes it.
+#[derive(Debug, Serialize)]
+struct RollupRow {
+    topic: String,
+    tier: Tier,
+    /// The bucket's start.
+    time: Option<Timestamp>,
+    count: u64,
+    min: f64,
+    max: f64,
+    mean: f64,
+    first: f64,
+    first_at: Option<Timestamp>,
+    last: f64,
+    last_at: Option<Timestamp>,
+}
+
+impl RollupRow {
+    fn new(topic: &str, tier: Tier, r: &Row) -> RollupRow {
+        RollupRow {
+            topic: topic.to_owned(),
+            tier,
+            time: Timestamp::from_micros(r.start),
+            count: r.n,
+            min: r.min,
+            max: r.max,
+            mean: r.mean(),
+            first: r.first.1,
+            first_at: Timestamp::from_micros(r.first.0),
+            last: r.last.1,
+            last_at: Timestamp::from_micros(r.last.0),
+        }
+    }
+}
+
+const ROLLUP_HEADER: &[&str] = &[
+    "topic", "tier", "time", "count", "min", "max", "mean", "first", "last",
+];
+
+fn rollup_fields(r: &RollupRow) -> Vec<String> {
+    vec![
+        r.topic.clone(),
+        r.tier.to_string(),
+        r.time.map(|t| t.to_string()).unwrap_or_default(),
+        r.count.to_string(),
+        r.min.to_string(),
+        r.max.to_string(),
+        format!("{:.3}", r.mean),
+        r.first.to_string(),
+        r.last.to_string(),
+    ]
 }
 
 const STATS_HEADER: &[&str] = &["topic", "count", "min", "max", "mean", "first", "last"];

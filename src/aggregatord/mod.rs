@@ -211,11 +211,19 @@ pub async fn run(
         background.clone(),
     ));
     let metrics = Arc::new(metrics::Metrics::default());
-    if config.storage.retention.is_some() || config.storage.max_size.is_some() {
-        let policy = retention::Policy {
-            keep: config.storage.retention,
-            max_bytes: config.storage.max_size.map(|m| m.as_u64()),
-        };
+    let rollups = &config.storage.rollups;
+    let policy = retention::Policy {
+        keep: config.storage.retention,
+        max_bytes: config.storage.max_size.map(|m| m.as_u64()),
+        tiers: [
+            (crate::store::Tier::Minute, rollups.minutes),
+            (crate::store::Tier::Hour, rollups.hours),
+        ]
+        .into_iter()
+        .filter_map(|(tier, keep)| Some((tier, keep?)))
+        .collect(),
+    };
+    if policy.deletes() {
         tasks.spawn(retention::run(
             store.clone(),
             policy,

@@ -1,12 +1,14 @@
-//! Deletes readings older than `storage.retention`, and the oldest readings
-//! while the chunks take more than `storage.max_size`, a bounded number at a
-//! time, so that a first run over a large history never stalls ingest.
+//! Deletes readings older than `storage.retention`, rollup rows older than
+//! their tier's `storage.rollups`, and the oldest readings while the chunks
+//! take more than `storage.max_size`, a bounded number at a time, so that a
+//! first run over a large history never stalls ingest. Raw readings going
+//! never takes their rollups with them: those have their own time.
 //! It knows nothing of the layout and never touches alerts or rejected messages:
 //! `Store::expire` picks which readings go, and frees segments nothing points at.
 
 use super::metrics::Metrics;
 use crate::contract::Timestamp;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, Tier};
 use anyhow::Context;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -29,6 +31,15 @@ pub struct Policy {
     pub keep: Option<Duration>,
     /// `storage.max_size`, in bytes.
     pub max_bytes: Option<u64>,
+    /// `storage.rollups`: the tiers not kept for ever, and for how long.
+    pub tiers: Vec<(Tier, Duration)>,
+}
+
+impl Policy {
+    /// Whether there is anything to delete, ever.
+    pub fn deletes(&self) -> bool {
+        self.keep.is_some() || self.max_bytes.is_some() || !self.tiers.is_empty()
+    }
 }
 
 pub async fn run(
@@ -42,9 +53,12 @@ pub async fn run(
     loop {
         tokio::select! {
             () = stop.cancelled() => return Ok(()),
-            _ = by_age.tick(), if policy.keep.is_some() => {
+            _ = by_age.tick(), if policy.keep.is_some() || !policy.tiers.is_empty() => {
                 if let Some(keep) = policy.keep {
                     expire_older_than(&store, keep, &stop).await;
+                }
+                for &(tier, keep) in &policy.tiers {
+                    expire_tier(&store, tier, keep, &stop).await;
                 }
             }
             _ = by_size.tick(), if policy.max_bytes.is_some() => {
@@ -58,13 +72,7 @@ pub async fn run(
 
 /// Deletes what is older than `keep`, in steps.
 async fn expire_older_than(store: &Store, keep: Duration, stop: &CancellationToken) {
-    // Config validation bounds `keep` (at most 100 years), so this cannot overflow.
-    let keep = chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
-    let Some(cutoff) = Timestamp::now_millis()
-        .0
-        .checked_sub_signed(keep)
-        .map(Timestamp)
-    else {
+    let Some(cutoff) = ago(keep) else {
         return; // Nothing can be that old.
     };
     match expire(store, cutoff, stop).await {
@@ -72,6 +80,42 @@ async fn expire_older_than(store: &Store, keep: Duration, stop: &CancellationTok
         Ok(deleted) => info!(deleted, before = %cutoff, "retention: old readings deleted"),
         Err(e) => warn!(error = %format!("{e:#}"), "retention: deleting old readings failed"),
     }
+}
+
+/// Deletes a tier's rows older than `keep`, in steps.
+async fn expire_tier(store: &Store, tier: Tier, keep: Duration, stop: &CancellationToken) {
+    let Some(cutoff) = ago(keep) else {
+        return;
+    };
+    let mut total = 0;
+    let result: anyhow::Result<()> = async {
+        loop {
+            let s = store.clone();
+            let n = blocking(move || s.expire_rollups(tier, cutoff, STEP)).await?;
+            total += n;
+            if n < STEP || stop.is_cancelled() {
+                return Ok(());
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+    .await;
+    if total > 0 {
+        info!(rows = total, tier = %tier, before = %cutoff, "retention: old rollup rows deleted");
+    }
+    if let Err(e) = result {
+        warn!(error = %format!("{e:#}"), tier = %tier, "retention: deleting old rollup rows failed");
+    }
+}
+
+/// The time `keep` ago, if there is one (config validation bounds `keep`
+/// to 100 years).
+fn ago(keep: Duration) -> Option<Timestamp> {
+    let keep = chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
+    Timestamp::now_millis()
+        .0
+        .checked_sub_signed(keep)
+        .map(Timestamp)
 }
 
 /// Storage work, off the runtime's thread; a panic in it is an error too.

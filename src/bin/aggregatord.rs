@@ -69,8 +69,13 @@ enum Command {
         #[arg(long, conflicts_with = "alerts")]
         rejected: bool,
         /// Alert history instead of readings.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "tier")]
         alerts: bool,
+        /// A rollup tier's rows instead of readings: `1m` or `1h` (per
+        /// sensor and minute or hour: count, min, max, mean, first, last).
+        /// They reach back past `storage.retention`.
+        #[arg(long, conflicts_with_all = ["rejected", "also"])]
+        tier: Option<roomsense::store::Tier>,
         /// Another instance's config: its readings too, merged (a reading
         /// stored by several instances shows once). Repeatable.
         #[arg(long, value_name = "CONFIG", conflicts_with_all = ["rejected", "alerts"])]
@@ -165,10 +170,13 @@ fn main() -> ExitCode {
             format,
             rejected,
             alerts,
+            tier,
             also,
             filter,
         } => {
-            let what = if rejected {
+            let what = if let Some(tier) = tier {
+                RequestKind::Rollups(tier)
+            } else if rejected {
                 RequestKind::Rejected
             } else if alerts {
                 RequestKind::Alerts

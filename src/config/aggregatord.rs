@@ -295,6 +295,37 @@ pub struct StorageConfig {
     /// hour of readings) and sled's catalogue come on top (README).
     #[serde(default)]
     pub max_size: Option<bytesize::ByteSize>,
+    /// How long each rollup tier is kept, past the raw readings.
+    #[serde(default)]
+    pub rollups: RollupsConfig,
+}
+
+/// `storage.rollups`: per sensor, a row per minute and per hour (count,
+/// min, max, mean, first, last), made as readings are stored and kept long
+/// after `retention` deleted the readings themselves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollupsConfig {
+    /// Rows per minute: a duration, or `forever`. Default 365d.
+    #[serde(default = "a_year", with = "super::keep")]
+    pub minutes: Option<std::time::Duration>,
+    /// Rows per hour. Default forever.
+    #[serde(default, with = "super::keep")]
+    pub hours: Option<std::time::Duration>,
+}
+
+#[allow(clippy::unnecessary_wraps)] // serde's default for an Option field
+fn a_year() -> Option<std::time::Duration> {
+    Some(std::time::Duration::from_secs(365 * 86_400))
+}
+
+impl Default for RollupsConfig {
+    fn default() -> Self {
+        RollupsConfig {
+            minutes: a_year(),
+            hours: None,
+        }
+    }
 }
 
 impl StorageConfig {
@@ -406,6 +437,26 @@ impl DaemonConfig for AggregatordConfig {
                 "storage.retention",
                 "at most 100 years (leave it out to keep everything)",
             ));
+        }
+        let rollups = &self.storage.rollups;
+        for (key, keep) in [
+            ("storage.rollups.minutes", rollups.minutes),
+            ("storage.rollups.hours", rollups.hours),
+        ] {
+            if keep.is_some_and(|r| r > std::time::Duration::from_secs(100 * 365 * 86_400)) {
+                return Err(Invalid::new(key, "at most 100 years, or forever"));
+            }
+        }
+        if let (Some(minutes), Some(hours)) = (rollups.minutes, rollups.hours) {
+            if hours < minutes {
+                return Err(Invalid::new(
+                    "storage.rollups.hours",
+                    format!(
+                        "shorter than storage.rollups.minutes ({}): hourly rows are the ones kept longest",
+                        humantime::format_duration(minutes)
+                    ),
+                ));
+            }
         }
         if self
             .storage
@@ -660,6 +711,31 @@ mod tests {
                 other => panic!("{small}: {:?}", other.map(|_| ())),
             }
         }
+    }
+
+    /// `storage.rollups`: a year of minutes and hours for ever by default;
+    /// `forever` or a duration each; hours kept shorter than minutes is
+    /// refused by name and line.
+    #[test]
+    fn rollup_tiers_keep_a_year_and_forever_unless_told() {
+        let parse = |rollups: &str| minimal(&format!(", rollups: {rollups}"), "");
+        let keep = |text: &str| {
+            let r = parse(text).expect("valid").storage.rollups;
+            (
+                r.minutes.map(|d| d.as_secs() / 86_400),
+                r.hours.map(|d| d.as_secs() / 86_400),
+            )
+        };
+        assert_eq!(keep("{}"), (Some(365), None));
+        assert_eq!(keep("{ minutes: forever }"), (None, None));
+        assert_eq!(keep("{ minutes: 90d, hours: 10y }"), (Some(90), Some(3652)));
+        match parse("{ minutes: 30d, hours: 7d }") {
+            Err(crate::config::ConfigError::Invalid { key, line, .. }) => {
+                assert_eq!((key.as_str(), line), ("storage.rollups.hours", Some(4)));
+            }
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        assert!(parse("{ minutes: sometimes }").is_err());
     }
 
     /// A config lowering `batch_max` alone stays valid (CI caught 128 > 50);

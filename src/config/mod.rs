@@ -286,6 +286,31 @@ pub mod duration {
     }
 }
 
+/// A duration, or `forever` (`None`): how long something is kept.
+pub mod keep {
+    use serde::{de, Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text == "forever" {
+            return Ok(None);
+        }
+        humantime::parse_duration(&text).map(Some).map_err(|e| {
+            de::Error::custom(format!(
+                "invalid duration {text:?} ({e}); write e.g. 30d, 1y, or forever"
+            ))
+        })
+    }
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::duration::serialize(d, s),
+            None => s.serialize_str("forever"),
+        }
+    }
+}
+
 /// The keys whose values differ between two configs, two levels deep
 /// (`broker.tls`, `sensors`), for "reloaded: changed …" log lines only: it
 /// compares the serialized form, generically. Decisions (reconnect, what to

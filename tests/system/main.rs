@@ -31,6 +31,7 @@ mod lifecycle;
 mod pipeline;
 mod reconnect;
 mod reliability;
+mod rollups;
 mod scaling;
 mod security;
 mod sensord;

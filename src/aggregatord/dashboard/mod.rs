@@ -7,26 +7,26 @@
 //! | `/` | the page (embedded; no internet needed) |
 //! | `/events` | Server-Sent Events: a snapshot, then changes |
 //! | `/api/state` | the snapshot as JSON |
-//! | `/api/history?sensor=TOPIC&since=1h&until=&points=300` | one sensor, downsampled |
+//! | `/api/history?sensor=TOPIC&since=1h&until=&points=300&tier=auto` | one sensor, downsampled, from the raw readings or a rollup tier |
 //! | `/api/alerts` | active alerts and the latest changes |
 //! | `/metrics` | Prometheus text format |
 //! | `/favicon.ico` | the icon (SVG) |
 //! | `/healthz`, `/readyz` | alive; connected to the broker and storage writable |
 
 mod guard;
+mod history;
 mod live;
 
 pub use live::{Live, SPARK_STEP};
 
 use super::metrics::Metrics;
 use crate::contract::Timestamp;
-use crate::store::{Query, Store};
-use axum::extract::{Query as Params, State};
+use crate::store::Store;
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Deserialize;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -37,10 +37,9 @@ use tracing::info;
 const PAGE: &str = include_str!("page.html");
 /// How often connected browsers get the message rate.
 const RATE_EVERY: Duration = Duration::from_secs(2);
-const MAX_POINTS: usize = 2000;
 
 #[derive(Clone)]
-struct App {
+pub(super) struct App {
     /// What the page shows; ingest writes it, handlers only read.
     live: Arc<Live>,
     /// For `/metrics` and `/readyz`, and the count of event-stream clients.
@@ -60,9 +59,6 @@ struct App {
 
 /// History queries running at once.
 const QUERIES_AT_ONCE: usize = 2;
-/// Rows one history query reads at most (a week of one sensor at 1 Hz is
-/// 604,800); past it the answer stops there and says `truncated`.
-const MAX_ROWS_PER_QUERY: u64 = 1_000_000;
 
 /// Reads and checks `http.token_file`; errors are config errors (exit 78).
 pub fn load_token(
@@ -199,7 +195,7 @@ async fn run(server: Server, stop: CancellationToken) -> anyhow::Result<()> {
         .route("/", get(|| async { Html(PAGE) }))
         .route("/events", get(events))
         .route("/api/state", get(state))
-        .route("/api/history", get(history))
+        .route("/api/history", get(history::history))
         .route("/api/alerts", get(alerts))
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -290,117 +286,8 @@ fn ok(b: bool) -> &'static str {
     }
 }
 
-fn bad_request(message: impl Into<String>) -> Response {
+pub(super) fn bad_request(message: impl Into<String>) -> Response {
     (StatusCode::BAD_REQUEST, format!("{}\n", message.into())).into_response()
-}
-
-#[derive(Deserialize)]
-struct HistoryParams {
-    /// `sensor`: the reading topic; required.
-    sensor: Option<String>,
-    /// `since`: a time or a duration ago (`1h`); default an hour ago.
-    since: Option<String>,
-    /// `until`: likewise; default now.
-    until: Option<String>,
-    /// `points`: buckets, 1 to `MAX_POINTS`, default 300; checked by the handler, with
-    /// its own error message.
-    points: Option<String>,
-}
-
-/// One sensor's readings in a time window, cut to at most `points` buckets (each
-/// with mean, min and max), so a week of readings is still a small answer.
-async fn history(
-    State(app): State<App>,
-    params: Result<Params<HistoryParams>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    let Ok(Params(p)) = params else {
-        return bad_request("could not read the query string");
-    };
-    let Some(topic) = p.sensor.filter(|s| !s.is_empty()) else {
-        return bad_request("sensor: required (the reading topic, e.g. building/floor1/room101/temperature/temp_001)");
-    };
-    let hour_ago = || Timestamp(Timestamp::now_millis().0 - chrono::Duration::hours(1));
-    let since = match p.since.as_deref().map(Timestamp::parse_ago).transpose() {
-        Ok(t) => t.unwrap_or_else(hour_ago),
-        Err(e) => return bad_request(format!("since: {e}")),
-    };
-    let until = match p.until.as_deref().map(Timestamp::parse_ago).transpose() {
-        Ok(t) => t.unwrap_or_else(Timestamp::now_millis),
-        Err(e) => return bad_request(format!("until: {e}")),
-    };
-    if until <= since {
-        return bad_request("until must be after since");
-    }
-    let points = match p.points.as_deref().map(str::parse::<usize>) {
-        None => 300,
-        Some(Ok(n)) if (1..=MAX_POINTS).contains(&n) => n,
-        Some(_) => return bad_request(format!("points: a number from 1 to {MAX_POINTS}")),
-    };
-    let Ok(_turn) = app.queries.clone().acquire_owned().await else {
-        return (StatusCode::SERVICE_UNAVAILABLE, "stopping\n").into_response();
-    };
-    let store = app.store.clone();
-    let query = Query {
-        topic: Some(topic.clone()),
-        since: Some(since),
-        until: Some(until),
-        ..Query::default()
-    };
-    let result = tokio::task::spawn_blocking(move || {
-        downsample(&store, &query, (since, until), points, MAX_ROWS_PER_QUERY)
-    })
-    .await;
-    match result {
-        Ok(Ok((buckets, truncated))) => Json(serde_json::json!({ "sensor": topic, "since": since, "until": until, "points": buckets, "truncated": truncated })).into_response(),
-        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("storage: {e}\n")).into_response(),
-        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "history task failed\n").into_response(),
-    }
-}
-
-/// Buckets of (mean, min, max, n); reads at most `max_rows` rows, and says
-/// whether it stopped there.
-fn downsample(
-    store: &Store,
-    query: &Query,
-    (since, until): (Timestamp, Timestamp),
-    points: usize,
-    max_rows: u64,
-) -> Result<(Vec<serde_json::Value>, bool), crate::store::StoreError> {
-    // i128: the range comes from the query string and may span all of chrono's
-    // ±262,000 years, whose width in microseconds does not fit an i64.
-    let from = i128::from(since.micros());
-    let span = (i128::from(until.micros()) - from).max(1);
-    // (count, sum, min, max) per bucket.
-    let mut buckets: Vec<(u64, f64, f64, f64)> =
-        vec![(0, 0.0, f64::INFINITY, f64::NEG_INFINITY); points];
-    let mut rows = 0u64;
-    let mut truncated = false;
-    for r in store.select(query) {
-        rows += 1;
-        if rows > max_rows {
-            truncated = true;
-            break;
-        }
-        let r = r?;
-        let v = r.reading.value;
-        let offset = i128::from(r.reading.timestamp.micros()) - from;
-        let i = usize::try_from(offset * points as i128 / span)
-            .unwrap_or(0)
-            .min(points - 1);
-        let b = &mut buckets[i];
-        *b = (b.0 + 1, b.1 + v, b.2.min(v), b.3.max(v));
-    }
-    let answer = buckets
-        .into_iter()
-        .enumerate()
-        .filter(|(_, b)| b.0 > 0)
-        .map(|(i, (n, sum, min, max))| {
-            let mid = (from + span * (2 * i as i128 + 1) / (2 * points as i128)) / 1000;
-            let t_ms = i64::try_from(mid).unwrap_or_default(); // between since and until
-            serde_json::json!({ "t": t_ms, "mean": sum / n as f64, "min": min, "max": max, "n": n })
-        })
-        .collect();
-    Ok((answer, truncated))
 }
 
 async fn alerts(State(app): State<App>) -> Response {
@@ -502,50 +389,4 @@ async fn events(State(app): State<App>) -> Response {
         axum::body::Body::from_stream(stream),
     )
         .into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::contract::Reading;
-    use crate::store::StoredReading;
-
-    #[test]
-    fn a_history_query_reads_at_most_its_row_budget_and_says_so() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let topic = "b/f/r/temperature/t";
-        let at =
-            |s: i64| Timestamp(chrono::DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap());
-        for s in 0..10 {
-            let r = StoredReading {
-                topic: topic.into(),
-                reading: Reading {
-                    sensor_id: "t".into(),
-                    sensor_type: "temperature".into(),
-                    value: 20.0,
-                    unit: "celsius".into(),
-                    timestamp: at(s),
-                    seq: Some(s.cast_unsigned() + 1),
-                },
-                received_at: at(s),
-                qos: 1,
-            };
-            store.insert_reading(&r).unwrap();
-        }
-        let query = Query {
-            topic: Some(topic.into()),
-            since: Some(at(0)),
-            until: Some(at(100)),
-            ..Query::default()
-        };
-        let count = |(points, truncated): (Vec<serde_json::Value>, bool)| {
-            let n: u64 = points.iter().map(|p| p["n"].as_u64().unwrap()).sum();
-            (n, truncated)
-        };
-        let all = downsample(&store, &query, (at(0), at(100)), 3, 100).unwrap();
-        assert_eq!(count(all), (10, false));
-        let cut = downsample(&store, &query, (at(0), at(100)), 3, 4).unwrap();
-        assert_eq!(count(cut), (4, true));
-    }
 }
