@@ -286,9 +286,14 @@ struct RollupRow {
     min: f64,
     max: f64,
     mean: f64,
-    first: f64,
+    /// A meter's first and last reading in the bucket (other types: none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    first: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     first_at: Option<Timestamp>,
-    last: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     last_at: Option<Timestamp>,
 }
 
@@ -302,10 +307,10 @@ impl RollupRow {
             min: r.min,
             max: r.max,
             mean: r.mean(),
-            first: r.first.1,
-            first_at: Timestamp::from_micros(r.first.0),
-            last: r.last.1,
-            last_at: Timestamp::from_micros(r.last.0),
+            first: r.first.map(|f| f.1),
+            first_at: r.first.and_then(|f| Timestamp::from_micros(f.0)),
+            last: r.last.map(|l| l.1),
+            last_at: r.last.and_then(|l| Timestamp::from_micros(l.0)),
         }
     }
 }
@@ -323,8 +328,8 @@ fn rollup_fields(r: &RollupRow) -> Vec<String> {
         r.min.to_string(),
         r.max.to_string(),
         format!("{:.3}", r.mean),
-        r.first.to_string(),
-        r.last.to_string(),
+        r.first.map(|v| v.to_string()).unwrap_or_default(),
+        r.last.map(|v| v.to_string()).unwrap_or_default(),
     ]
 }
 

@@ -119,7 +119,7 @@ pub struct RejectedMessage {
 }
 
 /// How far back one sensor's history reaches in each form it is kept in:
-/// its oldest reading raw, and counted in each rollup tier. The coarser the
+/// its oldest reading raw, and each rollup tier's oldest row. The coarser the
 /// form, the longer it is kept (`storage.rollups`); `None` where it holds none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Kept {
@@ -130,19 +130,25 @@ pub struct Kept {
 
 impl Kept {
     /// Whether the raw readings (`tier` None) or a tier hold everything
-    /// from `since` on: they reach back to it, or to the oldest reading the
-    /// sensor has in any form.
+    /// from `since` on: they reach back to it, or as far as every other form
+    /// does (a tier's reach is its oldest row's start: to within its width).
     pub fn holds(&self, tier: Option<Tier>, since: Timestamp) -> bool {
-        let oldest = [self.raw, self.minute, self.hour]
-            .into_iter()
-            .flatten()
-            .min();
+        let forms = [
+            (self.raw, 1),
+            (self.minute, Tier::Minute.width()),
+            (self.hour, Tier::Hour.width()),
+        ];
         let reach = match tier {
             None => self.raw,
             Some(Tier::Minute) => self.minute,
             Some(Tier::Hour) => self.hour,
         };
-        reach.is_some_and(|t| t <= since || Some(t) == oldest)
+        reach.is_some_and(|r| {
+            r <= since
+                || forms.iter().all(|(t, width)| {
+                    t.is_none_or(|t| r.micros() < t.micros().saturating_add(*width))
+                })
+        })
     }
 }
 
@@ -1237,6 +1243,11 @@ mod model {
                     ever.sort_by(|a, b| a.0.cmp(&b.0));
                     for ((_, time, _), value) in ever.iter().filter(|(k, _)| k.0 == topic) {
                         rollup::add(&mut want, tier, *time, *value);
+                    }
+                    if !rollup::keeps_ends(topic) {
+                        for w in &mut want {
+                            (w.first, w.last) = (None, None);
+                        }
                     }
                     let rows = store.rollups(topic, tier, from, to).unwrap();
                     let strip = |rows: &[Row]| rows.iter().map(|r| (r.start, r.n, r.min, r.max, r.first, r.last)).collect::<Vec<_>>();

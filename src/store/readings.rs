@@ -644,7 +644,9 @@ impl Readings {
         }
         let mut rollups = Vec::new();
         for (id, adds) in &change.adds {
-            rollups.extend(self.tiers.writes(*id, adds)?);
+            let name = self.names.get(id.to_be_bytes())?;
+            let ends = name.is_some_and(|n| rollup::keeps_ends(&String::from_utf8_lossy(&n)));
+            rollups.extend(self.tiers.writes(*id, ends, adds)?);
         }
         let mark = change.mark.map(|(id, (time, seq))| {
             let mut v = [0u8; 16];
@@ -854,6 +856,12 @@ impl Readings {
             let start = tier.bucket(e.time);
             if start <= until && start.saturating_add(tier.width()) > since {
                 rollup::add(&mut tail_rows, tier, e.time, e.value);
+            }
+        }
+        if !rollup::keeps_ends(topic) {
+            // As the tier's entries keep them: only a meter's.
+            for r in &mut tail_rows {
+                (r.first, r.last) = (None, None);
             }
         }
         Ok(rollup::merge_runs([rows, tail_rows]))

@@ -1,6 +1,6 @@
 //! Rollups: each sensor's readings summed up per minute and per hour (count,
-//! min, max, sum; the first and last reading with their times, which is what a
-//! meter's consumption is made of). Kept long after the raw readings are gone
+//! min, max, sum; for meters also the first and last reading with their
+//! times, which is what a meter's consumption is made of). Kept long after the raw readings are gone
 //! (`storage.rollups`), and read instead of them for long ranges: a year of a
 //! sensor is 8,760 hourly rows, not 31 million readings.
 //! It does no I/O: readings.rs decides which entry a reading goes to, and
@@ -9,12 +9,13 @@
 //! A tier is a sled tree of entries, each a run of rows of one topic:
 //! ```text
 //! key:    a chunk key (topic id u32 BE | time | seq): at or before its rows
-//! value:  0x01 | scale u8 (decimals, or F64) | rows varint | row…
+//! value:  0x01 | flags u8 (1: first and last kept) | scale u8 (decimals,
+//!         or F64) | rows varint | row…
 //! row:    bucket (first: zigzag index; then: steps after the last) | n varint
-//!         | first offset varint (µs after the bucket's start) | last - first (µs)
+//!         | [first offset varint (µs after the bucket's start) | last - first (µs)]
 //!         | decimal: min (zigzag, delta from the last row's) | max - min
-//!         |          | first - min | last - min | sum - n·min (zigzag)
-//!         | F64: min, max, sum, first, last (f64 LE each)
+//!         |          | sum - n·min (zigzag) | [first - min | last - min]
+//!         | F64: min, max, sum, [first, last] (f64 LE each)
 //! ```
 //! One topic's entries partition its time: an entry holds readings at or
 //! after its key and before the next entry's key. A bucket can straddle two
@@ -104,10 +105,11 @@ pub struct Row {
     pub min: f64,
     pub max: f64,
     pub sum: f64,
-    /// The earliest reading: its time (µs) and value.
-    pub first: (i64, f64),
-    /// The latest reading.
-    pub last: (i64, f64),
+    /// The earliest reading: its time (µs) and value; kept for meters only
+    /// ([`keeps_ends`]).
+    pub first: Option<(i64, f64)>,
+    /// The latest reading, likewise.
+    pub last: Option<(i64, f64)>,
     /// The decimals every reading in it has (`None`: some have more than
     /// [`chunk::MAX_SCALE`]): the scale at which the sum is exact.
     pub(super) decimals: Option<u8>,
@@ -122,8 +124,8 @@ impl Row {
             min: value,
             max: value,
             sum: value,
-            first: (time, value),
-            last: (time, value),
+            first: Some((time, value)),
+            last: Some((time, value)),
             decimals: (0..=chunk::MAX_SCALE).find(|&s| chunk::as_decimal(value, s).is_some()),
         }
     }
@@ -141,14 +143,18 @@ impl Row {
         self.sum += other.sum;
         // Two readings at one instant (different seqs): the smaller value is
         // first, so that rows do not depend on the order readings came in.
+        // A row without them (read back from an entry that does not keep
+        // them) makes the merged row one without them too.
         let earlier =
             |a: (i64, f64), b: (i64, f64)| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).is_lt();
-        if earlier(other.first, self.first) {
-            self.first = other.first;
-        }
-        if earlier(self.last, other.last) {
-            self.last = other.last;
-        }
+        self.first = match (self.first, other.first) {
+            (Some(a), Some(b)) => Some(if earlier(b, a) { b } else { a }),
+            _ => None,
+        };
+        self.last = match (self.last, other.last) {
+            (Some(a), Some(b)) => Some(if earlier(a, b) { b } else { a }),
+            _ => None,
+        };
         self.decimals = self
             .decimals
             .max(other.decimals)
@@ -198,15 +204,28 @@ pub(super) fn merge_runs(runs: impl IntoIterator<Item = Vec<Row>>) -> Vec<Row> {
 }
 
 const VERSION: u8 = 1;
+/// Flags: the entry keeps each row's first and last reading.
+const ENDS: u8 = 1;
 /// The scale byte of an entry kept as f64s.
 const F64: u8 = 0xff;
 
-/// An entry's bytes. Values are kept as decimals at the scale of the most
-/// decimals any of its readings has (so sums, rounded to it, are exact
-/// too), else as f64.
-pub(super) fn encode(tier: Tier, rows: &[Row]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(2 + rows.len() * 12);
+/// Whether a topic's rows keep their first and last reading: a meter's
+/// (its type level `energy`), whose use in a bucket is last minus first. For
+/// the others they would be most of a row's bytes, for nothing that min,
+/// max and mean do not say.
+pub(super) fn keeps_ends(topic: &str) -> bool {
+    topic.rsplit('/').nth(1) == Some("energy")
+}
+
+/// An entry's bytes; first and last only if `ends` (and every row has
+/// them). Values are kept as decimals at the scale of the most decimals
+/// any of its readings has (so sums, rounded to it, are exact too), else
+/// as f64.
+pub(super) fn encode(tier: Tier, rows: &[Row], ends: bool) -> Vec<u8> {
+    let ends = ends && rows.iter().all(|r| r.first.is_some() && r.last.is_some());
+    let mut out = Vec::with_capacity(3 + rows.len() * 12);
     out.push(VERSION);
+    out.push(if ends { ENDS } else { 0 });
     let scale = rows
         .iter()
         .try_fold(0u8, |most, r| r.decimals.map(|d| d.max(most)));
@@ -224,20 +243,31 @@ pub(super) fn encode(tier: Tier, rows: &[Row]) -> Vec<u8> {
         }
         prev = Some(index);
         chunk::varint(&mut out, row.n);
-        chunk::varint(&mut out, row.first.0.abs_diff(row.start));
-        chunk::varint(&mut out, row.last.0.abs_diff(row.first.0));
-        match &exact {
-            Some((_, d)) => {
-                let [min, max, first, last, sum] = d[i];
-                chunk::varint(&mut out, chunk::zigzag(min.wrapping_sub(prev_min)));
-                prev_min = min;
-                for v in [max, first, last] {
+        let (first, last) = match (row.first, row.last) {
+            (Some(f), Some(l)) if ends => (f, l),
+            _ => ((row.start, row.min), (row.start, row.min)),
+        };
+        if ends {
+            chunk::varint(&mut out, first.0.abs_diff(row.start));
+            chunk::varint(&mut out, last.0.abs_diff(first.0));
+        }
+        if let Some((_, d)) = &exact {
+            let [min, max, sum, first, last] = d[i];
+            chunk::varint(&mut out, chunk::zigzag(min.wrapping_sub(prev_min)));
+            prev_min = min;
+            chunk::varint(&mut out, max.abs_diff(min));
+            chunk::varint(&mut out, chunk::zigzag(sum));
+            if ends {
+                for v in [first, last] {
                     chunk::varint(&mut out, v.abs_diff(min));
                 }
-                chunk::varint(&mut out, chunk::zigzag(sum));
             }
-            None => {
-                for v in [row.min, row.max, row.sum, row.first.1, row.last.1] {
+        } else {
+            for v in [row.min, row.max, row.sum] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            if ends {
+                for v in [first.1, last.1] {
                     out.extend_from_slice(&v.to_le_bytes());
                 }
             }
@@ -246,13 +276,15 @@ pub(super) fn encode(tier: Tier, rows: &[Row]) -> Vec<u8> {
     out
 }
 
-/// Per row at `scale`: min, max, first, last and (sum - n·min), if every
-/// one is exact there and fits.
+/// Per row at `scale`: min, max, (sum - n·min), first and last (min if the
+/// row has none), if every one is exact there and fits.
 fn decimals(rows: &[Row], scale: u8) -> Option<Vec<[i64; 5]>> {
     rows.iter()
         .map(|r| {
             let d = |v| chunk::as_decimal(v, scale);
-            let (min, max, first, last) = (d(r.min)?, d(r.max)?, d(r.first.1)?, d(r.last.1)?);
+            let (min, max) = (d(r.min)?, d(r.max)?);
+            let end = |e: Option<(i64, f64)>| e.map_or(Some(min), |(_, v)| d(v));
+            let (first, last) = (end(r.first)?, end(r.last)?);
             let k = 10f64.powi(i32::from(scale));
             let sum = (r.sum * k).round();
             if !sum.is_finite() || sum.abs() >= 9.0e15 {
@@ -261,7 +293,7 @@ fn decimals(rows: &[Row], scale: u8) -> Option<Vec<[i64; 5]>> {
             #[allow(clippy::cast_possible_truncation)] // in range: checked above
             let sum = sum as i64;
             let rest = sum.checked_sub(min.checked_mul(i64::try_from(r.n).ok()?)?)?;
-            Some([min, max, first, last, rest])
+            Some([min, max, rest, first, last])
         })
         .collect()
 }
@@ -271,6 +303,11 @@ pub(super) fn decode(tier: Tier, bytes: &[u8]) -> Result<Vec<Row>, ChunkError> {
     if r.byte()? != VERSION {
         return Err(ChunkError("unknown rollup version"));
     }
+    let flags = r.byte()?;
+    if flags & !ENDS != 0 {
+        return Err(ChunkError("unknown rollup flags"));
+    }
+    let ends = flags & ENDS != 0;
     let scale = r.byte()?;
     if scale != F64 && scale > chunk::MAX_SCALE {
         return Err(ChunkError("bad rollup scale"));
@@ -292,25 +329,22 @@ pub(super) fn decode(tier: Tier, bytes: &[u8]) -> Result<Vec<Row>, ChunkError> {
         };
         let start = index.checked_mul(width).ok_or(ChunkError("bad bucket"))?;
         let n = r.varint()?;
-        let first_t = start
-            .checked_add(signed(r.varint()?)?)
-            .ok_or(ChunkError("bad time"))?;
-        let last_t = first_t
-            .checked_add(signed(r.varint()?)?)
-            .ok_or(ChunkError("bad time"))?;
-        let row = if scale == F64 {
+        let times = if ends {
+            let first = start
+                .checked_add(signed(r.varint()?)?)
+                .ok_or(ChunkError("bad time"))?;
+            let last = first
+                .checked_add(signed(r.varint()?)?)
+                .ok_or(ChunkError("bad time"))?;
+            Some((first, last))
+        } else {
+            None
+        };
+        let (min, max, sum, values, decimals) = if scale == F64 {
             let mut f = || r.take::<8>().map(f64::from_le_bytes);
-            let (min, max, sum, first, last) = (f()?, f()?, f()?, f()?, f()?);
-            Row {
-                start,
-                n,
-                min,
-                max,
-                sum,
-                first: (first_t, first),
-                last: (last_t, last),
-                decimals: None,
-            }
+            let (min, max, sum) = (f()?, f()?, f()?);
+            let values = if ends { Some((f()?, f()?)) } else { None };
+            (min, max, sum, values, None)
         } else {
             let min = prev_min.wrapping_add(chunk::unzigzag(r.varint()?));
             prev_min = min;
@@ -318,7 +352,7 @@ pub(super) fn decode(tier: Tier, bytes: &[u8]) -> Result<Vec<Row>, ChunkError> {
                 min.checked_add(signed(r.varint()?)?)
                     .ok_or(ChunkError("bad value"))
             };
-            let (max, first, last) = (above()?, above()?, above()?);
+            let max = above()?;
             let rest = chunk::unzigzag(r.varint()?);
             let sum = i64::try_from(n)
                 .ok()
@@ -326,18 +360,31 @@ pub(super) fn decode(tier: Tier, bytes: &[u8]) -> Result<Vec<Row>, ChunkError> {
                 .and_then(|m| m.checked_add(rest))
                 .ok_or(ChunkError("bad sum"))?;
             let v = |x| chunk::from_decimal(x, scale);
-            Row {
-                start,
-                n,
-                min: v(min),
-                max: v(max),
-                sum: v(sum),
-                first: (first_t, v(first)),
-                last: (last_t, v(last)),
-                decimals: Some(scale),
-            }
+            let values = if ends {
+                let mut above = || -> Result<i64, ChunkError> {
+                    min.checked_add(signed(r.varint()?)?)
+                        .ok_or(ChunkError("bad value"))
+                };
+                Some((v(above()?), v(above()?)))
+            } else {
+                None
+            };
+            (v(min), v(max), v(sum), values, Some(scale))
         };
-        rows.push(row);
+        let (first, last) = match (times, values) {
+            (Some((ft, lt)), Some((fv, lv))) => (Some((ft, fv)), Some((lt, lv))),
+            _ => (None, None),
+        };
+        rows.push(Row {
+            start,
+            n,
+            min,
+            max,
+            sum,
+            first,
+            last,
+            decimals,
+        });
     }
     if !r.0.is_empty() {
         return Err(ChunkError("bytes after the last rollup row"));
@@ -354,7 +401,15 @@ mod tests {
 
     /// What a row says, without the bookkeeping (a decoded row carries its
     /// entry's scale) and with the sum to its readings' decimals.
-    type Said = (i64, u64, f64, f64, String, (i64, f64), (i64, f64));
+    type Said = (
+        i64,
+        u64,
+        f64,
+        f64,
+        String,
+        Option<(i64, f64)>,
+        Option<(i64, f64)>,
+    );
 
     fn said(rows: &[Row]) -> Vec<Said> {
         rows.iter()
@@ -398,10 +453,10 @@ mod tests {
         assert!((r.mean() - 61.0 / 3.0).abs() < 1e-12);
         assert_eq!(
             (r.first, r.last),
-            ((t0 + 10, 21.0), (t0 + 59_000_000, 19.5))
+            (Some((t0 + 10, 21.0)), Some((t0 + 59_000_000, 19.5)))
         );
         assert_eq!(
-            said(&decode(Tier::Minute, &encode(Tier::Minute, &rows)).unwrap()),
+            said(&decode(Tier::Minute, &encode(Tier::Minute, &rows, true)).unwrap()),
             said(&rows)
         );
     }
@@ -418,7 +473,7 @@ mod tests {
             })
             .collect();
         let rows = rows_of(Tier::Minute, &readings);
-        let bytes = encode(Tier::Minute, &rows);
+        let bytes = encode(Tier::Minute, &rows, true);
         assert_eq!(rows.len(), 60);
         assert!(bytes.len() < 60 * 16, "{} bytes for 60 rows", bytes.len());
         assert_eq!(said(&decode(Tier::Minute, &bytes).unwrap()), said(&rows));
@@ -427,15 +482,15 @@ mod tests {
     #[test]
     fn values_no_decimal_holds_are_kept_as_f64() {
         let rows = rows_of(Tier::Hour, &[(0, 1.0 / 3.0), (5, f64::MAX), (7, -0.0)]);
-        let bytes = encode(Tier::Hour, &rows);
-        assert_eq!(bytes[1], F64);
+        let bytes = encode(Tier::Hour, &rows, true);
+        assert_eq!(bytes[2], F64);
         assert_eq!(said(&decode(Tier::Hour, &bytes).unwrap()), said(&rows));
     }
 
     #[test]
     fn damage_is_an_error_never_a_panic() {
         let rows = rows_of(Tier::Minute, &[(0, 1.5), (MIN * 3, 2.5)]);
-        let bytes = encode(Tier::Minute, &rows);
+        let bytes = encode(Tier::Minute, &rows, true);
         for cut in 0..bytes.len() {
             assert!(decode(Tier::Minute, &bytes[..cut]).is_err());
         }
@@ -477,7 +532,7 @@ mod tests {
             sorted.dedup_by_key(|r| r.0);
             for tier in Tier::ALL {
                 let all = rows_of(tier, &sorted);
-                let back = decode(tier, &encode(tier, &all)).unwrap();
+                let back = decode(tier, &encode(tier, &all, true)).unwrap();
                 prop_assert_eq!(said(&back), said(&all));
                 let at = split.min(sorted.len());
                 let merged = merge_runs([rows_of(tier, &sorted[..at]), rows_of(tier, &sorted[at..])]);

@@ -39,14 +39,39 @@ impl Tiers {
     /// there is none, or when that one is full and the reading comes after
     /// all of it: so entries keep partitioning the topic's time. Read before
     /// the transaction: callers hold the store's writer lock.
-    pub fn writes(&self, id: u32, adds: &[(Pos, f64)]) -> Result<Vec<Write>, StoreError> {
+    pub fn writes(
+        &self,
+        id: u32,
+        ends: bool,
+        adds: &[(Pos, f64)],
+    ) -> Result<Vec<Write>, StoreError> {
         let mut out = Vec::new();
+        let (Some(&(first, _)), Some(&(last, _))) = (adds.first(), adds.last()) else {
+            return Ok(out);
+        };
         for tier in Tier::ALL {
+            // The stored entries any of the readings can go to, read once:
+            // the last at or before the first reading, and those among them.
+            let (from, to) = (chunk::key(id, first), chunk::key(id, last));
+            let mut stored: Vec<[u8; KEY_LEN]> = self
+                .last_at_or_before(tier, id, &from)?
+                .into_iter()
+                .collect();
+            for k in self.tree(tier).range(from..=to).keys() {
+                let k = k?;
+                let k: [u8; KEY_LEN] = k.as_ref().try_into().map_err(|_| bad(&k, "bad key"))?;
+                if stored.last() != Some(&k) {
+                    stored.push(k);
+                }
+            }
             // Entries touched: key → rows (loaded, or new).
             let mut touched: BTreeMap<[u8; KEY_LEN], Vec<Row>> = BTreeMap::new();
             for &(pos, value) in adds {
                 let key = chunk::key(id, pos);
-                let stored = self.last_at_or_before(tier, id, &key)?;
+                let stored = stored
+                    .partition_point(|k| *k <= key)
+                    .checked_sub(1)
+                    .map(|i| stored[i]);
                 let pending = touched.range(..=key).next_back().map(|(k, _)| *k);
                 let target = match (stored, pending) {
                     (Some(s), Some(p)) => Some(s.max(p)),
@@ -63,7 +88,9 @@ impl Tiers {
                 let key = match target.and_then(|t| touched.get(&t).map(|rows| (t, rows))) {
                     Some((t, rows))
                         if rows.len() < tier.cap()
-                            || rows.last().is_none_or(|r| r.last.0 >= pos.0) =>
+                            || rows.last().is_none_or(|r| {
+                                r.last.map_or(r.start + tier.width(), |l| l.0) >= pos.0
+                            }) =>
                     {
                         t
                     }
@@ -75,7 +102,7 @@ impl Tiers {
             out.extend(
                 touched
                     .into_iter()
-                    .map(|(k, rows)| (tier, k, rollup::encode(tier, &rows))),
+                    .map(|(k, rows)| (tier, k, rollup::encode(tier, &rows, ends))),
             );
         }
         Ok(out)
@@ -108,12 +135,12 @@ impl Tiers {
         Ok(rows)
     }
 
-    /// The time of topic `id`'s oldest reading `tier` still counts.
+    /// The start of topic `id`'s oldest row in `tier`.
     pub fn oldest(&self, id: u32, tier: Tier) -> Result<Option<i64>, StoreError> {
         match self.tree(tier).scan_prefix(id.to_be_bytes()).next() {
             Some(kv) => {
                 let (k, v) = kv?;
-                Ok(decode(tier, &k, &v)?.first().map(|r| r.first.0))
+                Ok(decode(tier, &k, &v)?.first().map(|r| r.start))
             }
             None => Ok(None),
         }
@@ -142,7 +169,7 @@ impl Tiers {
             } else if gone > 0 {
                 // The rest stays under the same key: still at or before its rows.
                 let kept = rows.split_off(gone);
-                tree.insert(&k, rollup::encode(tier, &kept))?;
+                tree.insert(&k, rollup::encode(tier, &kept, true))?;
             }
             removed += gone;
             if gone < rows.len() {

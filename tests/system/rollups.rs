@@ -6,9 +6,24 @@ use crate::harness::*;
 use std::collections::BTreeMap;
 
 const TOPIC: &str = "building/floor1/room101/temperature/temp_001";
+/// A meter: its rows keep their first and last reading too.
+const METER: &str = "building/floor1/room101/energy/meter_001";
 /// Readings, one every 3 s: two and a half hours.
 const N: u64 = 3000;
+/// The meter's, one every 15 s: the same span.
+const METERED: u64 = 600;
 const T0_MS: i64 = 1_780_002_000_000; // on a whole hour
+
+/// The meter's reading `seq`: every 15 s, counting up.
+fn meter_payload(seq: u64) -> Vec<u8> {
+    let ts = chrono::DateTime::from_timestamp_millis(T0_MS + (seq as i64 - 1) * 15_000).unwrap();
+    format!(
+        r#"{{"sensor_id":"meter_001","sensor_type":"energy","value":{},"unit":"kWh","timestamp":"{}","seq":{seq}}}"#,
+        1000.0 + (seq * seq % 7 + seq * 3) as f64 / 100.0,
+        ts.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    )
+    .into_bytes()
+}
 
 fn payload(seq: u64) -> Vec<u8> {
     let ts = chrono::DateTime::from_timestamp_millis(T0_MS + (seq as i64 - 1) * 3000).unwrap();
@@ -20,9 +35,10 @@ fn payload(seq: u64) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Per bucket start (ms), what the tier must say: count, min, max, sum,
-/// first and last value; from the raw readings as `dump` prints them.
-type Expected = BTreeMap<i64, (u64, f64, f64, f64, f64, f64)>;
+/// Per topic and bucket start (ms), what the tier must say: count, min,
+/// max, sum, and (a meter's only) its first and last value; from the raw
+/// readings as `dump` prints them.
+type Expected = BTreeMap<(String, i64), (u64, f64, f64, f64, Option<(f64, f64)>)>;
 
 fn expected(raw_jsonl: &str, width_ms: i64) -> Expected {
     let mut out = Expected::new();
@@ -32,15 +48,18 @@ fn expected(raw_jsonl: &str, width_ms: i64) -> Expected {
             .unwrap()
             .timestamp_millis();
         let v = r["value"].as_f64().unwrap();
-        let e = out.entry(t.div_euclid(width_ms) * width_ms).or_insert((
-            0,
-            f64::INFINITY,
-            f64::NEG_INFINITY,
-            0.0,
-            v,
-            v,
-        ));
-        *e = (e.0 + 1, e.1.min(v), e.2.max(v), e.3 + v, e.4, v);
+        let topic = r["topic"].as_str().unwrap().to_owned();
+        let ends = (topic == METER).then_some((v, v));
+        let e = out
+            .entry((topic, t.div_euclid(width_ms) * width_ms))
+            .or_insert((0, f64::INFINITY, f64::NEG_INFINITY, 0.0, ends));
+        *e = (
+            e.0 + 1,
+            e.1.min(v),
+            e.2.max(v),
+            e.3 + v,
+            e.4.map(|(first, _)| (first, v)),
+        );
     }
     out
 }
@@ -50,22 +69,16 @@ fn said(tier_jsonl: &str) -> Expected {
         .lines()
         .map(|line| {
             let r: serde_json::Value = serde_json::from_str(line).unwrap();
-            assert_eq!(r["topic"], TOPIC);
             let t = chrono::DateTime::parse_from_rfc3339(r["time"].as_str().unwrap())
                 .unwrap()
                 .timestamp_millis();
             let n = r["count"].as_u64().unwrap();
             let f = |k: &str| r[k].as_f64().unwrap();
+            let ends = r.get("first").map(|_| (f("first"), f("last")));
+            let topic = r["topic"].as_str().unwrap().to_owned();
             (
-                t,
-                (
-                    n,
-                    f("min"),
-                    f("max"),
-                    f("mean") * n as f64,
-                    f("first"),
-                    f("last"),
-                ),
+                (topic, t),
+                (n, f("min"), f("max"), f("mean") * n as f64, ends),
             )
         })
         .collect()
@@ -73,16 +86,16 @@ fn said(tier_jsonl: &str) -> Expected {
 
 fn assert_agree(tier: &str, got: &Expected, want: &Expected) {
     assert_eq!(got.len(), want.len(), "{tier}: rows");
-    for ((t, g), (wt, w)) in got.iter().zip(want) {
-        assert_eq!(t, wt, "{tier}: bucket");
+    for ((k, g), (wk, w)) in got.iter().zip(want) {
+        assert_eq!(k, wk, "{tier}: bucket");
         assert_eq!(
-            (g.0, g.1, g.2, g.4, g.5),
-            (w.0, w.1, w.2, w.4, w.5),
-            "{tier} at {t}"
+            (g.0, g.1, g.2, g.4),
+            (w.0, w.1, w.2, w.4),
+            "{tier} at {k:?}"
         );
         assert!(
             (g.3 - w.3).abs() < 1e-6,
-            "{tier} at {t}: sum {} against {}",
+            "{tier} at {k:?}: sum {} against {}",
             g.3,
             w.3
         );
@@ -100,6 +113,11 @@ fn rollups_agree_with_the_readings_in_dump_and_history_running_or_stopped() {
         addr,
     } = aggregatord_for(&["room101"], "");
     let node = Watcher::connect(&broker, &pki, "room101");
+    // The meter's first: one connection keeps the order, so once the last
+    // temperature reading is stored, so are they.
+    for seq in 1..=METERED {
+        node.publish(METER, &meter_payload(seq), 1);
+    }
     for seq in 1..=N {
         node.publish(TOPIC, &payload(seq), 1);
     }
@@ -107,13 +125,13 @@ fn rollups_agree_with_the_readings_in_dump_and_history_running_or_stopped() {
         .wait_for(&["stored reading", &format!("seq=Some({N})")]);
 
     let raw = dump(&config.path, &["--format", "jsonl"]);
-    assert_eq!(seqs_of(&raw).len() as u64, N);
+    assert_eq!(seqs_of(&raw).len() as u64, N + METERED);
     let minutes = expected(&raw, 60_000);
     let hours = expected(&raw, 3_600_000);
     assert_eq!(
         (minutes.len(), hours.len()),
-        (150, 3),
-        "the readings span 150 minutes, 3 hours"
+        (300, 6),
+        "two sensors, each over 150 minutes, 3 hours"
     );
     // From the running daemon (its control socket), the tail not yet in
     // chunks included.
@@ -165,7 +183,7 @@ fn rollups_agree_with_the_readings_in_dump_and_history_running_or_stopped() {
         &said(&dump(&config.path, &["--tier", "1m", "--format", "jsonl"])),
         &minutes,
     );
-    let table = dump(&config.path, &["--tier", "1h", "--room", "room101"]);
+    let table = dump(&config.path, &["--tier", "1h", "--type", "temperature"]);
     assert!(
         table.starts_with("TOPIC") && table.lines().count() == 4,
         "{table}"
