@@ -37,6 +37,10 @@ struct Track {
     seen: u64,
     /// Missing from earlier series (before the node restarted its numbering).
     carried: u64,
+    /// The newest stored seq when we started (0: none): holes at or below
+    /// it were judged before our restart (in memory, so lost), and readings
+    /// there, late ones, neither make nor fill holes.
+    floor: u64,
 }
 
 impl Track {
@@ -47,8 +51,8 @@ impl Track {
 
 #[derive(Default)]
 pub struct Gaps {
-    /// Per reading topic, its numbering; in memory only, so after aggregatord restarts
-    /// every sensor starts afresh, without holes.
+    /// Per reading topic, its numbering; seeded at start with each sensor's
+    /// newest stored seq ([`Gaps::seed`]), so a hole across our restart counts.
     topics: HashMap<String, Track>,
     /// Readings missing over all sensors, forgotten ones included: a running sum, so
     /// the gauge never adds up every sensor.
@@ -86,6 +90,19 @@ impl Gaps {
         (before, missing, change)
     }
 
+    /// A sensor's newest stored seq, at start: the next reading's hole is
+    /// counted from it.
+    pub fn seed(&mut self, topic: &str, seq: u64) {
+        let t = Track {
+            first: seq,
+            max: seq,
+            seen: 1,
+            carried: 0,
+            floor: seq,
+        };
+        self.topics.insert(topic.to_owned(), t);
+    }
+
     /// Forgets a sensor's numbering (`aggregatord forget`); the total stays.
     pub fn forget(&mut self, topic: &str) {
         self.topics.remove(topic);
@@ -110,6 +127,7 @@ impl Gaps {
                 max: seq,
                 seen: 1,
                 carried: 0,
+                floor: 0,
             };
             self.topics.insert(topic.to_owned(), first);
             return (0, 0);
@@ -122,7 +140,10 @@ impl Gaps {
                 max: 1,
                 seen: 0,
                 carried: before,
+                floor: 0,
             };
+        } else if seq <= t.floor {
+            return (before, before);
         } else if seq < t.first {
             t.first = seq;
         }
@@ -161,6 +182,20 @@ mod tests {
         assert_eq!(g.count("t", 3).1, 3, "and counts the new series' holes");
         assert_eq!(g.count("u", 10).1, 0, "a sensor first seen mid-series");
         assert_eq!(g.total(), 3);
+    }
+
+    /// Seeded with the newest stored seq (aggregatord restarted): a hole
+    /// after it counts; a late reading at or below it changes nothing; the
+    /// node's own restart starts a new series as before.
+    #[test]
+    fn a_hole_across_our_restart_counts_from_the_newest_stored() {
+        let mut g = Gaps::default();
+        g.seed("t", 10);
+        assert_eq!(g.count("t", 15).1, 4, "11 to 14 missing");
+        assert_eq!(g.count("t", 7).1, 4, "late, below the seed: judged before");
+        assert_eq!(g.count("t", 12).1, 3, "12 came late");
+        assert_eq!(g.count("t", 1).1, 3, "the node restarted: a new series");
+        assert_eq!(g.count("t", 3).1, 4, "2 missing in it");
     }
 
     #[test]

@@ -168,6 +168,13 @@ impl Ingest {
         alert_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut forget_check = tokio::time::interval(FORGET_CHECK);
         forget_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut gaps = super::gaps::Gaps::default();
+        // Holes across our restart count from each sensor's newest stored
+        // reading; without it they would pass unseen (only a count is lost).
+        match store.last_seqs() {
+            Ok(seeds) => seeds.iter().for_each(|(topic, seq)| gaps.seed(topic, *seq)),
+            Err(e) => warn!(error = %e, "readings missing across the restart will not be counted"),
+        }
         Ingest {
             config,
             store,
@@ -175,7 +182,7 @@ impl Ingest {
             engine,
             census,
             limit_alerted: false,
-            gaps: super::gaps::Gaps::default(),
+            gaps,
             alerts_ready: out.alerts_ready,
             metrics: out.metrics,
             live: out.live,

@@ -535,6 +535,12 @@ impl Store {
         self.trees()?.readings.expire_rollups(tier, cutoff, max)
     }
 
+    /// Per sensor, the seq of its newest stored reading: where counting
+    /// holes resumes after a restart.
+    pub fn last_seqs(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.trees()?.readings.last_seqs()
+    }
+
     /// Bytes of keys and values a tier keeps (for the storage benchmarks).
     pub fn rollup_bytes(&self, tier: Tier) -> Result<u64, StoreError> {
         self.trees()?.readings.rollup_bytes(tier)

@@ -915,6 +915,22 @@ impl Readings {
         Ok(removed)
     }
 
+    /// Per topic, the seq of its newest stored reading (topics whose newest
+    /// has one).
+    pub(super) fn last_seqs(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in &self.ids {
+            let (name, id) = kv?;
+            if let Some(seq) = self
+                .before(id_of(&id)?, (i64::MAX, u64::MAX))?
+                .and_then(|e| e.seq)
+            {
+                out.push((String::from_utf8_lossy(&name).into_owned(), seq));
+            }
+        }
+        Ok(out)
+    }
+
     /// Bytes of keys and values each tier keeps.
     pub(super) fn rollup_bytes(&self, tier: Tier) -> Result<u64, StoreError> {
         self.tiers.data_bytes(tier)

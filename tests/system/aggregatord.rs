@@ -547,3 +547,44 @@ fn a_start_waits_while_another_process_holds_the_database() {
     second.log.wait_for(&["subscribed"]);
     assert!(second.terminate().success());
 }
+
+/// Readings lost while aggregatord was down (here: never published, as a
+/// broker that dropped its queue leaves it) count across its restart: holes
+/// are counted from each sensor's newest stored seq, and the room's alert
+/// is raised; late readings below it change nothing.
+#[test]
+fn a_hole_across_a_restart_of_aggregatord_is_counted() {
+    const TEMP: &str = "building/floor1/room101/temperature/temp_001";
+    let Agg {
+        pki,
+        broker,
+        _storage,
+        config,
+        mut agg,
+        ..
+    } = aggregatord_for(&["room101"], "");
+    let node = Watcher::connect(&broker, &pki, "room101");
+    for seq in 1..=10 {
+        node.publish(TEMP, &reading_payload(seq), 1);
+    }
+    agg.log.wait_for(&["stored reading", "seq=Some(10)"]);
+    assert!(agg.terminate().success());
+
+    let agg = start_daemon(AGGREGATORD, &config.path);
+    let addr = dashboard_addr(&agg.log);
+    agg.log.wait_for(&["subscribed"]);
+    node.publish(TEMP, &reading_payload(5), 1); // a redelivery: no hole, no fill
+    node.publish(TEMP, &reading_payload(15), 1);
+    agg.log.wait_for(&[
+        "alert rule=readings_missing",
+        "state=raised",
+        "value=Some(4.0)",
+    ]);
+    let (_, metrics) = http_get(&addr, "/metrics");
+    assert!(
+        metrics.contains(&format!(
+            "roomsense_sensor_readings_missing{{topic=\"{TEMP}\"}} 4"
+        )),
+        "{metrics}"
+    );
+}
