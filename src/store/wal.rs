@@ -15,12 +15,6 @@
 //! bytes and removed once every record in it is spent, one spent file late: if
 //! sled loses its last flushes, replay still finds those readings here.
 //!
-//! A new file is written whole with zeros first (under a temporary name,
-//! renamed when synced), [`PREALLOCATED`] bytes: appends then overwrite
-//! blocks the file already has, so a batch's `fdatasync` writes its pages and
-//! no file-system metadata (on ext4 that halved the bytes each sync wrote).
-//! Where the frames end, zeros follow: a clean end, not damage.
-//!
 //! At open every frame is checked. Damage with good frames after it, or below
 //! the last sync known (from the frames, or the store's note at its last
 //! flush), is damage to acknowledged data: reported with file and offset, and
@@ -35,7 +29,6 @@ use super::StoreError;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// Each file's first bytes: the format, version 1.
@@ -44,9 +37,6 @@ const MAGIC: &[u8; 8] = b"RSWAL01\n";
 const HEADER: usize = 40;
 /// A file past this many bytes is closed and a new one started.
 pub(super) const ROTATE_AT: u64 = 4 * 1024 * 1024;
-/// A new file's size, written with zeros before its first frame: a full
-/// file's frames, and room for the frame that takes it past [`ROTATE_AT`].
-const PREALLOCATED: u64 = ROTATE_AT + 256 * 1024;
 /// No record is this large (a batch is at most a few thousand readings): a
 /// length beyond it is damage, not a frame to wait for.
 const MAX_BODY: usize = 64 * 1024 * 1024;
@@ -188,9 +178,7 @@ pub(super) struct Wal {
     closed: BTreeMap<u64, u64>,
     /// The file appended to, by its first record.
     current_first: u64,
-    /// Written at `current_len` (not appended: past it are zeros).
     current: File,
-    /// Where its frames end.
     current_len: u64,
     /// How much of the current file is synced.
     synced_len: u64,
@@ -301,12 +289,6 @@ impl Wal {
                     loss: Loss::Reported,
                 });
             }
-            if name.ends_with(".wal.new") {
-                // A file's making cut short by a crash: never used.
-                let file = dir.join(&*name);
-                std::fs::remove_file(&file).map_err(|e| io_error(&file, e))?;
-                continue;
-            }
             if let Some(first) = name
                 .strip_suffix(".wal")
                 .and_then(|hex| u64::from_str_radix(hex, 16).ok())
@@ -355,13 +337,7 @@ impl Wal {
                 });
                 at = bytes.len();
             }
-            let mut end = bytes.len();
             while at < bytes.len() {
-                if bytes[at..].iter().all(|b| *b == 0) {
-                    // The file's zeros from its making: the frames end here.
-                    end = at;
-                    break;
-                }
                 match parse(&bytes[at..]) {
                     Ok(f) if last_record.is_none_or(|l| f.record > l) => {
                         each(f.record, f.body)?;
@@ -401,7 +377,7 @@ impl Wal {
                     }
                 }
             }
-            let len = end as u64;
+            let len = bytes.len() as u64;
             let missing = match next_file {
                 // The next file's name is the record that follows this one's last.
                 Some(n) => !hurt && file_last.is_none_or(|l| l + 1 < n),
@@ -424,11 +400,11 @@ impl Wal {
             if hurt {
                 damaged.push(first);
             }
-            let next = last_record.map_or(first, |r| r + 1);
+            let end = last_record.map_or(first, |r| r + 1);
             if next_file.is_none() && !hurt {
-                last_file = Some((first, len));
+                last_file = Some(first);
             } else {
-                closed.insert(first, next);
+                closed.insert(first, end);
             }
         }
         // Judged with the newest floor any frame (or the store) gave.
@@ -444,12 +420,9 @@ impl Wal {
         let next_record = last_record
             .map_or(0, |r| r + 1)
             .max(files.last().map_or(0, |f| *f));
-        // Appends go on in the last file, where its frames end, unless it is
-        // damaged: then in a new one.
-        let (current_first, (current, current_len)) = match last_file {
-            Some((first, end)) => (first, open_current(dir, first, end)?),
-            None => (next_record, create(dir, next_record)?),
-        };
+        // Appends go on in the last file, unless it is damaged: then in a new one.
+        let current_first = last_file.unwrap_or(next_record);
+        let (current, current_len) = open_for_append(dir, current_first)?;
         Ok((
             Wal {
                 dir: dir.to_owned(),
@@ -494,10 +467,11 @@ impl Wal {
         }
         let bytes = frame(record, self.synced_len, floor, generation, body);
         let path = self.dir.join(file_name(self.current_first));
-        if let Err(e) = self.current.write_all_at(&bytes, self.current_len) {
-            // A part may have reached the file: the next append overwrites
-            // it (and if none comes, the next open trims it as an unsynced
-            // tail).
+        if let Err(e) = self.current.write_all(&bytes) {
+            // A part may have reached the file: cut it back, so the next
+            // append does not land behind a torn frame (if even that fails,
+            // the next open trims it as an unsynced tail).
+            let _ = self.current.set_len(self.current_len);
             return Err(io_error(&path, e));
         }
         self.current_len += bytes.len() as u64;
@@ -508,7 +482,7 @@ impl Wal {
     /// Closes the current file (synced) and starts one whose first record is `first`.
     fn rotate(&mut self, first: u64) -> Result<(), StoreError> {
         self.sync(0, 0)?;
-        let (f, len) = create(&self.dir, first)?;
+        let (f, len) = open_for_append(&self.dir, first)?;
         self.closed.insert(self.current_first, first);
         self.current = f;
         self.current_first = first;
@@ -580,61 +554,13 @@ impl Wal {
             .filter_map(|f| std::fs::metadata(self.dir.join(file_name(*f))).ok())
             .map(|m| m.len())
             .sum();
-        let current = self
-            .current
-            .metadata()
-            .map_or(self.current_len, |m| m.len());
-        closed + current
+        closed + self.current_len
     }
 }
 
-/// The log file starting at record `first`, whose frames end at `end`,
-/// opened to write on from there.
-fn open_current(dir: &Path, first: u64, end: u64) -> Result<(File, u64), StoreError> {
-    let path = dir.join(file_name(first));
-    let f = OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .map_err(|e| io_error(&path, e))?;
-    Ok((f, end.max(MAGIC.len() as u64)))
-}
-
-/// A new log file starting at record `first`: [`MAGIC`] and zeros to
-/// [`PREALLOCATED`], synced under a temporary name and then renamed, so a
-/// crash leaves it whole or not at all. Where there is no room for the
-/// zeros (a full disk, a file-size limit), [`MAGIC`] alone: the file grows
-/// as it is written, and each sync costs more. Returns it and where frames
-/// start.
-fn create(dir: &Path, first: u64) -> Result<(File, u64), StoreError> {
-    let path = dir.join(file_name(first));
-    let making = path.with_extension("wal.new");
-    let fill = |size: u64| -> std::io::Result<File> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&making)?;
-        f.write_all(MAGIC)?;
-        let zeros = vec![0u8; 64 * 1024];
-        let mut left = size - MAGIC.len() as u64;
-        while left > 0 {
-            let n = usize::try_from(left.min(zeros.len() as u64)).unwrap_or(zeros.len());
-            f.write_all(&zeros[..n])?;
-            left -= n as u64;
-        }
-        f.sync_all()?;
-        Ok(f)
-    };
-    let f = match fill(PREALLOCATED) {
-        Ok(f) => f,
-        Err(e) => {
-            tracing::warn!(file = %path.display(), error = %e, "no room to make the journal file whole: it grows as written");
-            fill(MAGIC.len() as u64).map_err(|e| io_error(&making, e))?
-        }
-    };
-    std::fs::rename(&making, &path).map_err(|e| io_error(&path, e))?;
-    sync_dir(dir)?;
-    Ok((f, MAGIC.len() as u64))
+/// The log file starting at record `first`, opened to append, and its length.
+fn open_for_append(dir: &Path, first: u64) -> Result<(File, u64), StoreError> {
+    files::open_for_append(dir, &dir.join(file_name(first)), MAGIC)
 }
 
 fn truncate(path: &Path, len: u64) -> Result<(), StoreError> {
@@ -697,25 +623,6 @@ mod tests {
         assert_eq!(Position::decode(&[0; 16]), None);
     }
 
-    /// A new file is its full size from the start (zeros past the frames),
-    /// so a sync never changes its size; the zeros read as a clean end.
-    #[test]
-    fn files_are_made_whole_and_their_zeros_are_a_clean_end() {
-        let dir = tempfile::tempdir().unwrap();
-        let committed = write(dir.path(), 3);
-        let size = std::fs::metadata(only_file(dir.path())).unwrap().len();
-        assert_eq!(size, PREALLOCATED);
-        assert!(committed.len < 1000);
-        let (_, seen, damage) = open(dir.path(), Some(committed));
-        assert!(damage.is_empty(), "{damage:?}");
-        assert_eq!(seen.len(), 3);
-        // A making cut short by a crash is removed, never read.
-        std::fs::write(dir.path().join("00000000000000ff.wal.new"), b"RSW").unwrap();
-        let (_, seen, damage) = open(dir.path(), Some(committed));
-        assert!(damage.is_empty() && seen.len() == 3, "{damage:?}");
-        assert!(!dir.path().join("00000000000000ff.wal.new").exists());
-    }
-
     #[test]
     fn reads_back_what_was_appended_and_carries_on_numbering() {
         let dir = tempfile::tempdir().unwrap();
@@ -735,13 +642,12 @@ mod tests {
     fn a_torn_tail_past_the_last_sync_is_cut_off_and_said_to_be_that() {
         let dir = tempfile::tempdir().unwrap();
         let committed = write(dir.path(), 5);
-        // A sixth frame, half written over the file's zeros, never synced.
-        let f = OpenOptions::new()
-            .write(true)
+        // A sixth frame, half written, never synced.
+        let mut f = OpenOptions::new()
+            .append(true)
             .open(only_file(dir.path()))
             .unwrap();
-        f.write_all_at(&frame(5, 0, 0, 0, &body(5))[..9], committed.len)
-            .unwrap();
+        f.write_all(&frame(5, 0, 0, 0, &body(5))[..9]).unwrap();
         let (_, seen, damage) = open(dir.path(), Some(committed));
         assert_eq!(seen.len(), 5);
         assert_eq!(damage.len(), 1, "{damage:?}");
@@ -812,7 +718,7 @@ mod tests {
         let committed = write(dir.path(), 20);
         let path = only_file(dir.path());
         let mut bytes = std::fs::read(&path).unwrap();
-        let middle = usize::try_from(committed.len / 2).unwrap();
+        let middle = bytes.len() / 2;
         bytes[middle] ^= 0x40;
         std::fs::write(&path, &bytes).unwrap();
         let (mut wal, seen, damage) = open(dir.path(), Some(committed));
