@@ -89,19 +89,15 @@ fn main() -> anyhow::Result<()> {
     let journal = du(&dir.join("wal"));
     // sled's own files: the folder's top level, and large values in blobs/.
     let sled = du(dir) + du(&dir.join("blobs"));
-    let all = sled + segments + journal;
     let (minutes, hours) = (
         store.rollup_bytes(Tier::Minute)?,
         store.rollup_bytes(Tier::Hour)?,
     );
     let footprint = store.footprint()?;
-    eprintln!(
-        "sled data {} bytes, sled+files on disk {} bytes",
-        footprint.data_bytes, footprint.disk_bytes
-    );
     let per = |b: u64| b as f64 / sensors as f64;
     let mib = |b: f64| b / 1_048_576.0;
     let readings = steps * sensors;
+    let per_sensor = per(sled + segments);
     println!(
         "a year, simulated: {sensors} sensors, one reading every {interval} s for {days} days ({readings} readings, loaded in {:.0} s)",
         loaded.as_secs_f64()
@@ -114,14 +110,20 @@ fn main() -> anyhow::Result<()> {
         mib(per(segments))
     );
     println!(
-        "    journal                       {:8.2} MiB (bounded: readings not yet in chunks)",
-        mib(per(journal))
+        "    sled's files                  {:8.2} MiB: its data {:.2} MiB, of which rollups 1m {:.2} MiB, 1h {:.3} MiB",
+        mib(per(sled)),
+        mib(per(footprint.data_bytes)),
+        mib(per(minutes)),
+        mib(per(hours))
     );
-    println!("    sled (catalogue, rollups)     {:8.2} MiB, of which rollup data: 1m {:.2} MiB, 1h {:.3} MiB", mib(per(sled)), mib(per(minutes)), mib(per(hours)));
     println!(
-        "    total                         {:8.2} MiB;  a 1,000-sensor building: {:.1} GiB",
-        mib(per(all)),
-        per(all) * 1000.0 / 1_073_741_824.0
+        "    per sensor                    {:8.2} MiB;  the journal on top: {:.1} MiB for the whole store (bounded: readings not yet in chunks)",
+        mib(per_sensor),
+        mib(journal as f64)
+    );
+    println!(
+        "  a 1,000-sensor building: {:.1} GiB",
+        (per_sensor * 1000.0 + journal as f64) / 1_073_741_824.0
     );
     // A year of one sensor at one hour a row, as /api/history reads it.
     let (since, until) = (cutoff(days)?, Timestamp::now_millis());

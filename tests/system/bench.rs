@@ -13,6 +13,8 @@ fn bench(script: &str, args: &[&str]) -> String {
         .env("BENCH_BIN", bin)
         // bench/storage's history query: 2 sensors, 10 minutes, 2 runs.
         .env("HISTORY", "2 600 2")
+        // bench/storage's year: 2 sensors, a reading a minute, 3 days.
+        .env("YEAR", "2 60 3")
         .output()
         .unwrap();
     let text = format!(
@@ -41,6 +43,13 @@ fn storage_runs_and_dumps_every_row() {
     let text = bench("storage", &["3000"]);
     assert!(text.contains("3000 readings (3000 dumped)"), "{text}");
     assert!(text.contains("of which: chunks (segments)"), "{text}");
+    assert!(
+        text.contains(
+            "a year, simulated: 2 sensors, one reading every 60 s for 3 days (8640 readings"
+        ) && text.contains("a 1,000-sensor building:")
+            && text.contains("a year of one sensor at 1 h a row (73 rows)"),
+        "{text}"
+    );
     for when in ["tails in memory", "after a reopen"] {
         assert!(
             text.contains(&format!(

@@ -247,7 +247,7 @@ fn a_cut_or_flipped_store_loses_nothing_acknowledged_silently() {
     let addr = dashboard_addr(&agg.log);
     let (_, history) = http_get(
         &addr,
-        "/api/history?sensor=building/floor1/room101/temperature/temp_001&since=365d",
+        "/api/history?sensor=building/floor1/room101/temperature/temp_001&since=365d&tier=raw",
     );
     let (_, readyz) = http_get(&addr, "/readyz");
     let (_, metrics) = http_get(&addr, "/metrics");
