@@ -233,6 +233,15 @@ pub fn check_tls(
     Ok(())
 }
 
+/// Whether the wall clock can be believed: not before this release was made.
+/// A board without a real-time clock starts in 1970 (or wherever its image
+/// was made) until NTP sets it.
+pub fn clock_is_set() -> bool {
+    // 2026-12-01T00:00:00Z: no build of this code is older.
+    const RELEASED: i64 = 1_796_083_200;
+    chrono::Utc::now().timestamp() >= RELEASED
+}
+
 /// Maps a daemon's result to its exit status, printing the error chain.
 /// Configuration errors exit 78 (`EX_CONFIG`), everything else 1.
 pub fn exit_status(result: anyhow::Result<()>) -> ExitCode {

@@ -52,11 +52,41 @@ fn preflight(config: &AggregatordConfig, path: &Path) -> anyhow::Result<Vec<Stri
     }
     if let (Some(tls), Some(_)) = (&alerts.broker.tls, &config.alert_identity) {
         daemon::check_tls(path, "alert_identity", tls, &mut notes)?;
+        if let Some(ingest) = &ingest.broker.tls {
+            distinct_identities(path, ingest, tls)?;
+        }
     }
     if config.http.enabled {
         dashboard::load_token(&config.http, path)?;
     }
     Ok(notes)
+}
+
+/// The two connections are two identities to the broker: a certificate with
+/// the ingest connection's CN would make them take each other's place.
+fn distinct_identities(
+    path: &Path,
+    ingest: &crate::mqtt::TlsFiles,
+    alerts: &crate::mqtt::TlsFiles,
+) -> anyhow::Result<()> {
+    let cn = |files: &crate::mqtt::TlsFiles, key: &str| {
+        crate::mqtt::certificate_identity(files)
+            .map(|id| id.common_name)
+            .with_context(|| format!("{}: {key}.cert_file", path.display()))
+    };
+    let (a, b) = (cn(ingest, "broker.tls")?, cn(alerts, "alert_identity")?);
+    if a.is_some() && a == b {
+        return Err(config::invalid(
+            path,
+            "alert_identity.cert_file",
+            format!(
+                "is issued to CN={}, as broker.tls.cert_file is: the alert connection needs an identity of its own (e.g. aggregatord-alerts)",
+                a.unwrap_or_default()
+            ),
+        )
+        .into());
+    }
+    Ok(())
 }
 
 /// `aggregatord dump` / `stats`: opens the database directly when aggregatord is
@@ -195,9 +225,6 @@ pub async fn run(
         if let Some((group, _)) = s.shared() {
             tracing::warn!(filter = %s.filter, group, by_topic = s.by_topic, "shared subscription: this instance stores its share only; seq gaps, meter checks and the dashboard see only that share (SCALING.md)");
         }
-    }
-    if config.alert_identity.is_none() && config.broker.tls.is_some() {
-        tracing::warn!("no alert_identity: the alert connection shares the ingest connection's certificate; a broker that binds client ids to certificates (deploy/mosquitto) will make them take each other's place");
     }
 
     // Background work, all stopped by the same token after ingest ends.

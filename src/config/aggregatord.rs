@@ -351,6 +351,14 @@ impl DaemonConfig for AggregatordConfig {
                 "a certificate needs TLS: set broker.tls, or remove alert_identity",
             ));
         }
+        if self.alert_identity.is_none() && self.broker.tls.is_some() {
+            // Once only a warning: the two connections then took each other's
+            // place every second, and nothing was stored (issue 25).
+            return Err(Invalid::new(
+                "alert_identity",
+                "required with broker.tls: alerts go out on a second connection, which needs a certificate of its own (e.g. aggregatord-alerts, allowed to write building/+/+/alerts/#); with one certificate for both, a broker that knows clients by their certificate (deploy/mosquitto) makes the two connections take each other's place, and nothing is stored",
+            ));
+        }
         if self.subscriptions.is_empty() {
             return Err(Invalid::new(
                 "subscriptions",

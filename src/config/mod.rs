@@ -146,6 +146,20 @@ pub fn load<T: DaemonConfig>(file: &Path) -> Result<T, ConfigError> {
     from_text(file, &text)
 }
 
+/// A config error found after loading (by a daemon's checks of what the
+/// config names): `key`'s line is looked up in `file` again.
+pub fn invalid(file: &Path, key: &str, message: impl Into<String>) -> ConfigError {
+    let line = std::fs::read_to_string(file)
+        .ok()
+        .and_then(|text| spans::Spans::of(&text).ok()?.line(key));
+    ConfigError::Invalid {
+        file: file.to_owned(),
+        line,
+        key: key.to_owned(),
+        message: message.into(),
+    }
+}
+
 /// Parses and validates config text that came from `file` (named in errors).
 pub fn from_text<T: DaemonConfig>(file: &Path, text: &str) -> Result<T, ConfigError> {
     let spans = spans::Spans::of(text);

@@ -281,6 +281,19 @@ impl DaemonConfig for SensordConfig {
 
     fn validate(&self) -> Result<(), Invalid> {
         self.broker.validate("broker")?;
+        // The room is the prefix's last level: to aggregatord, and to the
+        // broker's ACL (`building/+/%u/...`), which refuses the rest silently.
+        let prefix = self.node.topic_prefix.as_str();
+        let room = prefix.rsplit('/').next().unwrap_or(prefix);
+        if room != self.node.id.as_str() {
+            return Err(Invalid::new(
+                "node.topic_prefix",
+                format!(
+                    "{prefix} ends in {room}, not in node.id ({}): the broker lets a node publish only under a prefix ending in its own name, and drops the rest without a word",
+                    self.node.id
+                ),
+            ));
+        }
         if self.sensors.is_empty() {
             return Err(Invalid::new("sensors", "list at least one sensor"));
         }

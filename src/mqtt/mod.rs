@@ -16,8 +16,8 @@ mod tls;
 use acks::{Acks, Unconfirmed};
 
 pub use tls::{
-    check as check_tls_files, client_config as tls_client_config, TlsError, TlsFiles,
-    CREDENTIALS_VAR,
+    certificate_identity, check as check_tls_files, client_config as tls_client_config,
+    CertIdentity, TlsError, TlsFiles, CREDENTIALS_VAR,
 };
 
 use crate::contract::Qos;

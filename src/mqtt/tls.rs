@@ -110,6 +110,69 @@ pub fn check(files: &TlsFiles) -> Result<Option<String>, TlsError> {
     Ok(None)
 }
 
+/// A client certificate as a broker sees it: the subject's common name (the
+/// client's identity where the broker takes it from the certificate, as
+/// deploy/mosquitto does) and when it is valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertIdentity {
+    /// The subject's CN, if it has one.
+    pub common_name: Option<String>,
+    /// Valid from, and until: seconds since the epoch.
+    pub not_before: i64,
+    pub not_after: i64,
+}
+
+/// `files.cert_file`'s identity, once it is known to be signed by the CA in
+/// `files.ca_file` (the signature alone: the validity period is left to the
+/// caller, since a node may start before its clock is set).
+pub fn certificate_identity(files: &TlsFiles) -> Result<CertIdentity, TlsError> {
+    let chain = read_certs(&files.cert_file)?;
+    let leaf = &chain[0];
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|e| {
+        file_error(
+            &files.cert_file,
+            format!("not a readable X.509 certificate: {e}"),
+        )
+    })?;
+    let identity = CertIdentity {
+        common_name: cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_owned),
+        not_before: cert.validity().not_before.timestamp(),
+        not_after: cert.validity().not_after.timestamp(),
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in read_certs(&files.ca_file)? {
+        roots
+            .add(ca)
+            .map_err(|e| file_error(&files.ca_file, format!("not a usable CA certificate: {e}")))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .map_err(|e| file_error(&files.ca_file, e))?;
+    // Judged at a moment inside the certificate's own validity period: only
+    // whether the CA signed it.
+    let inside = u64::try_from(identity.not_before.saturating_add(1)).unwrap_or(0);
+    let at = rustls::pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_secs(inside));
+    verifier
+        .verify_client_cert(leaf, &chain[1..], at)
+        .map_err(|e| {
+            file_error(
+                &files.cert_file,
+                format!(
+                    "not issued by the CA in {} ({e}): the broker, which trusts that CA, would refuse it",
+                    files.ca_file.display()
+                ),
+            )
+        })?;
+    Ok(identity)
+}
+
 /// The three files' contents: a renewed certificate (same path, new bytes) is a
 /// change worth reconnecting for.
 pub(super) fn fingerprint(files: &TlsFiles) -> Result<Vec<u8>, TlsError> {

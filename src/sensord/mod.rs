@@ -27,6 +27,9 @@ use outbox::Outbox;
 use schedule::Timetable;
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -49,6 +52,7 @@ fn preflight(config: &SensordConfig, path: &Path) -> anyhow::Result<Vec<String>>
     let mut notes = Vec::new();
     if let Some(tls) = &config.broker.tls {
         daemon::check_tls(path, "broker.tls", &tls.to_mqtt(), &mut notes)?;
+        check_identity(config, path, &tls.to_mqtt())?;
     }
     if let Some(dir) = &config.state_dir {
         if !dir.is_dir() {
@@ -62,6 +66,66 @@ fn preflight(config: &SensordConfig, path: &Path) -> anyhow::Result<Vec<String>>
         }
     }
     Ok(notes)
+}
+
+/// The node's certificate is its own, and usable now. With the shipped broker
+/// a node is known by its certificate's CN, whatever client id it sends, and
+/// may publish only under a prefix ending in that name: another node's
+/// certificate would have every reading refused, which over MQTT 3.1.1 the
+/// broker does silently (issue 25). Refused here, by key and line, instead.
+fn check_identity(
+    config: &SensordConfig,
+    path: &Path,
+    files: &crate::mqtt::TlsFiles,
+) -> anyhow::Result<()> {
+    let id = crate::mqtt::certificate_identity(files)
+        .with_context(|| format!("{}: broker.tls.cert_file", path.display()))?;
+    let node = config.node.id.as_str();
+    if id.common_name.as_deref() != Some(node) {
+        let cn = id.common_name.as_deref().unwrap_or("(none)");
+        return Err(config::invalid(
+            path,
+            "node.id",
+            format!(
+                "is {node}, but broker.tls.cert_file ({}) is issued to CN={cn}: the broker knows this node as {cn} and refuses what it publishes under {}; use {node}'s certificate, or set node.id and topic_prefix to {cn}'s",
+                files.cert_file.display(),
+                config.node.topic_prefix.as_str()
+            ),
+        )
+        .into());
+    }
+    let now = Timestamp::now_millis().0.timestamp();
+    let date = |t: i64| {
+        chrono::DateTime::from_timestamp(t, 0).map_or_else(|| t.to_string(), |d| d.to_rfc3339())
+    };
+    if now > id.not_after {
+        return Err(config::invalid(
+            path,
+            "broker.tls.cert_file",
+            format!(
+                "{}: expired on {}: the broker refuses it; renew it",
+                files.cert_file.display(),
+                date(id.not_after)
+            ),
+        )
+        .into());
+    }
+    // A clock before the build's date is not set yet (a board without a
+    // real-time clock, before NTP): its "not yet valid" would be the clock's.
+    if now < id.not_before && daemon::clock_is_set() {
+        return Err(config::invalid(
+            path,
+            "broker.tls.cert_file",
+            format!(
+                "{}: not valid before {} (this machine's clock says {})",
+                files.cert_file.display(),
+                date(id.not_before),
+                date(now)
+            ),
+        )
+        .into());
+    }
+    Ok(())
 }
 
 /// `sensord --dry-run`: readings as JSON lines on stdout, no broker. In real time
@@ -283,10 +347,14 @@ fn mqtt_settings(config: &SensordConfig, started_at: Timestamp) -> mqtt::Setting
         birth: std::iter::once(status_message(config, &online))
             .chain(discovery.clone())
             .collect(),
-        subscriptions: match discovery {
-            Some(_) => vec![(discovery::ha_status_topic(config), Qos::AtLeastOnce)],
-            None => Vec::new(),
-        },
+        // Our own status comes back to us when the broker takes what we
+        // publish (see `Echo`).
+        subscriptions: std::iter::once((
+            topic::status(&config.node.topic_prefix),
+            Qos::AtLeastOnce,
+        ))
+        .chain(discovery.map(|_| (discovery::ha_status_topic(config), Qos::AtLeastOnce)))
+        .collect(),
         manual_acks: false,
     }
 }
@@ -313,7 +381,15 @@ pub async fn run(config: SensordConfig, config_path: std::path::PathBuf) -> anyh
     // Which discovery config to republish when Home Assistant restarts, and
     // where it says so; both follow reloads.
     let (discovery_tx, discovery_rx) = tokio::sync::watch::channel(Discovery::of(&config));
-    let events = tokio::spawn(answer_events(events, mqtt.clone(), discovery_rx));
+    let echo = Arc::new(Echo::default());
+    let (status_topic_tx, status_topic_rx) =
+        tokio::sync::watch::channel(topic::status(&config.node.topic_prefix));
+    let events = tokio::spawn(answer_events(
+        events,
+        mqtt.clone(),
+        discovery_rx,
+        (echo.clone(), status_topic_rx, started_at),
+    ));
     let (outbox_tx, outbox_rx) = mpsc::channel(OUTBOX_QUEUE);
     let mut outbox = tokio::spawn(Outbox::new(mqtt.clone(), config.offline_buffer).run(outbox_rx));
 
@@ -340,8 +416,13 @@ pub async fn run(config: SensordConfig, config_path: std::path::PathBuf) -> anyh
     let mut status_line = |mqtt: &Handle, made: u64| {
         let (at, before) = std::mem::replace(&mut last_status, (tokio::time::Instant::now(), made));
         let rate = (made - before) as f64 / at.elapsed().as_secs_f64().max(0.001);
+        let dropping = if echo.missing() {
+            "; THE BROKER DROPS WHAT WE PUBLISH (see the log)"
+        } else {
+            ""
+        };
         format!(
-            "{}; {rate:.1} readings/s; {made} made",
+            "{}; {rate:.1} readings/s; {made} made{dropping}",
             mqtt.describe_link()
         )
     };
@@ -356,6 +437,7 @@ pub async fn run(config: SensordConfig, config_path: std::path::PathBuf) -> anyh
                         Ok(reconnecting) => {
                             info!(changed = ?changed, reconnecting, "configuration reloaded");
                             discovery_tx.send_replace(Discovery::of(&new));
+                            status_topic_tx.send_replace(topic::status(&new.node.topic_prefix));
                             if new.offline_buffer != driver.config.offline_buffer {
                                 warn!("offline_buffer takes effect at the next start");
                             }
@@ -378,6 +460,7 @@ pub async fn run(config: SensordConfig, config_path: std::path::PathBuf) -> anyh
             continue;
         };
         made += 1;
+        echo.made();
         let (sensor, topic) = (&driver.config.sensors[i], &driver.topics[i]);
         // Saved before it is published (see meter.rs); one small fsync per
         // energy reading, seconds apart, is fine on this thread.
@@ -435,6 +518,7 @@ pub async fn run(config: SensordConfig, config_path: std::path::PathBuf) -> anyh
         dropped_buffer_full = counts.dropped_buffer_full,
         dropped_queue_full = counts.dropped_queue_full + outbox_full,
         lost_at_exit = counts.lost_at_exit,
+        likely_dropped_by_broker = echo.dropped(),
         "sensord stopped"
     );
     Ok(())
@@ -459,14 +543,117 @@ impl Discovery {
     }
 }
 
-/// Republishes the discovery config when Home Assistant says it (re)started.
+/// How long after connecting our own status must have come back.
+const ECHO_DEADLINE: Duration = Duration::from_secs(15);
+
+/// Whether the broker takes what we publish. Over MQTT 3.1.1 a broker that
+/// refuses a publish (its ACL: another node's certificate, a prefix outside
+/// the node's own) still acknowledges it, and drops it: sensord's counts
+/// would say all was sent (issue 25). So sensord subscribes to its own status
+/// topic; the birth message it publishes on every connect (retained, stamped
+/// with this process's start) must come back within [`ECHO_DEADLINE`].
+#[derive(Default)]
+struct Echo {
+    /// Set when the deadline passed without it; cleared when it comes.
+    missing: AtomicBool,
+    /// Whether it came since the last connect.
+    seen: AtomicBool,
+    /// Readings made since the last connect while it has not come yet.
+    pending: AtomicU64,
+    /// Readings made while it was missing, or before a deadline that passed:
+    /// most likely dropped by the broker.
+    dropped: AtomicU64,
+}
+
+impl Echo {
+    fn missing(&self) -> bool {
+        self.missing.load(Relaxed)
+    }
+
+    /// A reading was made.
+    fn made(&self) {
+        if self.missing() {
+            self.dropped.fetch_add(1, Relaxed);
+        } else if !self.seen.load(Relaxed) {
+            self.pending.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Connected: waiting for it again.
+    fn connected(&self) {
+        self.seen.store(false, Relaxed);
+    }
+
+    /// It came; returns whether it had been missing.
+    fn came(&self) -> bool {
+        self.seen.store(true, Relaxed);
+        self.pending.store(0, Relaxed);
+        self.missing.swap(false, Relaxed)
+    }
+
+    /// The deadline passed without it; returns whether that is news.
+    fn overdue(&self) -> bool {
+        let pending = self.pending.swap(0, Relaxed);
+        self.dropped.fetch_add(pending, Relaxed);
+        !self.missing.swap(true, Relaxed)
+    }
+
+    fn dropped(&self) -> u64 {
+        self.dropped.load(Relaxed)
+    }
+}
+
+/// Republishes the discovery config when Home Assistant says it (re)started,
+/// and watches for our own status coming back ([`Echo`]).
 async fn answer_events(
     mut events: mpsc::Receiver<Event>,
     mqtt: Arc<Handle>,
     discovery: tokio::sync::watch::Receiver<Option<Discovery>>,
+    (echo, status_topic, started_at): (Arc<Echo>, tokio::sync::watch::Receiver<String>, Timestamp),
 ) {
-    while let Some(event) = events.recv().await {
+    // Armed at each connect, until our birth message is seen.
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let due = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let event = tokio::select! {
+            event = events.recv() => match event {
+                Some(event) => event,
+                None => return,
+            },
+            () = due => {
+                deadline = None;
+                if echo.overdue() {
+                    error!(
+                        topic = %*status_topic.borrow(),
+                        waited = %humantime::format_duration(ECHO_DEADLINE),
+                        "THE BROKER DROPS WHAT WE PUBLISH: our own status never came back. Readings are acknowledged and thrown away. Likely: this node's certificate is another node's (the broker knows a node by its certificate's CN), or topic_prefix is not one the broker's ACL allows this node (deploy/mosquitto/acl: building/<floor>/<node id>, and reading its own status)"
+                    );
+                }
+                continue;
+            }
+        };
+        if let Event::Connected { .. } = &event {
+            echo.connected();
+            deadline = Some(tokio::time::Instant::now() + ECHO_DEADLINE);
+            continue;
+        }
         let Event::Message(d) = &event else { continue };
+        if d.topic() == status_topic.borrow().as_str() {
+            let ours = serde_json::from_slice::<Status>(d.payload())
+                .is_ok_and(|s| s.status == NodeState::Online && s.started_at == Some(started_at));
+            if ours {
+                deadline = None;
+                if echo.came() {
+                    info!("the broker delivers what we publish again");
+                }
+            }
+            continue;
+        }
         // The current config's, not start-up's: a reload may move the topic.
         let current = discovery.borrow().clone();
         if let Some(discovery) = current {

@@ -105,3 +105,93 @@ fn a_bad_config_names_file_line_and_key_and_exits_78() {
         "{err}"
     );
 }
+
+/// A node that is not who its certificate says (another node's certificate,
+/// a prefix not ending in its id, a certificate another CA signed): each
+/// passed `--check-config` and then lost every reading without a word, the
+/// broker dropping what it refused (issue 25). Now refused, by key, exit 78.
+#[test]
+fn a_node_that_is_not_who_its_certificate_says_is_refused_by_check_config() {
+    let pki = Pki::new(&["room101", "room102"]);
+    let other_ca = Pki::new(&["room101"]);
+    let config = |tls: String, prefix: &str| {
+        write_config(&format!(
+            "node: {{ id: room101, topic_prefix: {prefix} }}\nbroker: {{ host: localhost, port: 1, tls: {tls} }}\nsensors:\n  - {{ id: temp_001, type: temperature, interval: 1s }}\n"
+        ))
+    };
+    let mixed = |ca: &Pki, cert: &Pki, name: &str| {
+        format!(
+            "{{ ca_file: {}, cert_file: {}, key_file: {} }}",
+            ca.path("ca.crt").display(),
+            cert.path(&format!("{name}.crt")).display(),
+            cert.path(&format!("{name}.key")).display()
+        )
+    };
+    let good = config(pki.tls_yaml("room101"), "building/floor1/room101");
+    let (code, err) = check(SENSORD, &good.path);
+    assert_eq!(code, Some(0), "{err}");
+    for (tls, prefix, key, says) in [
+        (
+            pki.tls_yaml("room102"),
+            "building/floor1/room101",
+            "node.id",
+            "CN=room102",
+        ),
+        (
+            pki.tls_yaml("room101"),
+            "building/floor1/room-101",
+            "node.topic_prefix",
+            "ends in room-101",
+        ),
+        (
+            mixed(&pki, &other_ca, "room101"),
+            "building/floor1/room101",
+            "broker.tls.cert_file",
+            "not issued by the CA",
+        ),
+    ] {
+        let bad = config(tls, prefix);
+        let (code, err) = check(SENSORD, &bad.path);
+        assert_eq!(code, Some(78), "{key}: {err}");
+        assert!(
+            err.contains(key) && err.contains(says),
+            "{key}, {says}: {err}"
+        );
+    }
+}
+
+/// aggregatord with TLS and no `alert_identity`: its two connections took
+/// each other's place every second against the shipped broker, and nothing
+/// was stored; a certificate of the same CN for both, likewise. Refused.
+#[test]
+fn aggregatord_without_an_identity_of_its_own_for_alerts_is_refused() {
+    let pki = Pki::new(&["aggregatord"]);
+    let storage = tempfile::tempdir().unwrap();
+    let config = |alerts: &str| {
+        write_config(&format!(
+            "client_id: aggregatord\nbroker: {{ host: localhost, port: 1, tls: {} }}\n{alerts}subscriptions:\n  - {{ filter: \"building/#\", qos: 1 }}\nstorage:\n  path: {}\n",
+            pki.tls_yaml("aggregatord"),
+            storage.path().display()
+        ))
+    };
+    let identity = |name: &str| {
+        format!(
+            "alert_identity: {{ cert_file: {}, key_file: {} }}\n",
+            pki.path(&format!("{name}.crt")).display(),
+            pki.path(&format!("{name}.key")).display()
+        )
+    };
+    let (code, err) = check(AGGREGATORD, &config(&identity("aggregatord-alerts")).path);
+    assert_eq!(code, Some(0), "{err}");
+    for (alerts, says) in [
+        ("", "required with broker.tls"),
+        (&identity("aggregatord")[..], "CN=aggregatord"),
+    ] {
+        let (code, err) = check(AGGREGATORD, &config(alerts).path);
+        assert_eq!(code, Some(78), "{err}");
+        assert!(
+            err.contains("alert_identity") && err.contains(says),
+            "{says}: {err}"
+        );
+    }
+}

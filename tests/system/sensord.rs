@@ -483,3 +483,48 @@ fn a_reload_that_moves_the_home_assistant_status_topic_is_answered_there() {
     sensord.log.wait_for(&["republishing discovery config"]);
     ha.wait_for("homeassistant/device/room101/config", |_| true);
 }
+
+/// A broker that drops what a node publishes (here: a prefix outside what
+/// the shipped ACL lets the node write) still acknowledges it over MQTT
+/// 3.1.1: sensord's counts said all was sent. Now its own status not coming
+/// back is noticed within seconds and said (ERROR, and in the stop line);
+/// a node the broker serves, on the same broker at the same time, says
+/// nothing of the kind.
+#[test]
+fn a_broker_that_drops_what_a_node_publishes_is_noticed_and_said() {
+    let pki = Pki::new(&["room101", "room102"]);
+    let broker = Broker::start(&pki);
+    let sensors = [("temp_001", "temperature", "200ms", 1)];
+    let outside = write_config(&sensord_yaml(
+        &broker,
+        &pki,
+        "room101",
+        "campus/floor1/room101",
+        &sensors,
+    ));
+    let served = write_config(&sensord_yaml(
+        &broker,
+        &pki,
+        "room102",
+        "building/floor1/room102",
+        &sensors,
+    ));
+    // The served node first: its deadline passes before the other's.
+    let mut fine = start_daemon(SENSORD, &served.path);
+    fine.log.wait_for(&["subscribed"]);
+    let mut dropped = start_daemon(SENSORD, &outside.path);
+    dropped.log.wait_for(&["THE BROKER DROPS WHAT WE PUBLISH"]);
+    assert!(dropped.terminate().success());
+    assert!(fine.terminate().success());
+    let stop = dropped.log.wait_for(&["sensord stopped"]);
+    let likely: u64 = word_after(&stop, "likely_dropped_by_broker=")
+        .parse()
+        .unwrap();
+    assert!(likely > 0, "{stop}");
+    let fine_log = fine.log.text();
+    assert!(
+        !fine_log.contains("DROPS WHAT WE PUBLISH")
+            && fine_log.contains("likely_dropped_by_broker=0"),
+        "{fine_log}"
+    );
+}
