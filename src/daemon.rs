@@ -192,7 +192,7 @@ pub fn reload_config<C: crate::config::DaemonConfig>(path: &std::path::Path) -> 
 pub fn start<C, F>(
     config_path: &std::path::Path,
     check_only: bool,
-    preflight: impl FnOnce(&C, &std::path::Path) -> anyhow::Result<Vec<String>>,
+    preflight: impl FnOnce(&C, &std::path::Path, bool) -> anyhow::Result<Vec<String>>,
     daemon: impl FnOnce(C, std::path::PathBuf) -> F,
 ) -> anyhow::Result<()>
 where
@@ -201,7 +201,7 @@ where
 {
     use anyhow::Context;
     let config: C = crate::config::load(config_path)?;
-    let notes = preflight(&config, config_path)?;
+    let notes = preflight(&config, config_path, check_only)?;
     if check_only {
         for note in notes {
             println!("note: {note}");

@@ -44,7 +44,11 @@ pub fn main(config_path: &Path, check_only: bool) -> anyhow::Result<()> {
 
 /// Everything in the config that start-up would refuse, checked up front (and
 /// by `--check-config`): both TLS identities and the dashboard's token.
-fn preflight(config: &AggregatordConfig, path: &Path) -> anyhow::Result<Vec<String>> {
+fn preflight(
+    config: &AggregatordConfig,
+    path: &Path,
+    _checking: bool,
+) -> anyhow::Result<Vec<String>> {
     let mut notes = Vec::new();
     let (ingest, alerts) = mqtt_settings(config);
     if let Some(tls) = &ingest.broker.tls {

@@ -17,7 +17,7 @@ use acks::{Acks, Unconfirmed};
 
 pub use tls::{
     certificate_identity, check as check_tls_files, client_config as tls_client_config,
-    CertIdentity, TlsError, TlsFiles, CREDENTIALS_VAR,
+    issued_by_ca, CertIdentity, TlsError, TlsFiles, CREDENTIALS_VAR,
 };
 
 use crate::contract::Qos;

@@ -122,9 +122,7 @@ pub struct CertIdentity {
     pub not_after: i64,
 }
 
-/// `files.cert_file`'s identity, once it is known to be signed by the CA in
-/// `files.ca_file` (the signature alone: the validity period is left to the
-/// caller, since a node may start before its clock is set).
+/// `files.cert_file`'s identity, as written in it (see [`issued_by_ca`]).
 pub fn certificate_identity(files: &TlsFiles) -> Result<CertIdentity, TlsError> {
     let chain = read_certs(&files.cert_file)?;
     let leaf = &chain[0];
@@ -144,6 +142,16 @@ pub fn certificate_identity(files: &TlsFiles) -> Result<CertIdentity, TlsError> 
         not_before: cert.validity().not_before.timestamp(),
         not_after: cert.validity().not_after.timestamp(),
     };
+    Ok(identity)
+}
+
+/// Whether the CA in `files.ca_file` signed `files.cert_file`: the
+/// signature alone, judged at a moment inside the certificate's validity
+/// period (that is the caller's to judge: a node may start before its
+/// clock is set).
+pub fn issued_by_ca(files: &TlsFiles, identity: &CertIdentity) -> Result<(), TlsError> {
+    let chain = read_certs(&files.cert_file)?;
+    let leaf = &chain[0];
     let mut roots = rustls::RootCertStore::empty();
     for ca in read_certs(&files.ca_file)? {
         roots
@@ -155,8 +163,6 @@ pub fn certificate_identity(files: &TlsFiles) -> Result<CertIdentity, TlsError> 
         rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
             .build()
             .map_err(|e| file_error(&files.ca_file, e))?;
-    // Judged at a moment inside the certificate's own validity period: only
-    // whether the CA signed it.
     let inside = u64::try_from(identity.not_before.saturating_add(1)).unwrap_or(0);
     let at = rustls::pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_secs(inside));
     verifier
@@ -170,7 +176,7 @@ pub fn certificate_identity(files: &TlsFiles) -> Result<CertIdentity, TlsError> 
                 ),
             )
         })?;
-    Ok(identity)
+    Ok(())
 }
 
 /// The three files' contents: a renewed certificate (same path, new bytes) is a

@@ -47,12 +47,17 @@ pub fn main(config_path: &Path, check_only: bool) -> anyhow::Result<()> {
     daemon::start(config_path, check_only, preflight, run)
 }
 
-/// What start-up would refuse, checked up front (and by `--check-config`).
-fn preflight(config: &SensordConfig, path: &Path) -> anyhow::Result<Vec<String>> {
+/// What start-up would refuse, checked up front (and by `--check-config`,
+/// which also refuses a certificate that is not this node's: at start that
+/// is an ERROR, and the node keeps trying, since a renewed certificate is
+/// picked up at the next connect).
+fn preflight(config: &SensordConfig, path: &Path, checking: bool) -> anyhow::Result<Vec<String>> {
     let mut notes = Vec::new();
     if let Some(tls) = &config.broker.tls {
         daemon::check_tls(path, "broker.tls", &tls.to_mqtt(), &mut notes)?;
-        check_identity(config, path, &tls.to_mqtt())?;
+        if checking {
+            check_identity(config, path, &tls.to_mqtt())?;
+        }
     }
     if let Some(dir) = &config.state_dir {
         if !dir.is_dir() {
@@ -79,6 +84,7 @@ fn check_identity(
     files: &crate::mqtt::TlsFiles,
 ) -> anyhow::Result<()> {
     let id = crate::mqtt::certificate_identity(files)
+        .and_then(|id| crate::mqtt::issued_by_ca(files, &id).map(|()| id))
         .with_context(|| format!("{}: broker.tls.cert_file", path.display()))?;
     let node = config.node.id.as_str();
     if id.common_name.as_deref() != Some(node) {
@@ -377,6 +383,11 @@ pub async fn run(config: SensordConfig, config_path: std::path::PathBuf) -> anyh
     let (mqtt, events) = mqtt::connect(mqtt_settings(&config, started_at))?;
     let mqtt = Arc::new(mqtt);
     info!(node = %config.node.id, sensors = config.sensors.len(), "sensord started");
+    if let Some(tls) = &config.broker.tls {
+        if let Err(e) = check_identity(&config, &config_path, &tls.to_mqtt()) {
+            error!(error = %format!("{e:#}"), "this node's certificate will not do; trying anyway (a renewed one is read at each connect)");
+        }
+    }
 
     // Which discovery config to republish when Home Assistant restarts, and
     // where it says so; both follow reloads.

@@ -409,7 +409,12 @@ fn check_config_refuses_what_start_up_refuses_keys_permissions_certificates() {
             dir.path().join("db").display()
         )
     };
-    assert_eq!(check_config(AGGREGATORD, &agg("")).0, Some(0));
+    let alerts = format!(
+        "alert_identity: {{ cert_file: {}, key_file: {} }}\n",
+        pki.path("aggregatord-alerts.crt").display(),
+        pki.path("aggregatord-alerts.key").display()
+    );
+    assert_eq!(check_config(AGGREGATORD, &agg(&alerts)).0, Some(0));
     let wrong_identity = format!(
         "alert_identity: {{ cert_file: {}, key_file: {} }}\n",
         pki.path("aggregatord.crt").display(),
@@ -426,7 +431,10 @@ fn check_config_refuses_what_start_up_refuses_keys_permissions_certificates() {
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
     let (code, out) = check_config(
         AGGREGATORD,
-        &agg(&format!("http: {{ token_file: {} }}\n", token.display())),
+        &agg(&format!(
+            "{alerts}http: {{ token_file: {} }}\n",
+            token.display()
+        )),
     );
     assert_eq!(code, Some(78), "{out}");
     assert!(out.contains("http.token_file"), "{out}");
