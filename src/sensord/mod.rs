@@ -374,6 +374,9 @@ fn status_message(config: &SensordConfig, s: &Status) -> Message {
     }
 }
 
+/// How often a clock not yet set is looked at again.
+const CLOCK_CHECK: Duration = Duration::from_secs(1);
+
 /// How often systemd's `STATUS=` line is refreshed.
 const STATUS_EVERY: Duration = Duration::from_secs(10);
 
@@ -437,10 +440,28 @@ pub async fn run(config: SensordConfig, config_path: std::path::PathBuf) -> anyh
             mqtt.describe_link()
         )
     };
+    // A board without a real-time clock starts with a wrong one until NTP
+    // sets it: readings dated then would be refused (`too_old`) or misfiled.
+    // So none is made until the clock is past this release's date (the
+    // unit also orders after time-sync.target).
+    let mut clock_wait = (!daemon::clock_is_set()).then(|| {
+        warn!(
+            clock = %Utc::now().to_rfc3339(),
+            "waiting for the clock to be set (it is before this release's date); no reading is made until then"
+        );
+        tokio::time::interval(CLOCK_CHECK)
+    });
     daemon::notify_ready(&status_line(&mqtt, made));
     loop {
         let next = tokio::select! {
             () = signals.shutdown.cancelled() => break,
+            _ = async { if let Some(w) = clock_wait.as_mut() { w.tick().await; } }, if clock_wait.is_some() => {
+                if daemon::clock_is_set() {
+                    info!(clock = %Utc::now().to_rfc3339(), "the clock is set; readings start");
+                    clock_wait = None;
+                }
+                continue;
+            }
             () = signals.reload.notified() => {
                 if let Some(new) = daemon::reload_config::<SensordConfig>(&config_path) {
                     let changed = config::changed_keys(&driver.config, &new);
@@ -465,7 +486,7 @@ pub async fn run(config: SensordConfig, config_path: std::path::PathBuf) -> anyh
                 daemon::notify_status(&status_line(&mqtt, made));
                 continue;
             }
-            next = driver.next(&Clock::Realtime) => next,
+            next = driver.next(&Clock::Realtime), if clock_wait.is_none() => next,
         };
         let Some((i, Some(reading))) = next else {
             continue;

@@ -528,3 +528,66 @@ fn a_broker_that_drops_what_a_node_publishes_is_noticed_and_said() {
         "{fine_log}"
     );
 }
+
+/// A board without a real-time clock starts with a wrong one until NTP sets
+/// it; readings dated then would be refused as `too_old`. sensord makes none
+/// until the clock is past its release date, says once that it waits, and
+/// then makes them dated right. libfaketime stands in for the wrong clock
+/// (2020), and "sets" it by having its file say: no offset.
+#[test]
+fn readings_wait_for_the_clock_to_be_set() {
+    require("faketime", "faketime");
+    let lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+    assert!(
+        std::path::Path::new(lib).is_file(),
+        "{lib}: install faketime"
+    );
+    let pki = Pki::new(&["room101", "observer"]);
+    let broker = Broker::start(&pki);
+    let watcher = Watcher::connect(&broker, &pki, "observer");
+    watcher.subscribe("building/#", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let clock = dir.path().join("clock");
+    std::fs::write(&clock, "@2020-01-01 00:00:00\n").unwrap();
+    let config = write_config(&sensord_yaml(
+        &broker,
+        &pki,
+        "room101",
+        PREFIX,
+        &[("temp_001", "temperature", "200ms", 1)],
+    ));
+    let clock_path = clock.display().to_string();
+    let mut node = start_daemon_with(
+        SENSORD,
+        &config.path,
+        &[
+            ("LD_PRELOAD", lib),
+            ("FAKETIME_TIMESTAMP_FILE", &clock_path),
+            ("FAKETIME_NO_CACHE", "1"),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ],
+    );
+    node.log.wait_for(&["waiting for the clock to be set"]);
+    // While the clock is wrong the broker's certificate is not valid yet
+    // either: three refused connections (backoff 100, 200, 400 ms) are
+    // time enough for a few readings at 200 ms, had any been made.
+    node.log
+        .wait_for_nth(&["MQTT connection failed", "certificate not valid yet"], 3);
+    std::fs::write(&clock, "+0\n").unwrap();
+    node.log.wait_for(&["the clock is set; readings start"]);
+    let topic = topic("temperature", "temp_001");
+    let first = watcher.wait_for(&topic, |_| true);
+    let dated = chrono::DateTime::parse_from_rfc3339(first.json()["timestamp"].as_str().unwrap())
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let off = (chrono::Utc::now() - dated).num_seconds().abs();
+    assert!(off < 60, "the first reading is dated {dated}");
+    assert!(node.terminate().success());
+    assert_eq!(
+        node.log.count_before("reading topic=", "the clock is set"),
+        0,
+        "{}",
+        node.log.text()
+    );
+    assert_eq!(node.log.count(&["waiting for the clock"]), 1, "said once");
+}
