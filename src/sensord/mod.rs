@@ -455,7 +455,7 @@ pub async fn run(config: SensordConfig, config_path: std::path::PathBuf) -> anyh
     loop {
         let next = tokio::select! {
             () = signals.shutdown.cancelled() => break,
-            _ = async { if let Some(w) = clock_wait.as_mut() { w.tick().await; } }, if clock_wait.is_some() => {
+            () = async { if let Some(w) = clock_wait.as_mut() { w.tick().await; } }, if clock_wait.is_some() => {
                 if daemon::clock_is_set() {
                     info!(clock = %Utc::now().to_rfc3339(), "the clock is set; readings start");
                     clock_wait = None;
