@@ -87,24 +87,14 @@ async fn expire_tier(store: &Store, tier: Tier, keep: Duration, stop: &Cancellat
     let Some(cutoff) = ago(keep) else {
         return;
     };
-    let mut total = 0;
-    let result: anyhow::Result<()> = async {
-        loop {
-            let s = store.clone();
-            let n = blocking(move || s.expire_rollups(tier, cutoff, STEP)).await?;
-            total += n;
-            if n < STEP || stop.is_cancelled() {
-                return Ok(());
-            }
-            tokio::task::yield_now().await;
+    match in_steps(store, stop, move |s| s.expire_rollups(tier, cutoff, STEP)).await {
+        Ok(0) => {}
+        Ok(rows) => {
+            info!(rows, tier = %tier, before = %cutoff, "retention: old rollup rows deleted");
         }
-    }
-    .await;
-    if total > 0 {
-        info!(rows = total, tier = %tier, before = %cutoff, "retention: old rollup rows deleted");
-    }
-    if let Err(e) = result {
-        warn!(error = %format!("{e:#}"), tier = %tier, "retention: deleting old rollup rows failed");
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), tier = %tier, "retention: deleting old rollup rows failed");
+        }
     }
 }
 
@@ -133,18 +123,29 @@ async fn expire(
     cutoff: Timestamp,
     stop: &CancellationToken,
 ) -> anyhow::Result<usize> {
+    in_steps(store, stop, move |s| {
+        let n = s.expire(cutoff, STEP)?;
+        s.flush()?;
+        Ok(n)
+    })
+    .await
+}
+
+/// Runs `step` (which deletes about `STEP` things) off the runtime's thread
+/// until a step deletes fewer, or we stop; between steps ingest gets the
+/// storage back. How many in all.
+async fn in_steps(
+    store: &Store,
+    stop: &CancellationToken,
+    step: impl Fn(&Store) -> Result<usize, StoreError> + Clone + Send + 'static,
+) -> anyhow::Result<usize> {
     let mut total = 0;
     loop {
-        let s = store.clone();
-        let n = blocking(move || {
-            let n = s.expire(cutoff, STEP)?;
-            s.flush()?;
-            Ok(n)
-        })
-        .await?;
+        let (s, step) = (store.clone(), step.clone());
+        let n = blocking(move || step(&s)).await?;
         total += n;
-        // Fewer than asked: nothing older is left. (Whole chunks go at once,
-        // so a step may delete a few more than asked.)
+        // Fewer than asked: nothing older is left. (Whole chunks and rollup
+        // entries go at once, so a step may delete a few more than asked.)
         if n < STEP || stop.is_cancelled() {
             return Ok(total);
         }

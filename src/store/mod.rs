@@ -129,6 +129,15 @@ pub struct Kept {
 }
 
 impl Kept {
+    /// How far back the raw readings (`tier` None) or a tier reach.
+    pub fn reach(&self, tier: Option<Tier>) -> Option<Timestamp> {
+        match tier {
+            None => self.raw,
+            Some(Tier::Minute) => self.minute,
+            Some(Tier::Hour) => self.hour,
+        }
+    }
+
     /// Whether the raw readings (`tier` None) or a tier hold everything
     /// from `since` on: they reach back to it, or as far as every other form
     /// does (a tier's reach is its oldest row's start: to within its width).
@@ -138,12 +147,7 @@ impl Kept {
             (self.minute, Tier::Minute.width()),
             (self.hour, Tier::Hour.width()),
         ];
-        let reach = match tier {
-            None => self.raw,
-            Some(Tier::Minute) => self.minute,
-            Some(Tier::Hour) => self.hour,
-        };
-        reach.is_some_and(|r| {
+        self.reach(tier).is_some_and(|r| {
             r <= since
                 || forms.iter().all(|(t, width)| {
                     t.is_none_or(|t| r.micros() < t.micros().saturating_add(*width))

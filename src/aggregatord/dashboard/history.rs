@@ -123,16 +123,11 @@ fn choose(kept: &Kept, (since, until): (Timestamp, Timestamp), points: usize) ->
         .copied()
         .find(|s| kept.holds(*s, since))
         .unwrap_or_else(|| {
-            let reach = |s: &Source| match s {
-                None => kept.raw,
-                Some(Tier::Minute) => kept.minute,
-                Some(Tier::Hour) => kept.hour,
-            };
             all.iter()
                 .copied()
-                .filter(|s| reach(s).is_some())
-                .min_by_key(reach)
-                .unwrap_or(None)
+                .filter_map(|s| Some((kept.reach(s)?, s)))
+                .min_by_key(|(reach, _)| *reach)
+                .and_then(|(_, s)| s)
         })
 }
 
