@@ -311,6 +311,7 @@ pub fn connect(settings: Settings) -> Result<(Handle, mpsc::Receiver<Event>), Mq
             closing: closing.clone(),
             updates: updates_rx,
             acks: acks.clone(),
+            reread_failed: None,
         }
         .run(),
     );

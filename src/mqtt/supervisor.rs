@@ -41,6 +41,9 @@ pub(super) struct Supervisor {
     pub updates: mpsc::UnboundedReceiver<Update>,
     /// The daemon's acknowledgements, written before each poll.
     pub acks: Arc<Acks>,
+    /// Why the TLS files could not be read again at the last attempt: said
+    /// once, not at every retry.
+    pub reread_failed: Option<String>,
 }
 
 impl Supervisor {
@@ -220,23 +223,34 @@ impl Supervisor {
             .map_or_else(|| "none".to_owned(), ToString::to_string)
     }
 
-    /// Points the next connect at the next broker in the list (if there is
-    /// more than one). The backoff still applies between attempts: a whole
-    /// cluster down must not be hammered either.
+    /// Prepares the next connect: the next broker in the list (if there is
+    /// more than one), with the TLS files read again, so a certificate and key
+    /// renewed in place are used at the next reconnect without a reload (the
+    /// operator's renewal needs no signal). The backoff still applies between
+    /// attempts: a whole cluster down must not be hammered either.
     fn next_endpoint(&mut self) {
-        let Some(index) = self.session.next_endpoint() else {
-            return;
-        };
+        let index = self
+            .session
+            .next_endpoint()
+            .unwrap_or(self.session.endpoint().0);
         match super::options(self.session.settings(), index) {
             Ok(options) => {
                 self.conn.set_options(options);
                 self.session.use_endpoint(index);
                 self.note_in_use();
-                debug!(broker = %self.broker(), "trying the next broker");
+                self.reread_failed = None;
+                debug!(broker = %self.broker(), "next attempt");
             }
-            // The TLS files went bad since start-up: stay with this broker
-            // and say so; the reload that fixes them starts the list afresh.
-            Err(e) => error!(error = %e, "cannot switch to the next broker"),
+            // The TLS files went bad since they were loaded (a renewal half
+            // done): keep what was loaded and say so; the next attempt, or
+            // the reload that fixes them, reads them again.
+            Err(e) => {
+                let why = e.to_string();
+                if self.reread_failed.as_ref() != Some(&why) {
+                    error!(error = %why, "cannot read the TLS files again; keeping the ones loaded");
+                    self.reread_failed = Some(why);
+                }
+            }
         }
     }
 

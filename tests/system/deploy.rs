@@ -178,6 +178,7 @@ fn install_stages_binaries_units_configs_and_broker_files() {
         "etc/mosquitto/roomsense/mosquitto.conf",
         "etc/mosquitto/roomsense/acl",
         "etc/mosquitto/roomsense/broker.key",
+        "etc/mosquitto/roomsense/crl.pem",
         "etc/roomsense/pki/room102.crt",
         "etc/roomsense/pki/private/room102.key",
         "etc/roomsense/pki/private/aggregatord.key",

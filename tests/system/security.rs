@@ -225,3 +225,65 @@ fn plaintext_only_when_asked_only_on_loopback_and_never_quietly() {
     assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr).contains("broker.tls: required"));
 }
+
+/// The operator's CA tool on a test PKI (its development layout).
+fn pki_tool(pki: &Pki, args: &[&str]) -> String {
+    let dir = pki.dir.path().to_str().expect("utf-8 temp path");
+    stdout_of(
+        Command::new(format!("{REPO}/deploy/pki/roomsense-pki"))
+            .args(["--flat", "--no-restart", "--ca", dir, "--pki", dir])
+            .args(["--broker-dir", ""])
+            .args(args),
+    )
+}
+
+#[test]
+fn a_revoked_node_is_refused_at_its_next_connect() {
+    let pki = Pki::new(&["room101"]);
+    let mut broker = Broker::start(&pki);
+    let (_config, sensord) = sensord_with(broker.port, &pki);
+    sensord.log.wait_for(&["connected broker="]);
+    let said = pki_tool(&pki, &["revoke", "room101"]);
+    assert!(said.contains("revoked room101"), "{said}");
+    // What roomsense-pki does with systemd: a restart drops the open connection
+    // (a SIGHUP would reread the CRL but keep it).
+    broker.restart(&pki, true);
+    // Refused twice: sensord tried again after its backoff and was refused again.
+    broker
+        .proc
+        .log
+        .wait_for_nth(&["certificate verify failed"], 2);
+    let line = sensord
+        .log
+        .wait_for(&["MQTT connection failed", "CertificateRevoked"]);
+    assert!(line.contains("retrying with backoff"), "{line}");
+    assert_eq!(sensord.log.count(&["connected broker="]), 1);
+    let listed = pki_tool(&pki, &["list"]);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("REVOKED") && l.ends_with(" room101")),
+        "{listed}"
+    );
+}
+
+#[test]
+fn a_certificate_renewed_in_place_is_used_at_the_next_reconnect_without_a_signal() {
+    let pki = Pki::new(&["room101"]);
+    let mut broker = Broker::start(&pki);
+    let (_config, sensord) = sensord_with(broker.port, &pki);
+    sensord.log.wait_for(&["connected broker="]);
+    let renewed = Command::new(format!("{REPO}/deploy/pki/gen-dev-pki.sh"))
+        .env("RENEW", "1")
+        .arg(pki.dir.path())
+        .arg("room101")
+        .output()
+        .unwrap();
+    assert!(renewed.status.success());
+    // The old certificate is of no use any more: only the renewed files on
+    // disk can get sensord back in.
+    pki_tool(&pki, &["revoke", "room101", "--old"]);
+    broker.restart(&pki, true);
+    sensord.log.wait_for_nth(&["connected broker="], 2);
+    assert!(!sensord.log.contains(&["configuration reloaded"]));
+}
