@@ -1,11 +1,15 @@
 # Sourced by scripts/test and scripts/demo: make sure the programs they need exist.
 # As root on Debian/Ubuntu, installs them with apt-get; otherwise prints the command.
 
+# Each argument is PROGRAM:PACKAGE, or /A/FILE:PACKAGE for a package without a program.
 need_packages() {
     local missing=() pkg prog
     for pair in mosquitto:mosquitto mosquitto_sub:mosquitto-clients openssl:openssl "$@"; do
         prog=${pair%%:*} pkg=${pair#*:}
-        command -v "$prog" >/dev/null 2>&1 || missing+=("$pkg")
+        case $prog in
+            /*) [ -e "$prog" ] || missing+=("$pkg") ;;
+            *) command -v "$prog" >/dev/null 2>&1 || missing+=("$pkg") ;;
+        esac
     done
     [ ${#missing[@]} -eq 0 ] && return 0
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then

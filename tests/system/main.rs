@@ -16,6 +16,7 @@
 )]
 
 mod harness;
+mod machine;
 
 mod aggregatord;
 mod bench;
@@ -26,6 +27,7 @@ mod dashboard;
 mod demo;
 mod deploy;
 mod durability;
+mod fleet;
 mod hostile;
 mod lifecycle;
 mod pipeline;
