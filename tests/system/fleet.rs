@@ -13,8 +13,6 @@ const NODES: [(&str, &str); 3] = [
     ("room102", "10.77.0.12"),
     ("room201", "10.77.0.21"),
 ];
-/// The dashboard's token (16+ letters and digits).
-const TOKEN: &str = "fleettoken0123456789abcdef";
 
 /// The package for `role` built by scripts/package, or a failure that says so.
 fn package(role: &str) -> String {
@@ -35,6 +33,15 @@ fn package(role: &str) -> String {
     }
 }
 
+fn dir_of(path: &str) -> &str {
+    path.rsplit_once('/').map_or(".", |(dir, _)| dir)
+}
+
+/// `./NAME`, as apt-get wants a local package named.
+fn local(path: &str) -> String {
+    format!("./{}", path.rsplit_once('/').map_or(path, |(_, name)| name))
+}
+
 /// A room's stored readings, counted on the server.
 fn stored(server: &Machine, room: &str) -> usize {
     server
@@ -46,9 +53,9 @@ fn stored(server: &Machine, room: &str) -> usize {
 }
 
 /// /api/state as a node sees it, over the LAN, with the token.
-fn state_from(node: &Machine) -> serde_json::Value {
+fn state_from(node: &Machine, token: &str) -> serde_json::Value {
     let body = node.ok(&format!(
-        "curl -sS --fail -H 'Authorization: Bearer {TOKEN}' http://server.lan:8080/api/state"
+        "curl -sS --fail -H 'Authorization: Bearer {token}' http://server.lan:8080/api/state"
     ));
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
@@ -79,19 +86,24 @@ fn one_server_and_three_nodes_installed_from_packages_and_bundles() {
 
     // --- the server: package, CA, broker, aggregatord, the dashboard on the LAN.
     server.ok(&format!(
-        "DEBIAN_FRONTEND=noninteractive dpkg -i {server_deb}"
+        "cd {} && apt-get install -y -q {}",
+        dir_of(&server_deb),
+        local(&server_deb)
     ));
     let init = server.ok("roomsense-pki init server.lan localhost 127.0.0.1");
     assert!(init.contains("systemctl restart done"), "{init}");
-    server.ok(&format!(
-        "umask 077 && echo {TOKEN} > /etc/roomsense/dashboard.token && chown roomsense /etc/roomsense/dashboard.token"
-    ));
+    server.ok("systemctl enable --now aggregatord");
+    server.ok("sh -c 'umask 077; openssl rand -hex 32 > /etc/roomsense/dashboard.token; chown roomsense /etc/roomsense/dashboard.token'");
     server.ok(
         "sed -i -e 's|listen: \"127.0.0.1:8080\"|listen: \"0.0.0.0:8080\"|' \
          -e 's|# token_file: /etc/roomsense/dashboard.token.*|token_file: /etc/roomsense/dashboard.token|' \
          /etc/roomsense/aggregatord.yaml",
     );
-    server.ok("systemctl enable --now aggregatord");
+    server.ok("systemctl restart aggregatord");
+    let token = server
+        .ok("cat /etc/roomsense/dashboard.token")
+        .trim()
+        .to_owned();
     // The CA's key stays in /etc/roomsense/ca, root's alone.
     assert_eq!(
         server.ok("stat -c '%U %a' /etc/roomsense/ca/ca.key").trim(),
@@ -138,7 +150,9 @@ fn one_server_and_three_nodes_installed_from_packages_and_bundles() {
         )
         .expect("copy the bundle");
         node.ok(&format!(
-            "DEBIAN_FRONTEND=noninteractive dpkg -i {node_deb}"
+            "cd {} && apt-get install -y -q {}",
+            dir_of(&node_deb),
+            local(&node_deb)
         ));
         let enrolled = node.ok(&format!("roomsense-enroll /root/{room}.roomsense"));
         assert!(enrolled.contains("started"), "{enrolled}");
@@ -160,7 +174,7 @@ fn one_server_and_three_nodes_installed_from_packages_and_bundles() {
     }
     // The dashboard, from a node's machine, with the token; without it, 401.
     let (_, room101) = &nodes[0];
-    let state = state_from(room101);
+    let state = state_from(room101, &token);
     for (room, _) in NODES {
         assert_eq!(room_status(&state, room), "online", "{state}");
     }
@@ -168,16 +182,36 @@ fn one_server_and_three_nodes_installed_from_packages_and_bundles() {
         room101.ok("curl -s -o /dev/null -w '%{http_code}' http://server.lan:8080/api/state");
     assert_eq!(without, "401");
 
+    // An upgrade (here the same version again) keeps the operator's edits to
+    // the conffiles and restarts aggregatord on the new binary.
+    let pid = server.show("aggregatord.service")["MainPID"].clone();
+    server.ok(&format!(
+        "cd {} && apt-get install -y -q --reinstall {}",
+        dir_of(&server_deb),
+        local(&server_deb)
+    ));
+    let config = server.ok("cat /etc/roomsense/aggregatord.yaml");
+    assert!(
+        config.contains("\n  token_file: /etc/roomsense/dashboard.token"),
+        "{config}"
+    );
+    assert_ne!(server.show("aggregatord.service")["MainPID"], pid);
+    room101.wait_until(
+        "the dashboard back after the upgrade",
+        &format!("curl -s -o /dev/null -w '%{{http_code}}' -H 'Authorization: Bearer {token}' http://server.lan:8080/api/state"),
+        |code| code == "200",
+    );
+
     // A node's package removed: its room goes offline, said by the node itself.
     let (_, room201) = &nodes[2];
-    room201.ok("DEBIAN_FRONTEND=noninteractive dpkg -r roomsense-node");
+    room201.ok("apt-get remove -y -q roomsense-node");
     assert_eq!(
         room201.show("sensord@room201.service")["ActiveState"],
         "inactive"
     );
     room101.wait_until(
         "room201 offline on the dashboard",
-        &format!("curl -sS -H 'Authorization: Bearer {TOKEN}' http://server.lan:8080/api/state"),
+        &format!("curl -sS -H 'Authorization: Bearer {token}' http://server.lan:8080/api/state"),
         |body| {
             serde_json::from_str::<serde_json::Value>(body)
                 .is_ok_and(|s| room_status(&s, "room201") == "offline")
