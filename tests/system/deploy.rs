@@ -124,21 +124,21 @@ fn compose_setup_provides_every_file_the_compose_file_mounts() {
             "compose mounts var/compose/{m}, which compose-setup did not make"
         );
     }
-    for (bin, config) in [
-        (AGGREGATORD, "etc/aggregatord.yaml"),
-        (SENSORD, "etc/sensord/room201.yaml"),
+    for (bin, container, config) in [
+        (AGGREGATORD, "aggregatord", "aggregatord.yaml"),
+        (SENSORD, "room201", "sensord/room201.yaml"),
     ] {
-        let text = std::fs::read_to_string(out.path().join(config)).unwrap();
+        let folder = out.path().join(container);
+        let text = std::fs::read_to_string(folder.join(config)).unwrap();
         assert!(
             text.contains("host: mosquitto") && text.contains("/etc/roomsense/pki/"),
             "{config}: {text}"
         );
-        // Checked as the container sees it: its /etc/roomsense is var/compose/etc.
-        let here = out.path().join(format!("{config}.here"));
-        let etc = out.path().join("etc");
+        // Checked as the container sees it: its /etc/roomsense is its folder.
+        let here = folder.join(format!("{config}.here"));
         std::fs::write(
             &here,
-            text.replace("/etc/roomsense/", &format!("{}/", etc.display())),
+            text.replace("/etc/roomsense/", &format!("{}/", folder.display())),
         )
         .unwrap();
         stdout_of(
@@ -148,6 +148,24 @@ fn compose_setup_provides_every_file_the_compose_file_mounts() {
                 .arg(&here),
         );
     }
+    // Each container's folder holds its own keys and no other: a node cannot
+    // act as aggregatord-alerts, and the CA's key is in no mounted folder.
+    let keys = |container: &str| -> Vec<String> {
+        let listed = stdout_of(
+            Command::new("find")
+                .arg(out.path().join(container))
+                .args(["-name", "*.key", "-printf", "%f\n"]),
+        );
+        let mut keys: Vec<String> = listed.lines().map(str::to_owned).collect();
+        keys.sort();
+        keys
+    };
+    assert_eq!(keys("room101"), ["room101.key"]);
+    assert_eq!(
+        keys("aggregatord"),
+        ["aggregatord-alerts.key", "aggregatord.key"]
+    );
+    assert_eq!(keys("mosquitto"), ["broker.key"]);
     let broker = std::fs::read_to_string(out.path().join("mosquitto/mosquitto.conf")).unwrap();
     assert!(
         broker.contains("persistence_location /mosquitto/data/")

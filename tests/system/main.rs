@@ -22,6 +22,7 @@ mod aggregatord;
 mod bench;
 mod clients;
 mod config;
+mod containers;
 mod damage;
 mod dashboard;
 mod demo;
