@@ -1,30 +1,49 @@
 # roomsense: both daemons in one small image. Build:
-#   docker build -t roomsense .        (podman build works the same)
+#   docker build -t roomsense .        (podman build --format docker works the same)
 # The builder's Rust is Cargo.toml's rust-version (scripts/msrv checks the two
 # agree). Base images are arguments, so an offline site can use its own mirrors:
 #   docker build --build-arg RUST_IMAGE=registry.local/rust:1.88-slim-bookworm \
 #     --build-arg RUNTIME_IMAGE=registry.local/debian:bookworm-slim .
-# An arm64 image for a Raspberry Pi: build on an arm64 machine, or with
-# `--platform linux/arm64` where the engine emulates it (README, "Run in containers").
+# For a Raspberry Pi, the same file builds an arm64 image on an x86 machine,
+# without emulation: the builder cross-compiles, the runtime stage runs nothing.
+#   docker build --platform linux/arm64 -t roomsense:arm64 .
 ARG RUST_IMAGE=rust:1.88-slim-bookworm
 ARG RUNTIME_IMAGE=debian:bookworm-slim
 
-FROM ${RUST_IMAGE} AS build
+# The builder runs on the build machine's platform whatever the target's.
+FROM --platform=$BUILDPLATFORM ${RUST_IMAGE} AS build
+ARG TARGETARCH
 WORKDIR /src
+# arm64: Debian's cross C compiler (ring builds C) and Rust's arm64 standard
+# library. Versions come with the builder image's Debian release.
+# hadolint ignore=DL3008
+RUN case "${TARGETARCH:-amd64}" in \
+        amd64) echo x86_64-unknown-linux-gnu > /target ;; \
+        arm64) apt-get update \
+            && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends gcc-aarch64-linux-gnu libc6-dev-arm64-cross \
+            && rm -rf /var/lib/apt/lists/* \
+            && rustup target add aarch64-unknown-linux-gnu \
+            && echo aarch64-unknown-linux-gnu > /target ;; \
+        *) echo "no build for TARGETARCH=$TARGETARCH (amd64, arm64)" >&2; exit 1 ;; \
+    esac
+ENV CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
+    CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc \
+    CARGO_PROFILE_RELEASE_STRIP=symbols
 # The context is only these (.dockerignore): no target/, no .git, no keys.
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
-RUN cargo build --release --locked --bins \
-    && strip target/release/sensord target/release/aggregatord
+RUN target=$(cat /target) \
+    && cargo build --release --locked --bins --target "$target" \
+    && mkdir -p /out/bin /out/state \
+    && cp "target/$target/release/sensord" "target/$target/release/aggregatord" /out/bin/ \
+    && chmod 0700 /out/state
 
+# The runtime stage runs no command, so it builds for any platform without
+# emulation: no packages (the binaries link only glibc, and TLS trusts our own
+# CA), no user database (the daemons run as uid 10001 and look up no names).
 FROM ${RUNTIME_IMAGE}
-# No packages needed: the binaries link only glibc, and TLS trusts our own CA.
-RUN groupadd --system --gid 10001 roomsense \
-    && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/roomsense --shell /usr/sbin/nologin roomsense \
-    && mkdir -p /etc/roomsense /var/lib/roomsense \
-    && chown roomsense:roomsense /var/lib/roomsense \
-    && chmod 0700 /var/lib/roomsense
-COPY --from=build /src/target/release/sensord /src/target/release/aggregatord /usr/local/bin/
+COPY --from=build /out/bin/ /usr/local/bin/
+COPY --from=build --chown=10001:10001 /out/state/ /var/lib/roomsense/
 # Config and PKI are mounted read-only at /etc/roomsense, each container's own
 # (deploy/compose.yaml); the database lives in /var/lib/roomsense. Keys must be
 # readable by uid 10001 and by nobody else.

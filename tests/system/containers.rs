@@ -138,6 +138,40 @@ impl Drop for Stack {
     }
 }
 
+/// Whether podman can run containers here; if it cannot, says why in one
+/// line. The tools themselves must be installed (scripts/test does).
+fn engine_ready() -> bool {
+    require("podman", "podman runc");
+    require("podman-compose", "podman-compose");
+    require("debootstrap", "debootstrap");
+    require("curl", "curl");
+    let info = podman().arg("info").output().expect("podman info");
+    if !info.status.success() {
+        eprintln!(
+            "SKIPPED container test: podman cannot run containers here: {}",
+            text(&info).lines().last().unwrap_or_default()
+        );
+        return false;
+    }
+    // The official base images, or local stand-ins with their names.
+    ok(&mut Command::new(format!("{REPO}/tests/containers/images")));
+    true
+}
+
+/// `podman build` of the Dockerfile with `args`. The build may fetch crates
+/// through a proxy the host trusts: it borrows the host's CA bundle. Docker's
+/// image format: podman's default (OCI) drops HEALTHCHECK.
+fn build(args: &[&str]) {
+    ok(podman()
+        .args(["build", "-q", "--format", "docker", "--network", "host"])
+        .args([
+            "-v",
+            "/etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro",
+        ])
+        .args(args)
+        .arg(REPO));
+}
+
 fn http_code(port: u16, token: Option<&str>) -> String {
     let mut cmd = Command::new("curl");
     cmd.args(["-s", "-o", "/dev/null", "-w", "%{http_code}"]);
@@ -149,20 +183,9 @@ fn http_code(port: u16, token: Option<&str>) -> String {
 
 #[test]
 fn the_image_and_the_compose_stack_run_as_users_run_them() {
-    require("podman", "podman runc");
-    require("podman-compose", "podman-compose");
-    require("debootstrap", "debootstrap");
-    require("curl", "curl");
-    let info = podman().arg("info").output().expect("podman info");
-    if !info.status.success() {
-        eprintln!(
-            "SKIPPED container test: podman cannot run containers here: {}",
-            text(&info).lines().last().unwrap_or_default()
-        );
+    if !engine_ready() {
         return;
     }
-    // The official base images, or local stand-ins with their names.
-    ok(&mut Command::new(format!("{REPO}/tests/containers/images")));
     // The image, from the Dockerfile as shipped. The build may fetch crates
     // through a proxy the host trusts: it borrows the host's CA bundle.
     // Docker's image format: podman's default (OCI) drops HEALTHCHECK.
@@ -252,4 +275,49 @@ fn the_image_and_the_compose_stack_run_as_users_run_them() {
             "node_sees_keys": listed,
         }),
     );
+}
+
+/// The Dockerfile's builder cross-compiles for arm64 (what `docker build
+/// --platform linux/arm64` runs, natively on the build machine). podman 4.3's
+/// buildah ignores `FROM --platform=$BUILDPLATFORM`, so here the build stage
+/// runs alone with `TARGETARCH=arm64`; its sensord then runs under qemu with
+/// the C library of the arm64 runtime base, against this machine's broker.
+#[test]
+fn the_dockerfile_builds_arm64_binaries_that_run_on_the_arm64_base() {
+    if !engine_ready() {
+        return;
+    }
+    require("qemu-aarch64", "qemu-user");
+    build(&[
+        "--target",
+        "build",
+        "--build-arg",
+        "TARGETARCH=arm64",
+        "-t",
+        "roomsense-build:arm64",
+    ]);
+    let out = tempfile::tempdir().unwrap();
+    let container = ok(podman().args(["create", "roomsense-build:arm64", "true"]))
+        .trim()
+        .to_owned();
+    let copied = podman()
+        .args(["cp", &format!("{container}:/out/bin/sensord")])
+        .arg(out.path())
+        .output()
+        .expect("podman cp");
+    let _ = podman().args(["rm", &container]).output();
+    assert!(copied.status.success(), "{}", text(&copied));
+    // The runtime base's own C library (arm64), where the image would run it.
+    let base = "localhost/debian-arm64:bookworm-slim";
+    let root = ok(podman().args(["image", "mount", base]))
+        .trim()
+        .to_owned();
+    struct Unmount(&'static str);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = podman().args(["image", "unmount", self.0]).output();
+        }
+    }
+    let _unmount = Unmount(base);
+    crate::fleet::arm64_session(&out.path().join("sensord"), std::path::Path::new(&root));
 }

@@ -6,6 +6,8 @@
 
 use crate::harness::*;
 use crate::machine::{Lan, Machine};
+use std::path::Path;
+use std::process::Command;
 
 const SERVER_IP: &str = "10.77.0.1";
 const NODES: [(&str, &str); 3] = [
@@ -14,21 +16,22 @@ const NODES: [(&str, &str); 3] = [
     ("room201", "10.77.0.21"),
 ];
 
-/// The package for `role` built by scripts/package, or a failure that says so.
-fn package(role: &str) -> String {
+/// The package for `role` and `arch` built by scripts/package, or a failure
+/// that says so.
+fn package(role: &str, arch: &str) -> String {
     let dir =
         std::env::var("ROOMSENSE_PACKAGES").unwrap_or_else(|_| format!("{REPO}/target/debian"));
     let found = std::fs::read_dir(&dir).ok().and_then(|entries| {
         entries.filter_map(Result::ok).map(|e| e.path()).find(|p| {
             p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                n.starts_with(&format!("roomsense-{role}_")) && n.ends_with("_amd64.deb")
+                n.starts_with(&format!("roomsense-{role}_")) && n.ends_with(&format!("_{arch}.deb"))
             })
         })
     });
     match found {
         Some(p) => p.display().to_string(),
         None => panic!(
-            "no roomsense-{role} package in {dir}: run scripts/package amd64 (scripts/test does)"
+            "no {arch} roomsense-{role} package in {dir}: run scripts/package {arch} (scripts/test does)"
         ),
     }
 }
@@ -74,8 +77,8 @@ fn room_status(state: &serde_json::Value, room: &str) -> String {
 fn one_server_and_three_nodes_installed_from_packages_and_bundles() {
     require_mosquitto();
     require("curl", "curl");
-    let server_deb = package("server");
-    let node_deb = package("node");
+    let server_deb = package("server", "amd64");
+    let node_deb = package("node", "amd64");
     let Some(server) = Machine::boot_as("server") else {
         return;
     };
@@ -261,44 +264,36 @@ fn the_arm64_node_package_runs_under_qemu_against_this_broker() {
     require("qemu-aarch64", "qemu-user");
     require("dpkg-deb", "dpkg");
     assert!(
-        std::path::Path::new("/usr/aarch64-linux-gnu/lib").exists(),
+        Path::new("/usr/aarch64-linux-gnu/lib").exists(),
         "no arm64 C library for qemu-aarch64 -L; install with: apt-get install -y libc6-arm64-cross"
     );
-    let dir =
-        std::env::var("ROOMSENSE_PACKAGES").unwrap_or_else(|_| format!("{REPO}/target/debian"));
-    let deb = std::fs::read_dir(&dir)
-        .ok()
-        .and_then(|entries| {
-            entries.filter_map(Result::ok).map(|e| e.path()).find(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("roomsense-node_") && n.ends_with("_arm64.deb"))
-            })
-        })
-        .unwrap_or_else(|| panic!("no arm64 roomsense-node package in {dir}: run scripts/package arm64 (scripts/test does)"));
     // The sensord a Raspberry Pi would install, taken out of the package.
+    let deb = package("node", "arm64");
     let unpacked = tempfile::tempdir().unwrap();
     stdout_of(
-        std::process::Command::new("dpkg-deb")
+        Command::new("dpkg-deb")
             .arg("-x")
             .arg(&deb)
             .arg(unpacked.path()),
     );
     let sensord = unpacked.path().join("usr/bin/sensord");
-    let described = stdout_of(std::process::Command::new("file").arg(&sensord));
+    arm64_session(&sensord, Path::new("/usr/aarch64-linux-gnu"));
+}
+
+/// Runs an arm64 `sensord` under qemu-aarch64 with the C library of `sysroot`
+/// (`-L`): `--version`, then a short session against this machine's broker
+/// whose readings aggregatord stores, and a clean stop.
+pub(crate) fn arm64_session(sensord: &Path, sysroot: &Path) {
+    let described = stdout_of(Command::new("file").arg(sensord));
     assert!(described.contains("ARM aarch64"), "{described}");
     let qemu = |args: &[&str]| {
-        let mut cmd = std::process::Command::new("qemu-aarch64");
-        cmd.args(["-L", "/usr/aarch64-linux-gnu"])
-            .arg(&sensord)
-            .args(args);
+        let mut cmd = Command::new("qemu-aarch64");
+        cmd.arg("-L").arg(sysroot).arg(sensord).args(args);
         cmd
     };
     let version = stdout_of(&mut qemu(&["--version"]));
     assert!(version.starts_with("sensord "), "{version}");
 
-    // A short session: the arm64 node against this machine's broker, its
-    // readings stored by aggregatord.
     let a = aggregatord_for(&["room101"], "");
     let config = write_config(&sensord_yaml(
         &a.broker,
