@@ -25,6 +25,10 @@ pub struct SensordConfig {
     /// Default 10000; at most 1000000; a change applies at the next start.
     #[serde(default = "default_offline_buffer")]
     pub offline_buffer: usize,
+    /// `outbox`: QoS 1/2 readings kept on disk in `state_dir` until the
+    /// broker confirms them; on by default where there is a state directory.
+    #[serde(default)]
+    pub outbox: OutboxConfig,
     /// `homeassistant`: MQTT discovery; off by default.
     #[serde(default)]
     pub homeassistant: HomeAssistantConfig,
@@ -51,6 +55,38 @@ impl SensordConfig {
 
 fn default_offline_buffer() -> usize {
     10_000
+}
+
+/// `outbox`: see outbox.rs. A change applies at the next start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// Off: QoS 1/2 readings wait in memory (`offline_buffer`), lost at a
+    /// kill or power cut while disconnected.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The most the file holds; past it the oldest unsent readings go first.
+    /// Default 16 MiB, many weeks of the example room (BENCHMARKS.md,
+    /// "sensord's outbox", measures what a week takes).
+    #[serde(default = "default_outbox_size")]
+    pub max_size: bytesize::ByteSize,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig {
+            enabled: true,
+            max_size: default_outbox_size(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_outbox_size() -> bytesize::ByteSize {
+    bytesize::ByteSize::mib(16)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -299,6 +335,10 @@ impl DaemonConfig for SensordConfig {
         }
         if self.offline_buffer > 1_000_000 {
             return Err(Invalid::new("offline_buffer", "at most 1000000"));
+        }
+        let size = self.outbox.max_size.as_u64();
+        if !(64 * 1024..=1 << 40).contains(&size) {
+            return Err(Invalid::new("outbox.max_size", "between 64KiB and 1TiB"));
         }
         if let Some(t) = &self.room.thermostat {
             if !(5.0..=35.0).contains(&t.setpoint) {

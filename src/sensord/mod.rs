@@ -11,6 +11,7 @@ mod discovery;
 mod meter;
 mod outbox;
 mod schedule;
+mod spool;
 
 use crate::config::{self, SensorConfig, SensordConfig};
 use crate::contract::Qos;
@@ -405,7 +406,14 @@ pub async fn run(config: SensordConfig, config_path: std::path::PathBuf) -> anyh
         (echo.clone(), status_topic_rx, started_at),
     ));
     let (outbox_tx, outbox_rx) = mpsc::channel(OUTBOX_QUEUE);
-    let mut outbox = tokio::spawn(Outbox::new(mqtt.clone(), config.offline_buffer).run(outbox_rx));
+    let mut outbox = Outbox::new(mqtt.clone(), config.offline_buffer);
+    match (config.outbox.enabled, config.state_dir()) {
+        (true, Some(dir)) => outbox = outbox.with_file(&dir, config.outbox.max_size.as_u64()),
+        (true, None) => warn!("no state_dir (nor $STATE_DIRECTORY): QoS 1/2 readings wait in memory only, lost if sensord stops while the broker is away"),
+        (false, _) => info!("outbox off: QoS 1/2 readings wait in memory only"),
+    }
+    let outbox_gauge = outbox.gauge_handle();
+    let mut outbox = tokio::spawn(outbox.run(outbox_rx));
 
     let meter = config
         .state_dir()
@@ -435,8 +443,19 @@ pub async fn run(config: SensordConfig, config_path: std::path::PathBuf) -> anyh
         } else {
             ""
         };
+        let waiting = outbox_gauge
+            .waiting
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let dropped = outbox_gauge
+            .dropped
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let outbox = match (waiting, dropped) {
+            (0, 0) => String::new(),
+            (w, 0) => format!("; {w} waiting in the outbox"),
+            (w, d) => format!("; {w} waiting in the outbox, {d} DROPPED (outbox full)"),
+        };
         format!(
-            "{}; {rate:.1} readings/s; {made} made{dropping}",
+            "{}; {rate:.1} readings/s; {made} made{outbox}{dropping}",
             mqtt.describe_link()
         )
     };
@@ -518,13 +537,13 @@ pub async fn run(config: SensordConfig, config_path: std::path::PathBuf) -> anyh
 
     // Stop: let the outbox send what it holds, say goodbye, disconnect.
     drop(outbox_tx);
-    let counts = if let Ok(done) = tokio::time::timeout(CLOSE_GRACE, &mut outbox).await {
-        done.context("outbox task failed")?.counts
+    let mut outbox = if let Ok(done) = tokio::time::timeout(CLOSE_GRACE, &mut outbox).await {
+        Some(done.context("outbox task failed")?.stopped())
     } else {
         outbox.abort();
         let _ = outbox.await;
         warn!("stopped before every buffered reading was sent");
-        outbox::Counts::default()
+        None
     };
     events.abort();
     let _ = events.await;
@@ -544,12 +563,19 @@ pub async fn run(config: SensordConfig, config_path: std::path::PathBuf) -> anyh
             "stopped before the broker confirmed every QoS 1/2 message"
         );
     }
+    let counts = outbox.as_mut().map_or_else(outbox::Counts::default, |o| {
+        o.closed(unconfirmed == 0);
+        o.counts.clone()
+    });
     info!(
         published = counts.published,
         dropped_offline = counts.dropped_offline,
         dropped_buffer_full = counts.dropped_buffer_full,
         dropped_queue_full = counts.dropped_queue_full + outbox_full,
         lost_at_exit = counts.lost_at_exit,
+        outbox_kept = counts.kept_on_disk,
+        outbox_replayed = counts.replayed,
+        outbox_torn_bytes = counts.torn_bytes,
         likely_dropped_by_broker = echo.dropped(),
         "sensord stopped"
     );

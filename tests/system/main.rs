@@ -31,6 +31,7 @@ mod durability;
 mod fleet;
 mod hostile;
 mod lifecycle;
+mod outbox;
 mod pipeline;
 mod reconnect;
 mod reliability;
