@@ -408,7 +408,13 @@ pub async fn run(config: SensordConfig, config_path: std::path::PathBuf) -> anyh
     let (outbox_tx, outbox_rx) = mpsc::channel(OUTBOX_QUEUE);
     let mut outbox = Outbox::new(mqtt.clone(), config.offline_buffer);
     match (config.outbox.enabled, config.state_dir()) {
-        (true, Some(dir)) => outbox = outbox.with_file(&dir, config.outbox.max_size.as_u64()),
+        (true, Some(dir)) => {
+            outbox = outbox.with_file(
+                &dir,
+                config.outbox.max_size.as_u64(),
+                config.outbox.sync_interval,
+            );
+        }
         (true, None) => warn!("no state_dir (nor $STATE_DIRECTORY): QoS 1/2 readings wait in memory only, lost if sensord stops while the broker is away"),
         (false, _) => info!("outbox off: QoS 1/2 readings wait in memory only"),
     }

@@ -67,6 +67,10 @@ pub struct Outbox {
     spool: Option<Spool>,
     /// Bytes the file may hold.
     max_size: u64,
+    /// The least time between two syncs (`outbox.sync_interval`; zero: each
+    /// burst is synced at once). Readings wait unsent until they are synced.
+    sync_every: Duration,
+    last_sync: tokio::time::Instant,
     /// QoS 1/2 messages not handed to MQTT yet, oldest first.
     buffer: VecDeque<Waiting>,
     /// Handed to MQTT since the last confirmation: still in the file, in case
@@ -86,6 +90,8 @@ impl Outbox {
             mqtt,
             spool: None,
             max_size: 0,
+            sync_every: Duration::ZERO,
+            last_sync: tokio::time::Instant::now(),
             buffer: VecDeque::new(),
             in_flight: VecDeque::new(),
             capacity,
@@ -96,7 +102,13 @@ impl Outbox {
 
     /// With the outbox file in `dir`: what it holds unconfirmed goes first.
     /// A file that cannot be opened leaves the outbox in memory, said loudly.
-    pub fn with_file(mut self, dir: &std::path::Path, max_size: u64) -> Outbox {
+    pub fn with_file(
+        mut self,
+        dir: &std::path::Path,
+        max_size: u64,
+        sync_every: Duration,
+    ) -> Outbox {
+        self.sync_every = sync_every;
         match Spool::open(dir) {
             Ok(opened) => {
                 if opened.torn_bytes > 0 {
@@ -138,10 +150,14 @@ impl Outbox {
         let mqtt = self.mqtt.clone();
         loop {
             let up = *link.borrow_and_update() == Link::Up;
-            self.sync();
+            let due = self.sync_due();
+            if due.is_some_and(|d| d <= tokio::time::Instant::now()) {
+                self.sync();
+            }
             if up {
                 self.drain();
             }
+            let due = self.sync_due();
             tokio::select! {
                 message = inbox.recv() => match message {
                     Some(m) => {
@@ -159,6 +175,8 @@ impl Outbox {
                 _ = link.changed() => {}
                 // The broker confirmed everything handed so far.
                 () = mqtt.wait_confirmed(), if !self.in_flight.is_empty() => self.confirmed(),
+                // Appended, waiting for the next sync (outbox.sync_interval).
+                () = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {}
                 // Only when the MQTT queue was full during a drain: try again shortly.
                 () = tokio::time::sleep(Duration::from_millis(100)), if up && !self.buffer.is_empty() => {}
             }
@@ -263,9 +281,16 @@ impl Outbox {
         self.gauge();
     }
 
+    /// When appended frames are to be synced, if any are waiting.
+    fn sync_due(&self) -> Option<tokio::time::Instant> {
+        let spool = self.spool.as_ref()?;
+        spool.dirty().then_some(self.last_sync + self.sync_every)
+    }
+
     /// Syncs what was appended; a failed sync means the file cannot be trusted.
     fn sync(&mut self) {
         let Some(spool) = &mut self.spool else { return };
+        self.last_sync = tokio::time::Instant::now();
         match spool.sync() {
             Ok(true) => debug!(waiting = self.buffer.len(), "outbox synced"),
             Ok(false) => {}
@@ -288,7 +313,11 @@ impl Outbox {
     /// [`Self::sync`]: what is handed is on disk).
     fn drain(&mut self) {
         let before = self.buffer.len();
-        while let Some((m, _)) = self.buffer.front() {
+        while let Some((m, at)) = self.buffer.front() {
+            // Only what is on disk leaves it.
+            if self.spool.as_ref().is_some_and(|s| !s.is_synced(*at)) {
+                break;
+            }
             match self.mqtt.try_publish(m) {
                 Ok(()) => {
                     if let Some(w) = self.buffer.pop_front() {

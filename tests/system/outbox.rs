@@ -189,3 +189,53 @@ where
         .parse()
         .expect(name)
 }
+
+#[test]
+fn a_full_disk_turns_the_outbox_to_memory_with_an_error_and_readings_still_flow() {
+    require_mosquitto();
+    let pki = Pki::new(&["room101", "aggregatord"]);
+    let broker = Broker::start(&pki);
+    let storage = tempfile::tempdir().unwrap();
+    let agg_config = write_config(&aggregatord_yaml(&broker, &pki, storage.path()));
+    let agg = start_daemon(AGGREGATORD, &agg_config.path);
+    agg.log.wait_for(&["subscribed"]);
+    // The node's state directory on a small disk of its own.
+    let disk = SmallDisk::new("1m");
+    let config = node_config(broker.port, &pki, disk.dir.path());
+    let mut node = Proc::spawn(
+        "sensord",
+        disk.command(SENSORD)
+            .arg("--config")
+            .arg(&config.path)
+            .env("RUST_LOG", "info,roomsense=debug")
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("NOTIFY_SOCKET"),
+    );
+    node.log.wait_for(&["connected broker="]);
+    node.log.wait_for_nth(&["outbox synced"], 3);
+    disk.fill();
+    let error = node
+        .log
+        .wait_for(&["ERROR", "outbox: cannot write its file"]);
+    assert!(error.contains("in memory only"), "{error}");
+    // Readings made after it still reach aggregatord.
+    let after: u64 = node
+        .log
+        .text()
+        .lines()
+        .filter(|l| l.contains(" reading ") && l.contains(&format!("topic={ENERGY} ")))
+        .filter_map(|l| l.split("seq=Some(").nth(1)?.split(')').next()?.parse().ok())
+        .max()
+        .unwrap_or(0);
+    agg.log.wait_for(&[
+        "stored reading",
+        &format!("topic={ENERGY} "),
+        &format!("seq=Some({})", after + 5),
+    ]);
+    assert_eq!(
+        node.log.count(&["outbox: cannot write its file"]),
+        1,
+        "said once"
+    );
+    assert!(node.terminate().success());
+}
