@@ -115,9 +115,20 @@ fn installed_units_run_under_a_real_systemd_as_users_run_them() {
     );
     m.ok(&format!("cp /root/room101.good {config}"));
 
-    // Killed: systemd restarts it.
+    // Killed while the broker is away: systemd restarts it, and the QoS 1/2
+    // readings its outbox held (in the unit's StateDirectory) are stored once
+    // the broker is back.
+    m.ok("systemctl stop mosquitto");
+    let outbox = "/var/lib/roomsense-sensord/room101/outbox";
+    m.wait_until(
+        "a reading kept in the outbox",
+        &format!("grep -a -c '\"seq\"' {outbox} || true"),
+        |t| t.trim().parse::<u32>().unwrap_or(0) >= 1,
+    );
     let before = m.show("sensord@room101.service");
     m.ok("systemctl kill -s KILL sensord@room101");
+    let kept = readings_in(&std::fs::read(m.path(outbox)).unwrap_or_default());
+    assert!(!kept.is_empty());
     m.wait_until(
         "restart after SIGKILL",
         "systemctl show sensord@room101 -p NRestarts -p ActiveState -p SubState",
@@ -125,6 +136,14 @@ fn installed_units_run_under_a_real_systemd_as_users_run_them() {
     );
     let after_kill = m.show("sensord@room101.service");
     assert_ne!(before["MainPID"], after_kill["MainPID"]);
+    m.ok("systemctl start mosquitto");
+    m.wait_until("the outbox's readings stored", dump, |stored| {
+        kept.iter().all(|(seq, at)| {
+            stored.lines().any(|l| {
+                l.contains(&format!("\"seq\":{seq},")) || l.contains(&format!("\"seq\":{seq}}}"))
+            }) && stored.contains(at.as_str())
+        })
+    });
 
     // Frozen (SIGSTOP): the watchdog notices and restarts it.
     m.ok("systemctl kill -s STOP --kill-whom=main sensord@room101");
@@ -182,4 +201,26 @@ fn installed_units_run_under_a_real_systemd_as_users_run_them() {
             "exposure": exposure.lines().map(str::trim).collect::<Vec<_>>().join("; "),
         }),
     );
+}
+
+/// (seq, timestamp) of each reading in an outbox file: its frames' payloads
+/// are the readings' JSON.
+fn readings_in(bytes: &[u8]) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Some(i) = bytes[at..].windows(2).position(|w| w == b"{\"") {
+        let start = at + i;
+        let mut it =
+            serde_json::Deserializer::from_slice(&bytes[start..]).into_iter::<serde_json::Value>();
+        match it.next() {
+            Some(Ok(v)) => {
+                if let (Some(seq), Some(ts)) = (v["seq"].as_u64(), v["timestamp"].as_str()) {
+                    out.push((seq, ts.to_owned()));
+                }
+                at = start + it.byte_offset();
+            }
+            _ => at = start + 1,
+        }
+    }
+    out
 }
