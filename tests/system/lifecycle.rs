@@ -15,9 +15,11 @@ fn sensord_config(broker: &Broker, pki: &Pki, sensors: &[(&str, &str, &str, u8)]
 fn sighup_applies_sensor_changes_live_without_reconnecting() {
     let pki = Pki::new(&["room101", "observer"]);
     let broker = Broker::start(&pki);
-    let config = sensord_config(&broker, &pki, &[("temp_001", "temperature", "1h", 0)]);
-    // Subscribe first: the one reading of the hourly schedule is QoS 0 and not
-    // retained, so a watcher that subscribes after it was published never sees it.
+    // QoS 1: the hourly schedule's one reading is made at start, and may be
+    // made before sensord is connected (CI, under load): QoS 0 would drop it.
+    let config = sensord_config(&broker, &pki, &[("temp_001", "temperature", "1h", 1)]);
+    // Subscribe first: that reading is not retained, so a watcher that
+    // subscribes after it was published never sees it.
     let watcher = Watcher::connect(&broker, &pki, "observer");
     watcher.subscribe(&format!("{PREFIX}/#"), 1);
     let sensord = start_daemon(SENSORD, &config.path);
@@ -30,7 +32,7 @@ fn sighup_applies_sensor_changes_live_without_reconnecting() {
         "room101",
         PREFIX,
         &[
-            ("temp_001", "temperature", "50ms", 0),
+            ("temp_001", "temperature", "50ms", 1),
             ("hum_001", "humidity", "50ms", 0),
         ],
     );
