@@ -239,3 +239,53 @@ fn a_full_disk_turns_the_outbox_to_memory_with_an_error_and_readings_still_flow(
     );
     assert!(node.terminate().success());
 }
+
+#[test]
+fn a_full_outbox_drops_the_oldest_unsent_readings_and_counts_them() {
+    require_mosquitto();
+    let pki = Pki::new(&["room101"]);
+    let state = tempfile::tempdir().unwrap();
+    // No broker; the smallest outbox, filled fast.
+    let config = write_config(&sensord_yaml_on(
+        free_port(),
+        &pki,
+        "room101",
+        PREFIX,
+        &[
+            ("energy_001", "energy", "10ms", 2),
+            ("temp_001", "temperature", "10ms", 1),
+        ],
+        &format!(
+            "state_dir: {}\noutbox: {{ max_size: 64KiB }}\n",
+            state.path().display()
+        ),
+    ));
+    let mut node = start_daemon(SENSORD, &config.path);
+    node.log
+        .wait_for(&["outbox full; dropping the oldest unsent readings"]);
+    assert!(node.terminate().success());
+    let stop = node.log.wait_for(&["sensord stopped"]);
+    let dropped: u64 = field(&stop, "dropped_buffer_full");
+    let kept: u64 = field(&stop, "outbox_kept");
+    assert!(dropped > 0 && kept > 0, "{stop}");
+    let size = std::fs::metadata(state.path().join("outbox"))
+        .unwrap()
+        .len();
+    assert!(size <= 64 * 1024, "the file holds {size} bytes");
+    // What is kept is the newest: the energy stream's kept seqs end with the
+    // last one made.
+    let made_last: u64 = node
+        .log
+        .text()
+        .lines()
+        .filter(|l| l.contains(" reading ") && l.contains(&format!("topic={ENERGY} ")))
+        .filter_map(|l| l.split("seq=Some(").nth(1)?.split(')').next()?.parse().ok())
+        .max()
+        .unwrap();
+    let file = std::fs::read(state.path().join("outbox")).unwrap();
+    let needle = format!("\"seq\":{made_last}");
+    assert!(
+        file.windows(needle.len()).any(|w| w == needle.as_bytes()),
+        "the newest energy reading (seq {made_last}) is kept"
+    );
+}
