@@ -418,6 +418,9 @@ impl Stopped {
                     warn!(error = %e, "outbox: cannot trim what the broker confirmed; it is sent again at the next start (harmless)");
                 }
             }
+            if let Err(e) = spool.close() {
+                warn!(error = %e, "outbox: cannot sync its file at the stop; confirmed readings may be sent again at the next start (harmless)");
+            }
             self.counts.kept_on_disk = (self.buffer.len() + self.in_flight.len()) as u64;
         }
     }

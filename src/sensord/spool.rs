@@ -11,13 +11,15 @@
 //! ```
 //!
 //! `head` is where the first unconfirmed frame starts; what lies before it is
-//! confirmed. It is written only when the file is cut back (everything
-//! confirmed, [`TRUNCATE_AT`] of it at least) or rewritten, so a confirmation
-//! costs no write of its own: after a crash, up to that much of confirmed
-//! readings is sent again, which aggregatord's exactly-once storage drops.
-//! Frames are synced before they are handed to MQTT. A torn or damaged frame
-//! ends the file: it and what follows are cut off at open, and counted, never
-//! sent.
+//! confirmed. It is rewritten at each confirmation without a sync of its own
+//! (the next sync carries it; a kill keeps it, the page cache survives), and
+//! synced at a clean stop: so a restart sends again only what the broker had
+//! not confirmed, except after a power cut, when up to one sync interval of
+//! confirmed readings may be sent again (aggregatord's exactly-once storage
+//! drops them). The file is cut back to its header once everything is
+//! confirmed and [`TRUNCATE_AT`] of it has piled up. Frames are synced before
+//! they are handed to MQTT. A torn or damaged frame ends the file: it and what
+//! follows are cut off at open, and counted, never sent.
 
 use crate::contract::Qos;
 use crate::mqtt::Message;
@@ -140,9 +142,14 @@ impl Spool {
             self.head = HEADER;
             self.end = HEADER;
             self.synced = HEADER;
-            self.write_header()?;
         }
-        Ok(())
+        self.write_header()
+    }
+
+    /// At a clean stop: the head on disk, so the next start sends nothing twice.
+    pub fn close(&mut self) -> io::Result<()> {
+        self.write_header()?;
+        self.file.sync_data()
     }
 
     /// Writes `live` (oldest first) as the whole file, through a new file
@@ -306,8 +313,6 @@ mod tests {
         let starts: Vec<u64> = (0..5).map(|i| s.append(&message(i)).unwrap()).collect();
         s.sync().unwrap();
         s.confirm_to(starts[3]).unwrap();
-        // The head is written with a rewrite (or a cut): here, by hand.
-        s.write_header().unwrap();
         drop(s);
         let back: Vec<Message> = Spool::open(dir.path())
             .unwrap()
@@ -327,8 +332,11 @@ mod tests {
         let end = s.end;
         s.confirm_to(end).unwrap();
         assert_eq!(s.live(), 0);
-        // A little confirmed: kept (no write for it), replayed after a crash.
+        // A little confirmed: kept, behind the head.
         assert!(std::fs::metadata(s.path()).unwrap().len() > HEADER);
+        drop(s);
+        assert!(Spool::open(dir.path()).unwrap().pending.is_empty());
+        let mut s = Spool::open(dir.path()).unwrap().spool;
         while s.end - HEADER < TRUNCATE_AT {
             s.append(&message(2)).unwrap();
         }

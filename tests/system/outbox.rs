@@ -90,7 +90,7 @@ fn qos12_readings_made_while_the_broker_is_down_survive_a_kill_9_stored_once_in_
     let agg_config = write_config(&aggregatord_yaml(&broker, &pki, storage.path()));
     let agg = start_daemon(AGGREGATORD, &agg_config.path);
     agg.log.wait_for(&["subscribed"]);
-    let second = start_daemon(SENSORD, &config.path);
+    let mut second = start_daemon(SENSORD, &config.path);
     let replayed = second
         .log
         .wait_for(&["outbox: sending readings kept from before the restart"]);
@@ -134,6 +134,13 @@ fn qos12_readings_made_while_the_broker_is_down_survive_a_kill_9_stored_once_in_
             before.len()
         );
     }
+    // A clean stop while connected leaves nothing to send twice.
+    assert!(second.terminate().success());
+    let mut third = start_daemon(SENSORD, &config.path);
+    third.log.wait_for(&["connected broker="]);
+    assert!(third.terminate().success());
+    let stop = third.log.wait_for(&["sensord stopped"]);
+    assert_eq!(field::<u64>(&stop, "outbox_replayed"), 0, "{stop}");
     record(
         "outbox_kill9_during_outage",
         "sensord with its broker down, kill -9, restarted with the broker back: its QoS 1/2 readings from before the kill",
