@@ -109,6 +109,7 @@ fn qos12_readings_made_while_the_broker_is_down_survive_a_kill_9_stored_once_in_
         &agg_config.path,
         &["--format", "jsonl", "--room", "room101"],
     );
+    let mut lost = 0;
     for (topic, seqs) in &made {
         // The readings made before the kill: by their timestamps.
         let before: Vec<u64> = stored
