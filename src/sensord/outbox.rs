@@ -60,6 +60,12 @@ pub struct Gauge {
 /// when it is in memory only).
 type Waiting = (Message, u64);
 
+/// Where the file's first unconfirmed frame starts once everything handed is
+/// confirmed: the first unsent one, or past the end when none waits.
+fn first_unsent(buffer: &VecDeque<Waiting>) -> u64 {
+    buffer.front().map_or(u64::MAX, |(_, at)| *at)
+}
+
 pub struct Outbox {
     /// The connection: its link state decides between sending and keeping.
     mqtt: Arc<Handle>,
@@ -346,7 +352,7 @@ impl Outbox {
     fn confirmed(&mut self) {
         self.in_flight.clear();
         let Some(spool) = &mut self.spool else { return };
-        let head = self.buffer.front().map_or(u64::MAX, |(_, at)| *at);
+        let head = first_unsent(&self.buffer);
         if let Err(e) = spool.confirm_to(head) {
             self.disk_failed(&e);
             return;
@@ -413,7 +419,7 @@ impl Stopped {
         if let Some(spool) = &mut self.spool {
             if all_confirmed && !self.in_flight.is_empty() {
                 self.in_flight.clear();
-                let head = self.buffer.front().map_or(u64::MAX, |(_, at)| *at);
+                let head = first_unsent(&self.buffer);
                 if let Err(e) = spool.confirm_to(head) {
                     warn!(error = %e, "outbox: cannot trim what the broker confirmed; it is sent again at the next start (harmless)");
                 }

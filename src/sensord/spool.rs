@@ -291,6 +291,12 @@ mod tests {
         }
     }
 
+    /// The unconfirmed messages a fresh open of `dir` finds.
+    fn reopened(dir: &Path) -> Vec<Message> {
+        let opened = Spool::open(dir).unwrap();
+        opened.pending.into_iter().map(|(m, _)| m).collect()
+    }
+
     #[test]
     fn what_was_appended_and_synced_comes_back_in_order() {
         let dir = tempfile::tempdir().unwrap();
@@ -300,10 +306,11 @@ mod tests {
         }
         assert!(s.sync().unwrap());
         drop(s);
-        let again = Spool::open(dir.path()).unwrap();
-        let back: Vec<Message> = again.pending.into_iter().map(|(m, _)| m).collect();
-        assert_eq!(back, (0..10).map(message).collect::<Vec<_>>());
-        assert_eq!(again.torn_bytes, 0);
+        assert_eq!(
+            reopened(dir.path()),
+            (0..10).map(message).collect::<Vec<_>>()
+        );
+        assert_eq!(Spool::open(dir.path()).unwrap().torn_bytes, 0);
     }
 
     #[test]
@@ -314,12 +321,7 @@ mod tests {
         s.sync().unwrap();
         s.confirm_to(starts[3]).unwrap();
         drop(s);
-        let back: Vec<Message> = Spool::open(dir.path())
-            .unwrap()
-            .pending
-            .into_iter()
-            .map(|(m, _)| m)
-            .collect();
+        let back = reopened(dir.path());
         assert_eq!(back, vec![message(3), message(4)]);
     }
 
@@ -397,12 +399,7 @@ mod tests {
         s.append(&message(6)).unwrap();
         s.sync().unwrap();
         drop(s);
-        let back: Vec<Message> = Spool::open(dir.path())
-            .unwrap()
-            .pending
-            .into_iter()
-            .map(|(m, _)| m)
-            .collect();
+        let back = reopened(dir.path());
         assert_eq!(back, vec![message(4), message(5), message(6)]);
     }
 }

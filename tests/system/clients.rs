@@ -58,14 +58,6 @@ fn aggregatord(config: &ConfigFile, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// Waits until aggregatord has stored a reading on `topic` `n` times in all.
 fn stored(agg: &Proc, topic: &str, n: usize) {
     agg.log
@@ -325,8 +317,17 @@ fn dump_applies_every_filter_to_rejected_messages_and_alerts_and_refuses_a_rever
         let mut args = what.to_vec();
         args.extend(["--since", "1h", "--until", "2h"]);
         let out = aggregatord(&s.config, &args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
-        assert!(text(&out).contains("--since"), "{}", text(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            output_text(&out)
+        );
+        assert!(
+            output_text(&out).contains("--since"),
+            "{}",
+            output_text(&out)
+        );
     }
 }
 
@@ -339,7 +340,7 @@ fn check_config(bin: &str, yaml: &str) -> (Option<i32>, String) {
         .arg(&file.path)
         .output()
         .unwrap();
-    (out.status.code(), text(&out))
+    (out.status.code(), output_text(&out))
 }
 
 #[test]
@@ -478,18 +479,18 @@ fn forget_clears_a_one_off_sensors_alert_and_its_dashboard_row() {
 
     // Nothing to forget, or nothing named: refused, and nothing changes.
     let out = aggregatord(&s.config, &["forget", "--sensor", "temp_404"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
     assert!(
-        text(&out).contains("no known sensor matches"),
+        output_text(&out).contains("no known sensor matches"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
     let out = aggregatord(&s.config, &["forget"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
 
     let out = aggregatord(&s.config, &["forget", "--sensor", "temp_099"]);
-    assert!(out.status.success(), "{}", text(&out));
-    let report = text(&out);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let report = output_text(&out);
     assert!(
         report.contains(&format!("forgot sensor {one_off}")),
         "{report}"
@@ -520,8 +521,8 @@ fn forget_clears_a_one_off_sensors_alert_and_its_dashboard_row() {
     stored(&s.agg, &t102, 1);
     assert!(node(&api_state(&s.addr), ROOM102).is_some());
     let out = aggregatord(&s.config, &["forget", "--room", "room102"]);
-    assert!(out.status.success(), "{}", text(&out));
-    let report = text(&out);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let report = output_text(&out);
     assert!(
         report.contains(&format!("forgot sensor {t102}"))
             && report.contains(&format!("forgot room {ROOM102}")),
@@ -667,7 +668,7 @@ fn a_payload_over_the_brokers_64_kib_limit_is_named_in_the_broker_log_and_readme
         .arg(big.path())
         .output()
         .unwrap();
-    assert!(!out.status.success(), "{}", text(&out));
+    assert!(!out.status.success(), "{}", output_text(&out));
     // Where an operator can see why: the broker's log (aggregatord never got it).
     s.broker
         .proc
@@ -730,7 +731,7 @@ fn headless(url: &str, what: &str) -> String {
         out.status.success(),
         "chromium ({}): {}",
         out.status,
-        text(&out)
+        output_text(&out)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

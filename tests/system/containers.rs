@@ -22,26 +22,6 @@ fn podman() -> Command {
     cmd
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// Runs a command that must succeed; its stdout.
-fn ok(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("run");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}",
-        out.status,
-        text(&out)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// One compose project, taken down (volumes too) when dropped.
 struct Stack {
     dir: tempfile::TempDir,
@@ -104,7 +84,7 @@ impl Stack {
                 return v;
             }
             if Instant::now() > deadline {
-                let logs = text(&self.compose(&["logs"]).output().expect("logs"));
+                let logs = output_text(&self.compose(&["logs"]).output().expect("logs"));
                 panic!("{what}: not within {WAIT:?}; logs:\n{logs}");
             }
             std::thread::sleep(Duration::from_millis(500));
@@ -112,7 +92,7 @@ impl Stack {
     }
 
     fn logs(&self, service: &str) -> String {
-        text(
+        output_text(
             &podman()
                 .args(["logs", &self.container(service)])
                 .output()
@@ -121,7 +101,7 @@ impl Stack {
     }
 
     fn exit_code(&self, service: &str) -> String {
-        ok(podman().args([
+        stdout_of(podman().args([
             "inspect",
             "-f",
             "{{.State.ExitCode}}",
@@ -149,12 +129,12 @@ fn engine_ready() -> bool {
     if !info.status.success() {
         eprintln!(
             "SKIPPED container test: podman cannot run containers here: {}",
-            text(&info).lines().last().unwrap_or_default()
+            output_text(&info).lines().last().unwrap_or_default()
         );
         return false;
     }
     // The official base images, or local stand-ins with their names.
-    ok(&mut Command::new(format!("{REPO}/tests/containers/images")));
+    stdout_of(&mut Command::new(format!("{REPO}/tests/containers/images")));
     true
 }
 
@@ -162,14 +142,16 @@ fn engine_ready() -> bool {
 /// through a proxy the host trusts: it borrows the host's CA bundle. Docker's
 /// image format: podman's default (OCI) drops HEALTHCHECK.
 fn build(args: &[&str]) {
-    ok(podman()
-        .args(["build", "-q", "--format", "docker", "--network", "host"])
-        .args([
-            "-v",
-            "/etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro",
-        ])
-        .args(args)
-        .arg(REPO));
+    stdout_of(
+        podman()
+            .args(["build", "-q", "--format", "docker", "--network", "host"])
+            .args([
+                "-v",
+                "/etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro",
+            ])
+            .args(args)
+            .arg(REPO),
+    );
 }
 
 fn http_code(port: u16, token: Option<&str>) -> String {
@@ -178,7 +160,7 @@ fn http_code(port: u16, token: Option<&str>) -> String {
     if let Some(t) = token {
         cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
     }
-    ok(cmd.arg(format!("http://127.0.0.1:{port}/api/state")))
+    stdout_of(cmd.arg(format!("http://127.0.0.1:{port}/api/state")))
 }
 
 #[test]
@@ -189,13 +171,15 @@ fn the_image_and_the_compose_stack_run_as_users_run_them() {
     // The image, from the Dockerfile as shipped. The build may fetch crates
     // through a proxy the host trusts: it borrows the host's CA bundle.
     // Docker's image format: podman's default (OCI) drops HEALTHCHECK.
-    ok(podman()
-        .args(["build", "-q", "--format", "docker", "--network", "host"])
-        .args([
-            "-v",
-            "/etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro",
-        ])
-        .args(["-t", "roomsense:latest", REPO]));
+    stdout_of(
+        podman()
+            .args(["build", "-q", "--format", "docker", "--network", "host"])
+            .args([
+                "-v",
+                "/etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro",
+            ])
+            .args(["-t", "roomsense:latest", REPO]),
+    );
 
     // compose-setup's folders beside a copy of compose.yaml (it mounts ../var/compose).
     let dir = tempfile::tempdir().unwrap();
@@ -205,7 +189,9 @@ fn the_image_and_the_compose_stack_run_as_users_run_them() {
         dir.path().join("deploy/compose.yaml"),
     )
     .unwrap();
-    ok(Command::new(format!("{REPO}/deploy/compose-setup")).arg(dir.path().join("var/compose")));
+    stdout_of(
+        Command::new(format!("{REPO}/deploy/compose-setup")).arg(dir.path().join("var/compose")),
+    );
     let token = std::fs::read_to_string(dir.path().join("var/compose/aggregatord/dashboard.token"))
         .unwrap()
         .trim()
@@ -216,7 +202,7 @@ fn the_image_and_the_compose_stack_run_as_users_run_them() {
         mqtt_port: free_port(),
         http_port: free_port(),
     };
-    ok(&mut stack.compose(&["up", "-d"]));
+    stdout_of(&mut stack.compose(&["up", "-d"]));
 
     let rooms = ["room101", "room102", "room201"];
     let stored = stack.wait_until("readings from every room stored", || {
@@ -244,10 +230,10 @@ fn the_image_and_the_compose_stack_run_as_users_run_them() {
     // The dashboard on the host's loopback, with the token; aggregatord healthy.
     assert_eq!(http_code(stack.http_port, None), "401");
     assert_eq!(http_code(stack.http_port, Some(&token)), "200");
-    ok(podman().args(["healthcheck", "run", &stack.container("aggregatord")]));
+    stdout_of(podman().args(["healthcheck", "run", &stack.container("aggregatord")]));
 
     // A stop: every daemon says its clean stop line and exits 0.
-    ok(&mut stack.compose(&["stop", "-t", "15"]));
+    stdout_of(&mut stack.compose(&["stop", "-t", "15"]));
     for service in ["aggregatord", "room101", "room102", "room201"] {
         let logs = stack.logs(service);
         let line = if service == "aggregatord" {
@@ -259,12 +245,13 @@ fn the_image_and_the_compose_stack_run_as_users_run_them() {
         assert_eq!(stack.exit_code(service), "0", "{service}:\n{logs}");
     }
     // Started again: the history is still there (the volume), and grows.
-    ok(&mut stack.compose(&["start"]));
+    stdout_of(&mut stack.compose(&["start"]));
     let after = stack.wait_until("history kept and growing after the restart", || {
         let n = stack.stored().len();
         (n > stored).then_some(n)
     });
-    let size = ok(podman().args(["image", "inspect", "-f", "{{.Size}}", "roomsense:latest"]));
+    let size =
+        stdout_of(podman().args(["image", "inspect", "-f", "{{.Size}}", "roomsense:latest"]));
     record(
         "containers",
         "Dockerfile built with podman (stand-in base images), deploy/compose.yaml under podman-compose: broker, aggregatord, three nodes",
@@ -297,7 +284,7 @@ fn the_dockerfile_builds_arm64_binaries_that_run_on_the_arm64_base() {
         "roomsense-build:arm64",
     ]);
     let out = tempfile::tempdir().unwrap();
-    let container = ok(podman().args(["create", "roomsense-build:arm64", "true"]))
+    let container = stdout_of(podman().args(["create", "roomsense-build:arm64", "true"]))
         .trim()
         .to_owned();
     let copied = podman()
@@ -306,10 +293,10 @@ fn the_dockerfile_builds_arm64_binaries_that_run_on_the_arm64_base() {
         .output()
         .expect("podman cp");
     let _ = podman().args(["rm", &container]).output();
-    assert!(copied.status.success(), "{}", text(&copied));
+    assert!(copied.status.success(), "{}", output_text(&copied));
     // The runtime base's own C library (arm64), where the image would run it.
     let base = "localhost/debian-arm64:bookworm-slim";
-    let root = ok(podman().args(["image", "mount", base]))
+    let root = stdout_of(podman().args(["image", "mount", base]))
         .trim()
         .to_owned();
     struct Unmount(&'static str);

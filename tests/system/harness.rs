@@ -326,6 +326,18 @@ impl Pki {
         self.dir.path().join(file)
     }
 
+    /// A new key and certificate for `name` from the same CA, in place
+    /// (gen-dev-pki.sh with `RENEW=1`, and `env` such as `PKI_DAYS`).
+    pub fn renew(&self, name: &str, env: &[(&str, &str)]) {
+        stdout_of(
+            Command::new(format!("{REPO}/deploy/pki/gen-dev-pki.sh"))
+                .env("RENEW", "1")
+                .envs(env.iter().copied())
+                .arg(self.dir.path())
+                .arg(name),
+        );
+    }
+
     /// The `tls:` block of a roomsense config for client `name`.
     pub fn tls_yaml(&self, name: &str) -> String {
         format!(
@@ -771,10 +783,20 @@ pub fn stdout_of(cmd: &mut Command) -> String {
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+        "{cmd:?} failed ({}):\n{}",
+        out.status,
+        output_text(&out)
     );
     String::from_utf8(out.stdout).expect("output is UTF-8")
+}
+
+/// A finished command's stdout and stderr, for a failure message.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 // ---------------------------------------------------------------- a watching client

@@ -186,6 +186,16 @@ fn a_torn_tail_of_the_outbox_file_is_cut_off_and_counted_never_sent() {
     assert!(std::fs::metadata(&file).unwrap().len() >= whole);
 }
 
+/// The newest seq of `topic` among the readings a node's log says it made.
+fn last_made(log: &Log, topic: &str) -> Option<u64> {
+    let needle = format!("topic={topic} ");
+    log.text()
+        .lines()
+        .filter(|l| l.contains(" reading ") && l.contains(&needle))
+        .filter_map(|l| l.split("seq=Some(").nth(1)?.split(')').next()?.parse().ok())
+        .max()
+}
+
 /// A `name=value` field of a log line.
 fn field<T: std::str::FromStr>(line: &str, name: &str) -> T
 where
@@ -202,15 +212,10 @@ where
 #[test]
 fn a_full_disk_turns_the_outbox_to_memory_with_an_error_and_readings_still_flow() {
     require_mosquitto();
-    let pki = Pki::new(&["room101", "aggregatord"]);
-    let broker = Broker::start(&pki);
-    let storage = tempfile::tempdir().unwrap();
-    let agg_config = write_config(&aggregatord_yaml(&broker, &pki, storage.path()));
-    let agg = start_daemon(AGGREGATORD, &agg_config.path);
-    agg.log.wait_for(&["subscribed"]);
+    let site = aggregatord_for(&["room101"], "");
     // The node's state directory on a small disk of its own.
     let disk = SmallDisk::new("1m");
-    let config = node_config(broker.port, &pki, disk.dir.path());
+    let config = node_config(site.broker.port, &site.pki, disk.dir.path());
     let mut node = Proc::spawn(
         "sensord",
         disk.command(SENSORD)
@@ -228,15 +233,8 @@ fn a_full_disk_turns_the_outbox_to_memory_with_an_error_and_readings_still_flow(
         .wait_for(&["ERROR", "outbox: cannot write its file"]);
     assert!(error.contains("in memory only"), "{error}");
     // Readings made after it still reach aggregatord.
-    let after: u64 = node
-        .log
-        .text()
-        .lines()
-        .filter(|l| l.contains(" reading ") && l.contains(&format!("topic={ENERGY} ")))
-        .filter_map(|l| l.split("seq=Some(").nth(1)?.split(')').next()?.parse().ok())
-        .max()
-        .unwrap_or(0);
-    agg.log.wait_for(&[
+    let after = last_made(&node.log, ENERGY).unwrap_or(0);
+    site.agg.log.wait_for(&[
         "stored reading",
         &format!("topic={ENERGY} "),
         &format!("seq=Some({})", after + 5),
@@ -283,14 +281,7 @@ fn a_full_outbox_drops_the_oldest_unsent_readings_and_counts_them() {
     assert!(size <= 64 * 1024, "the file holds {size} bytes");
     // What is kept is the newest: the energy stream's kept seqs end with the
     // last one made.
-    let made_last: u64 = node
-        .log
-        .text()
-        .lines()
-        .filter(|l| l.contains(" reading ") && l.contains(&format!("topic={ENERGY} ")))
-        .filter_map(|l| l.split("seq=Some(").nth(1)?.split(')').next()?.parse().ok())
-        .max()
-        .unwrap();
+    let made_last = last_made(&node.log, ENERGY).expect("an energy reading made");
     let file = std::fs::read(state.path().join("outbox")).unwrap();
     let needle = format!("\"seq\":{made_last}");
     assert!(

@@ -25,14 +25,7 @@ fn an_expired_client_certificate_is_refused() {
     let pki = Pki::new(&["room101"]);
     let broker = Broker::start(&pki);
     // Same CA, but a room101 certificate that expired yesterday.
-    let renewed = Command::new(format!("{REPO}/deploy/pki/gen-dev-pki.sh"))
-        .env("RENEW", "1")
-        .env("PKI_DAYS", "-1")
-        .arg(pki.dir.path())
-        .arg("room101")
-        .output()
-        .unwrap();
-    assert!(renewed.status.success());
+    pki.renew("room101", &[("PKI_DAYS", "-1")]);
     let (_config, sensord) = sensord_with(broker.port, &pki);
     let line = sensord.log.wait_for(&["MQTT connection failed"]);
     assert!(
@@ -273,13 +266,7 @@ fn a_certificate_renewed_in_place_is_used_at_the_next_reconnect_without_a_signal
     let mut broker = Broker::start(&pki);
     let (_config, sensord) = sensord_with(broker.port, &pki);
     sensord.log.wait_for(&["connected broker="]);
-    let renewed = Command::new(format!("{REPO}/deploy/pki/gen-dev-pki.sh"))
-        .env("RENEW", "1")
-        .arg(pki.dir.path())
-        .arg("room101")
-        .output()
-        .unwrap();
-    assert!(renewed.status.success());
+    pki.renew("room101", &[]);
     // The old certificate is of no use any more: only the renewed files on
     // disk can get sensord back in.
     pki_tool(&pki, &["revoke", "room101", "--old"]);
