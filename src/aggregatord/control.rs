@@ -13,6 +13,7 @@ use crate::store::Store;
 use anyhow::Context;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -154,17 +155,35 @@ async fn answer(
 }
 
 /// Asks the running daemon; copies its answer to `out`.
-pub fn ask(path: &Path, request: &Request, mut out: impl Write) -> anyhow::Result<()> {
-    let stream = std::os::unix::net::UnixStream::connect(path).with_context(|| {
-        format!(
-            "the database is in use, and the running aggregatord's socket {} does not answer",
-            path.display()
-        )
-    })?;
-    let mut writer = &stream;
+/// A connection to the running aggregatord's socket at `path`; `None` when
+/// none is running (no socket, or one a crash left that nobody listens on).
+pub fn connect(path: &Path) -> anyhow::Result<Option<UnixStream>> {
+    match UnixStream::connect(path) {
+        Ok(stream) => Ok(Some(stream)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e).with_context(|| {
+            format!(
+                "cannot reach the running aggregatord's socket {}",
+                path.display()
+            )
+        }),
+    }
+}
+
+/// Sends `request` to the running aggregatord over `stream` (from
+/// [`connect`]) and copies its answer to `out`.
+pub fn ask(stream: &UnixStream, request: &Request, mut out: impl Write) -> anyhow::Result<()> {
+    let mut writer = stream;
     serde_json::to_writer(&mut writer, request)?;
     writer.write_all(b"\n")?;
-    let mut reader = BufReader::new(&stream);
+    let mut reader = BufReader::new(stream);
     let mut status = String::new();
     reader.read_line(&mut status)?;
     match status.trim_end() {

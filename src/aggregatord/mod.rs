@@ -120,26 +120,27 @@ pub fn dump_main(config_path: &Path, also: &[PathBuf], request: &Request) -> any
     }
 }
 
-/// One instance's answer: from its database, or from it over its socket.
+/// One instance's answer: from the running aggregatord over its socket (it
+/// has the store open, and knows of a storage failure), or else from the
+/// stopped store, opened read-only: a dump never changes what it reads,
+/// damage included, nor keeps a daemon from starting (`forget` needs the
+/// daemon, and is told so by `dump::answer`).
 fn from_instance(
     config_path: &Path,
     request: &Request,
     out: impl std::io::Write,
 ) -> anyhow::Result<()> {
     let config: AggregatordConfig = config::load(config_path)?;
-    match Store::open(&config.storage.path) {
-        Ok(store) => {
-            let answered = dump::answer(&store, request, out);
-            // dump has no log: damage found by the open, or by reading, is
-            // said here.
-            for d in store.damage() {
-                eprintln!("aggregatord: STORAGE DAMAGED: {d}");
-            }
-            answered.map_err(anyhow::Error::from)
-        }
-        Err(StoreError::Locked { .. }) => control::ask(&config.storage.socket(), request, out),
-        Err(e) => Err(e.into()),
+    if let Some(daemon) = control::connect(&config.storage.socket())? {
+        return control::ask(&daemon, request, out);
     }
+    let store = Store::open_read_only(&config.storage.path)?;
+    let answered = dump::answer(&store, request, out);
+    // dump has no log: damage found by the open, or by reading, is said here.
+    for d in store.damage() {
+        eprintln!("aggregatord: STORAGE DAMAGED: {d}");
+    }
+    answered.map_err(anyhow::Error::from)
 }
 
 /// Every instance's readings (as JSON lines, the lossless form), merged; then

@@ -185,6 +185,9 @@ pub enum Inserted {
 pub struct Store {
     /// The database folder: [`Store::reopen`] opens it again, and errors name it.
     path: PathBuf,
+    /// A read-only store's scratch copy of sled and the journal (see
+    /// [`Store::open_read_only`]); removed with the last clone.
+    scratch: Option<Arc<tempfile::TempDir>>,
     /// `None` from closing to reopening, or after a failed reopen: every call then fails
     /// with [`StoreError::Reopening`]. Shared by all clones.
     trees: Arc<RwLock<Option<Trees>>>,
@@ -278,32 +281,88 @@ fn remove_unfinished_snapshots(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Where an open store's files are.
+struct Layout<'a> {
+    /// The store's folder, as errors and reports name it.
+    path: &'a Path,
+    /// Where sled and the journal are opened: `path`, or for a read-only
+    /// open, a scratch copy of them.
+    work: &'a Path,
+}
+
+impl Layout<'_> {
+    fn read_only(&self) -> bool {
+        self.work != self.path
+    }
+
+    /// A file as the operator knows it: in the store, not in a scratch copy.
+    fn shown(&self, file: &Path) -> PathBuf {
+        file.strip_prefix(self.work)
+            .map_or_else(|_| file.to_owned(), |rest| self.path.join(rest))
+    }
+}
+
+/// Copies what a read-only open works on from the store in `path` to
+/// `scratch`: sled's files and the journal, not the segments (read in place),
+/// nor a sled snapshot left unfinished (removed by the daemon's open), nor
+/// anything that is not a plain file.
+fn copy_to_read(path: &Path, scratch: &Path) -> Result<(), StoreError> {
+    fn copy_files(from: &Path, to: &Path, top: bool) -> Result<(), StoreError> {
+        for entry in std::fs::read_dir(from).map_err(|e| files::io_error(from, e))? {
+            let entry = entry.map_err(|e| files::io_error(from, e))?;
+            let name = entry.file_name();
+            let (source, target) = (entry.path(), to.join(&name));
+            let kind = entry.file_type().map_err(|e| files::io_error(&source, e))?;
+            if kind.is_dir() && top && name != SEGMENTS_DIR {
+                files::private_dir(&target)?;
+                copy_files(&source, &target, false)?;
+            } else if kind.is_file() && !name.to_string_lossy().ends_with(".generating") {
+                std::fs::copy(&source, &target).map_err(|e| {
+                    let e = std::io::Error::new(
+                        e.kind(),
+                        format!("copying it to {} to read: {e}", target.display()),
+                    );
+                    files::io_error(&source, e)
+                })?;
+            }
+        }
+        Ok(())
+    }
+    copy_files(path, scratch, true)
+}
+
 impl Trees {
     /// Opens the database; also returns the damage its journal had. Reads
     /// add what they find to `damage`.
     fn open(
-        path: &Path,
+        layout: &Layout<'_>,
         damage: Arc<Mutex<Vec<Damage>>>,
     ) -> Result<(Trees, Vec<Damage>), StoreError> {
-        private_folder(path).map_err(|source| open_error(path, source.into()))?;
-        remove_unfinished_snapshots(path).map_err(|source| open_error(path, source.into()))?;
+        let (path, work) = (layout.path, layout.work);
+        private_folder(work).map_err(|source| open_error(path, source.into()))?;
+        remove_unfinished_snapshots(work).map_err(|source| open_error(path, source.into()))?;
         let db = sled::Config::new()
-            .path(path)
+            .path(work)
             .cache_capacity(32 * 1024 * 1024)
             .mode(sled::Mode::HighThroughput)
             .flush_every_ms(None)
             .open()
             .map_err(|source| open_error(path, source))?;
-        let log = std::fs::File::open(path.join(SLED_LOG))
+        let log = std::fs::File::open(work.join(SLED_LOG))
             .map(Arc::new)
             .map_err(|e| open_error(path, sled::Error::Io(e)))?;
         let owed = Arc::new(AtomicBool::new(false));
+        let base_segments = path.join(SEGMENTS_DIR);
         let files = readings::Files {
-            wal: &path.join(WAL_DIR),
-            segments: &path.join(SEGMENTS_DIR),
-            sled_log: &path.join(SLED_LOG),
+            wal: &work.join(WAL_DIR),
+            segments: &work.join(SEGMENTS_DIR),
+            sled_log: &work.join(SLED_LOG),
+            base_segments: layout.read_only().then_some(base_segments.as_path()),
         };
-        let (readings, damage) = readings::Readings::open(&db, &files, owed.clone(), damage)?;
+        let (readings, mut damage) = readings::Readings::open(&db, &files, owed.clone(), damage)?;
+        for d in &mut damage {
+            d.file = layout.shown(&d.file);
+        }
         let trees = Trees {
             owed,
             sled_flushed: Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
@@ -378,9 +437,42 @@ impl Trees {
 }
 
 impl Store {
+    /// Opens the store in `path` (made if missing) for the daemon: it takes
+    /// sled's lock, and recovers (replays the journal, sets damaged files
+    /// aside) in place.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Self::open_in(path, None)
+    }
+
+    /// Opens a stopped store only to read it (`dump`): nothing in `path` is
+    /// written, and no lock is taken there, so a daemon can start meanwhile.
+    /// sled has no read-only open, and it and the journal's replay write as
+    /// they recover, so both work on a copy in a scratch folder (in
+    /// `$TMPDIR`, removed with the last clone); the segments, the bulk of
+    /// the history, are read where they are. The copy is of sled's files
+    /// (a few MiB a sensor a year, mostly rollups) and the journal (minutes).
+    pub fn open_read_only(path: &Path) -> Result<Store, StoreError> {
+        if !path.join(SLED_LOG).is_file() {
+            return Err(StoreError::Io {
+                path: path.to_owned(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no store here"),
+            });
+        }
+        let scratch = tempfile::Builder::new()
+            .prefix("aggregatord-read-")
+            .tempdir()
+            .map_err(|e| files::io_error(&std::env::temp_dir(), e))?;
+        copy_to_read(path, scratch.path())?;
+        Self::open_in(path, Some(Arc::new(scratch)))
+    }
+
+    fn open_in(path: &Path, scratch: Option<Arc<tempfile::TempDir>>) -> Result<Store, StoreError> {
         let damage = Arc::new(Mutex::new(Vec::new()));
-        let (trees, found) = Trees::open(path, damage.clone())?;
+        let layout = Layout {
+            path,
+            work: scratch.as_ref().map_or(path, |s| s.path()),
+        };
+        let (trees, found) = Trees::open(&layout, damage.clone())?;
         damage
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -389,6 +481,7 @@ impl Store {
         let rejected_len = Arc::new(AtomicU64::new(trees.rejected.len() as u64));
         Ok(Store {
             path: path.to_owned(),
+            scratch,
             trees: Arc::new(RwLock::new(Some(trees))),
             rejected_len,
             damage,
@@ -424,7 +517,11 @@ impl Store {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Drop ours first: sled's lock on the folder goes with the last handle.
         *trees = None;
-        let (fresh, found) = Trees::open(&self.path, self.damage.clone())?;
+        let layout = Layout {
+            path: &self.path,
+            work: self.scratch.as_ref().map_or(&self.path, |s| s.path()),
+        };
+        let (fresh, found) = Trees::open(&layout, self.damage.clone())?;
         self.damage
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -1011,6 +1108,71 @@ mod tests {
         let kept: Vec<_> = store.rejected().map(|r| r.unwrap()).collect();
         assert_eq!(kept.len() as u64, REJECTED_KEEP);
         assert_eq!(kept[0].topic, "t/5");
+    }
+
+    /// Every file under `dir`, with its bytes.
+    fn files_in(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+        let mut out = std::collections::BTreeMap::new();
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if entry.file_type().unwrap().is_dir() {
+                out.extend(files_in(&path));
+            } else {
+                out.insert(path.clone(), std::fs::read(&path).unwrap());
+            }
+        }
+        out
+    }
+
+    /// `dump` of a stopped store: everything is served (chunks and the
+    /// journal's tail), not one byte of the store changes (sled's open and
+    /// the journal's replay would write), and a daemon's open meanwhile is
+    /// not kept out by a lock.
+    #[test]
+    fn a_read_only_open_serves_all_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Timestamp::parse("2026-01-01T00:00:00Z").unwrap().micros();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut w = store.reading_writer().unwrap();
+            for i in 0..600 {
+                let mut r = reading("a/t/t", "2026-01-01T00:00:00Z", i);
+                r.reading.timestamp =
+                    Timestamp::from_micros(t0 + i64::try_from(i).unwrap() * 1_000_000).unwrap();
+                w.insert(&r).unwrap();
+            }
+            w.finish().unwrap();
+            store.flush().unwrap();
+            // Dropped without a clean stop: the journal is replayed at open.
+        }
+        assert!(
+            files_in(&dir.path().join(SEGMENTS_DIR))
+                .values()
+                .any(|b| b.len() > 1024),
+            "some readings are in chunks"
+        );
+        let before = files_in(dir.path());
+        let read = Store::open_read_only(dir.path()).unwrap();
+        let seqs: Vec<u64> = read
+            .select(&Query::default())
+            .map(|r| r.unwrap().reading.seq.unwrap())
+            .collect();
+        assert_eq!(seqs, (0..600).collect::<Vec<_>>());
+        assert!(files_in(dir.path()) == before, "a read changed the store");
+        let daemon = Store::open(dir.path()).expect("the daemon opens while a dump reads");
+        drop(daemon);
+        let scratch = read.scratch.as_ref().unwrap().path().to_owned();
+        drop(read);
+        assert!(!scratch.exists(), "the scratch copy is removed");
+    }
+
+    #[test]
+    fn a_read_only_open_of_no_store_says_so_and_makes_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("storage");
+        let e = Store::open_read_only(&missing).err().unwrap();
+        assert!(e.to_string().contains("no store here"), "{e}");
+        assert!(!missing.exists());
     }
 
     #[test]

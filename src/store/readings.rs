@@ -193,7 +193,7 @@ impl Readings {
             ids: db.open_tree("topic_ids")?,
             names,
             chunks: db.open_tree("chunks")?,
-            segments: Arc::new(Segments::open(dir.segments)?),
+            segments: Arc::new(Segments::open_over(dir.segments, dir.base_segments)?),
             segment_live: db.open_tree("segment_live")?,
             emptied: Arc::default(),
             damage,
@@ -1061,6 +1061,8 @@ pub(super) struct Files<'a> {
     pub wal: &'a Path,
     /// The chunks (`segments.rs`).
     pub segments: &'a Path,
+    /// A read-only open: the store's own segments, read under `segments`.
+    pub base_segments: Option<&'a Path>,
     /// sled's log file: named when sled is found behind the journal.
     pub sled_log: &'a Path,
 }
@@ -1710,6 +1712,7 @@ mod tests {
             wal: &dir.join("wal"),
             segments: &dir.join("segments"),
             sled_log: &dir.join("db"),
+            base_segments: None,
         };
         Readings::open(db, &files, Arc::default(), Arc::default())
             .unwrap()
@@ -1982,6 +1985,7 @@ mod tests {
                 wal: &dir.path().join("wal"),
                 segments: &dir.path().join("segments"),
                 sled_log: &dir.path().join("db"),
+                base_segments: None,
             };
             Readings::open(&db, &files, Arc::default(), Arc::default()).unwrap()
         };

@@ -62,6 +62,9 @@ pub(super) struct Unreadable {
 
 pub(super) struct Segments {
     dir: PathBuf,
+    /// A read-only store's own segments, read in place and never written
+    /// or removed; `dir` then holds only what the open itself wrote.
+    base: Option<PathBuf>,
     /// [`ROTATE_AT`]; tests make it small.
     rotate_at: std::sync::atomic::AtomicU64,
     /// The segment appended to.
@@ -83,23 +86,30 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Segments {
     /// The segments in `dir` (made if missing); appends go on in the newest.
+    #[cfg(test)]
     pub fn open(dir: &Path) -> Result<Segments, StoreError> {
+        Self::open_over(dir, None)
+    }
+
+    /// With `base`: a read-only store's segments, read where they are, under
+    /// new ones in `dir` for what its open writes (a replay's folds), numbered
+    /// after base's newest so that no base file is ever appended to.
+    pub fn open_over(dir: &Path, base: Option<&Path>) -> Result<Segments, StoreError> {
         files::private_dir(dir)?;
-        let mut newest = None;
-        for entry in std::fs::read_dir(dir).map_err(|e| io_error(dir, e))? {
-            let name = entry.map_err(|e| io_error(dir, e))?.file_name();
-            if let Some(n) = name
-                .to_string_lossy()
-                .strip_suffix(".seg")
-                .and_then(|hex| u32::from_str_radix(hex, 16).ok())
-            {
-                newest = newest.max(Some(n));
-            }
-        }
-        let number = newest.unwrap_or(0);
+        let number = match base {
+            None => newest(dir)?.unwrap_or(0),
+            Some(base) => newest(base)?
+                .max(newest(dir)?)
+                .map_or(Some(0), |n| n.checked_add(1))
+                .ok_or_else(|| StoreError::Corrupt {
+                    key: base.display().to_string(),
+                    message: "segment numbers exhausted".into(),
+                })?,
+        };
         let (file, len) = open_for_append(dir, number)?;
         Ok(Segments {
             dir: dir.to_owned(),
+            base: base.map(Path::to_owned),
             rotate_at: ROTATE_AT.into(),
             active: Mutex::new(Active {
                 number,
@@ -130,6 +140,15 @@ impl Segments {
 
     pub fn path(&self, number: u32) -> PathBuf {
         self.dir.join(format!("{number:08x}.seg"))
+    }
+
+    /// Where segment `number` is read from: `dir`, or else the base.
+    fn read_path(&self, number: u32) -> PathBuf {
+        let own = self.path(number);
+        match &self.base {
+            Some(base) if !own.exists() => base.join(format!("{number:08x}.seg")),
+            _ => own,
+        }
     }
 
     /// The segment appended to now (never removed).
@@ -209,7 +228,7 @@ impl Segments {
     /// The chunk stored under `key` at `loc`, checked: `Ok(Err(_))` when its
     /// frame is damaged or is another chunk's.
     pub fn read(&self, key: &[u8], loc: Loc) -> Result<Result<Vec<u8>, Unreadable>, StoreError> {
-        let path = self.path(loc.segment);
+        let path = self.read_path(loc.segment);
         let file = {
             let mut readers = lock(&self.readers);
             if let Some(f) = readers.get(&loc.segment) {
@@ -260,7 +279,7 @@ impl Segments {
     }
 
     /// Deletes segment `number`: none of its frames is referenced any more,
-    /// durably.
+    /// durably. A base segment stays (the store is only read).
     pub fn remove(&self, number: u32) -> Result<(), StoreError> {
         lock(&self.readers).remove(&number);
         let path = self.path(number);
@@ -273,13 +292,30 @@ impl Segments {
 
     /// Bytes in the segment files.
     pub fn disk_bytes(&self) -> u64 {
-        std::fs::read_dir(&self.dir).map_or(0, |d| {
-            d.flatten()
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
-                .sum()
-        })
+        std::iter::once(&self.dir)
+            .chain(&self.base)
+            .filter_map(|dir| std::fs::read_dir(dir).ok())
+            .flat_map(std::iter::Iterator::flatten)
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum()
     }
+}
+
+/// The highest segment number in `dir`.
+fn newest(dir: &Path) -> Result<Option<u32>, StoreError> {
+    let mut newest = None;
+    for entry in std::fs::read_dir(dir).map_err(|e| io_error(dir, e))? {
+        let name = entry.map_err(|e| io_error(dir, e))?.file_name();
+        if let Some(n) = name
+            .to_string_lossy()
+            .strip_suffix(".seg")
+            .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+        {
+            newest = newest.max(Some(n));
+        }
+    }
+    Ok(newest)
 }
 
 /// Segment `number`, opened to append, and its length.

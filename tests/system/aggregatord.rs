@@ -533,9 +533,8 @@ fn retention_deletes_old_readings_and_keeps_recent_ones() {
     );
 }
 
-/// A store held by another process (a dump of the stopped store, or here an
-/// instance still running) makes a starting aggregatord wait, not exit: it
-/// starts once the holder lets go.
+/// A store held by another process (an instance still running) makes a
+/// starting aggregatord wait, not exit: it starts once the holder lets go.
 #[test]
 fn a_start_waits_while_another_process_holds_the_database() {
     let mut first = aggregatord_for(&["room101"], "");
@@ -546,6 +545,57 @@ fn a_start_waits_while_another_process_holds_the_database() {
     second.log.wait_for(&["storage works again"]);
     second.log.wait_for(&["subscribed"]);
     assert!(second.terminate().success());
+}
+
+/// A dump of the stopped store holds nothing a starting aggregatord needs:
+/// here the dump is kept half way (nobody reads its output), and the daemon
+/// starts and stores meanwhile. Before, dump held sled's lock on the store,
+/// and the daemon waited for it.
+#[test]
+fn a_dump_half_way_does_not_hold_up_a_starting_daemon() {
+    use std::io::BufRead;
+    const TEMP: &str = "building/floor1/room101/temperature/temp_001";
+    // Enough lines to fill a pipe's 64 KiB several times over.
+    const N: u64 = 2_000;
+    let Agg {
+        pki,
+        broker,
+        _storage,
+        config,
+        mut agg,
+        ..
+    } = aggregatord_for(&["room101"], "");
+    let node = Watcher::connect(&broker, &pki, "room101");
+    for seq in 1..=N {
+        node.publish(TEMP, &reading_payload(seq), 1);
+    }
+    agg.log
+        .wait_for(&["stored reading", &format!("seq=Some({N})")]);
+    assert!(agg.terminate().success());
+    let mut dump = Command::new(AGGREGATORD)
+        .arg("--config")
+        .arg(&config.path)
+        .args(["dump", "--format", "jsonl"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(dump.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert!(first.contains("\"seq\":1,"), "{first}");
+    // The dump has the store open, and is now blocked on its full pipe.
+    let mut agg = start_daemon(AGGREGATORD, &config.path);
+    agg.log.wait_for(&["subscribed"]);
+    node.publish(TEMP, &reading_payload(N + 1), 1);
+    agg.log
+        .wait_for(&["stored reading", &format!("seq=Some({})", N + 1)]);
+    let rest = std::io::Read::bytes(out).count();
+    assert!(dump.wait().unwrap().success());
+    assert!(
+        rest > 64 * 1024,
+        "the dump was still writing: {rest} bytes after"
+    );
+    assert!(agg.terminate().success());
 }
 
 /// Readings lost while aggregatord was down (here: never published, as a

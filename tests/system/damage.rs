@@ -59,6 +59,15 @@ fn damaged_copy_kept(
     storage: &Path,
     harm: impl FnOnce(&Path),
 ) -> (Vec<u64>, String, tempfile::TempDir, ConfigFile) {
+    let (copy, db, config) = copy_of(storage);
+    harm(&db);
+    let (seqs, said) = dumped(&config);
+    (seqs, said, copy, config)
+}
+
+/// A copy of the store in `storage` (at the returned path, in the folder
+/// returned), and a config naming it.
+fn copy_of(storage: &Path) -> (tempfile::TempDir, PathBuf, ConfigFile) {
     let copy = tempfile::tempdir().unwrap();
     let db = copy.path().join("db");
     let status = Command::new("cp")
@@ -68,14 +77,12 @@ fn damaged_copy_kept(
         .status()
         .unwrap();
     assert!(status.success());
-    harm(&db);
     // dump needs a config only for the storage path; the broker is never asked.
     let config = write_config(&format!(
         "client_id: aggregatord\nbroker: {{ hosts: [{{ host: localhost, port: 1 }}], insecure_plaintext: true }}\nsubscriptions:\n  - {{ filter: \"building/#\", qos: 1 }}\nstorage:\n  path: {}\nhttp: {{ listen: \"127.0.0.1:0\" }}\n",
         db.display()
     ));
-    let (seqs, said) = dumped(&config);
-    (seqs, said, copy, config)
+    (copy, db, config)
 }
 
 /// `aggregatord dump` of a stopped store, as an operator runs it: the seqs
@@ -259,6 +266,97 @@ fn a_cut_or_flipped_store_loses_nothing_acknowledged_silently() {
         "20,000 QoS 1 readings stored, aggregatord killed -9 (a segment: stopped), then a copy of the store damaged each way and read by dump",
         serde_json::Value::Object(results),
     );
+}
+
+/// Every file under `dir`, with its bytes.
+fn files_in(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        if entry.file_type().unwrap().is_dir() {
+            out.extend(files_in(&entry.path()));
+        } else {
+            out.insert(entry.path(), std::fs::read(entry.path()).unwrap());
+        }
+    }
+    out
+}
+
+/// The files of the store at `db` that `dumps` changed.
+fn changed_by(db: &Path, dumps: impl FnOnce()) -> Vec<PathBuf> {
+    let before = files_in(db);
+    dumps();
+    let after = files_in(db);
+    let changed: BTreeSet<&PathBuf> = before
+        .keys()
+        .chain(after.keys())
+        .filter(|f| before.get(*f) != after.get(*f))
+        .collect();
+    changed.into_iter().cloned().collect()
+}
+
+/// Each way of reading a stopped store: readings, a rollup tier, alerts,
+/// refused messages, statistics. Whether each exited 0.
+fn every_dump(config: &ConfigFile) -> Vec<bool> {
+    [
+        &["dump", "--format", "jsonl"][..],
+        &["dump", "--tier", "1m"],
+        &["dump", "--alerts"],
+        &["dump", "--rejected"],
+        &["stats"],
+    ]
+    .iter()
+    .map(|args| {
+        Command::new(AGGREGATORD)
+            .arg("--config")
+            .arg(&config.path)
+            .args(*args)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    })
+    .collect()
+}
+
+/// `dump` of a stopped store only reads it, even a damaged one. Before, its
+/// open was the daemon's: sled's open rewrote its file (963,029 → 1,048,575
+/// bytes on an undamaged store, in the issue), and on a damaged one rewrote
+/// it from the damage on, so that putting the byte back no longer brought
+/// the readings back; the journal's replay folded and set files aside. Now
+/// every byte stays as it was, and putting the byte back gives every
+/// reading again. (Whether sled can open its file with that byte flipped
+/// depends on what the byte was; either way nothing is written.)
+#[test]
+fn a_dump_changes_nothing_even_in_a_damaged_store() {
+    let stopped = acknowledged_then(false);
+    let (_copy, db, config) = copy_of(stopped.path());
+    let mut ok = Vec::new();
+    let undamaged = changed_by(&db, || ok = every_dump(&config));
+    assert!(ok.iter().all(|ok| *ok), "{ok:?}");
+    let at = flip_middle(&db.join("db"));
+    let mut damaged_ok = Vec::new();
+    let damaged = changed_by(&db, || damaged_ok = every_dump(&config));
+    // The byte put back: the store is as aggregatord left it.
+    let mut bytes = std::fs::read(db.join("db")).unwrap();
+    bytes[usize::try_from(at).unwrap()] ^= 0x20;
+    std::fs::write(db.join("db"), bytes).unwrap();
+    let (seqs, said) = dumped(&config);
+    record(
+        "dump_reads_only",
+        "20,000 QoS 1 readings and a clean stop; read five ways by dump and stats; a byte flipped in the middle of sled's file, read five ways again; the byte put back",
+        serde_json::json!({
+            "files_changed_by_reads": undamaged.len(),
+            "files_changed_by_reads_of_the_damaged_store": damaged.len(),
+            "reads_of_the_damaged_store_that_exited_0": damaged_ok.iter().filter(|ok| **ok).count(),
+            "lost_after_the_byte_is_back": missing(&seqs).len(),
+        }),
+    );
+    assert!(undamaged.is_empty(), "reads changed {undamaged:?}");
+    assert!(
+        damaged.is_empty(),
+        "reads of the damaged store changed {damaged:?}"
+    );
+    assert_eq!(missing(&seqs), Vec::<u64>::new(), "{said}");
 }
 
 /// sled goes back (its files as they were before its last flushes: a disk
