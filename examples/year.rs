@@ -34,7 +34,8 @@ fn main() -> anyhow::Result<()> {
     // Segments as a 1,000-sensor building's would be (64 MiB): this
     // building's share, so raw retention frees them as it would there.
     let share = u64::try_from(sensors)? * (64 << 20) / 1000;
-    store.set_segment_size(share.max(64 << 10))?;
+    // The journal's files as the daemon's (4 MiB) without a budget.
+    store.set_file_sizes(share.max(64 << 10), 4 << 20)?;
     let start = Instant::now();
     // Batches of 50 readings per sensor: the folds see what live ingest
     // makes, at bulk speed.

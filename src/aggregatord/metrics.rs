@@ -39,8 +39,9 @@ pub struct Metrics {
     pub connected: AtomicBool,
     /// False after a failed write or flush, until one succeeds again.
     pub storage_ok: AtomicBool,
-    /// Readings deleted to keep the chunks under `storage.max_size`.
+    /// Readings deleted to keep the store under `storage.max_size`.
     pub budget_deleted: AtomicU64,
+
     /// Damaged regions of acknowledged data the store found, at open or by
     /// reading (`Store::damage`, each logged with file and offset); set from
     /// it by the HTTP handlers that show it.
@@ -95,6 +96,19 @@ impl Metrics {
             map.insert(topic.to_owned(), n);
         }
         self.missing_total.store(total, Relaxed);
+    }
+
+    /// The store's size on disk by part, in the exposition format: what
+    /// `storage.max_size` bounds.
+    pub fn render_usage(out: &mut String, usage: &crate::store::Usage) {
+        let _ = writeln!(out, "# HELP roomsense_storage_bytes The store's files on disk, by part (storage.max_size bounds their sum).\n# TYPE roomsense_storage_bytes gauge");
+        for (part, bytes) in [
+            ("segments", usage.segments),
+            ("journal", usage.journal),
+            ("sled", usage.sled),
+        ] {
+            let _ = writeln!(out, "roomsense_storage_bytes{{part=\"{part}\"}} {bytes}");
+        }
     }
 
     pub fn rejected_total(&self) -> u64 {
@@ -159,9 +173,10 @@ impl Metrics {
         );
         counter(
             "storage_budget_deleted_total",
-            "Readings deleted, the oldest first, to keep the chunks under storage.max_size.",
+            "Readings deleted, the oldest first, to keep the store under storage.max_size.",
             self.budget_deleted.load(Relaxed),
         );
+
         let _ = writeln!(out, "# HELP roomsense_readings_rejected_total Messages refused, by reason.\n# TYPE roomsense_readings_rejected_total counter");
         for (reason, n) in self.rejected() {
             let _ = writeln!(

@@ -1,14 +1,15 @@
 //! Deletes readings older than `storage.retention`, rollup rows older than
-//! their tier's `storage.rollups`, and the oldest readings while the chunks
-//! take more than `storage.max_size`, a bounded number at a time, so that a
-//! first run over a large history never stalls ingest. Raw readings going
+//! their tier's `storage.rollups`, and, past `storage.max_size`, the oldest
+//! readings (never rollups: see `keep_under`); a bounded number at a time, so that
+//! a first run over a large history never stalls ingest. Raw readings going
 //! never takes their rollups with them: those have their own time.
 //! It knows nothing of the layout and never touches alerts or rejected messages:
 //! `Store::expire` picks which readings go, and frees segments nothing points at.
 
 use super::metrics::Metrics;
 use crate::contract::Timestamp;
-use crate::store::{Store, StoreError, Tier};
+use crate::daemon::RateLimit;
+use crate::store::{Store, StoreError, Tier, Usage};
 use anyhow::Context;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use tracing::{info, warn};
 const STEP: usize = 1000;
 /// How often readings past `storage.retention` are looked for.
 const EVERY: Duration = Duration::from_secs(60);
-/// How often the disk budget is checked (a look at the segment files' sizes).
+/// How often the disk budget is checked (a look at the store's file sizes).
 const BUDGET_EVERY: Duration = Duration::from_secs(5);
 /// Budget rounds per check, each deleting a sixteenth of the history's span.
 const BUDGET_ROUNDS: usize = 64;
@@ -50,6 +51,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut by_age = tokio::time::interval(EVERY);
     let mut by_size = tokio::time::interval(BUDGET_EVERY);
+    let mut budget = Budget::default();
     loop {
         tokio::select! {
             () = stop.cancelled() => return Ok(()),
@@ -63,7 +65,7 @@ pub async fn run(
             }
             _ = by_size.tick(), if policy.max_bytes.is_some() => {
                 if let Some(max) = policy.max_bytes {
-                    keep_under(&store, max, &metrics, &stop).await;
+                    keep_under(&store, max, &metrics, &stop, &mut budget).await;
                 }
             }
         }
@@ -153,9 +155,35 @@ async fn in_steps(
     }
 }
 
-/// While the chunks take more than `max` bytes: deletes the oldest
-/// sixteenth of the history's span, and frees what nothing points at.
-async fn keep_under(store: &Store, max: u64, metrics: &Metrics, stop: &CancellationToken) {
+/// What the budget remembers from one check to the next.
+struct Budget {
+    /// The warning that the rest of the store alone passes the budget.
+    over: RateLimit<()>,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget {
+            over: RateLimit::new(Duration::from_secs(3600)),
+        }
+    }
+}
+
+/// Keeps the store's folder under `max` bytes by deleting the oldest raw
+/// readings: the segments get what the rest of the store (sled's file, the
+/// journal) leaves them. Rollups are never deleted for the budget (they are
+/// bounded by `storage.rollups`): sled's file never shrinks, since space
+/// freed in it is reused, and it grows mostly by rewriting, not by what it
+/// holds, so deleting rows cannot bring it down (measured: deleting the
+/// oldest minute rows at each growth, 575,080 of them, the file still grew
+/// from 12 to 32 MB). When it alone passes the budget that is said, hourly.
+async fn keep_under(
+    store: &Store,
+    max: u64,
+    metrics: &Metrics,
+    stop: &CancellationToken,
+    budget: &mut Budget,
+) {
     let (mut deleted, mut before) = (0, None);
     let result = shrink(store, max, stop, &mut deleted, &mut before).await;
     if deleted > 0 {
@@ -166,47 +194,64 @@ async fn keep_under(store: &Store, max: u64, metrics: &Metrics, stop: &Cancellat
             warn!(deleted, before = %before, max_size = %bytesize::ByteSize::b(max), "storage.max_size reached: the oldest readings deleted");
         }
     }
-    if let Err(e) = result {
-        warn!(error = %format!("{e:#}"), "storage.max_size: deleting the oldest readings failed");
+    match result {
+        Ok(Some(usage)) => {
+            if let Some(suppressed) = budget.over.allow(()) {
+                warn!(
+                    max_size = %bytesize::ByteSize::b(max),
+                    sled = %bytesize::ByteSize::b(usage.sled),
+                    journal = %bytesize::ByteSize::b(usage.journal),
+                    suppressed,
+                    "storage.max_size is smaller than the store without raw readings (sled's file: the rollups, mostly): every raw reading goes; raise max_size, or shorten storage.rollups"
+                );
+            }
+        }
+        Ok(None) => {}
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), "storage.max_size: deleting the oldest readings failed");
+        }
     }
 }
 
-/// [`keep_under`]'s rounds; `deleted` and `before` say how far they got,
-/// failed or not.
+/// [`keep_under`]'s rounds: while the segments take more than the rest of
+/// the store leaves them, deletes the oldest sixteenth of the history's
+/// span, and frees what nothing points at. `deleted` and `before` say how
+/// far they got, failed or not. The store's usage if it is still over `max`
+/// with no raw reading left.
 async fn shrink(
     store: &Store,
     max: u64,
     stop: &CancellationToken,
     deleted: &mut usize,
     before: &mut Option<Timestamp>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<Usage>> {
     // Segments of an eighth of the budget: freed whole, so the budget is
-    // kept to within that. Set at each check: a reopened store forgets it.
+    // kept to within that; journal files of a sixteenth, so that spent ones
+    // go soon (the journal keeps one spent file, and the one appended to).
+    // Set at each check: a reopened store forgets them.
     let segment = (max / 8).clamp(16 * 1024, 64 * 1024 * 1024);
+    let journal = (max / 16).clamp(16 * 1024, 4 * 1024 * 1024);
     for _ in 0..BUDGET_ROUNDS {
         if stop.is_cancelled() {
             break;
         }
         let s = store.clone();
         let over = blocking(move || {
-            s.set_segment_size(segment)?;
-            let size = s.chunk_bytes()?;
-            if size <= max {
-                return Ok(None);
+            s.set_file_sizes(segment, journal)?;
+            let usage = s.usage()?;
+            if usage.total() <= max {
+                return Ok(Over::No);
             }
-            let Some(oldest) = s.oldest()? else {
-                return Ok(None);
-            };
-            let span = Timestamp::now_millis()
-                .micros()
-                .saturating_sub(oldest.micros());
-            let cutoff = Timestamp::from_micros(oldest.micros().saturating_add(span / 16 + 1))
-                .unwrap_or(oldest);
-            Ok(Some((size, cutoff)))
+            Ok(match s.oldest()? {
+                Some(oldest) => Over::Delete(usage.segments, sixteenth_after(oldest)),
+                None => Over::NoRawLeft(usage),
+            })
         })
         .await?;
-        let Some((size, cutoff)) = over else {
-            break;
+        let (size, cutoff) = match over {
+            Over::No => break,
+            Over::NoRawLeft(usage) => return Ok(Some(usage)),
+            Over::Delete(size, cutoff) => (size, cutoff),
         };
         *deleted += expire(store, cutoff, stop).await?;
         *before = Some(cutoff);
@@ -223,14 +268,30 @@ async fn shrink(
         })
         .await?;
     }
-    Ok(())
+    Ok(None)
+}
+
+/// What a budget round finds.
+enum Over {
+    No,
+    /// Delete before this time; the segments' size now.
+    Delete(u64, Timestamp),
+    NoRawLeft(Usage),
+}
+
+/// A sixteenth of the way from `oldest` to now: what one budget round deletes.
+fn sixteenth_after(oldest: Timestamp) -> Timestamp {
+    let span = Timestamp::now_millis()
+        .micros()
+        .saturating_sub(oldest.micros());
+    Timestamp::from_micros(oldest.micros().saturating_add(span / 16 + 1)).unwrap_or(oldest)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::contract::Reading;
-    use crate::store::{Query, StoredReading};
+    use crate::store::{Query, StoredReading, Tier};
 
     /// 100,000 readings over the past day, a budget well below what they
     /// take: the oldest go, the chunks end within a segment of the budget,
@@ -242,7 +303,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         // As a store that ran under this budget has them (see keep_under).
-        store.set_segment_size(16 * 1024).unwrap();
+        store.set_file_sizes(16 * 1024, 16 * 1024).unwrap();
         let now = Timestamp::now_millis().micros();
         let mut w = store.reading_writer().unwrap();
         for i in 0..N {
@@ -271,12 +332,15 @@ mod tests {
         }
         w.finish().unwrap();
         store.checkpoint().unwrap();
-        let max = 128 * 1024;
-        assert!(store.chunk_bytes().unwrap() > 2 * max);
+        // The rest of the store, and 128 KiB for the readings.
+        let usage = store.usage().unwrap();
+        let max = usage.sled + usage.journal + 128 * 1024;
+        assert!(usage.segments > 2 * 128 * 1024);
         let metrics = Metrics::default();
-        keep_under(&store, max, &metrics, &CancellationToken::new()).await;
-        let size = store.chunk_bytes().unwrap();
-        assert!(size <= max, "{size} bytes of chunks for a budget of {max}");
+        let stop = CancellationToken::new();
+        keep_under(&store, max, &metrics, &stop, &mut Budget::default()).await;
+        let usage = store.usage().unwrap();
+        assert!(usage.total() <= max, "{usage:?} for a budget of {max}");
         let kept: Vec<i64> = store
             .select(&Query::default())
             .map(|r| r.unwrap().reading.seq.unwrap().cast_signed())
@@ -290,5 +354,67 @@ mod tests {
         // Seq follows time here: what is kept is the newest.
         assert_eq!(kept.iter().min(), Some(&deleted));
         assert!(kept.contains(&(N - 1)));
+    }
+
+    /// Readings of `topics` sensors, one a minute (so a minute row each),
+    /// for the `days` after `from` (µs).
+    fn one_a_minute(store: &Store, topics: usize, from: i64, days: i64) {
+        let mut w = store.reading_writer().unwrap();
+        for m in 0..days * 1440 {
+            let ts = Timestamp::from_micros(from + m * 60_000_000).unwrap();
+            for t in 0..topics {
+                let topic = format!("building/floor1/room101/temperature/t{t}");
+                w.insert(&StoredReading {
+                    topic,
+                    reading: Reading {
+                        sensor_id: format!("t{t}"),
+                        sensor_type: "temperature".into(),
+                        value: 20.0 + (m % 97) as f64 / 10.0,
+                        unit: "celsius".into(),
+                        timestamp: ts,
+                        seq: Some(m.cast_unsigned()),
+                    },
+                    received_at: ts,
+                    qos: 1,
+                })
+                .unwrap();
+            }
+            if m % 60 == 59 {
+                std::mem::replace(&mut w, store.reading_writer().unwrap())
+                    .finish()
+                    .unwrap();
+            }
+        }
+        w.finish().unwrap();
+        store.checkpoint().unwrap();
+    }
+
+    /// A budget the rollups alone pass: every raw reading goes, and the
+    /// rollups stay (the budget never deletes them: see `keep_under`).
+    #[tokio::test]
+    async fn past_a_budget_the_rollups_alone_pass_raw_goes_and_rollups_stay() {
+        const DAY: i64 = 86_400_000_000;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (metrics, stop) = (Metrics::default(), CancellationToken::new());
+        let start = Timestamp::now_millis().micros() - 10 * DAY;
+        one_a_minute(&store, 10, start, 2);
+        let max = 64 * 1024;
+        assert!(store.usage().unwrap().sled > max);
+        keep_under(&store, max, &metrics, &stop, &mut Budget::default()).await;
+        assert_eq!(store.select(&Query::default()).count(), 0, "raw first");
+        assert_eq!(metrics.budget_deleted.load(Relaxed), 10 * 2 * 1440);
+        for tier in Tier::ALL {
+            let rows = store
+                .rollups(
+                    "building/floor1/room101/temperature/t3",
+                    tier,
+                    Timestamp::from_micros(start).unwrap(),
+                    Timestamp::now_millis(),
+                )
+                .unwrap();
+            let n: u64 = rows.iter().map(|r| r.n).sum();
+            assert_eq!(n, 2 * 1440, "{tier}: every reading still counted");
+        }
     }
 }

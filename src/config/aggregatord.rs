@@ -289,10 +289,9 @@ pub struct StorageConfig {
     /// Default: none, keep everything; at most 100 years.
     #[serde(default, with = "super::duration::option")]
     pub retention: Option<std::time::Duration>,
-    /// A disk budget for the readings' chunks (`10GiB`, `500MB`, or bytes):
-    /// past it the oldest readings are deleted, a slice at a time, until
-    /// under it. Default: none; at least 1 MiB. The journal (at most an
-    /// hour of readings) and sled's catalogue come on top (README).
+    /// A disk budget for the store's folder (`10GiB`, `500MB`, or bytes):
+    /// past it the oldest raw readings are deleted, a slice at a time,
+    /// until under it; rollups never are (README). Default: none; at least 1 MiB.
     #[serde(default)]
     pub max_size: Option<bytesize::ByteSize>,
     /// How long each rollup tier is kept, past the raw readings.

@@ -156,6 +156,24 @@ impl Kept {
     }
 }
 
+/// See [`Store::usage`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// The raw readings' chunks (`segments/`): freed as readings go.
+    pub segments: u64,
+    /// The journal (`wal/`): minutes of readings.
+    pub journal: u64,
+    /// sled's files: the rollups, mostly, then where each chunk is, alerts
+    /// and refused messages. Its log never shrinks: space freed in it is reused.
+    pub sled: u64,
+}
+
+impl Usage {
+    pub fn total(&self) -> u64 {
+        self.segments + self.journal + self.sled
+    }
+}
+
 /// See [`Store::footprint`].
 #[derive(Debug, Clone, Copy)]
 pub struct Footprint {
@@ -300,6 +318,23 @@ impl Layout<'_> {
         file.strip_prefix(self.work)
             .map_or_else(|_| file.to_owned(), |rest| self.path.join(rest))
     }
+}
+
+/// Bytes of sled's files in the store's folder (its log, snapshots, blobs):
+/// everything but the journal and the segments. Counted from the folder,
+/// not from sled's `size_on_disk`, which leaves its snapshots out.
+fn sled_bytes(dir: &Path) -> std::io::Result<u64> {
+    let mut bytes = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() && entry.file_name() != WAL_DIR && entry.file_name() != SEGMENTS_DIR {
+            bytes += sled_bytes(&entry.path())?;
+        } else if kind.is_file() {
+            bytes += entry.metadata()?.len();
+        }
+    }
+    Ok(bytes)
 }
 
 /// Copies what a read-only open works on from the store in `path` to
@@ -569,10 +604,29 @@ impl Store {
         Ok(())
     }
 
-    /// Bytes the stored readings' chunks take on disk (their segment files):
-    /// what grows with the history, and what `storage.max_size` bounds.
+    /// Bytes the stored readings' chunks take on disk (their segment files).
     pub fn chunk_bytes(&self) -> Result<u64, StoreError> {
         Ok(self.trees()?.readings.segments().disk_bytes())
+    }
+
+    /// What the store's folder takes on disk, by part: what
+    /// `storage.max_size` bounds.
+    pub fn usage(&self) -> Result<Usage, StoreError> {
+        let t = self.trees()?;
+        Ok(Usage {
+            segments: t.readings.segments().disk_bytes(),
+            journal: t.readings.journal_bytes(),
+            sled: sled_bytes(&self.path).map_err(|e| files::io_error(&self.path, e))?,
+        })
+    }
+
+    /// The start of the oldest row of `tier`, of any sensor.
+    pub fn oldest_rollup(&self, tier: Tier) -> Result<Option<Timestamp>, StoreError> {
+        Ok(self
+            .trees()?
+            .readings
+            .oldest_rollup(tier)?
+            .and_then(Timestamp::from_micros))
     }
 
     /// The oldest stored reading's timestamp.
@@ -584,9 +638,12 @@ impl Store {
             .and_then(Timestamp::from_micros))
     }
 
-    /// Segment files are closed past `bytes` (a disk budget frees whole ones).
-    pub fn set_segment_size(&self, bytes: u64) -> Result<(), StoreError> {
-        self.trees()?.readings.segments().rotate_at(bytes);
+    /// Segment files are closed past `segment` bytes, journal files past
+    /// `journal`: a disk budget frees whole ones.
+    pub fn set_file_sizes(&self, segment: u64, journal: u64) -> Result<(), StoreError> {
+        let t = self.trees()?;
+        t.readings.segments().rotate_at(segment);
+        t.readings.set_journal_file_size(journal);
         Ok(())
     }
 

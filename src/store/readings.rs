@@ -446,7 +446,29 @@ impl Readings {
 
     /// Bytes in the journal's and the segments' files.
     pub(super) fn file_bytes(&self) -> u64 {
-        self.lock().wal.disk_bytes() + self.segments.disk_bytes()
+        self.journal_bytes() + self.segments.disk_bytes()
+    }
+
+    /// The journal's files are closed past `bytes`.
+    pub(super) fn set_journal_file_size(&self, bytes: u64) {
+        self.lock().wal.rotate_at(bytes);
+    }
+
+    /// Bytes in the journal's files.
+    pub(super) fn journal_bytes(&self) -> u64 {
+        self.lock().wal.disk_bytes()
+    }
+
+    /// The start of the oldest row of `tier`, of any topic.
+    pub(super) fn oldest_rollup(&self, tier: Tier) -> Result<Option<i64>, StoreError> {
+        let mut oldest = None;
+        for kv in &self.names {
+            let id = id_of(&kv?.0)?;
+            if let Some(t) = self.tiers.oldest(id, tier)? {
+                oldest = Some(oldest.map_or(t, |o: i64| o.min(t)));
+            }
+        }
+        Ok(oldest)
     }
 
     /// The newest position folded into topic `id`'s chunks.

@@ -12,7 +12,7 @@
 //! frames before it lets damage be judged later, and a sled that went back
 //! (lost flushes it had completed) be found. [`Wal::sync`] (one `fdatasync`) is
 //! the durability point of a batch. A file is closed (synced) at [`ROTATE_AT`]
-//! bytes and removed once every record in it is spent, one spent file late: if
+//! bytes (less under a disk budget) and removed once every record in it is spent, one spent file late: if
 //! sled loses its last flushes, replay still finds those readings here.
 //!
 //! At open every frame is checked. Damage with good frames after it, or below
@@ -188,6 +188,8 @@ pub(super) struct Wal {
     damaged: Vec<u64>,
     /// The most sled flushes any frame read at open saw completed.
     witnessed: u64,
+    /// [`ROTATE_AT`], or less under a disk budget.
+    rotate_at: u64,
 }
 
 fn file_name(first: u64) -> String {
@@ -434,9 +436,16 @@ impl Wal {
                 next_record,
                 damaged,
                 witnessed,
+                rotate_at: ROTATE_AT,
             },
             damage,
         ))
+    }
+
+    /// Files are closed past `bytes` (default [`ROTATE_AT`]): smaller under
+    /// a small disk budget, so that spent ones go sooner.
+    pub fn rotate_at(&mut self, bytes: u64) {
+        self.rotate_at = bytes;
     }
 
     /// The number the next record must carry.
@@ -462,7 +471,7 @@ impl Wal {
         body: &[u8],
     ) -> Result<(), StoreError> {
         debug_assert!(record >= self.next_record);
-        if self.current_len > ROTATE_AT {
+        if self.current_len > self.rotate_at {
             self.rotate(record)?;
         }
         let bytes = frame(record, self.synced_len, floor, generation, body);

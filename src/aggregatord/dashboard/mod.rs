@@ -250,11 +250,14 @@ fn note_damage(app: &App) -> u64 {
 
 async fn metrics_text(State(app): State<App>) -> Response {
     note_damage(&app);
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        app.metrics.render(),
-    )
-        .into_response()
+    let mut text = app.metrics.render();
+    let store = app.store.clone();
+    // A look at file sizes: off the runtime's thread all the same. Left
+    // out while storage fails.
+    if let Ok(Ok(usage)) = tokio::task::spawn_blocking(move || store.usage()).await {
+        crate::aggregatord::metrics::Metrics::render_usage(&mut text, &usage);
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn ready(State(app): State<App>) -> Response {
