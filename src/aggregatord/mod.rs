@@ -255,14 +255,13 @@ pub async fn run(
         .filter_map(|(tier, keep)| Some((tier, keep?)))
         .collect(),
     };
-    if policy.deletes() {
-        tasks.spawn(retention::run(
-            store.clone(),
-            policy,
-            metrics.clone(),
-            background.clone(),
-        ));
-    }
+    // Always: besides deleting by the policy, it compacts segments.
+    tasks.spawn(retention::run(
+        store.clone(),
+        policy,
+        metrics.clone(),
+        background.clone(),
+    ));
     let alerts_ready = Arc::new(Notify::new());
     let (alert_settings_tx, alert_settings_rx) =
         tokio::sync::watch::channel(alert_settings.clone());

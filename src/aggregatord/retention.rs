@@ -3,6 +3,7 @@
 //! readings (never rollups: see `keep_under`); a bounded number at a time, so that
 //! a first run over a large history never stalls ingest. Raw readings going
 //! never takes their rollups with them: those have their own time.
+//! It also compacts segment files mostly garbage (`Store::compact`).
 //! It knows nothing of the layout and never touches alerts or rejected messages:
 //! `Store::expire` picks which readings go, and frees segments nothing points at.
 
@@ -26,6 +27,13 @@ const BUDGET_EVERY: Duration = Duration::from_secs(5);
 /// Budget rounds per check, each deleting a sixteenth of the history's span.
 const BUDGET_ROUNDS: usize = 64;
 
+/// How often segments mostly garbage are looked for.
+const COMPACT_EVERY: Duration = Duration::from_secs(60);
+/// Frames looked at per compaction step (writers wait for one step).
+const COMPACT_STEP: usize = 256;
+/// Smaller segments are not worth rewriting (a budget's are an eighth of it).
+const COMPACT_MIN: u64 = 256 * 1024;
+
 /// What to delete: by age, by size, or both.
 pub struct Policy {
     /// `storage.retention`.
@@ -36,12 +44,7 @@ pub struct Policy {
     pub tiers: Vec<(Tier, Duration)>,
 }
 
-impl Policy {
-    /// Whether there is anything to delete, ever.
-    pub fn deletes(&self) -> bool {
-        self.keep.is_some() || self.max_bytes.is_some() || !self.tiers.is_empty()
-    }
-}
+impl Policy {}
 
 pub async fn run(
     store: Store,
@@ -52,9 +55,11 @@ pub async fn run(
     let mut by_age = tokio::time::interval(EVERY);
     let mut by_size = tokio::time::interval(BUDGET_EVERY);
     let mut budget = Budget::default();
+    let mut compaction = tokio::time::interval(COMPACT_EVERY);
     loop {
         tokio::select! {
             () = stop.cancelled() => return Ok(()),
+            _ = compaction.tick() => compact(&store, &stop).await,
             _ = by_age.tick(), if policy.keep.is_some() || !policy.tiers.is_empty() => {
                 if let Some(keep) = policy.keep {
                     expire_older_than(&store, keep, &stop).await;
@@ -96,6 +101,56 @@ async fn expire_tier(store: &Store, tier: Tier, keep: Duration, stop: &Cancellat
         }
         Err(e) => {
             warn!(error = %format!("{e:#}"), tier = %tier, "retention: deleting old rollup rows failed");
+        }
+    }
+}
+
+/// Rewrites the chunks still pointed at in segments mostly garbage (old
+/// frames of chunks rewritten by late readings, or trimmed by retention)
+/// into the segment appended to, a step at a time; each such segment then
+/// goes with the checkpoint. Without it a segment stays as long as its
+/// last live chunk (raw retention frees whole segments by age, but a store
+/// kept for ever never would).
+async fn compact(store: &Store, stop: &CancellationToken) {
+    let s = store.clone();
+    let segments = match blocking(move || s.compactable(COMPACT_MIN)).await {
+        Ok(segments) => segments,
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), "compaction: listing segments failed");
+            return;
+        }
+    };
+    for segment in segments {
+        let (mut from, mut moved) = (None, 0);
+        let result = loop {
+            if stop.is_cancelled() {
+                return;
+            }
+            let s = store.clone();
+            match blocking(move || s.compact(segment, from, COMPACT_STEP)).await {
+                Ok((n, Some(next))) => {
+                    moved += n;
+                    from = Some(next);
+                }
+                Ok((n, None)) => {
+                    moved += n;
+                    let s = store.clone();
+                    break blocking(move || s.checkpoint()).await;
+                }
+                Err(e) => break Err(e),
+            }
+            tokio::task::yield_now().await;
+        };
+        match result {
+            Ok(_) => info!(
+                segment,
+                chunks_moved = moved,
+                "compaction: a segment mostly garbage rewritten"
+            ),
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), segment, "compaction failed (the segment stays as it is)");
+                return;
+            }
         }
     }
 }

@@ -652,6 +652,29 @@ impl Store {
         self.trees()?.readings.seal_segment()
     }
 
+    /// Sealed segment files less than half of which holds chunks still
+    /// pointed at, and at least `min` bytes: see [`Store::compact`].
+    pub fn compactable(&self, min: u64) -> Result<Vec<u32>, StoreError> {
+        self.trees()?.readings.compactable(min)
+    }
+
+    /// Moves the live chunks among up to `max` frames of `segment`, from
+    /// byte `from` on (`None`: its first), to the segment appended to;
+    /// returns how many moved and where to go on from, if anywhere. Once
+    /// all have moved the file goes with the next flush. Without this, a
+    /// segment whose chunks were mostly rewritten (late readings) or trimmed
+    /// stays as long as its last live chunk.
+    pub fn compact(
+        &self,
+        segment: u32,
+        from: Option<u64>,
+        max: usize,
+    ) -> Result<(usize, Option<u64>), StoreError> {
+        self.trees()?
+            .readings
+            .compact(segment, from.unwrap_or(segments::Segments::FIRST), max)
+    }
+
     /// Deletes about `max` readings timestamped before `cutoff`; returns how many.
     pub fn expire(&self, cutoff: Timestamp, max: usize) -> Result<usize, StoreError> {
         self.trees()?.readings.expire(cutoff, max)
@@ -1230,6 +1253,72 @@ mod tests {
         let e = Store::open_read_only(&missing).err().unwrap();
         assert!(e.to_string().contains("no store here"), "{e}");
         assert!(!missing.exists());
+    }
+
+    /// Late readings rewrite the chunks they land in, leaving the old
+    /// frames as garbage: compaction moves what is still pointed at out of
+    /// a segment mostly garbage, which then goes; every reading reads back
+    /// the same, also after a reopen.
+    #[test]
+    fn compaction_moves_live_chunks_out_and_the_segment_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let t0 = Timestamp::parse("2026-01-01T00:00:00Z").unwrap().micros();
+        let at = |i: i64, seq: u64| {
+            let mut r = reading("a/t/t", "2026-01-01T00:00:00Z", seq);
+            r.reading.timestamp = Timestamp::from_micros(t0 + i * 1_000_000).unwrap();
+            r
+        };
+        let mut w = store.reading_writer().unwrap();
+        for i in 0..2048 {
+            w.insert(&at(2 * i, 0)).unwrap();
+        }
+        w.finish().unwrap();
+        store.checkpoint().unwrap();
+        store.seal_segment().unwrap();
+        // One late reading into each chunk but the last: each is written
+        // again, elsewhere; the last stays pointed at in segment 0.
+        let mut w = store.reading_writer().unwrap();
+        for i in (0..2048 - 256).step_by(256) {
+            w.insert(&at(2 * i + 1, 1)).unwrap();
+        }
+        w.finish().unwrap();
+        store.checkpoint().unwrap();
+        let before: Vec<_> = store
+            .select(&Query::default())
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(before.len(), 2048 + 7);
+        let first = store.trees().unwrap().readings.segments().path(0);
+        assert!(first.exists());
+        let candidates = store.compactable(0).unwrap();
+        assert_eq!(candidates, [0], "segment 0 is 7/8 garbage now");
+        let mut from = None;
+        let mut moved = 0;
+        loop {
+            let (n, next) = store.compact(0, from, 3).unwrap();
+            moved += n;
+            match next {
+                Some(at) => from = Some(at),
+                None => break,
+            }
+        }
+        store.checkpoint().unwrap();
+        assert_eq!(moved, 1, "the one chunk still pointed at");
+        assert!(!first.exists(), "the segment went");
+        assert_eq!(store.compactable(0).unwrap(), Vec::<u32>::new());
+        let after: Vec<_> = store
+            .select(&Query::default())
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(after, before);
+        drop(store);
+        let again = Store::open(dir.path()).unwrap();
+        let reopened: Vec<_> = again
+            .select(&Query::default())
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(reopened, before);
     }
 
     #[test]

@@ -382,6 +382,68 @@ impl Readings {
         Ok(())
     }
 
+    /// Sealed segments less than half of which is pointed at (the rest is
+    /// old frames of rewritten or deleted chunks), at least `min` bytes:
+    /// worth compacting.
+    pub(super) fn compactable(&self, min: u64) -> Result<Vec<u32>, StoreError> {
+        let mut out = Vec::new();
+        for (segment, size) in self.segments.sealed()? {
+            let live = self
+                .segment_live
+                .get(segment.to_be_bytes())?
+                .and_then(|v| v.as_ref().try_into().ok())
+                .map_or(0, u64::from_be_bytes);
+            if size >= min && live < size / 2 {
+                out.push(segment);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Copies the chunks still pointed at among up to `max` frames of
+    /// sealed segment `segment`, from byte `from` on, to the active segment,
+    /// and points at the copies (one transaction, which also moves their
+    /// live bytes): once every chunk has moved, the segment has none left
+    /// and goes with the next flush, as any emptied segment does. The old
+    /// frames stay until then, so a crash at any point loses nothing.
+    /// Returns the chunks moved and where to go on from, if anywhere.
+    pub(super) fn compact(
+        &self,
+        segment: u32,
+        from: u64,
+        max: usize,
+    ) -> Result<(usize, Option<u64>), StoreError> {
+        // Writers wait meanwhile: no chunk may change between its read here
+        // and the transaction that points at its copy.
+        let _writers = self.lock();
+        if segment == self.segments.active() {
+            return Ok((0, None));
+        }
+        let (frames, next) = self.segments.frames(segment, from, max)?;
+        let mut change = Change::default();
+        for (offset, key, bytes) in frames {
+            let pointed = self
+                .chunks
+                .get(key)?
+                .as_deref()
+                .and_then(located)
+                .is_some_and(|l| l.segment == segment && l.offset == offset);
+            if pointed {
+                let loc = self.segments.append(&key, &bytes)?;
+                change.moves.push((key, locator(&bytes, loc), loc));
+            }
+        }
+        let moved = change.moves.len();
+        if moved > 0 {
+            self.apply(&change)?;
+        }
+        if next.is_none() && self.segment_live.get(segment.to_be_bytes())?.is_none() {
+            // Nothing points into it (any more): it goes with the next flush.
+            lock(&self.emptied).push(segment);
+        }
+        Ok((moved, next))
+    }
+
     /// Closes the active segment; if nothing points into it, it goes with
     /// the next flush.
     pub(super) fn seal_segment(&self) -> Result<(), StoreError> {
@@ -658,11 +720,14 @@ impl Readings {
     /// the transaction fails. Then locators, removals, the fold mark and the
     /// live bytes of every segment touched, together.
     fn apply(&self, change: &Change) -> Result<(), StoreError> {
-        let mut puts = Vec::with_capacity(change.puts.len());
+        let mut puts = Vec::with_capacity(change.puts.len() + change.moves.len());
         for (key, entries) in &change.puts {
             let bytes = chunk::encode(entries);
             let loc = self.segments.append(key, &bytes)?;
             puts.push((key, locator(&bytes, loc), loc));
+        }
+        for (key, value, loc) in &change.moves {
+            puts.push((key, value.clone(), *loc));
         }
         let mut rollups = Vec::new();
         for (id, adds) in &change.adds {
@@ -1110,6 +1175,9 @@ struct Change {
     mark: Option<(u32, Pos)>,
     /// Readings new to a topic's chunks: added to its rollups.
     adds: Vec<(u32, Vec<(Pos, f64)>)>,
+    /// Chunks whose frame was copied (compaction): key, new locator, and
+    /// where it now is.
+    moves: Vec<([u8; KEY_LEN], Vec<u8>, Loc)>,
 }
 
 impl Change {

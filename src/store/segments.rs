@@ -52,6 +52,9 @@ impl Loc {
     }
 }
 
+/// A frame as [`Segments::frames`] reads it: offset, key, chunk.
+pub(super) type Frame = (u32, [u8; KEY_LEN], Vec<u8>);
+
 /// A chunk that could not be read back as written.
 #[derive(Debug, Clone)]
 pub(super) struct Unreadable {
@@ -85,6 +88,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Segments {
+    /// Where a segment's first frame starts (after [`MAGIC`]).
+    pub const FIRST: u64 = MAGIC.len() as u64;
+
     /// The segments in `dir` (made if missing); appends go on in the newest.
     #[cfg(test)]
     pub fn open(dir: &Path) -> Result<Segments, StoreError> {
@@ -276,6 +282,78 @@ impl Segments {
             return unreadable("the frame is another chunk's");
         }
         Ok(Ok(frame.split_off(8 + KEY_LEN)))
+    }
+
+    /// Up to `max` frames of segment `number` from byte `from` on (the
+    /// first frame is at [`Segments::FIRST`]): each one's offset, key and
+    /// chunk, checked; and where the next starts, if it is not the end. A
+    /// frame that fails its checksum ends the walk (what follows cannot be
+    /// trusted to start where its length says): its chunk, if still
+    /// pointed at, stays where it is, and so does the segment.
+    pub fn frames(
+        &self,
+        number: u32,
+        from: u64,
+        max: usize,
+    ) -> Result<(Vec<Frame>, Option<u64>), StoreError> {
+        use std::io::{BufReader, Read, Seek, SeekFrom};
+        let path = self.read_path(number);
+        let mut file = BufReader::new(File::open(&path).map_err(|e| io_error(&path, e))?);
+        file.seek(SeekFrom::Start(from))
+            .map_err(|e| io_error(&path, e))?;
+        let (mut out, mut at) = (Vec::new(), from);
+        while out.len() < max {
+            let mut head = [0u8; 8 + KEY_LEN];
+            match file.read_exact(&mut head) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok((out, None)),
+                Err(e) => return Err(io_error(&path, e)),
+            }
+            let word =
+                |i: usize| u32::from_le_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
+            let mut chunk = vec![0u8; usize::try_from(word(0)).unwrap_or(usize::MAX).min(1 << 30)];
+            match file.read_exact(&mut chunk) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok((out, None)),
+                Err(e) => return Err(io_error(&path, e)),
+            }
+            let mut hasher = crc32fast::Hasher::new();
+            hasher.update(&head[8..]);
+            hasher.update(&chunk);
+            if hasher.finalize() != word(4) {
+                return Ok((out, None));
+            }
+            let Ok(offset) = u32::try_from(at) else {
+                return Ok((out, None));
+            };
+            let mut key = [0u8; KEY_LEN];
+            key.copy_from_slice(&head[8..]);
+            at += (head.len() + chunk.len()) as u64;
+            out.push((offset, key, chunk));
+        }
+        Ok((out, Some(at)))
+    }
+
+    /// The segments there are, but the one appended to, each with its size.
+    pub fn sealed(&self) -> Result<Vec<(u32, u64)>, StoreError> {
+        let active = self.active();
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).map_err(|e| io_error(&self.dir, e))? {
+            let entry = entry.map_err(|e| io_error(&self.dir, e))?;
+            let number = entry
+                .file_name()
+                .to_string_lossy()
+                .strip_suffix(".seg")
+                .and_then(|hex| u32::from_str_radix(hex, 16).ok());
+            if let Some(n) = number.filter(|n| *n != active) {
+                out.push((
+                    n,
+                    entry.metadata().map_err(|e| io_error(&self.dir, e))?.len(),
+                ));
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
     }
 
     /// Deletes segment `number`: none of its frames is referenced any more,
