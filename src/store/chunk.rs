@@ -27,7 +27,7 @@
 //! Version 2 chunks (uncompressed deltas) are still read, and rewritten as
 //! version 3 when appended to.
 
-use super::codec::time_key;
+use super::format::time_key;
 
 /// A reading's place in its sensor's history; also its identity (the same
 /// time and seq is the same reading, however often it is delivered).
@@ -65,23 +65,6 @@ const VALUE_F64: u8 = 3;
 const TIME_STEADY: u8 = 128;
 /// The most decimals a value is stored with as a decimal (more: f64).
 pub(super) const MAX_SCALE: u8 = 9;
-
-/// The unit an entry without the UNIT flag has, by its topic's type level: the
-/// contract's units as they were when this format (version 2) was made. Never
-/// change this table: history written under it must read back the same. A unit
-/// the contract adopts later is simply stored with each reading (the flag),
-/// until a new format version brings a new table.
-pub(super) fn implied_unit(sensor_type: &str) -> Option<&'static str> {
-    Some(match sensor_type {
-        "temperature" => "celsius",
-        "humidity" => "percent",
-        "motion" => "boolean",
-        "co2" => "ppm",
-        "power" => "W",
-        "energy" => "kWh",
-        _ => return None,
-    })
-}
 
 /// One reading within a chunk: what the topic does not already say.
 #[derive(Debug, Clone, PartialEq)]

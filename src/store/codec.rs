@@ -12,7 +12,7 @@
 //! ```
 //! Values written as JSON by earlier versions (first byte `{`) are still read.
 
-use super::readings::Implied;
+use super::format::Implied;
 use super::StoredReading;
 use crate::contract::{Reading, Timestamp};
 
@@ -30,14 +30,9 @@ pub(super) fn key(topic: &str, ts: Timestamp, seq: Option<u64>) -> Vec<u8> {
     key.extend_from_slice(topic.as_bytes());
     // MQTT topics cannot contain U+0000, so this cannot be part of a topic.
     key.push(0);
-    key.extend_from_slice(&time_key(ts.micros()));
+    key.extend_from_slice(&super::format::time_key(ts.micros()));
     key.extend_from_slice(&seq.unwrap_or(0).to_be_bytes());
     key
-}
-
-/// Big-endian with the sign bit flipped, so that byte order is time order.
-pub(super) fn time_key(micros: i64) -> [u8; 8] {
-    (micros.cast_unsigned() ^ (1 << 63)).to_be_bytes()
 }
 
 #[cfg(test)]

@@ -4,11 +4,11 @@
 //!
 //! Layout (one sled tree each):
 //! - `topic_ids`, `topic_names`, `chunks`: the readings, each topic's history in
-//!   time order, many readings per sled value (`readings.rs`, `chunk.rs`). A
+//!   time order, many readings per sled value (`readings/`, `chunk.rs`). A
 //!   reading's identity is (topic, timestamp, seq): storing is idempotent.
 //! - the journal: readings not yet in chunks, one checksummed record per
 //!   batch, in files of our own, `<storage>/wal/` (`wal.rs`); `folded`, each
-//!   topic's fold mark, and `meta`, how far the journal was synced (`readings.rs`).
+//!   topic's fold mark, and `meta`, how far the journal was synced (`readings/`).
 //! - `rejected`: the latest [`REJECTED_KEEP`] refused messages, for inspection.
 //! - `alerts_*`: active alerts, their history, and the publish outbox.
 //! - `readings`: the one-key-per-reading layout of earlier versions (`codec.rs`),
@@ -21,6 +21,7 @@
 mod chunk;
 mod codec;
 mod files;
+mod format;
 mod query;
 mod readings;
 mod rollup;
@@ -230,7 +231,7 @@ struct Trees {
     /// sled's log file, opened again by us only to fdatasync it (see [`Store::flush`]).
     log: Arc<std::fs::File>,
     /// `topic_ids`, `topic_names`, `chunks`, `folded`, `meta` and the
-    /// journal's files: the readings (`readings.rs`).
+    /// journal's files: the readings (`readings/`).
     readings: readings::Readings,
     /// Id (big-endian, so oldest first) → [`RejectedMessage`] as JSON; at most
     /// [`REJECTED_KEEP`] entries.
@@ -734,7 +735,7 @@ impl Store {
         for a in changes {
             let value = encode(a)?;
             let id = t.db.generate_id()?;
-            let mut log_key = codec::time_key(a.time.micros()).to_vec();
+            let mut log_key = format::time_key(a.time.micros()).to_vec();
             log_key.extend_from_slice(&id.to_be_bytes());
             t.alerts_log.insert(log_key, value.clone())?;
             let active_key = format!("{}\0{}", a.room, a.rule);

@@ -1,6 +1,6 @@
 //! What to select from the stored readings: by sensor, room, type and time. The
 //! store visits topics in name order, skips those that do not match, and within
-//! a matching topic seeks straight to the time window (`readings.rs`).
+//! a matching topic seeks straight to the time window (`readings/select.rs`).
 //! It knows neither sled nor the layout: it only says what matches.
 
 use crate::contract::{topic, Timestamp};

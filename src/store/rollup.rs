@@ -3,7 +3,7 @@
 //! times, which is what a meter's consumption is made of). Kept long after the raw readings are gone
 //! (`storage.rollups`), and read instead of them for long ranges: a year of a
 //! sensor is 8,760 hourly rows, not 31 million readings.
-//! It does no I/O: readings.rs decides which entry a reading goes to, and
+//! It does no I/O: readings/ decides which entry a reading goes to, and
 //! writes entries with the chunks they summarize, in one transaction.
 //!
 //! A tier is a sled tree of entries, each a run of rows of one topic:

@@ -1,6 +1,6 @@
 //! The rollup tiers in sled: which entry a reading is added to, what a
 //! range reads, what retention removes. An entry's layout is rollup.rs's;
-//! readings.rs calls [`Tiers::writes`] for every reading it puts into a
+//! readings/ calls [`Tiers::writes`] for every reading it puts into a
 //! chunk, and writes the result in the same transaction as the chunk.
 
 use super::chunk::{self, Pos, KEY_LEN};

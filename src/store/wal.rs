@@ -1,5 +1,5 @@
 //! The write-ahead log: each batch's new readings (one journal record, whose
-//! layout `readings.rs` owns) appended to files of our own, every frame
+//! layout `readings/record.rs` owns) appended to files of our own, every frame
 //! checksummed, so that damage is found and said, never passed over. It knows
 //! nothing of what a record holds, and nothing of sled.
 //!

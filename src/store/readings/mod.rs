@@ -15,15 +15,22 @@
 //! flushed (one file late, see `wal.rs`). An
 //! older reading (a redelivery, a late one) is looked up in the one chunk, or
 //! the tail, that could hold it. Reads see chunks, then the tail; a restart
-//! rebuilds the tails from the journal (`replay`).
+//! rebuilds the tails from the journal (`replay`). The journal record's bytes
+//! are `record.rs`'s, reading back is `select.rs`'s.
+
+mod record;
+mod select;
 
 use super::chunk::{self, Entry, Pos, CHUNK_MAX, KEY_LEN};
+use super::format::Implied;
 use super::rollup::{self, Row, Tier};
 use super::segments::{Loc, Segments};
 use super::tiers::Tiers;
 use super::wal::{Damage, Loss, Position, Wal};
 use super::{Inserted, Query, StoreError, StoredReading};
 use crate::contract::{Reading, Timestamp};
+use record::{decode_record, encode_record, record_of};
+pub(super) use select::Select;
 use sled::Transactional;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
@@ -1024,14 +1031,7 @@ impl Readings {
     }
 
     pub(super) fn select<'a>(&self, query: &'a Query) -> Select<'a> {
-        Select {
-            readings: self.clone(),
-            query,
-            topics: Some(self.ids.iter()),
-            run: None,
-            buf: Vec::new().into_iter(),
-            taken: 0,
-        }
+        Select::new(self.clone(), query)
     }
 
     /// The first reading of topic `id` at or after `pos`: in its chunks, or
@@ -1422,18 +1422,6 @@ fn add_to_tail(
     true
 }
 
-/// A journal record (version 2): `0x02 | base time i64 LE | count varint`
-/// and that many topics created in this batch, each `id varint | length
-/// varint | name`; then per topic `id varint | first time - base (zigzag
-/// varint) | first seq varint | length varint | entries
-/// (chunk::encode_entries)`. A batch's readings are mostly one per topic, so
-/// the per-topic part is kept to a few bytes. Version 1 (no names) and the
-/// first layout (per topic: chunk key, length u32 LE, a version 2 chunk,
-/// starting with a topic id's top byte, 0) are still read, from stores that
-/// kept the journal in sled.
-const RECORD_V1: u8 = 1;
-const RECORD_V2: u8 = 2;
-
 /// `meta` key: present once the chunks of a store made before rollups are
 /// counted in them ([`Readings::backfill_rollups`]).
 const ROLLUPS_COUNTED: &[u8] = b"rollups_counted";
@@ -1441,305 +1429,8 @@ const ROLLUPS_COUNTED: &[u8] = b"rollups_counted";
 /// `meta` key: the log's [`Position`] at the last flush.
 const WAL_COMMITTED: &[u8] = b"wal_committed";
 
-/// A decoded journal record.
-struct Record {
-    /// Topics created in its batch.
-    names: Vec<(u32, String)>,
-    /// Per topic id, its new readings.
-    topics: Vec<(u32, Vec<Entry>)>,
-}
-
-fn encode_record(names: &[(u32, String)], topics: &[(u32, String, Vec<Entry>)]) -> Vec<u8> {
-    let base = topics
-        .iter()
-        .find_map(|(_, _, es)| es.first())
-        .map_or(0, |e| e.time);
-    let mut v = Vec::with_capacity(16 + topics.len() * 16);
-    v.push(RECORD_V2);
-    v.extend_from_slice(&base.to_le_bytes());
-    chunk::varint(&mut v, names.len() as u64);
-    for (id, name) in names {
-        chunk::varint(&mut v, u64::from(*id));
-        chunk::varint(&mut v, name.len() as u64);
-        v.extend_from_slice(name.as_bytes());
-    }
-    let mut entries = Vec::new();
-    for (id, _, es) in topics {
-        let Some(first) = es.first() else {
-            continue;
-        };
-        let (time, seq) = first.pos();
-        chunk::varint(&mut v, u64::from(*id));
-        chunk::varint(&mut v, chunk::zigzag(time.wrapping_sub(base)));
-        chunk::varint(&mut v, seq);
-        entries.clear();
-        chunk::encode_entries(&mut entries, es);
-        chunk::varint(&mut v, entries.len() as u64);
-        v.extend_from_slice(&entries);
-    }
-    v
-}
-
-fn decode_record(k: &[u8], v: &[u8]) -> Result<Record, StoreError> {
-    let version = v.first().copied();
-    if version != Some(RECORD_V1) && version != Some(RECORD_V2) {
-        return Ok(Record {
-            names: Vec::new(),
-            topics: decode_record_v0(k, v)?,
-        });
-    }
-    let bad = |e: chunk::ChunkError| corrupt(k, e);
-    let mut r = chunk::Reader(&v[1..]);
-    let base = i64::from_le_bytes(r.take::<8>().map_err(bad)?);
-    let mut names = Vec::new();
-    if version == Some(RECORD_V2) {
-        for _ in 0..r.varint().map_err(bad)? {
-            let id = u32::try_from(r.varint().map_err(bad)?)
-                .map_err(|_| corrupt(k, "bad topic id in journal record"))?;
-            let len = usize::try_from(r.varint().map_err(bad)?)
-                .map_err(|_| corrupt(k, "truncated journal record"))?;
-            let name = std::str::from_utf8(r.bytes(len).map_err(bad)?)
-                .map_err(|_| corrupt(k, "topic name is not UTF-8"))?;
-            names.push((id, name.to_owned()));
-        }
-    }
-    let mut topics = Vec::new();
-    while !r.0.is_empty() {
-        let id = u32::try_from(r.varint().map_err(bad)?)
-            .map_err(|_| corrupt(k, "bad topic id in journal record"))?;
-        let time = base.wrapping_add(chunk::unzigzag(r.varint().map_err(bad)?));
-        let seq = r.varint().map_err(bad)?;
-        let len = usize::try_from(r.varint().map_err(bad)?)
-            .map_err(|_| corrupt(k, "truncated journal record"))?;
-        let body = r.bytes(len).map_err(bad)?;
-        topics.push((id, chunk::decode_entries((time, seq), body).map_err(bad)?));
-    }
-    Ok(Record { names, topics })
-}
-
-/// The first record layout: per topic, chunk key, length (u32 LE), chunk.
-fn decode_record_v0(k: &[u8], v: &[u8]) -> Result<Vec<(u32, Vec<Entry>)>, StoreError> {
-    let mut out = Vec::new();
-    let mut rest = v;
-    while !rest.is_empty() {
-        if rest.len() < chunk::KEY_LEN + 4 {
-            return Err(corrupt(k, "truncated journal record"));
-        }
-        let (key, tail) = rest.split_at(chunk::KEY_LEN);
-        let (len, tail) = tail.split_at(4);
-        let len = usize::try_from(u32::from_le_bytes([len[0], len[1], len[2], len[3]]))
-            .unwrap_or(usize::MAX);
-        if tail.len() < len {
-            return Err(corrupt(k, "truncated journal record"));
-        }
-        let (body, tail) = tail.split_at(len);
-        let (id, _) = chunk::parse_key(key).map_err(|e| corrupt(k, e))?;
-        out.push((id, chunk::decode(key, body).map_err(|e| corrupt(k, e))?));
-        rest = tail;
-    }
-    Ok(out)
-}
-
-fn record_of(k: &[u8]) -> Result<u64, StoreError> {
-    k.try_into()
-        .map(u64::from_be_bytes)
-        .map_err(|_| corrupt(k, "bad journal key"))
-}
-
-/// Readings selected by a [`Query`], by topic then time.
-pub(super) struct Select<'a> {
-    /// The trees it reads (a cheap clone).
-    readings: Readings,
-    /// What to select.
-    query: &'a Query,
-    /// Topics still to visit, in name order; `None` once finished.
-    topics: Option<sled::Iter>,
-    /// The topic being read; `None` between topics.
-    run: Option<Run>,
-    /// The current chunk's selected readings not yet returned.
-    buf: std::vec::IntoIter<StoredReading>,
-    /// Readings returned so far, for `query.limit`.
-    taken: usize,
-}
-
-/// One topic's chunks within the query's time window.
-struct Run {
-    /// Its name, for the readings it yields (and what the topic implies).
-    topic: String,
-    /// Its chunks, from the one covering `since` to the last starting at or before `until`.
-    chunks: sled::Iter,
-    /// The query's window, microseconds (an open side is `i64::MIN` or `i64::MAX`); a
-    /// chunk can straddle either end, so its entries are filtered too.
-    since: i64,
-    /// The window's end, inclusive.
-    until: i64,
-    /// Its tail (within the window) as the run started, read after the
-    /// chunks. A fold during the run may put those readings in a chunk too:
-    /// chunks give only what lies below `tail_first`, the tail the rest.
-    tail: Option<Vec<Entry>>,
-    /// The first position of the tail as the run started (window or not).
-    tail_first: Option<Pos>,
-}
-
-impl Select<'_> {
-    fn start_run(&mut self, name: &[u8], id: &[u8]) -> Result<bool, StoreError> {
-        let topic = String::from_utf8_lossy(name).into_owned();
-        if !self.query.matches_topic(&topic) {
-            return Ok(false);
-        }
-        let id = id_of(id)?;
-        let since = self.query.since.map_or(i64::MIN, Timestamp::micros);
-        let until = self.query.until.map_or(i64::MAX, Timestamp::micros);
-        let start = match self.readings.chunk_at(id, (since, 0))? {
-            Some((k, _)) => k.to_vec(),
-            None => chunk::key(id, (since, 0)).to_vec(),
-        };
-        let end = chunk::key(id, (until, u64::MAX));
-        let (tail, tail_first) = match self.readings.lock().tails.get(&id) {
-            Some(t) => (
-                Some(
-                    t.entries
-                        .iter()
-                        .filter(|(_, e)| (since..=until).contains(&e.time))
-                        .map(|(_, e)| e.clone())
-                        .collect(),
-                ),
-                t.entries.first().map(|(_, e)| e.pos()),
-            ),
-            None => (None, None),
-        };
-        self.run = Some(Run {
-            topic,
-            chunks: self.readings.chunks.range(start..=end.to_vec()),
-            since,
-            until,
-            tail,
-            tail_first,
-        });
-        Ok(true)
-    }
-
-    /// Fills `buf` from the next chunk; false when there are no more.
-    fn refill(&mut self) -> Result<bool, StoreError> {
-        loop {
-            if let Some(run) = &mut self.run {
-                match run.chunks.next() {
-                    Some(kv) => {
-                        let (k, v) = kv?;
-                        let entries = self.readings.load(&k, &v)?;
-                        let implied = Implied::of(&run.topic);
-                        let first = run.tail_first;
-                        let entries: Vec<Entry> = entries
-                            .into_iter()
-                            .filter(|e| (run.since..=run.until).contains(&e.time))
-                            .filter(|e| first.is_none_or(|first| e.pos() < first))
-                            .collect();
-                        let readings = entries
-                            .into_iter()
-                            .map(|e| implied.reading(&run.topic, e))
-                            .collect::<Result<Vec<_>, _>>()?;
-                        self.buf = readings.into_iter();
-                        return Ok(true);
-                    }
-                    None => match run.tail.take() {
-                        Some(tail) => {
-                            let implied = Implied::of(&run.topic);
-                            let readings = tail
-                                .into_iter()
-                                .map(|e| implied.reading(&run.topic, e))
-                                .collect::<Result<Vec<_>, _>>()?;
-                            self.buf = readings.into_iter();
-                            return Ok(true);
-                        }
-                        None => self.run = None,
-                    },
-                }
-            }
-            let Some(topics) = &mut self.topics else {
-                return Ok(false);
-            };
-            if let Some(kv) = topics.next() {
-                let (name, id) = kv?;
-                self.start_run(&name, &id)?;
-            } else {
-                self.topics = None;
-                return Ok(false);
-            }
-        }
-    }
-}
-
-impl Iterator for Select<'_> {
-    type Item = Result<StoredReading, StoreError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            if self.query.limit.is_some_and(|l| self.taken >= l) {
-                return None;
-            }
-            if let Some(r) = self.buf.next() {
-                self.taken += 1;
-                return Some(Ok(r));
-            }
-            match self.refill() {
-                Ok(true) => {}
-                Ok(false) => return None,
-                Err(e) => {
-                    // One error ends the selection: do not loop on it.
-                    self.topics = None;
-                    self.run = None;
-                    return Some(Err(e));
-                }
-            }
-        }
-    }
-}
-
-/// What a reading topic says about its readings: the sensor id and type, and
-/// the type's unit. Entries (and the old layout, `codec.rs`) store these only
-/// where a reading differs.
-pub(super) struct Implied<'t> {
-    /// The topic's last level; `None` for a topic not shaped like a reading's.
-    pub sensor_id: Option<&'t str>,
-    /// The topic's type level; `None` likewise.
-    pub sensor_type: Option<&'t str>,
-    /// The type's unit by the format's table (`chunk::implied_unit`); `None` for
-    /// a type that table does not know.
-    pub unit: Option<&'static str>,
-}
-
-impl<'t> Implied<'t> {
-    /// By the disk format's own rule (version 2), not the contract's parser, so
-    /// that a change to the contract's topic layout cannot change what stored
-    /// history decodes to: a topic `{prefix}/{type}/{id}` (three or more
-    /// levels, none of the last three empty) implies its last two levels,
-    /// unless it ends in `/status` or its type level is `alerts`. Never change
-    /// it; it is the contract's layout as it was when the format was made.
-    pub fn of(t: &'t str) -> Implied<'t> {
-        let mut levels = t.rsplitn(3, '/');
-        let (id, kind, prefix) = (levels.next(), levels.next(), levels.next());
-        match (id, kind, prefix) {
-            (Some(id), Some(kind), Some(prefix))
-                if id != "status"
-                    && kind != "alerts"
-                    && !id.is_empty()
-                    && !kind.is_empty()
-                    && !prefix.is_empty() =>
-            {
-                Implied {
-                    sensor_id: Some(id),
-                    sensor_type: Some(kind),
-                    unit: chunk::implied_unit(kind),
-                }
-            }
-            _ => Implied {
-                sensor_id: None,
-                sensor_type: None,
-                unit: None,
-            },
-        }
-    }
-
+/// Readings to and from entries, by what their topic implies.
+impl Implied<'_> {
     fn entry(&self, r: &StoredReading) -> Entry {
         let unless =
             |have: &str, implied: Option<&str>| (Some(have) != implied).then(|| have.to_owned());
@@ -1795,6 +1486,7 @@ fn corrupt(key: impl AsRef<[u8]>, message: impl std::fmt::Display) -> StoreError
 
 #[cfg(test)]
 mod tests {
+    use super::record::{RECORD_V1, RECORD_V2};
     use super::*;
 
     fn open(db: &sled::Db, dir: &Path) -> Readings {
