@@ -590,7 +590,7 @@ mod tests {
         e.reading(&sensor, r)
     }
 
-    fn rule(yaml: &str) -> Rule {
+    pub(super) fn rule(yaml: &str) -> Rule {
         let config: RuleConfig = yaml_serde::from_str(yaml).unwrap();
         Rule::try_from(&config).unwrap()
     }
@@ -800,33 +800,8 @@ mod tests {
 
 #[cfg(test)]
 mod reload_tests {
+    use super::tests::rule;
     use super::*;
-
-    fn rule(yaml: &str) -> Rule {
-        let config: RuleConfig = yaml_serde::from_str(yaml).unwrap();
-        Rule::try_from(&config).unwrap()
-    }
-
-    #[test]
-    fn a_rule_config_becomes_one_kind_with_its_defaults() {
-        let hot = rule("{ name: hot, type: temperature, above: 26 }");
-        assert_eq!(
-            hot.kind,
-            Kind::Above {
-                sensor_type: SensorType::Temperature,
-                above: 26.0,
-                clear_below: 26.0
-            }
-        );
-        assert_eq!(hot.lasting, Duration::ZERO);
-        assert_eq!(rule("{ name: down, offline: true }").kind, Kind::Offline);
-        let two: RuleConfig =
-            yaml_serde::from_str("{ name: x, type: temperature, above: 1, stale_after: 1m }")
-                .unwrap();
-        assert!(Rule::try_from(&two).is_err());
-        let untyped: RuleConfig = yaml_serde::from_str("{ name: x, above: 1 }").unwrap();
-        assert!(Rule::try_from(&untyped).is_err());
-    }
 
     #[test]
     fn a_rule_removed_while_stopped_has_its_alert_cleared_at_start() {

@@ -10,6 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Duration;
 
+/// aggregatord's counters and gauges, shared between ingest (which counts)
+/// and the dashboard thread (which renders `/metrics`, `/readyz` and the
+/// status line from them): atomics, so counting never waits.
 #[derive(Default)]
 pub struct Metrics {
     /// Every message the broker delivered (readings, statuses, anything), before checks.

@@ -54,6 +54,30 @@ impl fmt::Display for AlertState {
 }
 
 impl Alert {
+    /// A built-in alert (a warning, with no value): `rule` in `room`, about
+    /// `topic`, changing to `state` at `time`, raised at `raised_at`.
+    pub fn warning(
+        rule: &str,
+        state: AlertState,
+        (room, topic): (&str, &str),
+        message: String,
+        raised_at: Timestamp,
+        time: Timestamp,
+    ) -> Alert {
+        Alert {
+            rule: rule.to_owned(),
+            severity: Severity::Warning,
+            state,
+            room: room.to_owned(),
+            topic: topic.to_owned(),
+            value: None,
+            message,
+            raised_at,
+            time,
+        }
+    }
+
+    /// Where it is published: `{room}/alerts/{rule}`.
     pub fn topic(&self) -> String {
         super::topic::alert(&self.room, &self.rule)
     }

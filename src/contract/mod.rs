@@ -24,6 +24,6 @@ pub use status::{NodeState, Status, StatusSensor, REASON_CONNECTION_LOST, REASON
 pub use timestamp::Timestamp;
 pub use topic::SensorTopic;
 pub use validate::{
-    check_size, refuse_unknown_type, validate_reading, Rejection, RejectionReason,
-    MAX_PAYLOAD_BYTES,
+    check_size, judge_topic, refuse_unknown_type, validate_reading, validate_status, Arrived,
+    Rejection, RejectionReason, MAX_PAYLOAD_BYTES,
 };

@@ -6,8 +6,8 @@
 //! {prefix}/alerts/{rule}               alerts raised by aggregatord
 //! ```
 //!
-//! It judges shapes only: whether a level is a valid id is ident.rs's (ingest
-//! checks), and payloads are validate.rs's.
+//! It judges shapes only: whether a level is a valid id is ident.rs's (held
+//! to it by `validate::judge_topic`), and payloads are validate.rs's.
 
 use super::{Ident, SensorType, TopicPrefix};
 use std::fmt;
@@ -24,7 +24,6 @@ pub fn alert(prefix: &str, rule: &str) -> String {
     format!("{prefix}/alerts/{rule}")
 }
 
-/// What an incoming topic is, by its shape alone (the payload is checked elsewhere).
 /// A reading's topic, split into typed parts once, where it arrives: the room
 /// prefix, a sensor type the contract knows, and the sensor id. Everything
 /// after ingest takes these from here instead of splitting the topic again.
@@ -53,7 +52,17 @@ impl SensorTopic {
         else {
             return None;
         };
-        Some(match sensor_type.parse::<SensorType>() {
+        Some(Self::from_parts(topic, prefix, sensor_type, sensor_id))
+    }
+
+    /// From the parts [`parse`] split `topic` into (so it is split once).
+    pub(super) fn from_parts(
+        topic: &str,
+        prefix: &str,
+        sensor_type: &str,
+        sensor_id: &str,
+    ) -> Result<SensorTopic, String> {
+        match sensor_type.parse::<SensorType>() {
             Ok(kind) => Ok(SensorTopic {
                 topic: topic.to_owned(),
                 room_end: prefix.len(),
@@ -61,7 +70,7 @@ impl SensorTopic {
                 sensor_type: kind,
             }),
             Err(()) => Err(sensor_type.to_owned()),
-        })
+        }
     }
 
     pub fn as_str(&self) -> &str {
@@ -88,6 +97,7 @@ impl fmt::Display for SensorTopic {
     }
 }
 
+/// What an incoming topic is, by its shape alone (the payload is checked elsewhere).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Parsed<'a> {
     /// `{prefix}/{sensor_type}/{sensor_id}`, none of the three empty.

@@ -6,7 +6,7 @@
 //! backwards, duplicates, the census caps, `max_age`) are ingest's.
 
 use super::topic::SensorTopic;
-use super::{Reading, Timestamp};
+use super::{Reading, Status, Timestamp};
 use chrono::{DateTime, Utc};
 use std::fmt;
 
@@ -158,6 +158,83 @@ pub fn refuse_unknown_type(type_level: &str, sensor_id: &str, payload: &[u8]) ->
     }
 }
 
+/// What a delivery's topic is, judged once, where it arrives: see [`judge_topic`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Arrived<'a> {
+    /// A reading's topic, split into typed parts (its payload still to check).
+    Reading(SensorTopic),
+    /// A node's status, under this room prefix (its payload still to check).
+    Status { prefix: &'a str },
+    /// An alert (ours, or another aggregator's): nothing to store.
+    Alert,
+}
+
+/// A delivery's topic, parsed once and held to the contract: the shape
+/// (`topic::parse`), every level of the room prefix and the sensor id a valid
+/// id (`[A-Za-z0-9_-]{1,64}`, the id not a reserved word: `a b`, markup or
+/// 3,000 characters are refused before they are stored or shown), and a type
+/// the contract knows (refused with what is wrong with the payload too, if
+/// anything: see [`refuse_unknown_type`]).
+pub fn judge_topic<'a>(topic: &'a str, payload: &[u8]) -> Result<Arrived<'a>, Rejection> {
+    use super::topic::{parse, Parsed};
+    match parse(topic) {
+        Parsed::Reading {
+            prefix,
+            sensor_type,
+            sensor_id,
+        } => {
+            check_levels(prefix, Some(sensor_id))?;
+            SensorTopic::from_parts(topic, prefix, sensor_type, sensor_id)
+                .map(Arrived::Reading)
+                .map_err(|_| refuse_unknown_type(sensor_type, sensor_id, payload))
+        }
+        Parsed::Status { prefix } => {
+            check_levels(prefix, None)?;
+            Ok(Arrived::Status { prefix })
+        }
+        Parsed::Alert { .. } => Ok(Arrived::Alert),
+        Parsed::Unrecognized => Err(Rejection::new(
+            RejectionReason::UnrecognizedTopic,
+            "not a reading, status or alert topic",
+        )),
+    }
+}
+
+/// Every level of `prefix`, and `sensor_id`, are valid ids.
+fn check_levels(prefix: &str, sensor_id: Option<&str>) -> Result<(), Rejection> {
+    use super::Ident;
+    let refuse = |what: &str, e: String| {
+        Rejection::new(RejectionReason::UnrecognizedTopic, format!("{what}: {e}"))
+    };
+    for level in prefix.split('/') {
+        // Reserved words are fine as room levels; only the id is a topic word.
+        Ident::check_level(level).map_err(|e| refuse("room", e))?;
+    }
+    if let Some(id) = sensor_id {
+        Ident::check(id).map_err(|e| refuse("sensor id", e))?;
+    }
+    Ok(())
+}
+
+/// A status payload from room `prefix`: `None` for an empty one (a retained
+/// status being cleared), the status otherwise, with `node` taken from the
+/// topic whatever the payload claims (a node can publish only under its own
+/// room, by the ACL, so the topic is the authority).
+pub fn validate_status(prefix: &str, payload: &[u8]) -> Result<Option<Status>, Rejection> {
+    if payload.is_empty() {
+        return Ok(None);
+    }
+    check_size(payload)?;
+    let mut status: Status = serde_json::from_slice(payload)
+        .map_err(|e| Rejection::new(RejectionReason::Malformed, e.to_string()))?;
+    prefix
+        .rsplit('/')
+        .next()
+        .unwrap_or(prefix)
+        .clone_into(&mut status.node);
+    Ok(Some(status))
+}
+
 /// The payload parsed, if it fits and names the topic's sensor.
 fn payload_of(topic_type: &str, topic_id: &str, payload: &[u8]) -> Result<Reading, Rejection> {
     use RejectionReason::{Malformed, TopicMismatch};
@@ -269,6 +346,44 @@ mod tests {
     fn invalid_utf8_is_malformed_not_a_panic() {
         assert_eq!(
             validate_reading(&temp_001(), &[0xff, 0xfe, b'{'], Utc::now()).map_err(|r| r.reason),
+            Err(Malformed)
+        );
+    }
+
+    #[test]
+    fn a_topic_is_judged_once_shape_ids_and_type() {
+        let judged = |t: &'static str| judge_topic(t, b"{}").map_err(|r| r.reason);
+        assert_eq!(
+            judged("b/f/room101/temperature/temp_001"),
+            Ok(Arrived::Reading(
+                SensorTopic::parse("b/f/room101/temperature/temp_001")
+                    .unwrap()
+                    .unwrap()
+            ))
+        );
+        assert_eq!(
+            judged("b/f/room101/status"),
+            Ok(Arrived::Status {
+                prefix: "b/f/room101"
+            })
+        );
+        assert_eq!(judged("b/f/room101/alerts/hot"), Ok(Arrived::Alert));
+        assert_eq!(judged("b/f/room 101/status"), Err(UnrecognizedTopic));
+        assert_eq!(judged("b/f/r/temperature/<script>"), Err(UnrecognizedTopic));
+        assert_eq!(judged("nothing"), Err(UnrecognizedTopic));
+        // An unknown type is said as such once the payload itself is sound.
+        assert_eq!(judged("b/f/r/light/l1"), Err(Malformed));
+    }
+
+    #[test]
+    fn a_status_takes_its_node_from_the_topic() {
+        let s = validate_status("b/f/room101", br#"{"status":"online","node":"room999"}"#)
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.node, "room101");
+        assert_eq!(validate_status("b/f/room101", b""), Ok(None));
+        assert_eq!(
+            validate_status("b/f/room101", b"{").map_err(|r| r.reason),
             Err(Malformed)
         );
     }

@@ -43,6 +43,9 @@ use std::sync::{Arc, Mutex, RwLock};
 /// How many rejected messages are kept (oldest dropped first).
 pub const REJECTED_KEEP: u64 = 1000;
 
+/// Why a store operation failed. An I/O failure ([`StoreError::is_io`]) may
+/// pass by itself (a full disk): callers wait and retry, after a
+/// [`Store::reopen`].
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Another process (a running aggregatord, or a dump) holds sled's lock on the folder.
@@ -184,6 +187,7 @@ pub struct Footprint {
     pub disk_bytes: u64,
 }
 
+/// What storing one reading found: identity is (topic, timestamp, seq).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Inserted {
     /// Not stored before: stored now (on disk after `finish` and [`Store::flush`]).

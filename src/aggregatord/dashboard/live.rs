@@ -79,6 +79,8 @@ struct Inner {
 /// (re)connects meanwhile: 500 tabs must not mean 500 copies of 12 MB.
 const SNAPSHOT_REUSE: Duration = Duration::from_secs(1);
 
+/// What the dashboard shows, kept by ingest after each commit (so it shows
+/// only what is stored) and read by the HTTP handlers and event streams.
 pub struct Live {
     /// Everything shown; locked briefly by ingest (writes) and handlers (reads).
     inner: Mutex<Inner>,

@@ -11,7 +11,13 @@
 //!
 //! It waits on no signal or timer of the daemon's (aggregatord's main loop
 //! does, and calls `next`/`handle`), and knows no rumqttc or sled: it acks
-//! through `mqtt::Acker` and writes through `store::Store`.
+//! through `mqtt::Acker` and writes through `store::Store`. This file is the
+//! durability path (`next`, `handle`, `gather`, `sort`, `commit`); forgetting
+//! is forget.rs's, the energy meter's rule meter.rs's, and what a topic or a
+//! payload may be the contract's (`judge_topic`, `validate_*`).
+
+mod forget;
+mod meter;
 
 use super::census::Census;
 use super::dashboard::Live;
@@ -19,16 +25,14 @@ use super::metrics::Metrics;
 use crate::alerts::Engine;
 use crate::config::IngestConfig;
 use crate::contract::{
-    refuse_unknown_type, topic, validate_reading, Alert, AlertState, Rejection, RejectionReason,
-    SensorTopic, SensorType, Status, Timestamp,
+    judge_topic, topic, validate_reading, validate_status, Alert, AlertState, Arrived, Rejection,
+    RejectionReason, SensorTopic, Timestamp,
 };
 use crate::daemon::RateLimit;
 use crate::mqtt::{Acker, Delivery, Event};
-use crate::store::{
-    Inserted, Query, ReadingWriter, RejectedMessage, Store, StoreError, StoredReading,
-};
+use crate::store::{Inserted, RejectedMessage, Store, StoreError, StoredReading};
 use anyhow::Context;
-use std::fmt::Write as _;
+use meter::{meter_check, Meter};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,6 +78,10 @@ const ALERT_TICK: Duration = Duration::from_secs(1);
 /// How often sensors are checked against `ingest.forget_after`.
 const FORGET_CHECK: Duration = Duration::from_secs(1);
 
+/// The durability path and the state it judges by: batches deliveries,
+/// validates and stores them, runs the alert rules, makes it all durable,
+/// then acknowledges. Driven by aggregatord's main loop through
+/// [`Ingest::next`] and [`Ingest::handle`].
 pub struct Ingest {
     /// The `ingest:` settings (batching, caps, `max_age`, `forget_after`).
     config: IngestConfig,
@@ -264,7 +272,9 @@ impl Ingest {
                         "forgotten by the operator (aggregatord forget)",
                     )
                     .await?;
-                let _ = request.reply.send(answer);
+                let _ = request
+                    .reply
+                    .send(answer.map(|f| f.to_string()).map_err(|r| r.to_string()));
                 Ok(())
             }
             Work::ForgetSilent => self.forget_silent().await,
@@ -308,152 +318,19 @@ impl Ingest {
         batch
     }
 
-    /// Forgets the sensors `query` selects (`aggregatord forget`, or
-    /// `forget_after`): their alerts are cleared with `why` and sent, their
-    /// dashboard rows go, they no longer count towards the caps. A query naming
-    /// only a room forgets the room too (its status). Their stored history stays
-    /// (retention deletes it in time). `Err` text when nothing matches.
-    async fn forget(&mut self, query: &Query, why: &str) -> anyhow::Result<Result<String, String>> {
-        let names_sensors =
-            query.topic.is_some() || query.sensor.is_some() || query.sensor_type.is_some();
-        let (sensors, rooms) = match (&query.room, names_sensors) {
-            // Sensors (in a room, if one is named): Query matches them as it does for dump.
-            (_, true) => (self.census.matching(|t| query.matches_topic(t)), Vec::new()),
-            (Some(room), false) => {
-                let rooms = self.census.rooms_named(room);
-                if rooms.is_empty() {
-                    return Ok(Err(format!("no known room is named {room}")));
-                }
-                let in_rooms = |t: &str| {
-                    rooms.iter().any(|r| {
-                        t.strip_prefix(r.as_str())
-                            .is_some_and(|rest| rest.starts_with('/'))
-                    })
-                };
-                (self.census.matching(in_rooms), rooms)
-            }
-            (None, false) => {
-                return Ok(Err(
-                    "name what to forget: --room, --sensor, --type or --topic".into(),
-                ))
-            }
-        };
-        if sensors.is_empty() && rooms.is_empty() {
-            return Ok(Err("no known sensor matches".into()));
-        }
-        self.forget_sensors(sensors, rooms, why).await.map(Ok)
-    }
-
-    /// Forgets sensors silent for `ingest.forget_after`.
-    async fn forget_silent(&mut self) -> anyhow::Result<()> {
-        let Some(after) = self.config.forget_after else {
-            return Ok(());
-        };
-        let Some(cutoff) = chrono::Duration::from_std(after)
-            .ok()
-            .and_then(|d| Timestamp::now_millis().0.checked_sub_signed(d))
-        else {
-            return Ok(());
-        };
-        let silent = self.census.silent_since(Timestamp(cutoff));
-        if silent.is_empty() {
-            return Ok(());
-        }
-        let why = format!(
-            "forgotten: silent for {} (ingest.forget_after)",
-            humantime::format_duration(after)
-        );
-        let report = self.forget_sensors(silent, Vec::new(), &why).await?;
-        info!(forgotten = %report.trim_end(), "forgot silent sensors");
-        Ok(())
-    }
-
-    async fn forget_sensors(
-        &mut self,
-        sensors: Vec<(String, String)>,
-        rooms: Vec<String>,
-        why: &str,
-    ) -> anyhow::Result<String> {
-        let now = Timestamp::now_millis();
-        let mut topics: Vec<String> = sensors.iter().map(|(_, t)| t.clone()).collect();
-        topics.extend(rooms.iter().map(|r| format!("{r}/status")));
-        let mut changes = self.engine.forget(&topics, why, now);
-        let mut report = String::new();
-        for (room, topic) in &sensors {
-            self.census.forget(room, topic);
-            self.gaps.forget(topic);
-            let _ = writeln!(report, "forgot sensor {topic}");
-        }
-        for room in &rooms {
-            self.census.forget_room(room);
-            if let Some(raised_at) = self.gaps.forget_room(room) {
-                changes.push(Alert {
-                    rule: super::gaps::RULE.to_owned(),
-                    severity: crate::contract::Severity::Warning,
-                    state: AlertState::Cleared,
-                    room: room.clone(),
-                    topic: format!("{room}/status"),
-                    value: None,
-                    message: why.to_owned(),
-                    raised_at,
-                    time: now,
-                });
-            }
-            let _ = writeln!(report, "forgot room {room}");
-        }
-        self.live.forget(&topics[..sensors.len()], &rooms);
-        for a in &changes {
-            let _ = writeln!(report, "cleared alert {} in {}", a.rule, a.room);
-        }
-        self.census_gauges();
-        self.record_alerts(changes).await?;
-        Ok(report)
-    }
-
     /// Sorts one event into the batch; nothing is written yet.
     fn sort(&mut self, event: Event, batch: &mut Batch) {
         let delivery = match event {
             Event::Message(d) => d,
-            Event::Connected { session_present } => {
-                self.connects += 1;
-                self.metrics.connected.store(true, Relaxed);
-                if self.connects > 1 {
-                    self.metrics.reconnects.fetch_add(1, Relaxed);
-                }
-                // A fresh session on the very first start is expected; later it
-                // means the broker forgot us, and readings sent meanwhile are gone.
-                if !session_present && self.connects > 1 {
-                    let lost = self.metrics.sessions_lost.fetch_add(1, Relaxed) + 1;
-                    warn!(
-                        sessions_lost = lost,
-                        "BROKER LOST OUR SESSION: readings published while we were disconnected were not queued for us; resubscribing"
-                    );
-                }
-                return;
-            }
-            Event::Disconnected { .. } => {
-                self.metrics.connected.store(false, Relaxed);
-                return;
-            }
+            other => return self.connection(&other),
         };
         self.metrics.received.fetch_add(1, Relaxed);
         let received_at = Timestamp::now_millis();
-        let outcome = match topic::parse(delivery.topic()) {
-            // The topic is split into typed parts once, here (after the levels
-            // are checked, as before).
-            topic::Parsed::Reading {
-                prefix,
-                sensor_type,
-                sensor_id,
-            } => contract_levels(prefix, Some(sensor_id)).and_then(|()| {
-                let Some(Ok(sensor)) = SensorTopic::parse(delivery.topic()) else {
-                    return Err(refuse_unknown_type(
-                        sensor_type,
-                        sensor_id,
-                        delivery.payload(),
-                    ));
-                };
-                let reading = validate_reading(&sensor, delivery.payload(), received_at.0)?;
+        let (topic, payload) = (delivery.topic(), delivery.payload());
+        // The topic is parsed and held to the contract once, here.
+        let outcome = judge_topic(topic, payload).and_then(|arrived| match arrived {
+            Arrived::Reading(sensor) => {
+                let reading = validate_reading(&sensor, payload, received_at.0)?;
                 self.too_old(&reading, received_at)?;
                 self.census.admit_sensor(
                     sensor.room(),
@@ -469,28 +346,30 @@ impl Ingest {
                 };
                 batch.readings.push(Arrival { sensor, record });
                 Ok(())
-            }),
-            topic::Parsed::Status { prefix } => match contract_levels(prefix, None)
-                .and_then(|()| self.census.admit_room(prefix, &self.config))
-                .and_then(|()| parse_status(prefix, delivery.payload()))
-            {
-                Ok(Some(status)) => {
-                    self.live.status(prefix, &status, received_at);
-                    batch
-                        .alerts
-                        .extend(self.engine.status(prefix, &status, received_at));
-                    Ok(())
-                }
-                Ok(None) => Ok(()),
-                Err(e) => Err(e),
-            },
+            }
+            Arrived::Status { prefix } => {
+                self.census.admit_room(prefix, &self.config)?;
+                let Some(status) = validate_status(prefix, payload)? else {
+                    info!(prefix, "node status cleared");
+                    return Ok(());
+                };
+                info!(
+                    prefix,
+                    node = %status.node,
+                    status = ?status.status,
+                    reason = status.reason.as_deref().unwrap_or(""),
+                    client_id = status.client_id.as_deref().unwrap_or(""),
+                    "node status"
+                );
+                self.live.status(prefix, &status, received_at);
+                batch
+                    .alerts
+                    .extend(self.engine.status(prefix, &status, received_at));
+                Ok(())
+            }
             // Our own alerts (and other aggregators'): not readings, nothing to store.
-            topic::Parsed::Alert { .. } => Ok(()),
-            topic::Parsed::Unrecognized => Err(Rejection::new(
-                RejectionReason::UnrecognizedTopic,
-                "not a reading, status or alert topic",
-            )),
-        };
+            Arrived::Alert => Ok(()),
+        });
         self.census_gauges();
         if let Err(rejection) = outcome {
             if matches!(
@@ -499,17 +378,38 @@ impl Ingest {
             ) {
                 batch
                     .alerts
-                    .extend(self.limit_alert(delivery.topic(), &rejection, received_at));
+                    .extend(self.limit_alert(topic, &rejection, received_at));
             }
-            self.note_rejection(delivery.topic(), &rejection);
-            batch.rejected.push(rejected_message(
-                delivery.topic(),
-                delivery.payload(),
-                rejection,
-                received_at,
-            ));
+            self.note_rejection(topic, &rejection);
+            batch
+                .rejected
+                .push(rejected_message(topic, payload, rejection, received_at));
         }
         batch.acks.push(delivery);
+    }
+
+    /// A connection event: counted, and said when the broker lost our session.
+    fn connection(&mut self, event: &Event) {
+        match event {
+            Event::Connected { session_present } => {
+                self.connects += 1;
+                self.metrics.connected.store(true, Relaxed);
+                if self.connects > 1 {
+                    self.metrics.reconnects.fetch_add(1, Relaxed);
+                }
+                // A fresh session on the very first start is expected; later it
+                // means the broker forgot us, and readings sent meanwhile are gone.
+                if !session_present && self.connects > 1 {
+                    let lost = self.metrics.sessions_lost.fetch_add(1, Relaxed) + 1;
+                    warn!(
+                        sessions_lost = lost,
+                        "BROKER LOST OUR SESSION: readings published while we were disconnected were not queued for us; resubscribing"
+                    );
+                }
+            }
+            Event::Disconnected { .. } => self.metrics.connected.store(false, Relaxed),
+            Event::Message(_) => {}
+        }
     }
 
     /// The first refusal past a cap raises one alert for the whole run, not one
@@ -523,17 +423,14 @@ impl Ingest {
             topic::Parsed::Reading { prefix, .. } | topic::Parsed::Status { prefix } => prefix,
             _ => topic,
         };
-        Some(Alert {
-            rule: LIMITS_RULE.to_owned(),
-            severity: crate::contract::Severity::Warning,
-            state: AlertState::Raised,
-            room: room.to_owned(),
-            topic: topic.to_owned(),
-            value: None,
-            message: format!("{}: {} (first refused: {topic})", r.reason, r.detail),
-            raised_at: now,
-            time: now,
-        })
+        Some(Alert::warning(
+            LIMITS_RULE,
+            AlertState::Raised,
+            (room, topic),
+            format!("{}: {} (first refused: {topic})", r.reason, r.detail),
+            now,
+            now,
+        ))
     }
 
     /// Refuses a reading older than `max_age`: retention would delete it at
@@ -586,15 +483,15 @@ impl Ingest {
             ),
         };
         Some(Alert {
-            rule: super::gaps::RULE.to_owned(),
-            severity: crate::contract::Severity::Warning,
-            state,
-            room: prefix.to_owned(),
-            topic: r.topic.clone(),
             value: Some(missing as f64),
-            message,
-            raised_at: self.gaps.raised_at(prefix).unwrap_or(r.received_at),
-            time: r.received_at,
+            ..Alert::warning(
+                super::gaps::RULE,
+                state,
+                (prefix, &r.topic),
+                message,
+                self.gaps.raised_at(prefix).unwrap_or(r.received_at),
+                r.received_at,
+            )
         })
     }
 
@@ -876,99 +773,4 @@ fn stored(r: &StoredReading, inserted: Inserted, reset: Option<f64>) -> Outcome 
         )),
         other => Outcome::Stored(other, reset),
     }
-}
-
-/// A meter reading lower than this fraction of the one before it is a reset
-/// (a replaced or cleared meter), not a glitch.
-const METER_RESET_DROP: f64 = 0.5;
-
-/// What an energy reading means against its stored neighbours.
-enum Meter {
-    Counts,
-    /// A new series: far below the reading before it (recorded, counted).
-    Reset {
-        from: f64,
-    },
-    Refused(Rejection),
-}
-
-/// An energy meter only counts up: a reading a little below the one before it
-/// (or above the one after it) is refused as `meter_decreased`. A drop to less
-/// than half is a reset and starts a new series, so that one bogus reading (or
-/// a replaced meter) cannot lock the meter out for good, as it once did.
-fn meter_check(store: &ReadingWriter, a: &Arrival) -> Result<Meter, StoreError> {
-    if a.sensor.sensor_type() != SensorType::Energy {
-        return Ok(Meter::Counts);
-    }
-    let r = &a.record;
-    let (before, after) = store.neighbours(r)?;
-    let v = r.reading.value;
-    let refusal = |other: &StoredReading, relation: &str| {
-        Meter::Refused(Rejection::new(
-            RejectionReason::MeterDecreased,
-            format!(
-                "{v} is {relation} {} at {}",
-                other.reading.value, other.reading.timestamp
-            ),
-        ))
-    };
-    let reset = |high: f64, low: f64| low < high * METER_RESET_DROP;
-    Ok(match (before, after) {
-        (Some(b), _) if v < b.reading.value && reset(b.reading.value, v) => Meter::Reset {
-            from: b.reading.value,
-        },
-        (Some(b), _) if v < b.reading.value => refusal(&b, "below the earlier"),
-        // Above a later reading that was itself a reset: consistent.
-        (_, Some(a)) if v > a.reading.value && !reset(v, a.reading.value) => {
-            refusal(&a, "above the later")
-        }
-        _ => Meter::Counts,
-    })
-}
-
-/// The contract's ids: every level of the room prefix and the sensor id are
-/// `[A-Za-z0-9_-]{1,64}`, and the sensor id is not a reserved word. Anything
-/// else (`a b`, markup, 3,000 characters) is refused before it is stored or
-/// shown on the dashboard.
-fn contract_levels(prefix: &str, sensor_id: Option<&str>) -> Result<(), Rejection> {
-    use crate::contract::Ident;
-    let refuse = |what: &str, e: String| {
-        Rejection::new(RejectionReason::UnrecognizedTopic, format!("{what}: {e}"))
-    };
-    for level in prefix.split('/') {
-        // Reserved words are fine as room levels; only the id is a topic word.
-        Ident::check_level(level).map_err(|e| refuse("room", e))?;
-    }
-    if let Some(id) = sensor_id {
-        Ident::check(id).map_err(|e| refuse("sensor id", e))?;
-    }
-    Ok(())
-}
-
-/// Status messages feed the node-offline rules and the log; an empty payload
-/// (a retained status being cleared) is fine; anything else malformed is refused.
-fn parse_status(prefix: &str, payload: &[u8]) -> Result<Option<Status>, Rejection> {
-    if payload.is_empty() {
-        info!(prefix, "node status cleared");
-        return Ok(None);
-    }
-    crate::contract::check_size(payload)?;
-    let mut status: Status = serde_json::from_slice(payload)
-        .map_err(|e| Rejection::new(RejectionReason::Malformed, e.to_string()))?;
-    // The node is the topic's, whatever the payload claims: a node can only
-    // publish under its own room (the ACL), so the topic is the authority.
-    prefix
-        .rsplit('/')
-        .next()
-        .unwrap_or(prefix)
-        .clone_into(&mut status.node);
-    info!(
-        prefix,
-        node = %status.node,
-        status = ?status.status,
-        reason = status.reason.as_deref().unwrap_or(""),
-        client_id = status.client_id.as_deref().unwrap_or(""),
-        "node status"
-    );
-    Ok(Some(status))
 }
