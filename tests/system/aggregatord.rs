@@ -33,18 +33,16 @@ struct Running {
 }
 
 fn running(extra: &str) -> Running {
-    let pki = Pki::new(&["room101", "aggregatord", "observer", "homeassistant"]);
-    let broker = Broker::start(&pki);
-    let storage = tempfile::tempdir().unwrap();
-    let config = write_config(&aggregatord_yaml_with(
-        &broker,
-        &pki,
-        storage.path(),
-        1,
-        extra,
-    ));
-    let agg = start_daemon(AGGREGATORD, &config.path);
-    agg.log.wait_for(&["subscribed"]);
+    let Agg {
+        pki,
+        broker,
+        _storage: storage,
+        config,
+        agg,
+        ..
+    } = Site::new(&["room101", "observer", "homeassistant"])
+        .extra(extra)
+        .start();
     let node = Watcher::connect(&broker, &pki, "room101");
     Running {
         pki,

@@ -24,7 +24,7 @@ fn json(addr: &str, path: &str) -> serde_json::Value {
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
 }
 
-struct Site {
+struct Dash {
     pki: Pki,
     broker: Broker,
     _storage: tempfile::TempDir,
@@ -35,20 +35,15 @@ struct Site {
     sensord: Proc,
 }
 
-fn site(sensor_yaml_extra: &str, rules: &str) -> Site {
-    let pki = Pki::new(&["room101", "aggregatord"]);
-    let broker = Broker::start(&pki);
-    let storage = tempfile::tempdir().unwrap();
-    let agg_config = write_config(&aggregatord_yaml_with(
-        &broker,
-        &pki,
-        storage.path(),
-        1,
-        rules,
-    ));
-    let agg = start_daemon(AGGREGATORD, &agg_config.path);
-    let addr = dashboard_addr(&agg.log);
-    agg.log.wait_for(&["subscribed"]);
+fn site(sensor_yaml_extra: &str, rules: &str) -> Dash {
+    let Agg {
+        pki,
+        broker,
+        _storage: storage,
+        config: agg_config,
+        agg,
+        addr,
+    } = Site::new(&["room101"]).extra(rules).start();
     let sensors = [
         ("temp_001", "temperature", "200ms", 0),
         ("motion_001", "motion", "200ms", 1),
@@ -61,7 +56,7 @@ fn site(sensor_yaml_extra: &str, rules: &str) -> Site {
     let sensord = start_daemon(SENSORD, &config.path);
     agg.log
         .wait_for(&["stored reading", "temp_001", "seq=Some(3)"]);
-    Site {
+    Dash {
         pki,
         broker,
         _storage: storage,

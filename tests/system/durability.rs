@@ -31,20 +31,20 @@ fn require_failpoints() {
 fn nothing_is_acknowledged_before_the_batch_holding_it_is_on_disk() {
     require_failpoints();
     const N: u64 = 2000;
-    let pki = Pki::new(&["room101", "aggregatord"]);
-    let broker = Broker::start_logging_packets(&pki);
-    let storage = tempfile::tempdir().unwrap();
     // A short keep-alive: its pings show that aggregatord's connection task keeps
     // running (and would have sent any queued ack) while ingest is held.
-    let yaml =
-        aggregatord_yaml(&broker, &pki, storage.path()).replace("keep_alive: 5s", "keep_alive: 1s");
-    let config = write_config(&yaml);
-    let mut agg = start_daemon_with(
-        AGGREGATORD,
-        &config.path,
-        &[("FAILPOINTS", "ingest::before_flush=return")],
-    );
-    agg.log.wait_for(&["subscribed"]);
+    let Agg {
+        pki,
+        broker,
+        _storage,
+        config,
+        mut agg,
+        ..
+    } = Site::new(&["room101"])
+        .logging_packets()
+        .edit(|yaml| yaml.replace("keep_alive: 5s", "keep_alive: 1s"))
+        .env("FAILPOINTS", "ingest::before_flush=return")
+        .start();
 
     let node = Watcher::connect(&broker, &pki, "room101");
     for seq in 1..=N {
@@ -114,15 +114,17 @@ fn nothing_is_acknowledged_before_the_batch_holding_it_is_on_disk() {
 /// then wait for the next keep-alive, 60 s here); and /metrics counts it.
 #[test]
 fn an_ack_leaves_at_once_on_an_idle_connection_and_is_counted() {
-    let pki = Pki::new(&["room101", "aggregatord"]);
-    let broker = Broker::start_logging_packets(&pki);
-    let storage = tempfile::tempdir().unwrap();
-    let yaml = aggregatord_yaml(&broker, &pki, storage.path())
-        .replace("keep_alive: 5s", "keep_alive: 60s");
-    let config = write_config(&yaml);
-    let agg = start_daemon(AGGREGATORD, &config.path);
-    let addr = dashboard_addr(&agg.log);
-    agg.log.wait_for(&["subscribed"]);
+    let Agg {
+        pki,
+        broker,
+        _storage,
+        config: _config,
+        agg,
+        addr,
+    } = Site::new(&["room101"])
+        .logging_packets()
+        .edit(|yaml| yaml.replace("keep_alive: 5s", "keep_alive: 60s"))
+        .start();
     let node = Watcher::connect(&broker, &pki, "room101");
     node.publish(TOPIC, &reading_payload(1), 1);
     agg.log.wait_for(&["stored reading", "seq=Some(1)"]);
@@ -203,25 +205,20 @@ fn a_short_batch_lingers_for_company_and_a_full_one_does_not() {
 fn subscription_qos_1_survives_a_broker_restart_mid_stream() {
     require_failpoints();
     const N: u64 = 2000;
-    let pki = Pki::new(&["room101", "aggregatord"]);
-    let mut broker = Broker::start(&pki);
-    let storage = tempfile::tempdir().unwrap();
     // A slow disk (every fsync 20 ms late, 10 readings a batch: ~500 readings/s)
     // so that the broker restart lands while most of the backlog is still queued;
     // at full speed the whole first half is stored before the restart.
-    let config = write_config(&aggregatord_yaml_with(
-        &broker,
-        &pki,
-        storage.path(),
-        1,
-        "ingest: { batch_max: 10 }\n",
-    ));
-    let mut agg = start_daemon_with(
-        AGGREGATORD,
-        &config.path,
-        &[("FAILPOINTS", "ingest::before_flush=sleep(20)")],
-    );
-    agg.log.wait_for(&["subscribed"]);
+    let Agg {
+        pki,
+        mut broker,
+        _storage,
+        config,
+        mut agg,
+        ..
+    } = Site::new(&["room101"])
+        .extra("ingest: { batch_max: 10 }\n")
+        .env("FAILPOINTS", "ingest::before_flush=sleep(20)")
+        .start();
     let node = Watcher::connect(&broker, &pki, "room101");
     // QoS 2 from the node: the broker then holds a QoS 2 flow for each message.
     for seq in 1..=N / 2 {

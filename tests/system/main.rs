@@ -1,5 +1,5 @@
 //! System tests: the real daemons, a real Mosquitto with mutual TLS, real storage.
-//! One test binary (faster to build than one per file); see harness.rs for the rig.
+//! One test binary (faster to build than one per file); see harness/ for the rig.
 //!
 //! Pedantic lints allowed here, for test scenarios only: counts are small
 //! constants cast where a helper wants `usize`/`i64`; a scenario's constants sit

@@ -17,12 +17,14 @@ struct Rig {
 }
 
 fn rig() -> Rig {
-    let pki = Pki::new(&["room101", "aggregatord"]);
-    let broker = Broker::start(&pki);
-    let storage = tempfile::tempdir().unwrap();
-    let agg_config = write_config(&aggregatord_yaml(&broker, &pki, storage.path()));
-    let agg = start_daemon(AGGREGATORD, &agg_config.path);
-    agg.log.wait_for(&["subscribed"]);
+    let Agg {
+        pki,
+        broker,
+        _storage: storage,
+        config: agg_config,
+        agg,
+        ..
+    } = Site::new(&["room101"]).start();
     let sensors = [("motion_001", "motion", "50ms", 1)];
     let sensord_config = write_config(&sensord_yaml(&broker, &pki, "room101", PREFIX, &sensors));
     let sensord = start_daemon(SENSORD, &sensord_config.path);

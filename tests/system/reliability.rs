@@ -75,12 +75,14 @@ fn ten_kill_9s_during_20000_qos1_readings_lose_nothing_and_store_nothing_twice()
     const N: u64 = 20_000;
     const KILLS: usize = 10;
     let topic = format!("{PREFIX}/temperature/temp_001");
-    let pki = Pki::new(&["room101", "aggregatord"]);
-    let broker = Broker::start(&pki);
-    let storage = tempfile::tempdir().unwrap();
-    let config = write_config(&aggregatord_yaml(&broker, &pki, storage.path()));
-    let mut agg = start_daemon(AGGREGATORD, &config.path);
-    agg.log.wait_for(&["subscribed"]);
+    let Agg {
+        pki,
+        broker,
+        _storage,
+        config,
+        mut agg,
+        ..
+    } = Site::new(&["room101"]).start();
 
     // The node publishes all N at QoS 1; the broker queues them for aggregatord's
     // session while it is down.

@@ -110,12 +110,14 @@ struct Outage {
 /// Runs sensord and aggregatord, stops the broker until sensord has buffered
 /// `buffered` readings, brings the broker back, and stops both daemons.
 fn outage(offline_buffer: usize, buffered: usize) -> Outage {
-    let pki = Pki::new(&["room101", "aggregatord"]);
-    let broker = Broker::start(&pki);
-    let storage = tempfile::tempdir().unwrap();
-    let agg_config = write_config(&aggregatord_yaml(&broker, &pki, storage.path()));
-    let mut agg = start_daemon(AGGREGATORD, &agg_config.path);
-    agg.log.wait_for(&["subscribed"]);
+    let Agg {
+        pki,
+        broker,
+        _storage: storage,
+        config: agg_config,
+        mut agg,
+        ..
+    } = Site::new(&["room101"]).start();
     let sensors = [
         ("temp_001", "temperature", "20ms", 0),
         ("motion_001", "motion", "20ms", 1),

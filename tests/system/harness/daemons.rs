@@ -95,32 +95,96 @@ pub struct Agg {
     pub addr: String,
 }
 
+/// The aggregatord site most tests begin with, built up as the test needs
+/// it: certificates for aggregatord and the nodes, a broker, a store, and
+/// aggregatord subscribed; [`Site::start`] returns the guards ([`Agg`]).
+///
+/// `Site::new(&["room101"]).extra("ingest: { batch_max: 10 }\n").env("FAILPOINTS", "…").start()`
+pub struct Site {
+    names: Vec<String>,
+    extra: String,
+    env: Vec<(String, String)>,
+    logging_packets: bool,
+    edit: Option<Box<dyn Fn(String) -> String>>,
+}
+
+impl Site {
+    /// Certificates for aggregatord (and its alert identity) and `nodes`.
+    pub fn new(nodes: &[&str]) -> Site {
+        Site {
+            names: nodes.iter().map(|n| (*n).to_owned()).collect(),
+            extra: String::new(),
+            env: Vec::new(),
+            logging_packets: false,
+            edit: None,
+        }
+    }
+
+    /// YAML after the storage section's `path:` line: indented, it is part
+    /// of that section; otherwise top-level.
+    pub fn extra(mut self, yaml: &str) -> Site {
+        self.extra.push_str(yaml);
+        self
+    }
+
+    /// An environment variable for aggregatord (`FAILPOINTS`).
+    pub fn env(mut self, key: &str, value: &str) -> Site {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// A broker that logs every packet: a broker-side observer of acks.
+    pub fn logging_packets(mut self) -> Site {
+        self.logging_packets = true;
+        self
+    }
+
+    /// The config as written, changed by `edit` first (`keep_alive: 1s`).
+    pub fn edit(mut self, edit: impl Fn(String) -> String + 'static) -> Site {
+        self.edit = Some(Box::new(edit));
+        self
+    }
+
+    /// Starts it all; returns once aggregatord has subscribed.
+    pub fn start(self) -> Agg {
+        let mut names: Vec<&str> = self.names.iter().map(String::as_str).collect();
+        names.push("aggregatord");
+        let pki = Pki::new(&names);
+        let broker = if self.logging_packets {
+            Broker::start_logging_packets(&pki)
+        } else {
+            Broker::start(&pki)
+        };
+        let storage = tempfile::tempdir().unwrap();
+        let yaml = aggregatord_yaml_with(&broker, &pki, storage.path(), 1, &self.extra);
+        let yaml = match &self.edit {
+            Some(edit) => edit(yaml),
+            None => yaml,
+        };
+        let config = write_config(&yaml);
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let agg = start_daemon_with(AGGREGATORD, &config.path, &env);
+        let addr = dashboard_addr(&agg.log);
+        agg.log.wait_for(&["subscribed"]);
+        Agg {
+            pki,
+            broker,
+            _storage: storage,
+            config,
+            agg,
+            addr,
+        }
+    }
+}
+
 /// A broker with certificates for aggregatord and `nodes`, and aggregatord
 /// (with `extra` config) subscribed to it.
 pub fn aggregatord_for(nodes: &[&str], extra: &str) -> Agg {
-    let mut names = nodes.to_vec();
-    names.push("aggregatord");
-    let pki = Pki::new(&names);
-    let broker = Broker::start(&pki);
-    let storage = tempfile::tempdir().unwrap();
-    let config = write_config(&aggregatord_yaml_with(
-        &broker,
-        &pki,
-        storage.path(),
-        1,
-        extra,
-    ));
-    let agg = start_daemon(AGGREGATORD, &config.path);
-    let addr = dashboard_addr(&agg.log);
-    agg.log.wait_for(&["subscribed"]);
-    Agg {
-        pki,
-        broker,
-        _storage: storage,
-        config,
-        agg,
-        addr,
-    }
+    Site::new(nodes).extra(extra).start()
 }
 
 /// How many readings a stopped sensord says it published (its last line).
