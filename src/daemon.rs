@@ -83,7 +83,7 @@ pub fn signals() -> std::io::Result<Signals> {
     // Past a file-size limit the kernel sends SIGXFSZ, which would kill us. With
     // a handler the write fails with EFBIG instead: storage reports the error and
     // aggregatord waits (unacknowledged) until there is room again.
-    let mut xfsz = signal(SignalKind::from_raw(libc::SIGXFSZ))?;
+    let mut xfsz = signal(SignalKind::from_raw(rustix::process::Signal::XFSZ.as_raw()))?;
     tokio::spawn(async move { while xfsz.recv().await.is_some() {} });
     let (cancel, hup_notify) = (shutdown.clone(), reload.clone());
     tokio::spawn(async move {
