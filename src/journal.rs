@@ -23,6 +23,7 @@ const SOCKET: &str = "/run/systemd/journal/socket";
 /// buffer size, and no log line of ours needs more.
 const MAX_VALUE: usize = 48 * 1024;
 
+/// A tracing layer that writes each event to journald in its native protocol.
 pub struct Journald {
     /// Unbound, connected to journald's socket: one datagram per entry.
     socket: UnixDatagram,

@@ -13,6 +13,7 @@ use crate::config::IngestConfig;
 use crate::contract::{Rejection, RejectionReason, Timestamp};
 use std::collections::HashMap;
 
+/// The sensors and rooms known, when each was last heard, and the caps on new ones.
 #[derive(Default)]
 pub struct Census {
     /// Room prefix → its sensors' reading topics → when each was last heard

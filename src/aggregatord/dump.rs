@@ -22,6 +22,7 @@ pub enum Format {
     Csv,
 }
 
+/// What a dump request asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RequestKind {
@@ -187,6 +188,7 @@ fn write_reading_json(out: &mut impl Write, r: &StoredReading) -> io::Result<()>
 mod erased {
     use std::io::{self, Write};
 
+    /// A row written as one JSON object, whatever its type.
     pub trait Json {
         fn write(&self, out: &mut dyn Write) -> io::Result<()>;
     }

@@ -49,6 +49,7 @@ impl Track {
     }
 }
 
+/// Holes in each sensor's seq numbering (readings lost before they reached us), and the room alerts they raise.
 #[derive(Default)]
 pub struct Gaps {
     /// Per reading topic, its numbering; seeded at start with each sensor's

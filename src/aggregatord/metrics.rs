@@ -261,6 +261,7 @@ const BUCKETS: [f64; 16] = [
     10.0,
 ];
 
+/// A Prometheus histogram of durations, lock-free.
 #[derive(Default)]
 pub struct Histogram {
     /// Cumulative is computed on render; each slot counts its own bucket (+Inf last).

@@ -252,6 +252,7 @@ fn default_max_rooms() -> usize {
     10_000
 }
 
+/// One entry of `subscriptions:`: a topic filter and its QoS.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionConfig {
@@ -277,6 +278,7 @@ impl SubscriptionConfig {
     }
 }
 
+/// `storage:`: where the store is, how long each form of history is kept, its disk budget.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {

@@ -118,6 +118,7 @@ fn default_level() -> String {
     "info".into()
 }
 
+/// `log.format`: how log lines look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {

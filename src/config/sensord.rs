@@ -101,6 +101,7 @@ fn default_outbox_size() -> bytesize::ByteSize {
     bytesize::ByteSize::mib(16)
 }
 
+/// `node:`: who this node is, and where its topics live.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
@@ -128,6 +129,7 @@ pub struct RoomConfig {
     pub thermostat: Option<Thermostat>,
 }
 
+/// `room.thermostat`: a heater the simulated room switches on below its setpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Thermostat {
@@ -145,6 +147,7 @@ pub enum Occupancy {
     Schedule(Schedule),
 }
 
+/// `room.occupancy` as a fixed state instead of a timetable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FixedOccupancy {
@@ -242,6 +245,7 @@ fn default_ha_prefix() -> String {
     "homeassistant".into()
 }
 
+/// One entry of `sensors:`: a sensor, its interval and QoS, and its faults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SensorConfig {
@@ -308,6 +312,7 @@ pub struct FaultConfig {
     pub rate: Option<f64>,
 }
 
+/// What an injected fault does to a sensor's readings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FaultKind {

@@ -35,6 +35,7 @@ pub struct Alert {
     pub time: Timestamp,
 }
 
+/// Where an alert is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AlertState {
@@ -83,6 +84,7 @@ impl Alert {
     }
 }
 
+/// How much an alert matters, for people.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {

@@ -36,6 +36,7 @@ pub struct Status {
     pub sensors: Vec<StatusSensor>,
 }
 
+/// A node's state in its status message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeState {

@@ -16,6 +16,7 @@ pub const MAX_PAYLOAD_BYTES: usize = 4096;
 /// How far ahead of our clock a reading's timestamp may be (clock skew).
 const MAX_FUTURE: chrono::Duration = chrono::Duration::minutes(5);
 
+/// Why a message was refused, by a stable `snake_case` name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RejectionReason {
     /// Over [`MAX_PAYLOAD_BYTES`] (a reading or a status): refused before parsing.
@@ -76,6 +77,7 @@ impl fmt::Display for RejectionReason {
     }
 }
 
+/// A refused message's reason and, in words, what exactly was wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
     /// Why, by a stable name (logs, counters, the `rejected` tree).

@@ -181,6 +181,7 @@ pub enum Link {
     Down,
 }
 
+/// Why a connection could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum MqttError {
     /// The TLS files cannot be used: a config problem (exit 78 at start-up), not retried.

@@ -22,6 +22,7 @@ pub struct TlsFiles {
 /// readable only inside the unit.
 pub const CREDENTIALS_VAR: &str = "${CREDENTIALS_DIRECTORY}";
 
+/// Why the TLS files could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// A file cannot be used: missing, unreadable, no PEM in it, not a usable CA,

@@ -27,6 +27,7 @@ const BATCH: usize = 256;
 /// Past this much confirmed space before the head, the file is rewritten.
 const COMPACT_AT: u64 = 1 << 20;
 
+/// What the outbox did, for `STATUS=` and the stop line.
 #[derive(Debug, Default, Clone)]
 pub struct Counts {
     /// Readings handed to the MQTT queue (not yet confirmed by the broker).
@@ -66,6 +67,7 @@ fn first_unsent(buffer: &VecDeque<Waiting>) -> u64 {
     buffer.front().map_or(u64::MAX, |(_, at)| *at)
 }
 
+/// Readings on their way to the broker: QoS 0 sent or dropped, QoS 1/2 kept (on disk, see spool.rs) until the broker confirms them.
 pub struct Outbox {
     /// The connection: its link state decides between sending and keeping.
     mqtt: Arc<Handle>,

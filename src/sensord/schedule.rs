@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+/// When each sensor reads next: its interval, with jitter.
 pub struct Timetable {
     /// Each sensor's reading interval, indexed like the sensors; also bounds its jitter.
     intervals: Vec<Duration>,

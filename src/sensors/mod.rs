@@ -13,6 +13,7 @@ use crate::config::SensordConfig;
 use crate::contract::Reading;
 use chrono::{DateTime, Utc};
 
+/// A node's sensors and the room they observe.
 pub struct Node {
     /// The physical state every sensor reads; advanced to a reading's time first.
     pub room: Room,

@@ -40,6 +40,7 @@ const HEATER_POWER: f64 = 800.0;
 /// (sensord/meter.rs), so the meter neither jumps nor runs backwards.
 const METER_EPOCH_SECS: i64 = 1_704_067_200;
 
+/// The simulated room: occupancy, temperature, humidity, CO₂ and power, advanced in time.
 pub struct Room {
     /// Presence changes and temperature drift; seeded from `room.seed` when set.
     rng: fastrand::Rng,

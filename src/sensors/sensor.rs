@@ -14,6 +14,7 @@ const DETECT_PROBABILITY: f64 = 0.3;
 /// Motion reports `0` after this long without movement, unless configured.
 pub const DEFAULT_CLEAR_AFTER: Duration = Duration::from_secs(30);
 
+/// One simulated sensor: its config, its seq, and the state its faults need.
 pub struct Sensor {
     /// Its config; a reload replaces it while `seq` and the state below carry on.
     pub config: SensorConfig,

@@ -22,6 +22,7 @@ const SPARK_SPAN_MS: i64 = 3_600_000;
 /// Message rate: counted per second over this many seconds.
 const RATE_WINDOW: usize = 10;
 
+/// One sensor as the dashboard shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct SensorView {
     /// The reading topic: the row's key.
@@ -46,6 +47,7 @@ pub struct SensorView {
     pub spark: VecDeque<(i64, f64)>,
 }
 
+/// One node (room) as the dashboard shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeView {
     /// The node's topic prefix: the row's key.
