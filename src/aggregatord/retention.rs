@@ -362,22 +362,8 @@ mod tests {
         let now = Timestamp::now_millis().micros();
         let mut w = store.reading_writer().unwrap();
         for i in 0..N {
-            let topic = format!("building/floor1/room101/temperature/t{}", i % 10);
             let ts = Timestamp::from_micros(now - 86_400_000_000 + i * 860_000).unwrap();
-            w.insert(&StoredReading {
-                topic: topic.clone(),
-                reading: Reading {
-                    sensor_id: topic.rsplit('/').next().unwrap().to_owned(),
-                    sensor_type: "temperature".into(),
-                    value: 20.0 + (i % 97) as f64 / 10.0,
-                    unit: "celsius".into(),
-                    timestamp: ts,
-                    seq: Some(i.cast_unsigned()),
-                },
-                received_at: ts,
-                qos: 1,
-            })
-            .unwrap();
+            w.insert(&reading(i % 10, ts, i)).unwrap();
             // Batches as ingest writes them: chunks are sealed in time order.
             if i % 100 == 99 {
                 std::mem::replace(&mut w, store.reading_writer().unwrap())
@@ -411,28 +397,31 @@ mod tests {
         assert!(kept.contains(&(N - 1)));
     }
 
+    /// Sensor `t{t}`'s reading number `i`, at `ts`.
+    fn reading(t: i64, ts: Timestamp, i: i64) -> StoredReading {
+        StoredReading {
+            topic: format!("building/floor1/room101/temperature/t{t}"),
+            reading: Reading {
+                sensor_id: format!("t{t}"),
+                sensor_type: "temperature".into(),
+                value: 20.0 + (i % 97) as f64 / 10.0,
+                unit: "celsius".into(),
+                timestamp: ts,
+                seq: Some(i.cast_unsigned()),
+            },
+            received_at: ts,
+            qos: 1,
+        }
+    }
+
     /// Readings of `topics` sensors, one a minute (so a minute row each),
     /// for the `days` after `from` (µs).
-    fn one_a_minute(store: &Store, topics: usize, from: i64, days: i64) {
+    fn one_a_minute(store: &Store, topics: i64, from: i64, days: i64) {
         let mut w = store.reading_writer().unwrap();
         for m in 0..days * 1440 {
             let ts = Timestamp::from_micros(from + m * 60_000_000).unwrap();
             for t in 0..topics {
-                let topic = format!("building/floor1/room101/temperature/t{t}");
-                w.insert(&StoredReading {
-                    topic,
-                    reading: Reading {
-                        sensor_id: format!("t{t}"),
-                        sensor_type: "temperature".into(),
-                        value: 20.0 + (m % 97) as f64 / 10.0,
-                        unit: "celsius".into(),
-                        timestamp: ts,
-                        seq: Some(m.cast_unsigned()),
-                    },
-                    received_at: ts,
-                    qos: 1,
-                })
-                .unwrap();
+                w.insert(&reading(t, ts, m)).unwrap();
             }
             if m % 60 == 59 {
                 std::mem::replace(&mut w, store.reading_writer().unwrap())
