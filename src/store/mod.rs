@@ -313,7 +313,15 @@ struct Layout<'a> {
     work: &'a Path,
 }
 
-impl Layout<'_> {
+impl<'a> Layout<'a> {
+    /// The store in `path`, worked on in place or, read-only, in `scratch`.
+    fn new(path: &'a Path, scratch: Option<&'a tempfile::TempDir>) -> Layout<'a> {
+        Layout {
+            path,
+            work: scratch.map_or(path, tempfile::TempDir::path),
+        }
+    }
+
     fn read_only(&self) -> bool {
         self.work != self.path
     }
@@ -508,10 +516,7 @@ impl Store {
 
     fn open_in(path: &Path, scratch: Option<Arc<tempfile::TempDir>>) -> Result<Store, StoreError> {
         let damage = Arc::new(Mutex::new(Vec::new()));
-        let layout = Layout {
-            path,
-            work: scratch.as_ref().map_or(path, |s| s.path()),
-        };
+        let layout = Layout::new(path, scratch.as_deref());
         let (trees, found) = Trees::open(&layout, damage.clone())?;
         damage
             .lock()
@@ -557,10 +562,7 @@ impl Store {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Drop ours first: sled's lock on the folder goes with the last handle.
         *trees = None;
-        let layout = Layout {
-            path: &self.path,
-            work: self.scratch.as_ref().map_or(&self.path, |s| s.path()),
-        };
+        let layout = Layout::new(&self.path, self.scratch.as_deref());
         let (fresh, found) = Trees::open(&layout, self.damage.clone())?;
         self.damage
             .lock()

@@ -337,22 +337,8 @@ impl Segments {
     /// The segments there are, but the one appended to, each with its size.
     pub fn sealed(&self) -> Result<Vec<(u32, u64)>, StoreError> {
         let active = self.active();
-        let mut out = Vec::new();
-        for entry in std::fs::read_dir(&self.dir).map_err(|e| io_error(&self.dir, e))? {
-            let entry = entry.map_err(|e| io_error(&self.dir, e))?;
-            let number = entry
-                .file_name()
-                .to_string_lossy()
-                .strip_suffix(".seg")
-                .and_then(|hex| u32::from_str_radix(hex, 16).ok());
-            if let Some(n) = number.filter(|n| *n != active) {
-                out.push((
-                    n,
-                    entry.metadata().map_err(|e| io_error(&self.dir, e))?.len(),
-                ));
-            }
-        }
-        out.sort_unstable();
+        let mut out = listed(&self.dir)?;
+        out.retain(|(n, _)| *n != active);
         Ok(out)
     }
 
@@ -382,18 +368,25 @@ impl Segments {
 
 /// The highest segment number in `dir`.
 fn newest(dir: &Path) -> Result<Option<u32>, StoreError> {
-    let mut newest = None;
+    Ok(listed(dir)?.last().map(|(n, _)| *n))
+}
+
+/// The segment files in `dir`, by number, each with its size.
+fn listed(dir: &Path) -> Result<Vec<(u32, u64)>, StoreError> {
+    let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| io_error(dir, e))? {
-        let name = entry.map_err(|e| io_error(dir, e))?.file_name();
-        if let Some(n) = name
+        let entry = entry.map_err(|e| io_error(dir, e))?;
+        let number = entry
+            .file_name()
             .to_string_lossy()
             .strip_suffix(".seg")
-            .and_then(|hex| u32::from_str_radix(hex, 16).ok())
-        {
-            newest = newest.max(Some(n));
+            .and_then(|hex| u32::from_str_radix(hex, 16).ok());
+        if let Some(n) = number {
+            out.push((n, entry.metadata().map_err(|e| io_error(dir, e))?.len()));
         }
     }
-    Ok(newest)
+    out.sort_unstable();
+    Ok(out)
 }
 
 /// Segment `number`, opened to append, and its length.
