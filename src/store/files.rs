@@ -38,8 +38,20 @@ pub(super) fn open_for_append(
     path: &Path,
     magic: &[u8],
 ) -> Result<(File, u64), StoreError> {
+    open_to_write(dir, path, magic, true)
+}
+
+/// [`open_for_append`], or (`append` false) opened for writes at offsets
+/// the caller keeps.
+pub(super) fn open_to_write(
+    dir: &Path,
+    path: &Path,
+    magic: &[u8],
+    append: bool,
+) -> Result<(File, u64), StoreError> {
     let mut f = OpenOptions::new()
-        .append(true)
+        .append(append)
+        .write(true)
         .create(true)
         .truncate(false)
         .open(path)

@@ -15,6 +15,12 @@
 //! bytes (less under a disk budget) and removed once every record in it is spent, one spent file late: if
 //! sled loses its last flushes, replay still finds those readings here.
 //!
+//! A frame that would straddle a page boundary it need not is written at the
+//! next page instead (the gap reads as zeros, never written): each batch's
+//! `fdatasync` then writes the one page its frame is in, not two. At 300
+//! readings a second (frames of about 1 KB) a quarter of the syncs wrote two
+//! pages, and the journal's page writes were two thirds of all bytes written.
+//!
 //! At open every frame is checked. Damage with good frames after it, or below
 //! the last sync known (from the frames, or the store's note at its last
 //! flush), is damage to acknowledged data: reported with file and offset, and
@@ -28,7 +34,7 @@ use super::files::{self, io_error, sync_dir};
 use super::StoreError;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// Each file's first bytes: the format, version 1.
@@ -37,6 +43,8 @@ const MAGIC: &[u8; 8] = b"RSWAL01\n";
 const HEADER: usize = 40;
 /// A file past this many bytes is closed and a new one started.
 pub(super) const ROTATE_AT: u64 = 4 * 1024 * 1024;
+/// The page a sync writes whole: where frames start when that saves one.
+const PAGE: u64 = 4096;
 /// No record is this large (a batch is at most a few thousand readings): a
 /// length beyond it is damage, not a frame to wait for.
 const MAX_BODY: usize = 64 * 1024 * 1024;
@@ -264,6 +272,37 @@ fn resync(bytes: &[u8], from: usize, after: Option<u64>) -> Option<usize> {
         .find(|&at| parse(&bytes[at..]).is_ok_and(|f| after.is_none_or(|a| f.record > a)))
 }
 
+/// How many pages `len` bytes at `at` touch.
+fn pages(at: u64, len: u64) -> u64 {
+    (at + len.max(1) - 1) / PAGE - at / PAGE + 1
+}
+
+/// Where a frame of `len` bytes goes when the file's data ends at `end`:
+/// there, or at the next page if that touches fewer pages (the page at
+/// `end`, partly written and synced, is written again by the next sync).
+fn placed(end: u64, len: u64) -> u64 {
+    let next_page = end.next_multiple_of(PAGE);
+    if !end.is_multiple_of(PAGE) && pages(next_page, len) < pages(end, len) {
+        next_page
+    } else {
+        end
+    }
+}
+
+/// Where the frame after a placement gap at `at` starts: only zeros up to the
+/// next page, and there a good frame numbered `expected` that is larger than
+/// the gap (else it would have been written at `at`). Anything else is not a
+/// gap the writer left, and is judged as damage.
+fn after_gap(bytes: &[u8], at: usize, expected: u64) -> Option<usize> {
+    let page = usize::try_from(PAGE).ok()?;
+    let next = at.next_multiple_of(page);
+    if at.is_multiple_of(page) || bytes.get(at..next)?.iter().any(|b| *b != 0) {
+        return None;
+    }
+    let f = parse(bytes.get(next..)?).ok()?;
+    (f.record == expected && f.len > next - at).then_some(next)
+}
+
 impl Wal {
     /// Opens the log in `dir` (made if missing), handing every good frame to
     /// `each` in order; returns the log, ready to append, and the damage found.
@@ -351,6 +390,11 @@ impl Wal {
                         at += f.len;
                     }
                     bad => {
+                        let expected = file_last.map_or(first, |l| l + 1);
+                        if let Some(next) = after_gap(&bytes, at, expected) {
+                            at = next;
+                            continue;
+                        }
                         let what = match bad {
                             Ok(_) => "record number out of order",
                             Err(what) => what,
@@ -476,14 +520,15 @@ impl Wal {
         }
         let bytes = frame(record, self.synced_len, floor, generation, body);
         let path = self.dir.join(file_name(self.current_first));
-        if let Err(e) = self.current.write_all(&bytes) {
+        let at = placed(self.current_len, bytes.len() as u64);
+        if let Err(e) = self.current.write_all_at(&bytes, at) {
             // A part may have reached the file: cut it back, so the next
             // append does not land behind a torn frame (if even that fails,
             // the next open trims it as an unsynced tail).
             let _ = self.current.set_len(self.current_len);
             return Err(io_error(&path, e));
         }
-        self.current_len += bytes.len() as u64;
+        self.current_len = at + bytes.len() as u64;
         self.next_record = record + 1;
         Ok(())
     }
@@ -567,9 +612,10 @@ impl Wal {
     }
 }
 
-/// The log file starting at record `first`, opened to append, and its length.
+/// The log file starting at record `first`, opened for writes at offsets
+/// (see [`placed`]), and its length.
 fn open_for_append(dir: &Path, first: u64) -> Result<(File, u64), StoreError> {
-    files::open_for_append(dir, &dir.join(file_name(first)), MAGIC)
+    files::open_to_write(dir, &dir.join(file_name(first)), MAGIC, false)
 }
 
 fn truncate(path: &Path, len: u64) -> Result<(), StoreError> {
@@ -586,6 +632,7 @@ fn truncate(path: &Path, len: u64) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     type Frames = Vec<(u64, Vec<u8>)>;
 
@@ -746,6 +793,98 @@ mod tests {
         assert_eq!(damage.len(), 1, "said again at every open: {damage:?}");
         assert_eq!(damage[0].loss, Loss::Reported);
         assert_eq!(seen.last().map(|(_, b)| b.as_slice()), Some(&b"after"[..]));
+    }
+
+    /// Batches of about a kilobyte, each synced, as at 300 readings a
+    /// second; `zero` then blanks a byte range of the file.
+    fn kilobyte_batches(dir: &Path) -> (Vec<(u64, u64)>, Position) {
+        let (mut wal, _, _) = open(dir, None);
+        let mut frames = Vec::new();
+        let mut last = None;
+        for i in 0..40 {
+            let body = vec![
+                u8::try_from(i % 200).unwrap() + 1;
+                700 + 37 * usize::try_from(i % 11).unwrap()
+            ];
+            let before = wal.current_len;
+            wal.append(i, 0, 0, &body).unwrap();
+            let len = (HEADER + body.len()) as u64;
+            frames.push((wal.current_len - len, len));
+            assert!(wal.current_len - len >= before);
+            last = Some(wal.sync(0, 0).unwrap());
+        }
+        (frames, last.unwrap())
+    }
+
+    #[test]
+    fn a_frame_starts_at_the_next_page_when_that_saves_a_page_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (frames, committed) = kilobyte_batches(dir.path());
+        let mut gaps = 0;
+        for (at, len) in &frames {
+            // Each sync writes only the pages its frame touches, and never
+            // more than a frame of that size needs.
+            assert_eq!(pages(*at, *len), len.div_ceil(PAGE), "frame at {at}");
+        }
+        for w in frames.windows(2) {
+            gaps += u64::from(w[0].0 + w[0].1 != w[1].0);
+        }
+        assert!(gaps > 5, "{gaps} gaps: the sizes were meant to cross pages");
+        let (_, seen, damage) = open(dir.path(), Some(committed));
+        assert!(damage.is_empty(), "{damage:?}");
+        assert_eq!(seen.len(), frames.len());
+        // Without the placement, these frames touch a quarter more pages.
+        let packed: u64 = frames
+            .iter()
+            .scan(MAGIC.len() as u64, |end, (_, len)| {
+                let p = pages(*end, *len);
+                *end += len;
+                Some(p)
+            })
+            .sum();
+        let placed_pages: u64 = frames.iter().map(|(at, len)| pages(*at, *len)).sum();
+        assert!(
+            placed_pages < packed,
+            "{placed_pages} pages, {packed} packed"
+        );
+    }
+
+    #[test]
+    fn zeros_that_are_not_a_placement_gap_are_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let (frames, committed) = kilobyte_batches(dir.path());
+        let path = only_file(dir.path());
+        let original = std::fs::read(&path).unwrap();
+        // A frame that starts mid-page, blanked from its start to the end of
+        // its page: it looks like a gap, but the frame after it is not the
+        // next record.
+        let (at, _) = *frames
+            .iter()
+            .find(|(at, len)| {
+                at % PAGE != 0 && (at + len) % PAGE != 0 && at / PAGE == (at + len) / PAGE
+            })
+            .expect("a frame inside a page");
+        let mut bytes = original.clone();
+        let end = usize::try_from(at.next_multiple_of(PAGE)).unwrap();
+        bytes[usize::try_from(at).unwrap()..end].fill(0);
+        std::fs::write(&path, &bytes).unwrap();
+        let (_, seen, damage) = open(dir.path(), Some(committed));
+        assert_eq!(damage.len(), 1, "{damage:?}");
+        assert_eq!(damage[0].offset, at);
+        assert!(seen.len() < frames.len());
+        // A byte in a gap the writer left: damage too, and every frame read.
+        let (gap_at, _) = frames
+            .windows(2)
+            .find(|w| w[0].0 + w[0].1 != w[1].0)
+            .map(|w| (w[0].0 + w[0].1, w[1].0))
+            .unwrap();
+        let mut bytes = original;
+        bytes[usize::try_from(gap_at).unwrap()] = 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let (_, seen, damage) = open(dir.path(), Some(committed));
+        assert_eq!(damage.len(), 1, "{damage:?}");
+        assert_eq!(damage[0].offset, gap_at);
+        assert_eq!(seen.len(), frames.len());
     }
 
     #[test]
