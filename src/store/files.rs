@@ -38,30 +38,38 @@ pub(super) fn open_for_append(
     path: &Path,
     magic: &[u8],
 ) -> Result<(File, u64), StoreError> {
-    open_to_write(dir, path, magic, true)
+    open_to_write(dir, path, magic, None)
 }
 
-/// [`open_for_append`], or (`append` false) opened for writes at offsets
-/// the caller keeps.
+/// [`open_for_append`], or (`size` given) opened for writes at offsets the
+/// caller keeps, and if new made `size` bytes long (sparse) after `magic`:
+/// then the length returned is where the data ends, `magic`'s.
 pub(super) fn open_to_write(
     dir: &Path,
     path: &Path,
     magic: &[u8],
-    append: bool,
+    size: Option<u64>,
 ) -> Result<(File, u64), StoreError> {
     let mut f = OpenOptions::new()
-        .append(append)
+        .append(size.is_none())
         .write(true)
         .create(true)
         .truncate(false)
         .open(path)
         .map_err(|e| io_error(path, e))?;
     let len = f.metadata().map_err(|e| io_error(path, e))?.len();
+    let start = magic.len() as u64;
     if len == 0 {
-        f.write_all(magic)
-            .and_then(|()| f.sync_all())
-            .map_err(|e| io_error(path, e))?;
+        f.write_all(magic).map_err(|e| io_error(path, e))?;
+        if let Some(size) = size.filter(|s| *s > start) {
+            // Only a saving: under a file-size limit the file grows as written.
+            if let Err(e) = f.set_len(size) {
+                tracing::debug!(file = %path.display(), error = %e, "not made at full size");
+            }
+        }
+        f.sync_all().map_err(|e| io_error(path, e))?;
         sync_dir(dir)?;
+        return Ok((f, start));
     }
-    Ok((f, len.max(magic.len() as u64)))
+    Ok((f, len.max(start)))
 }

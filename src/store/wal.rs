@@ -15,11 +15,14 @@
 //! bytes (less under a disk budget) and removed once every record in it is spent, one spent file late: if
 //! sled loses its last flushes, replay still finds those readings here.
 //!
-//! A frame that would straddle a page boundary it need not is written at the
-//! next page instead (the gap reads as zeros, never written): each batch's
-//! `fdatasync` then writes the one page its frame is in, not two. At 300
-//! readings a second (frames of about 1 KB) a quarter of the syncs wrote two
-//! pages, and the journal's page writes were two thirds of all bytes written.
+//! A file is made at its full size (sparse: nothing written) and a frame
+//! that would straddle a page boundary it need not starts at the next page
+//! (the gap is never written). A batch's `fdatasync` then writes the one page
+//! its frame is in and no file-system metadata for a new size: measured on
+//! ext4, 1 KB frames synced one by one cost 5.9 KB of device writes each
+//! against 10.2 KB appended to a growing file. The zeros after the last frame
+//! are the file's unused end, not damage; frames lost from below the last sync
+//! known are still found (by the sync and record numbers, not the length).
 //!
 //! At open every frame is checked. Damage with good frames after it, or below
 //! the last sync known (from the frames, or the store's note at its last
@@ -346,6 +349,7 @@ impl Wal {
         let mut last_record: Option<u64> = None;
         let mut last_file = None;
         let mut witnessed = 0;
+        let mut ends = BTreeMap::new();
         for (i, &first) in files.iter().enumerate() {
             let path = dir.join(file_name(first));
             let bytes = std::fs::read(&path).map_err(|e| io_error(&path, e))?;
@@ -395,6 +399,9 @@ impl Wal {
                             at = next;
                             continue;
                         }
+                        if bytes[at..].iter().all(|b| *b == 0) {
+                            break; // the unused end of a file made at full size
+                        }
                         let what = match bad {
                             Ok(_) => "record number out of order",
                             Err(what) => what,
@@ -423,7 +430,9 @@ impl Wal {
                     }
                 }
             }
-            let len = bytes.len() as u64;
+            // Where the frames end (before a zero end, or the file's end).
+            let len = at.min(bytes.len()) as u64;
+            ends.insert(first, len);
             let missing = match next_file {
                 // The next file's name is the record that follows this one's last.
                 Some(n) => !hurt && file_last.is_none_or(|l| l + 1 < n),
@@ -468,7 +477,8 @@ impl Wal {
             .max(files.last().map_or(0, |f| *f));
         // Appends go on in the last file, unless it is damaged: then in a new one.
         let current_first = last_file.unwrap_or(next_record);
-        let (current, current_len) = open_for_append(dir, current_first)?;
+        let (current, made_len) = open_for_append(dir, current_first, ROTATE_AT)?;
+        let current_len = ends.get(&current_first).copied().unwrap_or(made_len);
         Ok((
             Wal {
                 dir: dir.to_owned(),
@@ -536,7 +546,7 @@ impl Wal {
     /// Closes the current file (synced) and starts one whose first record is `first`.
     fn rotate(&mut self, first: u64) -> Result<(), StoreError> {
         self.sync(0, 0)?;
-        let (f, len) = open_for_append(&self.dir, first)?;
+        let (f, len) = open_for_append(&self.dir, first, self.rotate_at)?;
         self.closed.insert(self.current_first, first);
         self.current = f;
         self.current_first = first;
@@ -608,14 +618,18 @@ impl Wal {
             .filter_map(|f| std::fs::metadata(self.dir.join(file_name(*f))).ok())
             .map(|m| m.len())
             .sum();
-        closed + self.current_len
+        // The current file at its full length: it is made so (sparse), and
+        // will hold that much before the next one starts.
+        let current = self.current.metadata().map_or(0, |m| m.len());
+        closed + self.current_len.max(current)
     }
 }
 
 /// The log file starting at record `first`, opened for writes at offsets
-/// (see [`placed`]), and its length.
-fn open_for_append(dir: &Path, first: u64) -> Result<(File, u64), StoreError> {
-    files::open_to_write(dir, &dir.join(file_name(first)), MAGIC, false)
+/// (see [`placed`]), and where its data ends if it is new; a new file is
+/// made `size` bytes long, sparse (see the module's comment).
+fn open_for_append(dir: &Path, first: u64, size: u64) -> Result<(File, u64), StoreError> {
+    files::open_to_write(dir, &dir.join(file_name(first)), MAGIC, Some(size))
 }
 
 fn truncate(path: &Path, len: u64) -> Result<(), StoreError> {
@@ -632,7 +646,6 @@ fn truncate(path: &Path, len: u64) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
 
     type Frames = Vec<(u64, Vec<u8>)>;
 
@@ -699,11 +712,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let committed = write(dir.path(), 5);
         // A sixth frame, half written, never synced.
-        let mut f = OpenOptions::new()
-            .append(true)
+        let f = OpenOptions::new()
+            .write(true)
             .open(only_file(dir.path()))
             .unwrap();
-        f.write_all(&frame(5, 0, 0, 0, &body(5))[..9]).unwrap();
+        f.write_all_at(&frame(5, 0, 0, 0, &body(5))[..9], committed.len)
+            .unwrap();
         let (_, seen, damage) = open(dir.path(), Some(committed));
         assert_eq!(seen.len(), 5);
         assert_eq!(damage.len(), 1, "{damage:?}");
@@ -774,7 +788,7 @@ mod tests {
         let committed = write(dir.path(), 20);
         let path = only_file(dir.path());
         let mut bytes = std::fs::read(&path).unwrap();
-        let middle = bytes.len() / 2;
+        let middle = usize::try_from(committed.len / 2).unwrap();
         bytes[middle] ^= 0x40;
         std::fs::write(&path, &bytes).unwrap();
         let (mut wal, seen, damage) = open(dir.path(), Some(committed));
@@ -814,6 +828,40 @@ mod tests {
             last = Some(wal.sync(0, 0).unwrap());
         }
         (frames, last.unwrap())
+    }
+
+    /// A file is made at its full size: the zeros after its frames are not
+    /// damage, and appends go on after the frames; but synced frames that
+    /// read back as zeros are missing, and said.
+    #[test]
+    fn the_unused_end_of_a_file_is_not_damage_but_synced_frames_lost_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let committed = write(dir.path(), 10);
+        let path = only_file(dir.path());
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), ROTATE_AT);
+        let (mut wal, seen, damage) = open(dir.path(), Some(committed));
+        assert!(damage.is_empty(), "{damage:?}");
+        assert_eq!(seen.len(), 10);
+        wal.append(10, 0, 0, b"more").unwrap();
+        let again = wal.sync(0, 0).unwrap();
+        assert!(again.len < 4096, "appended after the frames: {}", again.len);
+        drop(wal);
+        let (_, seen, damage) = open(dir.path(), Some(again));
+        assert!(damage.is_empty(), "{damage:?}");
+        assert_eq!(seen.len(), 11);
+        // The last frame, synced and noted, reads back as zeros.
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        let from = committed.len;
+        f.write_all_at(&vec![0; usize::try_from(again.len - from).unwrap()], from)
+            .unwrap();
+        let (_, seen, damage) = open(dir.path(), Some(again));
+        assert_eq!(seen.len(), 10);
+        assert_eq!(damage.len(), 1, "{damage:?}");
+        assert_eq!(damage[0].loss, Loss::Lost);
+        assert!(
+            damage[0].what.contains("synced frames are missing"),
+            "{damage:?}"
+        );
     }
 
     #[test]
