@@ -294,7 +294,9 @@ async fn shrink(
         let over = blocking(move || {
             s.set_file_sizes(segment, journal)?;
             let usage = s.usage()?;
-            if usage.total() <= max {
+            if usage.total() <= max || s.catalogue_damaged()? {
+                // Damaged: freeing nothing, deleting would only lose readings
+                // (said as damage at open, and in /readyz).
                 return Ok(Over::No);
             }
             Ok(match s.oldest()? {

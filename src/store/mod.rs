@@ -426,7 +426,7 @@ impl Trees {
         if !damage.is_empty() {
             for d in &damage {
                 match d.loss {
-                    Loss::Lost | Loss::Readings(_) | Loss::SledWentBack(_) => {
+                    Loss::Lost | Loss::Readings(_) | Loss::SledWentBack(_) | Loss::Catalogue(_) => {
                         tracing::error!(damage = %d, "STORAGE DAMAGED: acknowledged readings lost");
                     }
                     Loss::Unknown => {
@@ -625,6 +625,13 @@ impl Store {
             journal: t.readings.journal_bytes(),
             sled: sled_bytes(&self.path).map_err(|e| files::io_error(&self.path, e))?,
         })
+    }
+
+    /// Whether sled's catalogue of the chunks was found damaged at open (said
+    /// as damage): then no segment file is freed, so deleting readings for
+    /// a disk budget would only lose them.
+    pub fn catalogue_damaged(&self) -> Result<bool, StoreError> {
+        Ok(self.trees()?.readings.catalogue_damaged())
     }
 
     /// The start of the oldest row of `tier`, of any sensor.

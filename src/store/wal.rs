@@ -121,6 +121,9 @@ pub enum Loss {
     /// (its file cut or damaged): what the journal still held was replayed;
     /// chunks, alert changes and refused messages from them may be gone.
     SledWentBack(u64),
+    /// sled's catalogue of the chunks lost entries for this many bytes of
+    /// chunks: those readings are in the segment files, not served.
+    Catalogue(u64),
 }
 
 /// Damage found at open.
@@ -150,6 +153,14 @@ impl std::fmt::Display for Damage {
                     f,
                     "{}: sled lost its last {k} completed flushes (the journal's frames saw them): readings the journal still held were replayed; chunks, alert changes and refused messages written in those flushes may be lost",
                     self.file.display()
+                )
+            }
+            Loss::Catalogue(bytes) => {
+                return write!(
+                    f,
+                    "{}: {} ({bytes} bytes of chunks): acknowledged readings in the segment files are not served; no segment file is removed or compacted, and storage.max_size is not kept, while this lasts",
+                    self.file.display(),
+                    self.what,
                 )
             }
             Loss::Readings(n) => {

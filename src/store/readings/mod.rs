@@ -67,8 +67,12 @@ pub(super) struct Readings {
     /// `journal`: where versions before the log files kept it (record number,
     /// u64 BE → record); replayed and emptied at open.
     old_journal: sled::Tree,
-    /// `meta`: [`WAL_COMMITTED`], how far the log was synced at the last flush.
+    /// `meta`: [`WAL_COMMITTED`], how far the log was synced at the last
+    /// flush; [`LIVE_TOTAL`], the sum of `segment_live`, changed with it.
     meta: sled::Tree,
+    /// sled's catalogue of the chunks was found to disagree with itself at
+    /// open: no segment file is removed or compacted while it is so.
+    catalogue_damaged: bool,
     /// The rollup tiers (tiers.rs): every reading put into a chunk is added
     /// to them in the same transaction.
     tiers: Tiers,
@@ -196,12 +200,27 @@ impl Readings {
             });
         }
         let generation = in_sled.max(wal.witnessed());
+        let segment_live = db.open_tree("segment_live")?;
+        let catalogue_damaged = match check_catalogue(&segment_live, &meta)? {
+            Some(missing) => {
+                found.push(Damage {
+                    file: dir.sled_log.to_owned(),
+                    offset: 0,
+                    bytes: missing,
+                    what: "its catalogue of the chunks lost entries",
+                    loss: Loss::Catalogue(missing),
+                });
+                true
+            }
+            None => false,
+        };
         let readings = Readings {
             ids: db.open_tree("topic_ids")?,
             names,
             chunks: db.open_tree("chunks")?,
             segments: Arc::new(Segments::open_over(dir.segments, dir.base_segments)?),
-            segment_live: db.open_tree("segment_live")?,
+            segment_live,
+            catalogue_damaged,
             emptied: Arc::default(),
             damage,
             old_journal: db.open_tree("journal")?,
@@ -224,6 +243,7 @@ impl Readings {
             fold_after: FOLD_AFTER,
             owed,
         };
+        readings.mend_topic_maps()?;
         readings.replay(frames)?;
         readings.backfill_rollups()?;
         Ok((readings, found))
@@ -334,6 +354,35 @@ impl Readings {
         Ok(())
     }
 
+    /// sled keeps each topic twice (name → id, id → name) in two trees, and
+    /// has been seen to come back from a flipped byte in its file with one of
+    /// them empty and the other whole: every reading of those topics was
+    /// then out of reach, silently. Each is mended from the other.
+    fn mend_topic_maps(&self) -> Result<(), StoreError> {
+        let mut mended = 0usize;
+        for kv in &self.names {
+            let (id, name) = kv?;
+            if self.ids.get(&name)?.is_none() {
+                self.ids.insert(&name, &id)?;
+                mended += 1;
+            }
+        }
+        for kv in &self.ids {
+            let (name, id) = kv?;
+            if self.names.get(&id)?.is_none() {
+                self.names.insert(&id, &name)?;
+                mended += 1;
+            }
+        }
+        if mended > 0 {
+            tracing::warn!(
+                mended,
+                "topics the database had in one of its two maps only: mended from the other"
+            );
+        }
+        Ok(())
+    }
+
     /// Syncs the log (the batch's `fdatasync`) and notes in `meta` how far
     /// it reaches, for a sled flush to make durable. Returns what such a
     /// flush, started after this, makes safe to let go: hand it to
@@ -382,7 +431,9 @@ impl Readings {
             if segment == active {
                 // Still appended to: freed once closed (if still empty then).
                 lock(&self.emptied).push(segment);
-            } else if self.segment_live.get(segment.to_be_bytes())?.is_none() {
+            } else if !self.catalogue_damaged
+                && self.segment_live.get(segment.to_be_bytes())?.is_none()
+            {
                 self.segments.remove(segment)?;
             }
         }
@@ -394,6 +445,10 @@ impl Readings {
     /// worth compacting.
     pub(super) fn compactable(&self, min: u64) -> Result<Vec<u32>, StoreError> {
         let mut out = Vec::new();
+        if self.catalogue_damaged {
+            // Its live bytes are not to be trusted: nothing is moved or freed.
+            return Ok(out);
+        }
         for (segment, size) in self.segments.sealed()? {
             let live = self
                 .segment_live
@@ -516,6 +571,11 @@ impl Readings {
     /// Bytes in the journal's and the segments' files.
     pub(super) fn file_bytes(&self) -> u64 {
         self.journal_bytes() + self.segments.disk_bytes()
+    }
+
+    /// Whether sled's catalogue of the chunks was found damaged at open.
+    pub(super) fn catalogue_damaged(&self) -> bool {
+        self.catalogue_damaged
     }
 
     /// The journal's files are closed past `bytes`.
@@ -757,8 +817,9 @@ impl Readings {
             &self.segment_live,
             minutes,
             hours,
+            &self.meta,
         )
-            .transaction(|(chunks, folded, live, minutes, hours)| {
+            .transaction(|(chunks, folded, live, minutes, hours, meta)| {
                 for (tier, key, value) in &rollups {
                     let tree = match tier {
                         Tier::Minute => minutes,
@@ -783,6 +844,15 @@ impl Readings {
                     folded.insert(&id.to_be_bytes()[..], &v[..])?;
                 }
                 let mut now_empty = Vec::new();
+                let total: i64 = delta.values().sum();
+                if total != 0 {
+                    let was = meta
+                        .get(LIVE_TOTAL)?
+                        .and_then(|v| v.as_ref().try_into().ok())
+                        .map_or(0, u64::from_be_bytes);
+                    let now = was.saturating_add_signed(total);
+                    meta.insert(LIVE_TOTAL, &now.to_be_bytes()[..])?;
+                }
                 for (segment, d) in delta {
                     let k = segment.to_be_bytes();
                     let was = live
@@ -1428,6 +1498,36 @@ const ROLLUPS_COUNTED: &[u8] = b"rollups_counted";
 
 /// `meta` key: the log's [`Position`] at the last flush.
 const WAL_COMMITTED: &[u8] = b"wal_committed";
+/// `meta` key: the sum of `segment_live` (u64 BE), changed in the same
+/// transactions. sled has been seen to come back from a flipped byte in its
+/// file with whole trees empty (`chunks`, `segment_live`, the topic ids) and
+/// its notes current, without a word: this sum, in another tree, is how that
+/// is found.
+const LIVE_TOTAL: &[u8] = b"segment_live_total";
+
+/// `None` if the sum of `segment_live` is what `meta` says it is (a store
+/// from before the sum gets it now); else how many bytes of chunks sled's
+/// catalogue lost.
+fn check_catalogue(
+    segment_live: &sled::Tree,
+    meta: &sled::Tree,
+) -> Result<Option<u64>, StoreError> {
+    let mut sum = 0u64;
+    for kv in segment_live {
+        let (_, v) = kv?;
+        sum = sum.saturating_add(v.as_ref().try_into().ok().map_or(0, u64::from_be_bytes));
+    }
+    match meta.get(LIVE_TOTAL)? {
+        None => {
+            meta.insert(LIVE_TOTAL, &sum.to_be_bytes()[..])?;
+            Ok(None)
+        }
+        Some(v) => {
+            let noted = v.as_ref().try_into().ok().map_or(0, u64::from_be_bytes);
+            Ok((noted != sum).then(|| noted.abs_diff(sum)))
+        }
+    }
+}
 
 /// Readings to and from entries, by what their topic implies.
 impl Implied<'_> {
@@ -1785,6 +1885,99 @@ mod tests {
             .map(|r| r.unwrap().reading.seq.unwrap())
             .collect();
         assert_eq!(seqs, vec![1, 2], "the journal's readings replayed");
+    }
+
+    /// sled came back with its catalogue of the chunks empty and its notes
+    /// current (seen with one byte flipped in its file, tests/system/damage.rs):
+    /// said at open, naming sled's file; nothing is compacted, and no
+    /// segment file is removed, however empty sled thinks it is.
+    #[test]
+    fn a_catalogue_sled_lost_is_said_and_its_segments_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let readings = open(&db, dir.path());
+        let mut writer = readings.writer();
+        for seq in 1..=600 {
+            writer.insert(&reading(seq)).unwrap();
+        }
+        writer.finish().unwrap();
+        readings.seal_segment().unwrap();
+        let spent = readings.sync().unwrap();
+        readings.made_durable(spent).unwrap();
+        assert!(!readings.segment_live.is_empty(), "chunks in a segment");
+        drop(readings);
+        let reopen = || {
+            let files = Files {
+                wal: &dir.path().join("wal"),
+                segments: &dir.path().join("segments"),
+                sled_log: &dir.path().join("db"),
+                base_segments: None,
+            };
+            Readings::open(&db, &files, Arc::default(), Arc::default()).unwrap()
+        };
+        let (again, found) = reopen();
+        assert!(found.is_empty(), "{found:?}");
+        drop(again);
+        let segments = || -> std::collections::BTreeSet<std::path::PathBuf> {
+            std::fs::read_dir(dir.path().join("segments"))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect()
+        };
+        let before = segments();
+        db.open_tree("chunks").unwrap().clear().unwrap();
+        db.open_tree("segment_live").unwrap().clear().unwrap();
+        let (again, found) = reopen();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            matches!(found[0].loss, Loss::Catalogue(b) if b > 0),
+            "{found:?}"
+        );
+        assert_eq!(found[0].file, dir.path().join("db"));
+        assert!(again.compactable(0).unwrap().is_empty());
+        // Compacted all the same (as a list made before would): its frames
+        // are pointed at by nothing sled still has, so it would go.
+        for segment in again.segments.sealed().unwrap() {
+            again.compact(segment.0, 0, 10_000).unwrap();
+        }
+        again.seal_segment().unwrap();
+        let spent = again.sync().unwrap();
+        again.made_durable(spent).unwrap();
+        assert!(segments().is_superset(&before), "none removed");
+    }
+
+    /// One of sled's two maps of the topics lost an entry the other has
+    /// (seen with a byte flipped in its file): mended at open from the other,
+    /// whether or not the journal still names the topic.
+    #[test]
+    fn a_topic_in_one_map_only_is_mended_from_the_other() {
+        let (dir, db, readings) = stored(1);
+        drop(readings);
+        let topic = reading(1).topic;
+        let id = db
+            .open_tree("topic_ids")
+            .unwrap()
+            .remove(&topic)
+            .unwrap()
+            .unwrap();
+        let again = open(&db, dir.path());
+        assert_eq!(again.ids.get(&topic).unwrap(), Some(id.clone()));
+        drop(again);
+        db.open_tree("topic_names").unwrap().remove(&id).unwrap();
+        let again = open(&db, dir.path());
+        assert!(again.names.get(&id).unwrap().is_some());
+        // Mended before the journal is replayed: not by it.
+        drop(again);
+        db.open_tree("topic_ids").unwrap().remove(&topic).unwrap();
+        let files = Files {
+            wal: &dir.path().join("wal"),
+            segments: &dir.path().join("segments"),
+            sled_log: &dir.path().join("db"),
+            base_segments: None,
+        };
+        std::fs::remove_dir_all(files.wal).unwrap();
+        let again = open(&db, dir.path());
+        assert_eq!(again.ids.get(&topic).unwrap(), Some(id));
     }
 
     /// sled lost its last flushes (a cut file) with a new topic's name in
