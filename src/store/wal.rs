@@ -18,9 +18,8 @@
 //! A file is made at its full size (sparse: nothing written) and a frame
 //! that would straddle a page boundary it need not starts at the next page
 //! (the gap is never written). A batch's `fdatasync` then writes the one page
-//! its frame is in and no file-system metadata for a new size: measured on
-//! ext4, 1 KB frames synced one by one cost 5.9 KB of device writes each
-//! against 10.2 KB appended to a growing file. The zeros after the last frame
+//! its frame is in and no file-system metadata for a new size (about half
+//! the device's writes per sync: `bench/journal-sync`, BENCHMARKS.md). The zeros after the last frame
 //! are the file's unused end, not damage; frames lost from below the last sync
 //! known are still found (by the sync and record numbers, not the length).
 //!
