@@ -57,11 +57,28 @@ fn file_error(file: &Path, message: impl std::fmt::Display) -> TlsError {
             " (CREDENTIALS_DIRECTORY is set by systemd for a unit with LoadCredential=; \
              it is not set here)",
         );
+    } else if in_dev_pki(file) && !file.exists() {
+        // The shipped example configs name the demo's PKI: a fresh clone has none.
+        message.push_str(
+            " (the example configs use the development PKI in var/pki: run scripts/demo \
+             once, or deploy/pki/gen-dev-pki.sh var/pki room101 room102 room201 \
+             aggregatord aggregatord-alerts observer)",
+        );
     }
     TlsError::File {
         file: file.to_owned(),
         message,
     }
+}
+
+/// Whether `file` is in a `var/pki` folder: the development PKI that
+/// scripts/demo makes and the example configs name.
+fn in_dev_pki(file: &Path) -> bool {
+    let parts: Vec<_> = file
+        .components()
+        .map(std::path::Component::as_os_str)
+        .collect();
+    parts.windows(2).any(|w| w[0] == "var" && w[1] == "pki")
 }
 
 /// The rustls client config for `files`; public so tests and tools can connect the

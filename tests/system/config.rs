@@ -42,6 +42,31 @@ fn the_shipped_example_configs_are_valid() {
     assert_eq!(code, Some(0), "{err}");
 }
 
+/// On a fresh clone (issue 27, item 13): the example configs name the
+/// demo's PKI, which is not there yet. The error says how to make it.
+#[test]
+fn the_example_configs_without_the_demo_pki_say_how_to_make_it() {
+    let tree = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tree.path().join("config/sensord")).unwrap();
+    for file in ["config/sensord/room101.yaml", "config/aggregatord.yaml"] {
+        let to = tree.path().join(file);
+        std::fs::copy(std::path::Path::new(REPO).join(file), &to).unwrap();
+        let bin = if file.contains("sensord") {
+            SENSORD
+        } else {
+            AGGREGATORD
+        };
+        let (code, err) = check(bin, &to);
+        assert_eq!(code, Some(78), "{file}: {err}");
+        assert!(
+            err.contains("var/pki/ca.crt")
+                && err.contains("run scripts/demo")
+                && err.contains("deploy/pki/gen-dev-pki.sh var/pki"),
+            "{file}: {err}"
+        );
+    }
+}
+
 #[test]
 fn a_bad_config_names_file_line_and_key_and_exits_78() {
     let good = std::fs::read_to_string(format!("{REPO}/config/sensord/room101.yaml")).unwrap();
