@@ -45,6 +45,27 @@ impl SensorType {
         }
     }
 
+    /// The type `s` was probably meant to be: the one it begins (`temp`),
+    /// or one a slip or two away (`humidty`).
+    pub fn closest(s: &str) -> Option<SensorType> {
+        let s = s.to_ascii_lowercase();
+        if s.is_empty() {
+            return None;
+        }
+        if let Some(t) = SensorType::ALL
+            .into_iter()
+            .find(|t| t.as_str().starts_with(&s))
+        {
+            return Some(t);
+        }
+        SensorType::ALL
+            .into_iter()
+            .map(|t| (edit_distance(&s, t.as_str()), t))
+            .filter(|(d, _)| *d <= 2)
+            .min_by_key(|(d, _)| *d)
+            .map(|(_, t)| t)
+    }
+
     /// The one unit a reading of this type may carry (the course brief's spelling).
     pub fn unit(self) -> &'static str {
         match self {
@@ -70,6 +91,24 @@ impl SensorType {
             SensorType::Energy => (0.0..=1e9).contains(&value),
         }
     }
+}
+
+/// Levenshtein distance: insertions, deletions and substitutions.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 impl FromStr for SensorType {

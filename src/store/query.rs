@@ -3,7 +3,7 @@
 //! a matching topic seeks straight to the time window (`readings/select.rs`).
 //! It knows neither sled nor the layout: it only says what matches.
 
-use crate::contract::{topic, Timestamp};
+use crate::contract::{topic, SensorType, Timestamp};
 use serde::{Deserialize, Serialize};
 
 /// What to select. Empty fields match everything. Sent as JSON to a running
@@ -28,8 +28,22 @@ pub struct Query {
 }
 
 impl Query {
-    /// Refuses what can only be a mistake: a window that ends before it starts.
+    /// Refuses what can only be a mistake: a window that ends before it
+    /// starts, or a type no sensor has (`--type temp` matched nothing, and
+    /// said so only by an empty table).
     pub fn check(&self) -> Result<(), String> {
+        if let Some(t) = &self.sensor_type {
+            if t.parse::<SensorType>().is_err() {
+                let all: Vec<&str> = SensorType::ALL.iter().map(|t| t.as_str()).collect();
+                let hint = SensorType::closest(t)
+                    .map(|c| format!(" (did you mean `{c}`?)"))
+                    .unwrap_or_default();
+                return Err(format!(
+                    "--type {t}: no such sensor type{hint}; the types are {}",
+                    all.join(", ")
+                ));
+            }
+        }
         match (self.since, self.until) {
             (Some(since), Some(until)) if since > until => Err(format!(
                 "--since ({since}) is after --until ({until}): nothing can match; swap them"
@@ -83,5 +97,31 @@ impl Query {
                 .sensor_type
                 .as_deref()
                 .is_none_or(|ty| ty == sensor_type)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn of_type(t: &str) -> Query {
+        Query {
+            sensor_type: Some(t.into()),
+            ..Query::default()
+        }
+    }
+
+    /// A type no sensor has is refused, with the near one named (issue 27,
+    /// item 10: `--type temp` printed an empty table and exited 0).
+    #[test]
+    fn a_type_no_sensor_has_is_refused_with_the_near_one() {
+        assert_eq!(of_type("temperature").check(), Ok(()));
+        let temp = of_type("temp").check().unwrap_err();
+        assert!(temp.contains("did you mean `temperature`"), "{temp}");
+        let humidty = of_type("humidty").check().unwrap_err();
+        assert!(humidty.contains("did you mean `humidity`"), "{humidty}");
+        let nothing = of_type("floor1").check().unwrap_err();
+        assert!(!nothing.contains("did you mean"), "{nothing}");
+        assert!(nothing.contains("temperature, humidity, motion, co2, power, energy"));
     }
 }

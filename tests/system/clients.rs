@@ -329,6 +329,15 @@ fn dump_applies_every_filter_to_rejected_messages_and_alerts_and_refuses_a_rever
             output_text(&out)
         );
     }
+    // So is a type no sensor has (issue 27, item 10): the near one is named.
+    for what in [&["dump"][..], &["dump", "--alerts"], &["stats"]] {
+        let mut args = what.to_vec();
+        args.extend(["--type", "temp"]);
+        let out = aggregatord(&s.config, &args);
+        let text = output_text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {text}");
+        assert!(text.contains("did you mean `temperature`"), "{text}");
+    }
 }
 
 /// `--check-config` on a copy of `yaml` with `key` (a file it names) swapped.
