@@ -51,6 +51,10 @@ pub struct Request {
     pub format: Format,
     /// Which of them: every filter applies to every kind of record.
     pub query: Query,
+    /// Readings only: the `n` newest of those selected, oldest of them
+    /// first (`dump --latest`), instead of every one by topic then time.
+    #[serde(default)]
+    pub latest: Option<usize>,
 }
 
 /// Rows used to size table columns; longer values later simply overflow.
@@ -63,6 +67,11 @@ pub fn answer(store: &Store, request: &Request, out: impl Write) -> io::Result<(
     let f = request.format;
     let storage = |e: crate::store::StoreError| io::Error::other(e.to_string());
     match request.what {
+        RequestKind::Readings if request.latest.is_some() => {
+            let n = request.latest.unwrap_or(0);
+            let newest = latest(store.select(q).map(|r| r.map_err(storage)), n)?;
+            write_readings(newest.into_iter().map(Ok), request, out)
+        }
         RequestKind::Readings | RequestKind::Stats => {
             write_readings(store.select(q).map(|r| r.map_err(storage)), request, out)
         }
@@ -140,6 +149,23 @@ pub fn write_readings(
         }
         (_, f) => write_rows(rows, f, READING_HEADER, reading_fields, out),
     }
+}
+
+/// The `n` newest of `rows` (by timestamp, then topic and seq), oldest of
+/// them first. Keeps `n` in memory however many rows go past.
+pub fn latest(
+    rows: impl Iterator<Item = io::Result<StoredReading>>,
+    n: usize,
+) -> io::Result<Vec<StoredReading>> {
+    let mut newest = BTreeMap::new();
+    for (i, r) in rows.enumerate() {
+        let r = r?;
+        newest.insert((r.reading.timestamp, r.topic.clone(), r.reading.seq, i), r);
+        if newest.len() > n {
+            newest.pop_first();
+        }
+    }
+    Ok(newest.into_values().collect())
 }
 
 /// Several instances' readings as one history (SCALING.md, "One view"): each

@@ -80,6 +80,11 @@ enum Command {
         /// stored by several instances shows once). Repeatable.
         #[arg(long, value_name = "CONFIG", conflicts_with_all = ["rejected", "alerts"])]
         also: Vec<PathBuf>,
+        /// The N newest readings of those selected (of every sensor),
+        /// oldest of them first; without it readings go by sensor, then
+        /// time, and `--limit` keeps the first.
+        #[arg(long, value_name = "N", conflicts_with_all = ["rejected", "alerts", "tier", "limit"])]
+        latest: Option<usize>,
         /// Which rows: sensors, time range, at most how many.
         #[command(flatten)]
         filter: Filter,
@@ -135,7 +140,8 @@ struct Filter {
     /// Up to this time: a duration ago or RFC 3339.
     #[arg(long, value_parser = Timestamp::parse_ago)]
     until: Option<Timestamp>,
-    /// At most this many rows.
+    /// At most this many rows: the first (readings go by sensor, then
+    /// time; `dump --latest N` gives the newest).
     #[arg(long)]
     limit: Option<usize>,
 }
@@ -172,6 +178,7 @@ fn main() -> ExitCode {
             alerts,
             tier,
             also,
+            latest,
             filter,
         } => {
             let what = if let Some(tier) = tier {
@@ -190,6 +197,7 @@ fn main() -> ExitCode {
                     what,
                     format: format.into(),
                     query: filter.into(),
+                    latest,
                 },
             )
         }
@@ -220,6 +228,7 @@ fn main() -> ExitCode {
                         topic,
                         ..Query::default()
                     },
+                    latest: None,
                 },
             )
         }
@@ -234,6 +243,7 @@ fn main() -> ExitCode {
                 what: RequestKind::Stats,
                 format: format.into(),
                 query: filter.into(),
+                latest: None,
             },
         ),
     };

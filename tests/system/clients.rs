@@ -329,6 +329,36 @@ fn dump_applies_every_filter_to_rejected_messages_and_alerts_and_refuses_a_rever
             output_text(&out)
         );
     }
+    // `--limit 1` is the first reading by sensor then time; `--latest 1` the
+    // newest of all (issue 27, item 9): room102's last temp_001 reading.
+    let first = rows(&dump(c, &["--format", "jsonl", "--limit", "1"]));
+    assert_eq!(first[0]["topic"], format!("{ROOM101}/temperature/temp_001"));
+    let newest = rows(&dump(c, &["--format", "jsonl", "--latest", "1"]));
+    assert_eq!(newest.len(), 1, "{newest:?}");
+    assert_eq!(
+        newest[0]["topic"],
+        format!("{ROOM102}/temperature/temp_001")
+    );
+    assert_eq!(newest[0]["value"], 20.0);
+    let all = rows(&dump(c, &["--format", "jsonl", "--latest", "100"]));
+    let times: Vec<&str> = all
+        .iter()
+        .map(|r| r["timestamp"].as_str().unwrap())
+        .collect();
+    assert_eq!(all.len(), 5, "{all:?}");
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "oldest first: {times:?}"
+    );
+    assert_eq!(all[4], newest[0]);
+    let in_101 = rows(&dump(
+        c,
+        &["--format", "jsonl", "--latest", "1", "--room", "room101"],
+    ));
+    assert!(
+        in_101[0]["topic"].as_str().unwrap().starts_with(ROOM101),
+        "{in_101:?}"
+    );
     // So is a type no sensor has (issue 27, item 10): the near one is named.
     for what in [&["dump"][..], &["dump", "--alerts"], &["stats"]] {
         let mut args = what.to_vec();
