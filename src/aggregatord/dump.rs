@@ -67,11 +67,6 @@ pub fn answer(store: &Store, request: &Request, out: impl Write) -> io::Result<(
     let f = request.format;
     let storage = |e: crate::store::StoreError| io::Error::other(e.to_string());
     match request.what {
-        RequestKind::Readings if request.latest.is_some() => {
-            let n = request.latest.unwrap_or(0);
-            let newest = latest(store.select(q).map(|r| r.map_err(storage)), n)?;
-            write_readings(newest.into_iter().map(Ok), request, out)
-        }
         RequestKind::Readings | RequestKind::Stats => {
             write_readings(store.select(q).map(|r| r.map_err(storage)), request, out)
         }
@@ -124,12 +119,21 @@ pub fn answer(store: &Store, request: &Request, out: impl Write) -> io::Result<(
 }
 
 /// Readings, or (for [`RequestKind::Stats`]) their statistics, from `rows`:
-/// a store's selection, or several instances' merged by [`merge`].
+/// a store's selection, or several instances' merged by [`merge`]; only the
+/// newest `request.latest` of them, if set.
 pub fn write_readings(
     rows: impl Iterator<Item = io::Result<StoredReading>>,
     request: &Request,
     out: impl Write,
 ) -> io::Result<()> {
+    if let Some(n) = request.latest {
+        let newest = latest(rows, n)?;
+        let all = Request {
+            latest: None,
+            ..request.clone()
+        };
+        return write_readings(newest.into_iter().map(Ok), &all, out);
+    }
     match (request.what, request.format) {
         (RequestKind::Stats, f) => write_rows(
             stats(rows)?.into_iter().map(Ok),
@@ -153,7 +157,7 @@ pub fn write_readings(
 
 /// The `n` newest of `rows` (by timestamp, then topic and seq), oldest of
 /// them first. Keeps `n` in memory however many rows go past.
-pub fn latest(
+fn latest(
     rows: impl Iterator<Item = io::Result<StoredReading>>,
     n: usize,
 ) -> io::Result<Vec<StoredReading>> {

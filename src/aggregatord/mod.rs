@@ -178,11 +178,6 @@ fn dump_merged(
         sources.push(readings);
     }
     let merged = dump::merge(sources);
-    if let Some(n) = request.latest {
-        let newest = dump::latest(merged.into_iter().map(Ok), n)?;
-        dump::write_readings(newest.into_iter().map(Ok), request, out)?;
-        return Ok(());
-    }
     let limit = request.query.limit.unwrap_or(usize::MAX);
     dump::write_readings(merged.into_iter().take(limit).map(Ok), request, out)?;
     Ok(())

@@ -487,7 +487,7 @@ impl Wal {
             .max(files.last().map_or(0, |f| *f));
         // Appends go on in the last file, unless it is damaged: then in a new one.
         let current_first = last_file.unwrap_or(next_record);
-        let (current, made_len) = open_for_append(dir, current_first, ROTATE_AT)?;
+        let (current, made_len) = open_log_file(dir, current_first, ROTATE_AT)?;
         let current_len = ends.get(&current_first).copied().unwrap_or(made_len);
         Ok((
             Wal {
@@ -556,7 +556,7 @@ impl Wal {
     /// Closes the current file (synced) and starts one whose first record is `first`.
     fn rotate(&mut self, first: u64) -> Result<(), StoreError> {
         self.sync(0, 0)?;
-        let (f, len) = open_for_append(&self.dir, first, self.rotate_at)?;
+        let (f, len) = open_log_file(&self.dir, first, self.rotate_at)?;
         self.closed.insert(self.current_first, first);
         self.current = f;
         self.current_first = first;
@@ -638,7 +638,7 @@ impl Wal {
 /// The log file starting at record `first`, opened for writes at offsets
 /// (see [`placed`]), and where its data ends if it is new; a new file is
 /// made `size` bytes long, sparse (see the module's comment).
-fn open_for_append(dir: &Path, first: u64, size: u64) -> Result<(File, u64), StoreError> {
+fn open_log_file(dir: &Path, first: u64, size: u64) -> Result<(File, u64), StoreError> {
     files::open_to_write(dir, &dir.join(file_name(first)), MAGIC, Some(size))
 }
 
@@ -820,7 +820,7 @@ mod tests {
     }
 
     /// Batches of about a kilobyte, each synced, as at 300 readings a
-    /// second; `zero` then blanks a byte range of the file.
+    /// second: where each frame went, and the log's last position.
     fn kilobyte_batches(dir: &Path) -> (Vec<(u64, u64)>, Position) {
         let (mut wal, _, _) = open(dir, None);
         let mut frames = Vec::new();

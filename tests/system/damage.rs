@@ -106,8 +106,14 @@ fn cut(file: &Path, bytes: u64) {
 }
 
 fn flip_middle(file: &Path) -> u64 {
+    flip_at(file, |bytes| bytes.len() / 2)
+}
+
+/// Flips one bit of the byte of `file` that `at` picks from its bytes;
+/// returns its offset.
+fn flip_at(file: &Path, at: impl FnOnce(&[u8]) -> usize) -> u64 {
     let mut bytes = std::fs::read(file).unwrap();
-    let at = bytes.len() / 2;
+    let at = at(&bytes);
     bytes[at] ^= 0x20;
     std::fs::write(file, &bytes).unwrap();
     at as u64
@@ -116,28 +122,20 @@ fn flip_middle(file: &Path) -> u64 {
 /// Where a journal file's frames end: it is made at full size, sparse, and
 /// its unused end reads as zeros (the last frame ends on a byte that is not
 /// zero, or its cut is a few bytes deeper).
-fn journal_end(file: &Path) -> u64 {
-    let bytes = std::fs::read(file).unwrap();
-    bytes
-        .iter()
-        .rposition(|b| *b != 0)
-        .map_or(0, |i| i as u64 + 1)
+fn journal_end(bytes: &[u8]) -> usize {
+    bytes.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1)
 }
 
 /// The journal file loses `bytes` of its frames' end (and its unused end).
 fn cut_journal(file: &Path, bytes: u64) {
-    let end = journal_end(file);
+    let end = journal_end(&std::fs::read(file).unwrap()) as u64;
     let f = std::fs::OpenOptions::new().write(true).open(file).unwrap();
     f.set_len(end - bytes).unwrap();
 }
 
 /// A byte flipped half way through a journal file's frames.
 fn flip_journal_middle(file: &Path) -> u64 {
-    let mut bytes = std::fs::read(file).unwrap();
-    let at = usize::try_from(journal_end(file) / 2).unwrap();
-    bytes[at] ^= 0x20;
-    std::fs::write(file, &bytes).unwrap();
-    at as u64
+    flip_at(file, |bytes| journal_end(bytes) / 2)
 }
 
 /// The journal file holding the newest records.
@@ -466,10 +464,7 @@ fn a_sled_that_lost_a_topic_map_loses_nothing() {
         .parse()
         .unwrap();
     let (seqs, said) = damaged_copy(&fixture.join("store"), |db| {
-        let file = db.join("db");
-        let mut bytes = std::fs::read(&file).unwrap();
-        bytes[offset] ^= 0x20;
-        std::fs::write(&file, &bytes).unwrap();
+        flip_at(&db.join("db"), |_| offset);
     });
     let lost = missing(&seqs);
     record(

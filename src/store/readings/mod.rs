@@ -1590,15 +1590,18 @@ mod tests {
     use super::*;
 
     fn open(db: &sled::Db, dir: &Path) -> Readings {
+        open_found(db, dir).0
+    }
+
+    /// [`open`], with the damage the open found.
+    fn open_found(db: &sled::Db, dir: &Path) -> (Readings, Vec<Damage>) {
         let files = Files {
             wal: &dir.join("wal"),
             segments: &dir.join("segments"),
             sled_log: &dir.join("db"),
             base_segments: None,
         };
-        Readings::open(db, &files, Arc::default(), Arc::default())
-            .unwrap()
-            .0
+        Readings::open(db, &files, Arc::default(), Arc::default()).unwrap()
     }
 
     fn reading(seq: u64) -> StoredReading {
@@ -1862,15 +1865,7 @@ mod tests {
         writer.finish().unwrap();
         readings.sync().unwrap();
         drop(readings);
-        let reopen = || {
-            let files = Files {
-                wal: &dir.path().join("wal"),
-                segments: &dir.path().join("segments"),
-                sled_log: &dir.path().join("db"),
-                base_segments: None,
-            };
-            Readings::open(&db, &files, Arc::default(), Arc::default()).unwrap()
-        };
+        let reopen = || open_found(&db, dir.path());
         let (again, found) = reopen();
         assert!(found.is_empty(), "sled as flushed: {found:?}");
         drop(again);
@@ -1906,15 +1901,7 @@ mod tests {
         readings.made_durable(spent).unwrap();
         assert!(!readings.segment_live.is_empty(), "chunks in a segment");
         drop(readings);
-        let reopen = || {
-            let files = Files {
-                wal: &dir.path().join("wal"),
-                segments: &dir.path().join("segments"),
-                sled_log: &dir.path().join("db"),
-                base_segments: None,
-            };
-            Readings::open(&db, &files, Arc::default(), Arc::default()).unwrap()
-        };
+        let reopen = || open_found(&db, dir.path());
         let (again, found) = reopen();
         assert!(found.is_empty(), "{found:?}");
         drop(again);
@@ -1969,13 +1956,7 @@ mod tests {
         // Mended before the journal is replayed: not by it.
         drop(again);
         db.open_tree("topic_ids").unwrap().remove(&topic).unwrap();
-        let files = Files {
-            wal: &dir.path().join("wal"),
-            segments: &dir.path().join("segments"),
-            sled_log: &dir.path().join("db"),
-            base_segments: None,
-        };
-        std::fs::remove_dir_all(files.wal).unwrap();
+        std::fs::remove_dir_all(dir.path().join("wal")).unwrap();
         let again = open(&db, dir.path());
         assert_eq!(again.ids.get(&topic).unwrap(), Some(id));
     }
